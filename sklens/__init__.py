@@ -1,0 +1,40 @@
+"""sklens: find skill neurons in language models (Zhao et al. 2025, arXiv 2511.21610).
+
+Train a soft prompt on a frozen TransformerLens model, correlate every MLP neuron's activation at
+the prompt's slots with an auxiliary metric, and inspect the neurons that track it.
+"""
+
+from sklens import metrics
+from sklens.activations import neuron_activations, slot_activations, top_examples
+from sklens.data.example import Example
+from sklens.hook_check import HookMeaningError, check_neuron_hooks
+from sklens.models import SUPPORTED_ARCHITECTURES, gguf_to_checkpoint, load_model
+from sklens.moments import Moments
+from sklens.scan import Scan, scan
+from sklens.soft_prompt import InitMode, SoftPrompt, SoftPromptConfig
+from sklens.tiny import tiny_checkpoint, tiny_model
+from sklens.training import train_soft_prompt
+from sklens.version import __version__
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "Example",
+    "HookMeaningError",
+    "InitMode",
+    "Moments",
+    "Scan",
+    "SoftPrompt",
+    "SoftPromptConfig",
+    "__version__",
+    "check_neuron_hooks",
+    "gguf_to_checkpoint",
+    "load_model",
+    "metrics",
+    "neuron_activations",
+    "scan",
+    "slot_activations",
+    "tiny_checkpoint",
+    "tiny_model",
+    "top_examples",
+    "train_soft_prompt",
+]

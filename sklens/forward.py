@@ -1,0 +1,89 @@
+"""One forward pass over a batch, doing only the work its caller needs.
+
+Training and loss metrics need log-probabilities at the completion positions only. Unembedding
+every position of a small model with a large vocabulary costs most of its time, so on a
+HookedTransformer the pass stops before the unembedding (``stop_at_layer=n_layers``) and only the
+positions that predict completion tokens go through ``ln_final`` and ``unembed``. A
+TransformerBridge has no ``stop_at_layer`` (it silently returns full logits), so its logits are
+sliced afterwards. Scans that need activations only stop the pass with an exception raised by a
+hook after the last layer they read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from sklens import _compat
+from sklens.data.format import Batch
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the last needed activation is read."""
+
+
+def _raise_stop(activation: Tensor, hook: Any) -> None:
+    raise _StopForward
+
+
+def stop_hook(hook_name: str) -> tuple[str, Any]:
+    """A forward hook that ends the pass at ``hook_name``; register it after the hooks that read."""
+    return (hook_name, _raise_stop)
+
+
+def run_until_stopped(model: Any, batch: Batch) -> None:
+    """Run ``model`` on ``batch`` for its hooks' side effects, up to a ``stop_hook``."""
+    try:
+        model(batch.tokens, attention_mask=batch.attention_mask)
+    except _StopForward:
+        return
+
+
+@dataclass
+class CompletionLogprobs:
+    """Log-probabilities of each completion token, right-padded; ``mask`` marks real tokens."""
+
+    logprobs: Float[Tensor, "batch comp"]
+    mask: Bool[Tensor, "batch comp"]
+
+    @property
+    def mean_loss(self) -> Float[Tensor, " batch"]:
+        """Per-example mean cross-entropy over completion tokens (the paper's loss)."""
+        return -self.logprobs.sum(1) / self.mask.sum(1)
+
+    @property
+    def total_logprob(self) -> Float[Tensor, " batch"]:
+        """Per-example log-probability of the whole completion."""
+        return self.logprobs.sum(1)
+
+
+def completion_logprobs(model: Any, batch: Batch) -> CompletionLogprobs:
+    """Run ``model`` (with whatever hooks are attached) and score the completion tokens."""
+    n_comp = int(batch.completion_len.max())
+    j = torch.arange(n_comp, device=batch.tokens.device)
+    mask = j[None, :] < batch.completion_len[:, None]  # (B, C)
+    pos = torch.where(mask, batch.completion_start[:, None] - 1 + j, 0)  # predicting positions
+    targets = batch.tokens.gather(1, torch.where(mask, pos + 1, 0))  # (B, C)
+    if _compat.is_bridge(model):
+        logits = model(batch.tokens, attention_mask=batch.attention_mask)
+        logits = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
+    else:
+        resid = model(
+            batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=model.cfg.n_layers
+        )  # (B, T, d_model)
+        resid = resid.gather(1, pos[..., None].expand(-1, -1, resid.shape[-1]))  # (B, C, d_model)
+        logits = model.unembed(model.ln_final(resid))  # (B, C, d_vocab)
+    logprobs = logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+    return CompletionLogprobs(torch.where(mask, logprobs, 0.0), mask)
+
+
+def gather_slots(
+    activation: Float[Tensor, "batch pos d"], batch: Batch
+) -> Float[Tensor, "batch n_slots d"]:
+    """The activations at each row's soft-prompt slots."""
+    rows = torch.arange(activation.shape[0], device=activation.device)[:, None]
+    return activation[rows, batch.slot_positions.to(activation.device)]

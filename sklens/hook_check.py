@@ -1,0 +1,74 @@
+"""Load-time self-test of what ``blocks.L.mlp.hook_post`` means.
+
+sklens calls a neuron's activation what ``hook_post`` records, and that is only the paper's
+``(W_in h) * act(W_gate h)`` if the model adapter wires the hook where we think. Adapters have had
+wrong neuron hooks, so every loaded model is checked: for a few tokens the activation is recomputed
+from the weights and the MLP input, and a model whose hook disagrees is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sklens import _compat
+
+
+class HookMeaningError(RuntimeError):
+    """``blocks.L.mlp.hook_post`` does not record the MLP's neuron activations."""
+
+
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+def check_neuron_hooks(
+    model: Any, layers: Sequence[int] | None = None, n_tokens: int = 8, seed: int = 0
+) -> float:
+    """Recompute neuron activations from the weights and compare with ``hook_post``.
+
+    Returns the largest relative error over the checked layers (default: all); raises
+    ``HookMeaningError`` when it exceeds the tolerance of the model's dtype.
+    """
+    cfg = model.cfg
+    act = _ACTIVATIONS.get(cfg.act_fn)
+    if act is None:
+        raise HookMeaningError(
+            f"cannot check neuron hooks for activation {cfg.act_fn!r}; supported: {sorted(_ACTIVATIONS)}"
+        )
+    layers = list(range(cfg.n_layers)) if layers is None else list(layers)
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, cfg.d_vocab, (1, n_tokens), generator=gen).to(cfg.device)
+    names = {f"blocks.{L}.hook_resid_mid" for L in layers} | {f"blocks.{L}.mlp.hook_post" for L in layers}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+        worst = 0.0
+        for L in layers:
+            h = model.blocks[L].ln2(cache[f"blocks.{L}.hook_resid_mid"]).float()
+            w_in, w_gate, b_in = (None if w is None else w.float() for w in _compat.mlp_weights(model, L))
+            if w_gate is not None:
+                expected = act(h @ w_gate) * (h @ w_in) + b_in
+            else:
+                expected = act(h @ w_in + b_in)
+            recorded = cache[f"blocks.{L}.mlp.hook_post"].float()
+            scale = expected.abs().max().clamp_min(1e-6)
+            err = float((recorded - expected).abs().max() / scale)
+            worst = max(worst, err)
+            tol = 1e-3 if cfg.dtype in (torch.float32, torch.float64) else 3e-2
+            if not err <= tol:
+                raise HookMeaningError(
+                    f"blocks.{L}.mlp.hook_post does not equal act(W_gate h) * (W_in h) recomputed "
+                    f"from the weights (relative error {err:.2e} > {tol:.0e}); this TransformerLens "
+                    "adapter's neuron hook is wired differently, so neuron scans would be wrong. "
+                    "Use another backend (backend='hooked' or 'bridge') or report the architecture"
+                )
+    return worst

@@ -1,0 +1,168 @@
+"""Auxiliary metrics: one real number per example, from its labels or from the model's behaviour.
+
+Use ``label`` for an external label (a skill, a heuristic, a shortcut flag, any numeric meta field);
+``loss`` or ``confidence`` for what the model does with the trained prompt, computed in the same
+forward pass as the scan; ``from_callable`` (or any plain callable ``Example -> float``) for
+anything else; ``values`` for numbers computed elsewhere, one per example.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from numbers import Real
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sklens.data.example import Example
+from sklens.forward import CompletionLogprobs
+
+
+class Metric(ABC):
+    """Maps a batch of examples (and, if ``needs_logprobs``, the model's scores) to numbers."""
+
+    name: str
+    needs_logprobs: bool = False
+
+    @abstractmethod
+    def __call__(
+        self,
+        examples: Sequence[Example],
+        indices: Sequence[int],
+        scores: CompletionLogprobs | None,
+    ) -> Float[Tensor, " batch"]:
+        """Values for ``examples`` (positions ``indices`` in the full list)."""
+
+    def __repr__(self) -> str:
+        return f"<metric {self.name}>"
+
+
+class _Label(Metric):
+    def __init__(self, key: str, positive: Any = None):
+        self.key, self.positive = key, positive
+        self.name = f"label:{key}" + ("" if positive is None else f"={positive}")
+
+    def value(self, example: Example, index: int) -> float:
+        if self.key not in example.meta:
+            raise ValueError(
+                f"example {index} has no meta field {self.key!r} (it has {sorted(example.meta)})"
+            )
+        value = example.meta[self.key]
+        if self.positive is not None:
+            return 1.0 if value == self.positive else 0.0
+        if isinstance(value, (bool, Real)):
+            return float(value)
+        raise ValueError(
+            f"meta[{self.key!r}] of example {index} is {value!r}, not a number; pass "
+            f"positive=... to make a binary metric, e.g. label({self.key!r}, positive={value!r})"
+        )
+
+    def __call__(self, examples, indices, scores):
+        return torch.tensor(
+            [self.value(e, i) for e, i in zip(examples, indices)], dtype=torch.float64
+        )
+
+
+class _Callable(Metric):
+    def __init__(self, fn: Callable[[Example], float], name: str | None = None):
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "callable")
+
+    def __call__(self, examples, indices, scores):
+        return torch.tensor([float(self.fn(e)) for e in examples], dtype=torch.float64)
+
+
+class _Values(Metric):
+    def __init__(self, values: Sequence[float], name: str = "values"):
+        self.values = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        if self.values.ndim != 1:
+            raise ValueError(f"metric values must be one number per example, got shape "
+                             f"{tuple(self.values.shape)}")
+        self.name = name
+
+    def __call__(self, examples, indices, scores):
+        return self.values[list(indices)]
+
+
+class _Loss(Metric):
+    name = "loss"
+    needs_logprobs = True
+
+    def __call__(self, examples, indices, scores):
+        return scores.mean_loss.detach().to("cpu", torch.float64)
+
+
+class _Confidence(Metric):
+    name = "confidence"
+    needs_logprobs = True
+
+    def __call__(self, examples, indices, scores):
+        return scores.total_logprob.detach().to("cpu", torch.float64).exp()
+
+
+def label(key: str, positive: Any = None) -> Metric:
+    """``meta[key]`` as a number; with ``positive``, 1.0 where ``meta[key] == positive`` else 0.0."""
+    return _Label(key, positive)
+
+
+def loss() -> Metric:
+    """Per-example mean cross-entropy of the completion tokens with the trained prompt."""
+    return _Loss()
+
+
+def confidence() -> Metric:
+    """Probability the model gives the whole completion (product of its token probabilities)."""
+    return _Confidence()
+
+
+def from_callable(fn: Callable[[Example], float], name: str | None = None) -> Metric:
+    """Any function of one example."""
+    return _Callable(fn, name)
+
+
+def values(numbers: Sequence[float], name: str = "values") -> Metric:
+    """Precomputed metric values, one per example in the order given to ``scan``."""
+    return _Values(numbers, name)
+
+
+def resolve(metric: Metric | Callable[[Example], float] | Sequence[float], n: int) -> Metric:
+    """Turn what the user passed into a Metric, checking precomputed values against ``n``."""
+    if isinstance(metric, Metric):
+        resolved = metric
+    elif callable(metric):
+        resolved = from_callable(metric)
+    elif isinstance(metric, (Sequence, np.ndarray, Tensor)) and not isinstance(metric, str):
+        resolved = values(metric)
+    else:
+        raise TypeError(
+            f"metric must be a sklens.metrics.Metric, a callable Example -> float, or one number "
+            f"per example; got {type(metric).__name__}"
+        )
+    if isinstance(resolved, _Values) and len(resolved.values) != n:
+        raise ValueError(
+            f"the metric has {len(resolved.values)} values but there are {n} examples; "
+            "pass one value per example, in the same order"
+        )
+    return resolved
+
+
+def check_values(values: Float[Tensor, " n"], name: str) -> None:
+    """Raise if metric values cannot give a correlation: NaN/inf, or constant."""
+    bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise ValueError(
+            f"metric {name!r} is NaN or infinite for {len(bad)} example(s) (indices {shown}); "
+            "fix or drop those examples"
+        )
+    spread = float(values.max() - values.min())
+    if spread <= 1e-12 * max(1.0, float(values.abs().max())) or math.isnan(spread):
+        raise ValueError(
+            f"metric {name!r} is constant ({float(values[0])!r} for every example): a correlation "
+            "with it is undefined; choose a metric that varies across the examples"
+        )

@@ -1,0 +1,111 @@
+"""Streaming co-moments of activations and a metric, merged batch by batch (Chan et al., 1979).
+
+Pearson's r needs the counts, means, sums of squared deviations and the co-moment. Each batch is
+centred on its own mean in float64 and merged into the running state with the pairwise update,
+which stays accurate when activations carry large offsets (where the textbook
+``Σa² - (Σa)²/n`` formula cancels catastrophically). States from different shards merge the
+same way, so data-parallel scans combine exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+@dataclass
+class Moments:
+    """Running statistics for ``[layers, d_mlp, n_slots]`` activation series and one metric."""
+
+    n: int
+    mean_a: Float[Tensor, "layers d_mlp slots"]
+    m2_a: Float[Tensor, "layers d_mlp slots"]
+    c_am: Float[Tensor, "layers d_mlp slots"]
+    mean_m: float
+    m2_m: float
+
+    @classmethod
+    def zeros(cls, n_layers: int, d_mlp: int, n_slots: int, device: torch.device | str) -> Moments:
+        def z() -> Tensor:
+            return torch.zeros(n_layers, d_mlp, n_slots, dtype=torch.float64, device=device)
+
+        return cls(0, z(), z(), z(), 0.0, 0.0)
+
+    def fold_layer(
+        self, j: int, acts: Float[Tensor, "batch slots d_mlp"], m: Float[Tensor, " batch"]
+    ) -> None:
+        """Merge one batch of layer ``j``'s slot activations; call ``fold_metric`` after all layers."""
+        a = acts.to(torch.float64).permute(0, 2, 1)  # (B, d_mlp, k)
+        m = m.to(a.device, torch.float64)
+        nb, na = a.shape[0], self.n
+        n = na + nb
+        mean_b = a.mean(0)
+        centred = a - mean_b
+        mc = m - m.mean()
+        delta_a = mean_b - self.mean_a[j]
+        delta_m = float(m.mean()) - self.mean_m
+        w = na * nb / n
+        self.m2_a[j] += centred.pow(2).sum(0) + delta_a.pow(2) * w
+        self.c_am[j] += torch.einsum("b,bdk->dk", mc, centred) + delta_a * (delta_m * w)
+        self.mean_a[j] += delta_a * (nb / n)
+
+    def fold_metric(self, m: Float[Tensor, " batch"]) -> None:
+        """Merge the batch's metric values and advance the count."""
+        m = m.to(torch.float64)
+        nb, na = m.shape[0], self.n
+        n = na + nb
+        delta = float(m.mean()) - self.mean_m
+        self.m2_m += float((m - m.mean()).pow(2).sum()) + delta**2 * na * nb / n
+        self.mean_m += delta * nb / n
+        self.n = n
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of the union of two disjoint sets of examples."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        w = self.n * other.n / n
+        delta_a = other.mean_a - self.mean_a
+        delta_m = other.mean_m - self.mean_m
+        return Moments(
+            n=n,
+            mean_a=self.mean_a + delta_a * (other.n / n),
+            m2_a=self.m2_a + other.m2_a + delta_a.pow(2) * w,
+            c_am=self.c_am + other.c_am + delta_a * (delta_m * w),
+            mean_m=self.mean_m + delta_m * other.n / n,
+            m2_m=self.m2_m + other.m2_m + delta_m**2 * w,
+        )
+
+    def corr(self) -> Float[Tensor, "layers d_mlp slots"]:
+        """Pearson r; NaN where an activation series has zero variance (a dead neuron)."""
+        denom = (self.m2_a * self.m2_m).sqrt()
+        r = self.c_am / denom
+        r = torch.where(self.m2_a > 0, r, torch.nan)
+        return r.clamp(-1.0, 1.0)
+
+    def std_a(self) -> Float[Tensor, "layers d_mlp slots"]:
+        return (self.m2_a / max(self.n, 1)).sqrt()
+
+    def tensors(self) -> dict[str, Tensor]:
+        """All state as tensors (for safetensors)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value if isinstance(value, Tensor) else torch.tensor(value)
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> Moments:
+        return cls(
+            n=int(tensors["n"]),
+            mean_a=tensors["mean_a"],
+            m2_a=tensors["m2_a"],
+            c_am=tensors["c_am"],
+            mean_m=float(tensors["mean_m"]),
+            m2_m=float(tensors["m2_m"]),
+        )

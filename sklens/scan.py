@@ -1,0 +1,301 @@
+"""The neuron scan: Pearson r between every MLP neuron's soft-slot activation and a metric.
+
+For layer ``L``, neuron ``i`` and soft-prompt position ``k``, ``corr[L, i, k]`` is the correlation
+over examples between ``blocks.L.mlp.hook_post[..., slot k, i]`` and the metric. One forward pass
+per batch: ``hook_embed`` writes the prompt into the slots, and a hook on each
+``blocks.L.mlp.hook_post`` folds the slot activations into streaming moments (``sklens.moments``),
+so memory is ``O(layers × d_mlp × slots)`` whatever the number of examples. When the metric needs no
+model output the pass stops after the last scanned layer and the sequence ends at the slots.
+
+Ranking rules (``Scan.scores``):
+
+* ``"max"`` (the paper's): ``score = max_k corr[L, i, k]``, neurons ranked by ``|score|``. A
+  neuron negatively correlated at every position gets its least negative r, so strongly
+  anti-correlated neurons can rank below weaker positive ones.
+* ``"absmax"`` (symmetric): ``score = corr[L, i, k*]`` with ``k* = argmax_k |corr[L, i, k]|``,
+  treating both signs alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sklens import metrics as metrics_mod
+from sklens.atomic import atomic_path
+from sklens.data.example import Example, data_hash
+from sklens.data.format import Batch, encode, iter_batches
+from sklens.forward import completion_logprobs, gather_slots, run_until_stopped, stop_hook
+from sklens.metrics import Metric
+from sklens.moments import Moments
+from sklens.soft_prompt import SoftPrompt
+from sklens.version import __version__
+
+Reduce = Literal["max", "absmax"]
+
+
+def resolve_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+    """Validated, sorted layer indices (all layers when ``None``)."""
+    n_layers = model.cfg.n_layers
+    if layers is None:
+        return list(range(n_layers))
+    chosen = sorted({int(layer) for layer in layers})
+    bad = [layer for layer in chosen if not 0 <= layer < n_layers]
+    if not chosen or bad:
+        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1}, got {layers}")
+    return chosen
+
+
+class _Folder:
+    """``mlp.hook_post`` hooks that fold slot activations into moments, batch by batch.
+
+    With the batch's metric known before the pass (label metrics) each layer is folded inside its
+    hook; otherwise the slot activations wait (one batch, ``[B, slots, d_mlp]`` per layer) until
+    the metric is computed from the same pass.
+    """
+
+    def __init__(self, moments: Moments, layers: list[int]):
+        self.moments, self.layers = moments, layers
+        self.batch: Batch | None = None
+        self.m: Tensor | None = None
+        self.pending: dict[int, Tensor] = {}
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        return [(f"blocks.{layer}.mlp.hook_post", self._hook(j)) for j, layer in enumerate(self.layers)]
+
+    def _hook(self, j: int) -> Any:
+        def fold(activation: Tensor, hook: Any) -> None:
+            slots = gather_slots(activation, self.batch)  # (B, k, d_mlp)
+            if self.m is None:
+                self.pending[j] = slots
+            else:
+                self.moments.fold_layer(j, slots, self.m)
+
+        return fold
+
+    def start(self, batch: Batch, m: Tensor | None) -> None:
+        self.batch, self.m, self.pending = batch, m, {}
+
+    def finish(self, m: Tensor) -> None:
+        for j, slots in self.pending.items():
+            self.moments.fold_layer(j, slots, m)
+        if self.m is None and len(self.pending) != len(self.layers):
+            raise RuntimeError("the forward pass did not reach every scanned layer's hook_post")
+        self.moments.fold_metric(m)
+        self.pending = {}
+
+
+def check_slots_vary(moments: Moments) -> None:
+    """Raise when soft-slot activations are (nearly) identical for every example seen so far."""
+    spread = float(moments.std_a().max())
+    scale = float(moments.mean_a.abs().max())
+    if spread <= 1e-6 * (scale + 1e-6):
+        raise ValueError(
+            f"the soft-prompt slot activations are the same for every example (largest std "
+            f"{spread:.3g} across {moments.n} examples): the slots cannot see anything that "
+            "differs between examples. Put everything example-specific in Example.instruction "
+            "(the slots come after it, and a causal model's slots only see what precedes them), "
+            "and check that the examples are not all identical"
+        )
+
+
+def scan(
+    model: Any,
+    prompt: SoftPrompt,
+    examples: Sequence[Example],
+    metric: Metric | Any,
+    *,
+    batch_size: int = 8,
+    layers: Sequence[int] | None = None,
+    chat_template: bool | None = None,
+    progress: bool = True,
+) -> Scan:
+    """Correlate every MLP neuron's soft-slot activation with ``metric`` over ``examples``.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge (compatibility mode).
+        prompt: the trained soft prompt.
+        examples: the validation set (at least 3).
+        metric: a ``sklens.metrics`` metric, a callable ``Example -> float``, or one number per
+            example.
+        batch_size: examples per forward pass.
+        layers: the layers to scan (default all).
+        chat_template: use the tokenizer's chat template (default: if it has one).
+        progress: show a tqdm bar.
+    """
+    examples = list(examples)
+    if len(examples) < 3:
+        raise ValueError(f"a scan needs at least 3 examples for a correlation, got {len(examples)}")
+    metric = metrics_mod.resolve(metric, len(examples))
+    layer_ids = resolve_layers(model, layers)
+    prompt.check_fits(model)
+    encoded = encode(model, examples, prompt.n_tokens, chat_template=chat_template)
+    known = None
+    if not metric.needs_logprobs:
+        known = metric(examples, range(len(examples)), None)
+        metrics_mod.check_values(known, metric.name)
+
+    device = prompt.embedding.device
+    moments = Moments.zeros(len(layer_ids), model.cfg.d_mlp, prompt.n_tokens, device)
+    folder = _Folder(moments, layer_ids)
+    writer = prompt.writer()
+    fwd_hooks = [("hook_embed", writer), *folder.hooks()]
+    if not metric.needs_logprobs:
+        fwd_hooks.append(stop_hook(f"blocks.{layer_ids[-1]}.mlp.hook_post"))
+    values = torch.empty(len(examples), dtype=torch.float64)
+    batches = iter_batches(
+        model, encoded, prompt.n_tokens, batch_size, with_completion=metric.needs_logprobs
+    )
+    total = -(-len(examples) // batch_size)
+    checked = False
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+        for batch in tqdm(batches, total=total, desc="scan", disable=not progress):
+            writer.slot_start = batch.slot_start
+            if known is not None:
+                m = known[batch.indices]
+                folder.start(batch, m.to(device))
+                run_until_stopped(model, batch)
+            else:
+                folder.start(batch, None)
+                scores = completion_logprobs(model, batch)
+                m = metric([examples[i] for i in batch.indices], batch.indices, scores)
+            folder.finish(m.to(device))
+            values[batch.indices] = m.cpu()
+            if not checked and moments.n >= 2:
+                check_slots_vary(moments)
+                checked = True
+    metrics_mod.check_values(values, metric.name)
+    settings = {
+        "model_name": getattr(model.cfg, "model_name", None),
+        "n_layers": model.cfg.n_layers,
+        "d_mlp": model.cfg.d_mlp,
+        "layers": layer_ids,
+        "n_tokens": prompt.n_tokens,
+        "prompt": {"seed": prompt.config.seed, "init": prompt.config.init.value,
+                   "training": prompt.config.training},
+        "metric": metric.name,
+        "n_examples": len(examples),
+        "batch_size": batch_size,
+        "data_hash": data_hash(examples),
+        "backend": type(model).__name__,
+        "sklens_version": __version__,
+    }
+    return Scan(moments, values, settings)
+
+
+class Scan:
+    """The result of a scan: streaming moments, metric values, and the settings that made them.
+
+    ``corr`` is float64 ``[len(layers), d_mlp, n_tokens]``; ``layers`` maps its first axis to model
+    layer indices (all layers by default).
+    """
+
+    def __init__(self, moments: Moments, metric_values: Tensor, settings: dict[str, Any]):
+        self.moments = moments
+        self.metric_values = metric_values
+        self.settings = settings
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.settings["layers"])
+
+    @property
+    def n(self) -> int:
+        return self.moments.n
+
+    @property
+    def corr(self) -> Float[Tensor, "layers d_mlp n_tokens"]:
+        return self.moments.corr().cpu()
+
+    def scores(
+        self, reduce: Reduce = "max"
+    ) -> tuple[Float[Tensor, "layers d_mlp"], Int[Tensor, "layers d_mlp"]]:
+        """Per-neuron score and the slot position it comes from (see the module doc for rules)."""
+        corr = self.corr
+        if reduce == "max":
+            filled = torch.where(corr.isnan(), -torch.inf, corr)
+            score, position = filled.max(-1)
+        elif reduce == "absmax":
+            position = torch.where(corr.isnan(), -1.0, corr.abs()).argmax(-1)
+            score = corr.gather(-1, position[..., None]).squeeze(-1)
+        else:
+            raise ValueError(f"reduce must be 'max' (the paper's rule) or 'absmax', got {reduce!r}")
+        score = torch.where(torch.isinf(score), torch.nan, score)  # all-NaN (dead) neurons
+        return score, position
+
+    def top_k(self, k: int = 10, reduce: Reduce = "max") -> pd.DataFrame:
+        """The ``k`` neurons with the largest ``|score|``: layer, neuron, position, corr, score.
+
+        ``corr`` is r at ``position``; ``corr_min``/``corr_max`` span r over all positions, which
+        shows where the two ranking rules can disagree.
+        """
+        score, position = self.scores(reduce)
+        ranked = torch.where(score.isnan(), -1.0, score.abs()).flatten()
+        k = min(k, int((~score.isnan()).sum()))
+        top = ranked.topk(k).indices
+        d_mlp = score.shape[1]
+        rows, neurons = top // d_mlp, top % d_mlp
+        corr = self.corr
+        layers = self.layers
+        pos = position[rows, neurons]
+        return pd.DataFrame(
+            {
+                "layer": [layers[r] for r in rows.tolist()],
+                "neuron": neurons.tolist(),
+                "position": pos.tolist(),
+                "corr": corr[rows, neurons, pos].tolist(),
+                "score": score[rows, neurons].tolist(),
+                "corr_min": corr[rows, neurons].nan_to_num(nan=torch.inf).amin(-1).tolist(),
+                "corr_max": corr[rows, neurons].nan_to_num(nan=-torch.inf).amax(-1).tolist(),
+            }
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the scan (moments, metric values, settings) to one safetensors file, atomically."""
+        path = Path(path)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.moments.tensors().items()}
+        tensors["metric_values"] = self.metric_values.contiguous()
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"sklens": json.dumps(self.settings)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Scan:
+        """Read a scan written by ``save``."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: expected a file written by Scan.save")
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), "pt") as fh:
+                settings = json.loads(fh.metadata()["sklens"])
+            values = tensors.pop("metric_values")
+            moments = Moments.from_tensors(tensors)
+        except (SafetensorError, KeyError, ValueError, OSError) as err:
+            raise ValueError(
+                f"{path} is not a readable sklens scan ({type(err).__name__}: {err}); "
+                "re-run the scan to recreate it"
+            ) from err
+        return cls(moments, values, settings)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"Scan(metric={s['metric']!r}, n={self.n}, layers={len(self.layers)}, "
+            f"d_mlp={s['d_mlp']}, n_tokens={s['n_tokens']}, model={s['model_name']!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        table = self.top_k(10).to_html(index=False, float_format=lambda x: f"{x:.3f}")
+        return f"<div><p><code>{self.__repr__()}</code></p><p>Top 10 neurons (paper's rule):</p>{table}</div>"

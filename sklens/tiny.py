@@ -1,0 +1,130 @@
+"""Tiny random models with a real tokenizer, built offline, for tests and examples.
+
+``tiny_model("qwen2")`` and ``tiny_model("llama")`` write a small HF checkpoint (random weights from
+``seed``, a byte-level BPE tokenizer trained on a built-in corpus) into the sklens cache once, then
+load it through ``load_model`` like any local checkpoint, so they exercise the real loading path.
+The Qwen2 tokenizer carries a ChatML chat template (as Qwen1.5-Chat); the Llama one has none and
+a BOS token, which exercises the plain layout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sklens.cache import home
+from sklens.models import Backend, load_model
+
+Arch = Literal["qwen2", "llama"]
+_VERSION = "v1"  # bump when the recipe changes, so cached checkpoints are rebuilt
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+_CORPUS = """\
+Question: What is 12 plus 7? Choices: 19, 21, 5 Answer: 19
+Question: What is 305 minus 48? Answer: 257. What is 6 times 9? 54. Divide 81 by 3: 27.
+The ball is to the right of the box, and the box is on the table, so the ball is above the floor.
+The cat sat under the chair next to the window, behind the door, left of the lamp.
+Time is a thief that steals our days; her voice was music, his heart a stone.
+The doctor saw the lawyer. The lawyer was seen by the doctor. If the judge slept, the actor ran.
+Premise: The banker near the artist danced. Hypothesis: The artist danced. entailment non-entailment
+Answer the question in one word. Yes, no, maybe, true, false, 0 1 2 3 4 5 6 7 8 9 10 100 1000.
+"""
+
+
+def _tokenizer(arch: Arch) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if arch == "qwen2" else ["<unk>", "<s>", "</s>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+    if arch == "qwen2":
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+        )
+        fast.chat_template = CHATML_TEMPLATE
+    else:
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+        )
+    return fast
+
+
+def _hf_model(arch: Arch, vocab_size: int, seed: int, n_layers: int) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+        with torch.no_grad():  # Qwen2 has q/k/v biases; random ones test that they are converted
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0.0, 0.1)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    with torch.no_grad():  # non-trivial norm weights, so a missing norm would show
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    return model
+
+
+def tiny_checkpoint(arch: Arch = "qwen2", seed: int = 0, n_layers: int = 2) -> Path:
+    """The cached directory of a tiny HF checkpoint (built on first use)."""
+    if arch not in ("qwen2", "llama"):
+        raise ValueError(f"tiny_model arch must be 'qwen2' or 'llama', got {arch!r}")
+    root = home() / "tiny"
+    target = root / f"{arch}-seed{seed}-layers{n_layers}-{_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    try:
+        tokenizer = _tokenizer(arch)
+        _hf_model(arch, len(tokenizer), seed, n_layers).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def tiny_model(
+    arch: Arch = "qwen2", seed: int = 0, *, backend: Backend = "hooked", n_layers: int = 2,
+    device: str | None = None,
+) -> Any:
+    """A tiny random Qwen2- or Llama-architecture model (d_model 64, d_mlp 128) with a tokenizer."""
+    return load_model(tiny_checkpoint(arch, seed, n_layers), backend=backend, device=device)

@@ -1,0 +1,193 @@
+"""Training a soft prompt on a frozen model (prompt tuning, Lester et al. 2021).
+
+AdamW on the prompt vectors only; every model weight is frozen for the duration and restored after.
+The loss is the mean over examples of the per-example mean cross-entropy of the completion tokens
+(the paper's objective), computed from logits at completion positions only. The batch order is a
+pure function of ``seed`` and the step, so a run resumed from a checkpoint takes exactly the same
+steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sklens.atomic import atomic_path, write_text
+from sklens.data.example import Example, data_hash
+from sklens.data.format import Encoded, encode, iter_batches
+from sklens.forward import completion_logprobs
+from sklens.soft_prompt import InitMode, SlotWriter, SoftPrompt
+
+logger = logging.getLogger("sklens")
+
+STATE_FILE = "train_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+@contextmanager
+def frozen(model: Any) -> Iterator[None]:
+    """Set ``requires_grad=False`` on every model parameter; restore the flags on exit."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def batch_order(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The example indices of training step ``step``: a fresh permutation every epoch."""
+    per_epoch = -(-n // batch_size)
+    epoch, within = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm[within * batch_size : (within + 1) * batch_size].tolist()
+
+
+def _mean_loss(
+    model: Any, writer: SlotWriter, encoded: Sequence[Encoded], batch_size: int
+) -> float:
+    """Mean per-example completion loss over ``encoded``; ``writer`` must be attached."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in iter_batches(model, encoded, writer.prompt.n_tokens, batch_size):
+            writer.slot_start = batch.slot_start
+            losses = completion_logprobs(model, batch).mean_loss
+            total += float(losses.sum())
+            count += len(losses)
+    return total / count
+
+
+def train_soft_prompt(
+    model: Any,
+    examples: Sequence[Example],
+    *,
+    n_tokens: int = 20,
+    lr: float = 3e-3,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    weight_decay: float = 0.01,
+    init: InitMode | str = InitMode.RANDOM,
+    init_text: str | None = None,
+    val_examples: Sequence[Example] | None = None,
+    eval_every: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    chat_template: bool | None = None,
+    progress: bool = True,
+) -> SoftPrompt:
+    """Train ``n_tokens`` soft-prompt vectors on ``examples`` with the model frozen.
+
+    Give ``steps`` or ``epochs`` (default: 200 steps). With ``checkpoint_dir`` the prompt, the
+    optimizer and the history are saved every ``checkpoint_every`` steps, and a later call with
+    the same directory and settings resumes from the last checkpoint. ``prompt.history`` holds
+    the training loss of every step and the validation loss every ``eval_every`` steps.
+    """
+    examples = list(examples)
+    if steps is not None and epochs is not None:
+        raise ValueError("give steps or epochs, not both")
+    if lr <= 0 or batch_size < 1:
+        raise ValueError(f"need lr > 0 and batch_size >= 1, got lr={lr}, batch_size={batch_size}")
+    encoded = encode(model, examples, n_tokens, chat_template=chat_template)
+    per_epoch = -(-len(examples) // batch_size)
+    total_steps = epochs * per_epoch if epochs is not None else (200 if steps is None else steps)
+    if total_steps < 1:
+        raise ValueError(f"training needs at least one step, got {total_steps}")
+    val_encoded = None
+    if val_examples:
+        val_encoded = encode(model, list(val_examples), n_tokens, chat_template=chat_template)
+    eval_every = eval_every or max(1, total_steps // 10)
+    settings = {
+        "lr": lr,
+        "steps": total_steps,
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "n_train": len(examples),
+        "train_hash": data_hash(examples),
+        "n_val": len(val_examples or []),
+        "chat_template": chat_template,
+    }
+
+    prompt = SoftPrompt.init_for(model, n_tokens, init=init, init_text=init_text, seed=seed)
+    prompt.config.training = settings
+    optimizer = torch.optim.AdamW(prompt.parameters(), lr=lr, weight_decay=weight_decay)
+    start = 0
+    if checkpoint_dir is not None:
+        start = _resume(Path(checkpoint_dir), prompt, optimizer, settings, model)
+
+    writer = prompt.writer()
+    bar = tqdm(total=total_steps, initial=start, desc="train soft prompt", disable=not progress)
+    with frozen(model), model.hooks(fwd_hooks=[("hook_embed", writer)]):
+        if val_encoded is not None and start == 0:
+            prompt.history.append({"step": 0, "val_loss": _mean_loss(model, writer, val_encoded, batch_size)})
+        for step in range(start, total_steps):
+            order = batch_order(len(examples), batch_size, step, seed)
+            batch = next(iter_batches(model, encoded, n_tokens, len(order), order=order))
+            writer.slot_start = batch.slot_start
+            loss = completion_logprobs(model, batch).mean_loss.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            record: dict[str, float] = {"step": step + 1, "train_loss": loss.item()}
+            done = step + 1
+            if val_encoded is not None and (done % eval_every == 0 or done == total_steps):
+                record["val_loss"] = _mean_loss(model, writer, val_encoded, batch_size)
+            prompt.history.append(record)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
+            if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == total_steps):
+                _checkpoint(Path(checkpoint_dir), prompt, optimizer, done, settings)
+    bar.close()
+    return prompt
+
+
+def _checkpoint(
+    directory: Path, prompt: SoftPrompt, optimizer: torch.optim.Optimizer, step: int,
+    settings: dict[str, Any],
+) -> None:
+    prompt.save(directory)
+    with atomic_path(directory / OPTIMIZER_FILE) as tmp:
+        torch.save(optimizer.state_dict(), tmp)
+    write_text(directory / STATE_FILE, json.dumps({"step": step, "settings": settings}))
+    logger.info("checkpoint at step %d in %s", step, directory)
+
+
+def _resume(
+    directory: Path, prompt: SoftPrompt, optimizer: torch.optim.Optimizer,
+    settings: dict[str, Any], model: Any,
+) -> int:
+    """Load the last checkpoint in ``directory`` into ``prompt`` and ``optimizer``; return its step."""
+    state_path = directory / STATE_FILE
+    if not state_path.exists():
+        return 0
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        step, saved = int(state["step"]), state["settings"]
+    except (json.JSONDecodeError, KeyError, ValueError) as err:
+        raise ValueError(f"{state_path} is corrupted ({err}); delete {directory} to start over") from err
+    if saved != settings:
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        raise ValueError(
+            f"the checkpoint in {directory} was made with other settings ({', '.join(changed)}); "
+            "use a fresh checkpoint_dir or the same settings to resume"
+        )
+    loaded = SoftPrompt.load(directory, model)
+    with torch.no_grad():
+        prompt.embedding.copy_(loaded.embedding)
+    prompt.history = loaded.history
+    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True))
+    logger.info("resuming from step %d in %s", step, directory)
+    return step
