@@ -24,8 +24,10 @@ def as_neuron_list(neurons: NeuronSpec) -> list[tuple[int, int]]:
     if isinstance(neurons, pd.DataFrame):
         missing = {"layer", "neuron"} - set(neurons.columns)
         if missing:
-            raise ValueError(f"the neuron table needs columns 'layer' and 'neuron'; missing {missing}")
-        return [(int(L), int(i)) for L, i in zip(neurons["layer"], neurons["neuron"])]
+            raise ValueError(
+                f"the neuron table needs columns 'layer' and 'neuron'; missing {missing}"
+            )
+        return [(int(L), int(i)) for L, i in zip(neurons["layer"], neurons["neuron"], strict=False)]
     return [(int(L), int(i)) for L, i in neurons]
 
 
@@ -130,7 +132,12 @@ def top_examples(
     """
     examples = list(examples)
     acts = slot_activations(
-        model, prompt, examples, [(layer, neuron)], batch_size=batch_size, chat_template=chat_template
+        model,
+        prompt,
+        examples,
+        [(layer, neuron)],
+        batch_size=batch_size,
+        chat_template=chat_template,
     )[:, 0]  # (N, k)
     if position is None:
         values = acts.mean(-1)
@@ -142,6 +149,14 @@ def top_examples(
     rows = []
     for rank, idx in enumerate(order.tolist()):
         e = examples[idx]
-        rows.append({"rank": rank, "example": idx, "activation": float(values[idx]),
-                     "instruction": e.instruction, "completion": e.completion, **dict(e.meta)})
+        rows.append(
+            {
+                "rank": rank,
+                "example": idx,
+                "activation": float(values[idx]),
+                "instruction": e.instruction,
+                "completion": e.completion,
+                **dict(e.meta),
+            }
+        )
     return pd.DataFrame(rows)

@@ -48,13 +48,17 @@ def check_neuron_hooks(
     layers = list(range(cfg.n_layers)) if layers is None else list(layers)
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, cfg.d_vocab, (1, n_tokens), generator=gen).to(cfg.device)
-    names = {f"blocks.{L}.hook_resid_mid" for L in layers} | {f"blocks.{L}.mlp.hook_post" for L in layers}
+    names = {f"blocks.{L}.hook_resid_mid" for L in layers} | {
+        f"blocks.{L}.mlp.hook_post" for L in layers
+    }
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
         worst = 0.0
         for L in layers:
             h = model.blocks[L].ln2(cache[f"blocks.{L}.hook_resid_mid"]).float()
-            w_in, w_gate, b_in = (None if w is None else w.float() for w in _compat.mlp_weights(model, L))
+            w_in, w_gate, b_in = (
+                None if w is None else w.float() for w in _compat.mlp_weights(model, L)
+            )
             if w_gate is not None:
                 expected = act(h @ w_gate) * (h @ w_in) + b_in
             else:

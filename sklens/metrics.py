@@ -64,7 +64,7 @@ class _Label(Metric):
 
     def __call__(self, examples, indices, scores):
         return torch.tensor(
-            [self.value(e, i) for e, i in zip(examples, indices)], dtype=torch.float64
+            [self.value(e, i) for e, i in zip(examples, indices, strict=False)], dtype=torch.float64
         )
 
 
@@ -81,8 +81,10 @@ class _Values(Metric):
     def __init__(self, values: Sequence[float], name: str = "values"):
         self.values = torch.as_tensor(np.asarray(values, dtype=np.float64))
         if self.values.ndim != 1:
-            raise ValueError(f"metric values must be one number per example, got shape "
-                             f"{tuple(self.values.shape)}")
+            raise ValueError(
+                f"metric values must be one number per example, got shape "
+                f"{tuple(self.values.shape)}"
+            )
         self.name = name
 
     def __call__(self, examples, indices, scores):

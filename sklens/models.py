@@ -44,7 +44,7 @@ def default_device() -> str:
 def load_model(
     name_or_path: str | os.PathLike,
     *,
-    backend: Backend = "hooked",
+    backend: str = "hooked",
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     check_hooks: bool = True,
@@ -69,7 +69,9 @@ def load_model(
     elif path.is_dir():
         model = _load_checkpoint(path, backend, device, dtype)
     elif path.exists():
-        raise ValueError(f"{path} is a file but not a .gguf file; pass a GGUF file or an HF directory")
+        raise ValueError(
+            f"{path} is a file but not a .gguf file; pass a GGUF file or an HF directory"
+        )
     else:
         model = _load_official(str(name_or_path), backend, device, dtype)
     for p in model.parameters():
@@ -147,7 +149,7 @@ def gguf_to_checkpoint(path: Path, cache_dir: Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path).resolve()
-    root = (cache_dir or home() / "converted")
+    root = cache_dir or home() / "converted"
     target = root / f"{path.stem}-{file_sha256(path)[:16]}"
     if (target / "config.json").exists():
         return target
@@ -155,7 +157,9 @@ def gguf_to_checkpoint(path: Path, cache_dir: Path | None = None) -> Path:
     logger.info("dequantising %s into %s (once)", path, target)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         # transformers keeps a GGUF quantization marker on dequantised fp32 weights, which
         # save_pretrained and TransformerLens refuse; the weights are plain fp32 by now.

@@ -18,6 +18,7 @@ Ranking rules (``Scan.scores``):
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from collections.abc import Sequence
@@ -72,7 +73,9 @@ class _Folder:
         self.pending: dict[int, Tensor] = {}
 
     def hooks(self) -> list[tuple[str, Any]]:
-        return [(f"blocks.{layer}.mlp.hook_post", self._hook(j)) for j, layer in enumerate(self.layers)]
+        return [
+            (f"blocks.{layer}.mlp.hook_post", self._hook(j)) for j, layer in enumerate(self.layers)
+        ]
 
     def _hook(self, j: int) -> Any:
         def fold(activation: Tensor, hook: Any) -> None:
@@ -182,8 +185,11 @@ def scan(
         "d_mlp": model.cfg.d_mlp,
         "layers": layer_ids,
         "n_tokens": prompt.n_tokens,
-        "prompt": {"seed": prompt.config.seed, "init": prompt.config.init.value,
-                   "training": prompt.config.training},
+        "prompt": {
+            "seed": prompt.config.seed,
+            "init": prompt.config.init.value,
+            "training": prompt.config.training,
+        },
         "metric": metric.name,
         "n_examples": len(examples),
         "batch_size": batch_size,
@@ -298,4 +304,5 @@ class Scan:
 
     def _repr_html_(self) -> str:
         table = self.top_k(10).to_html(index=False, float_format=lambda x: f"{x:.3f}")
-        return f"<div><p><code>{self.__repr__()}</code></p><p>Top 10 neurons (paper's rule):</p>{table}</div>"
+        title = "<p>Top 10 neurons (paper's rule):</p>"
+        return f"<div><p><code>{html.escape(repr(self))}</code></p>{title}{table}</div>"

@@ -21,7 +21,8 @@ from jaxtyping import Float, Int
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookedRootModule, HookPoint
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
 
 from sklens import _compat
 from sklens.atomic import atomic_path, write_text
@@ -45,7 +46,7 @@ class SoftPromptConfig:
 
     n_tokens: int = 20
     d_model: int = 0
-    init: InitMode = InitMode.RANDOM
+    init: InitMode | str = InitMode.RANDOM
     init_text: str | None = None
     seed: int = 0
     model_name: str | None = None
@@ -57,9 +58,13 @@ class SoftPromptConfig:
         if self.n_tokens < 1:
             raise ValueError(f"n_tokens must be at least 1, got {self.n_tokens}")
         if self.init is InitMode.TEXT and not self.init_text:
-            raise ValueError("init='text' needs init_text, the text whose embeddings start the prompt")
+            raise ValueError(
+                "init='text' needs init_text, the text whose embeddings start the prompt"
+            )
         if self.init is not InitMode.TEXT and self.init_text is not None:
-            raise ValueError(f"init_text is only used with init='text', but init={self.init.value!r}")
+            raise ValueError(
+                f"init_text is only used with init='text', but init={self.init.value!r}"
+            )
 
 
 class SlotWriter:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from sklens.cache import home
-from sklens.models import Backend, load_model
+from sklens.models import load_model
 
 Arch = Literal["qwen2", "llama"]
 _VERSION = "v1"  # bump when the recipe changes, so cached checkpoints are rebuilt
@@ -45,7 +45,11 @@ def _tokenizer(arch: Arch) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if arch == "qwen2" else ["<unk>", "<s>", "</s>"]
+    specials = (
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        if arch == "qwen2"
+        else ["<unk>", "<s>", "</s>"]
+    )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -63,7 +67,11 @@ def _tokenizer(arch: Arch) -> Any:
         fast.chat_template = CHATML_TEMPLATE
     else:
         fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+            tokenizer_object=tok,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="</s>",
         )
     return fast
 
@@ -87,7 +95,11 @@ def _hf_model(arch: Arch, vocab_size: int, seed: int, n_layers: int) -> Any:
         model = Qwen2ForCausalLM(Qwen2Config(**common))
         with torch.no_grad():  # Qwen2 has q/k/v biases; random ones test that they are converted
             for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                for proj in (
+                    layer.self_attn.q_proj,
+                    layer.self_attn.k_proj,
+                    layer.self_attn.v_proj,
+                ):
                     proj.bias.normal_(0.0, 0.1)
     else:
         model = LlamaForCausalLM(LlamaConfig(**common))
@@ -98,7 +110,7 @@ def _hf_model(arch: Arch, vocab_size: int, seed: int, n_layers: int) -> Any:
     return model
 
 
-def tiny_checkpoint(arch: Arch = "qwen2", seed: int = 0, n_layers: int = 2) -> Path:
+def tiny_checkpoint(arch: str = "qwen2", seed: int = 0, n_layers: int = 2) -> Path:
     """The cached directory of a tiny HF checkpoint (built on first use)."""
     if arch not in ("qwen2", "llama"):
         raise ValueError(f"tiny_model arch must be 'qwen2' or 'llama', got {arch!r}")
@@ -123,7 +135,11 @@ def tiny_checkpoint(arch: Arch = "qwen2", seed: int = 0, n_layers: int = 2) -> P
 
 
 def tiny_model(
-    arch: Arch = "qwen2", seed: int = 0, *, backend: Backend = "hooked", n_layers: int = 2,
+    arch: str = "qwen2",
+    seed: int = 0,
+    *,
+    backend: str = "hooked",
+    n_layers: int = 2,
     device: str | None = None,
 ) -> Any:
     """A tiny random Qwen2- or Llama-architecture model (d_model 64, d_mlp 128) with a tokenizer."""

@@ -42,7 +42,7 @@ def frozen(model: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        for p, flag in zip(params, flags):
+        for p, flag in zip(params, flags, strict=False):
             p.requires_grad_(flag)
 
 
@@ -132,7 +132,9 @@ def train_soft_prompt(
     bar = tqdm(total=total_steps, initial=start, desc="train soft prompt", disable=not progress)
     with frozen(model), model.hooks(fwd_hooks=[("hook_embed", writer)]):
         if val_encoded is not None and start == 0:
-            prompt.history.append({"step": 0, "val_loss": _mean_loss(model, writer, val_encoded, batch_size)})
+            prompt.history.append(
+                {"step": 0, "val_loss": _mean_loss(model, writer, val_encoded, batch_size)}
+            )
         for step in range(start, total_steps):
             order = batch_order(len(examples), batch_size, step, seed)
             batch = next(iter_batches(model, encoded, n_tokens, len(order), order=order))
@@ -155,7 +157,10 @@ def train_soft_prompt(
 
 
 def _checkpoint(
-    directory: Path, prompt: SoftPrompt, optimizer: torch.optim.Optimizer, step: int,
+    directory: Path,
+    prompt: SoftPrompt,
+    optimizer: torch.optim.Optimizer,
+    step: int,
     settings: dict[str, Any],
 ) -> None:
     prompt.save(directory)
@@ -166,8 +171,11 @@ def _checkpoint(
 
 
 def _resume(
-    directory: Path, prompt: SoftPrompt, optimizer: torch.optim.Optimizer,
-    settings: dict[str, Any], model: Any,
+    directory: Path,
+    prompt: SoftPrompt,
+    optimizer: torch.optim.Optimizer,
+    settings: dict[str, Any],
+    model: Any,
 ) -> int:
     """Load the last checkpoint in ``directory`` into ``prompt`` and ``optimizer``; return its step."""
     state_path = directory / STATE_FILE
@@ -177,7 +185,9 @@ def _resume(
         state = json.loads(state_path.read_text(encoding="utf-8"))
         step, saved = int(state["step"]), state["settings"]
     except (json.JSONDecodeError, KeyError, ValueError) as err:
-        raise ValueError(f"{state_path} is corrupted ({err}); delete {directory} to start over") from err
+        raise ValueError(
+            f"{state_path} is corrupted ({err}); delete {directory} to start over"
+        ) from err
     if saved != settings:
         changed = sorted(k for k in settings if saved.get(k) != settings[k])
         raise ValueError(

@@ -189,5 +189,7 @@ def iter_batches(
     device = model.cfg.device
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = collate([encoded[i] for i in idx], idx, n_slots, pid, with_completion=with_completion)
+        batch = collate(
+            [encoded[i] for i in idx], idx, n_slots, pid, with_completion=with_completion
+        )
         yield batch.to(device)

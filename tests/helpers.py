@@ -1,0 +1,172 @@
+"""Test data and reference computations written independently of sklens's own code paths."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+import sklens
+
+
+def arithmetic_examples(n: int, seed: int = 0) -> list[sklens.Example]:
+    """Generated two-operand questions with numeric and categorical meta fields."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        a, b = rng.randint(1, 60), rng.randint(1, 60)
+        op = "plus" if i % 2 == 0 else "minus"
+        answer = a + b if op == "plus" else a - b
+        out.append(
+            sklens.Example(
+                instruction=f"What is {a} {op} {b}?",
+                completion=str(answer),
+                meta={"op": op, "big": answer > 40, "a": a},
+            )
+        )
+    return out
+
+
+def reference_tokens(model, example, n_slots: int) -> tuple[list[int], int, int]:
+    """Token ids of ``[instruction][slots][completion]`` built with HF's own tokenize=True path.
+
+    Returns (ids, slot_start, completion_start).
+    """
+    tok = model.tokenizer
+    if tok.chat_template is not None:
+        prefix = tok.apply_chat_template(
+            [{"role": "user", "content": example.instruction}],
+            tokenize=True,
+            add_generation_prompt=True,
+        )
+        if isinstance(prefix, dict) or hasattr(prefix, "keys"):
+            prefix = prefix["input_ids"]
+        prefix = list(prefix)
+    else:
+        prefix = [tok.bos_token_id] + tok.encode(example.instruction, add_special_tokens=False)
+    completion = tok.encode(example.completion, add_special_tokens=False)
+    ids = prefix + [0] * n_slots + completion
+    return ids, len(prefix), len(prefix) + n_slots
+
+
+def reference_cache(model, prompt, example, names):
+    """``run_with_cache`` on one unpadded example, the prompt written in by a hook made here."""
+    n = prompt.n_tokens
+    ids, start, _ = reference_tokens(model, example, n)
+    vectors = prompt.embedding.detach()
+
+    def write(embed, hook):
+        embed = embed.clone()
+        embed[0, start : start + n] = vectors.to(embed.dtype)
+        return embed
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", write)]):
+        logits, cache = model.run_with_cache(
+            torch.tensor([ids]), names_filter=lambda name: name in names
+        )
+    return ids, start, logits, cache
+
+
+def reference_slot_acts(model, prompt, examples, layers) -> np.ndarray:
+    """``[N, len(layers), d_mlp, n_slots]`` activations from TransformerLens's run_with_cache."""
+    names = {f"blocks.{L}.mlp.hook_post" for L in layers}
+    out = []
+    for e in examples:
+        _, start, _, cache = reference_cache(model, prompt, e, names)
+        n = prompt.n_tokens
+        per_layer = [
+            cache[f"blocks.{L}.mlp.hook_post"][0, start : start + n].T.double().numpy()
+            for L in layers
+        ]
+        out.append(np.stack(per_layer))
+    return np.stack(out)
+
+
+def reference_losses(model, prompt, examples) -> np.ndarray:
+    """Per-example mean completion cross-entropy from the full logits of unpadded runs."""
+    out = []
+    for e in examples:
+        ids, start, logits, _ = reference_cache(model, prompt, e, set())
+        comp_start = start + prompt.n_tokens
+        logp = torch.log_softmax(logits[0].double(), -1)
+        targets = torch.tensor(ids[comp_start:])
+        out.append(float(-logp[comp_start - 1 : len(ids) - 1].gather(1, targets[:, None]).mean()))
+    return np.array(out)
+
+
+def corrcoef_rows(acts: np.ndarray, metric: np.ndarray) -> np.ndarray:
+    """Pearson r of each series along axis 0 with ``metric``, via numpy.corrcoef."""
+    flat = acts.reshape(acts.shape[0], -1)
+    out = np.array([np.corrcoef(flat[:, j], metric)[0, 1] for j in range(flat.shape[1])])
+    return out.reshape(acts.shape[1:])
+
+
+def write_llama_gguf(checkpoint, path) -> None:
+    """Write an HF Llama checkpoint as an F32 GGUF file the way llama.cpp's converter lays it out.
+
+    (q/k rows permuted to llama.cpp's rotary order, a gpt2-style BPE vocabulary and merges), so
+    that loading it back exercises transformers' GGUF dequantisation and un-permutation.
+    """
+    import json
+
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(checkpoint)
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    cfg = hf.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    tokens = [None] * len(spec["model"]["vocab"])
+    for text, i in spec["model"]["vocab"].items():
+        tokens[i] = text
+    specials = {t["content"] for t in spec["added_tokens"]}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in specials else 1 for t in tokens])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]])
+    w.add_bos_token_id(tok.bos_token_id)
+    w.add_eos_token_id(tok.eos_token_id)
+
+    def permute(x, n_head):
+        return (
+            x.reshape(n_head, 2, x.shape[0] // n_head // 2, *x.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(x.shape)
+        )
+
+    sd = {k: v.numpy().astype(np.float32) for k, v in hf.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    names = {
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        for ours, theirs in names.items():
+            w.add_tensor(f"blk.{i}.{ours}.weight", sd[f"{p}{theirs}.weight"])
+        q, k = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
+        w.add_tensor(f"blk.{i}.attn_q.weight", permute(q, cfg.num_attention_heads))
+        w.add_tensor(f"blk.{i}.attn_k.weight", permute(k, cfg.num_key_value_heads))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

@@ -1,0 +1,119 @@
+"""Loading: HF-vs-TransformerLens logits, backends, the hook self-test, and loader errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import sklens
+from sklens.hook_check import HookMeaningError, check_neuron_hooks
+
+LOGIT_TOL = 1e-4  # measured: 1.8e-7 (qwen2) and ~2e-7 (llama) on the tiny checkpoints
+
+
+@pytest.mark.parametrize("arch_dir", ["qwen_dir", "llama_dir"])
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_logits_match_hf(arch_dir, backend, request):
+    path = request.getfixturevalue(arch_dir)
+    model = sklens.load_model(path, backend=backend, device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 17))
+    with torch.no_grad():
+        diff = (model(tokens) - hf(tokens).logits).abs().max()
+    assert diff < LOGIT_TOL
+
+
+def test_hook_post_is_down_proj_input(qwen_dir, qwen):
+    hf = AutoModelForCausalLM.from_pretrained(qwen_dir, attn_implementation="eager")
+    seen = {}
+
+    def record(module, args, output):
+        seen["x"] = args[0]
+
+    handle = hf.model.layers[1].mlp.down_proj.register_forward_hook(record)
+    tokens = torch.randint(0, qwen.cfg.d_vocab, (1, 9))
+    with torch.no_grad():
+        hf(tokens)
+        _, cache = qwen.run_with_cache(tokens, names_filter="blocks.1.mlp.hook_post")
+    handle.remove()
+    torch.testing.assert_close(cache["blocks.1.mlp.hook_post"], seen["x"], rtol=1e-5, atol=1e-6)
+
+
+def test_weights_are_frozen_after_load(qwen):
+    assert not any(p.requires_grad for p in qwen.parameters())
+
+
+def test_self_test_passes_and_catches_a_wrong_hook(qwen):
+    assert check_neuron_hooks(qwen) < 1e-5
+    # a deliberately wrong hook: the recorded activation is permuted across neurons
+    perm = torch.randperm(qwen.cfg.d_mlp)
+    qwen.blocks[1].mlp.hook_post.add_hook(lambda act, hook: act[..., perm], dir="fwd")
+    try:
+        with pytest.raises(HookMeaningError, match="blocks.1.mlp.hook_post"):
+            check_neuron_hooks(qwen)
+    finally:
+        qwen.reset_hooks(including_permanent=True)
+    assert check_neuron_hooks(qwen) < 1e-5
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'Qwen/Qwen1.5-1.8B-Chatt'.*Did you mean"):
+        sklens.load_model("Qwen/Qwen1.5-1.8B-Chatt")
+
+
+def test_unsupported_architecture_is_refused(qwen_dir, tmp_path):
+    bad = tmp_path / "gpt2ish"
+    shutil.copytree(qwen_dir, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="GPT2LMHeadModel.*LlamaForCausalLM and Qwen2ForCausalLM"):
+        sklens.load_model(bad)
+
+
+def test_not_a_checkpoint_and_not_gguf(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        sklens.load_model(tmp_path / "empty")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a .gguf file"):
+        sklens.load_model(tmp_path / "weights.bin")
+
+
+def test_checkpoint_path_naming_a_family_still_loads(qwen_dir, tmp_path):
+    # TransformerLens picks architectures by substrings of the name; a Qwen2 checkpoint under a
+    # directory called "llama-..." must still load as Qwen2
+    odd = tmp_path / "llama-experiments"
+    shutil.copytree(qwen_dir, odd)
+    model = sklens.load_model(odd, device="cpu")
+    assert model.cfg.original_architecture == "Qwen2ForCausalLM"
+
+
+def test_tiny_models_are_deterministic_per_seed():
+    a = sklens.tiny_model("llama", seed=3, device="cpu")
+    b = sklens.tiny_model("llama", seed=3, device="cpu")
+    c = sklens.tiny_model("llama", seed=4, device="cpu")
+    assert torch.equal(a.W_E, b.W_E) and not torch.equal(a.W_E, c.W_E)
+    with pytest.raises(ValueError, match="'qwen2' or 'llama'"):
+        sklens.tiny_model("gpt2")
+
+
+def test_gguf_file_loads_offline_to_the_source_model(llama_dir, tmp_path):
+    from tests.helpers import write_llama_gguf
+
+    write_llama_gguf(llama_dir, tmp_path / "tiny.gguf")
+    model = sklens.load_model(tmp_path / "tiny.gguf", device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="eager")
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 13))
+    with torch.no_grad():
+        assert (model(tokens) - hf(tokens).logits).abs().max() < LOGIT_TOL
+    # dequantised once: the cached checkpoint is reused, and no partial directory is left behind
+    converted = sklens.gguf_to_checkpoint(tmp_path / "tiny.gguf")
+    stamp = (converted / "config.json").stat().st_mtime_ns
+    assert sklens.gguf_to_checkpoint(tmp_path / "tiny.gguf") == converted
+    assert (converted / "config.json").stat().st_mtime_ns == stamp
+    assert not [p for p in converted.parent.iterdir() if p.name.startswith(".partial-")]

@@ -1,0 +1,103 @@
+"""Training: gradients reach only the prompt, causality of the slots, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import sklens
+from sklens.data.format import encode, iter_batches
+from sklens.forward import completion_logprobs
+from sklens.training import frozen
+from tests.helpers import reference_cache
+
+
+def test_gradient_reaches_only_the_prompt(qwen, examples):
+    for p in qwen.parameters():  # as a user's freshly built, trainable model
+        p.requires_grad_(True)
+    prompt = sklens.SoftPrompt.init_for(qwen, 4, seed=0)
+    batch = next(iter_batches(qwen, encode(qwen, examples[:4], 4), 4, 4))
+    with frozen(qwen), prompt.attached(qwen, batch.slot_start):
+        completion_logprobs(qwen, batch).mean_loss.mean().backward()
+    assert prompt.embedding.grad is not None and prompt.embedding.grad.abs().sum() > 0
+    assert all(p.grad is None for p in qwen.parameters())
+    assert all(p.requires_grad for p in qwen.parameters())  # flags restored afterwards
+
+
+def test_training_freezes_weights_and_reduces_loss(qwen, examples):
+    before = {k: v.clone() for k, v in qwen.state_dict().items()}
+    prompt = sklens.train_soft_prompt(
+        qwen,
+        examples[:32],
+        n_tokens=4,
+        steps=30,
+        lr=3e-2,
+        batch_size=8,
+        val_examples=examples[32:],
+        eval_every=10,
+        progress=False,
+    )
+    assert all(torch.equal(before[k], v) for k, v in qwen.state_dict().items())
+    val = [h["val_loss"] for h in prompt.history if "val_loss" in h]
+    assert len(val) == 4 and val[-1] < val[0] - 0.1
+    assert [h["step"] for h in prompt.history if "train_loss" in h] == list(range(1, 31))
+    assert prompt.config.training["steps"] == 30 and prompt.config.training["n_train"] == 32
+
+
+def test_instruction_positions_unaffected_completion_positions_affected(qwen, examples):
+    a = sklens.SoftPrompt.init_for(qwen, 4, seed=0)
+    b = sklens.SoftPrompt.init_for(qwen, 4, seed=1)
+    names = {"blocks.1.hook_resid_post"}
+    _, start, _, cache_a = reference_cache(qwen, a, examples[0], names)
+    _, _, _, cache_b = reference_cache(qwen, b, examples[0], names)
+    ra, rb = cache_a["blocks.1.hook_resid_post"][0], cache_b["blocks.1.hook_resid_post"][0]
+    assert torch.equal(ra[:start], rb[:start])
+    assert (ra[start + 4 :] - rb[start + 4 :]).abs().max() > 1e-3
+
+
+def test_training_is_deterministic_for_a_seed(qwen, examples):
+    kw = dict(n_tokens=3, steps=6, batch_size=4, progress=False)
+    p1 = sklens.train_soft_prompt(qwen, examples[:16], seed=5, **kw)
+    p2 = sklens.train_soft_prompt(qwen, examples[:16], seed=5, **kw)
+    p3 = sklens.train_soft_prompt(qwen, examples[:16], seed=6, **kw)
+    assert torch.equal(p1.embedding, p2.embedding)
+    assert not torch.equal(p1.embedding, p3.embedding)
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(qwen, examples, tmp_path, monkeypatch):
+    kw = dict(n_tokens=3, batch_size=4, seed=1, steps=10, progress=False, checkpoint_every=4)
+    full = sklens.train_soft_prompt(qwen, examples[:16], **kw)
+
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:  # killed during step 7: only the step-4 checkpoint exists
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        sklens.train_soft_prompt(qwen, examples[:16], checkpoint_dir=tmp_path, **kw)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 4
+
+    resumed = sklens.train_soft_prompt(qwen, examples[:16], checkpoint_dir=tmp_path, **kw)
+    torch.testing.assert_close(resumed.embedding, full.embedding, rtol=0, atol=1e-6)
+    assert [h["step"] for h in resumed.history] == list(range(1, 11))
+
+
+def test_resume_refuses_other_settings(qwen, examples, tmp_path):
+    kw = dict(n_tokens=3, batch_size=4, progress=False, checkpoint_dir=tmp_path)
+    sklens.train_soft_prompt(qwen, examples[:8], steps=2, lr=1e-3, **kw)
+    with pytest.raises(ValueError, match="other settings \\(lr\\)"):
+        sklens.train_soft_prompt(qwen, examples[:8], steps=2, lr=2e-3, **kw)
+
+
+def test_training_argument_errors(qwen, examples):
+    with pytest.raises(ValueError, match="steps or epochs, not both"):
+        sklens.train_soft_prompt(qwen, examples, steps=2, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="no examples"):
+        sklens.train_soft_prompt(qwen, [], steps=2, progress=False)
