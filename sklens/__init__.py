@@ -4,19 +4,24 @@ Train a soft prompt on a frozen TransformerLens model, correlate every MLP neuro
 the prompt's slots with an auxiliary metric, and inspect the neurons that track it.
 """
 
-from sklens import metrics
+from sklens import data, metrics
 from sklens.activations import neuron_activations, slot_activations, top_examples
 from sklens.data.example import Example
 from sklens.hook_check import HookMeaningError, check_neuron_hooks
-from sklens.models import SUPPORTED_ARCHITECTURES, gguf_to_checkpoint, load_model
+from sklens.models import DEFAULT_MODEL, SUPPORTED_ARCHITECTURES, gguf_to_checkpoint, load_model
 from sklens.moments import Moments
 from sklens.scan import Scan, scan
 from sklens.soft_prompt import InitMode, SoftPrompt, SoftPromptConfig
+from sklens.study import StudyConfig, run_study
 from sklens.tiny import tiny_checkpoint, tiny_model
 from sklens.training import train_soft_prompt
 from sklens.version import __version__
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "StudyConfig",
+    "data",
+    "run_study",
     "SUPPORTED_ARCHITECTURES",
     "Example",
     "HookMeaningError",

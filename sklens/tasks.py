@@ -1,0 +1,80 @@
+"""Named tasks for the command line: data, split and default metric of each study."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from sklens import metrics
+from sklens.data.bigbench import bigbench_arithmetic
+from sklens.data.example import Example
+from sklens.data.hans import generate_hans, load_hans
+from sklens.data.jsonl import load_jsonl
+from sklens.data.skillmix import generate_skillmix, load_skillmix
+from sklens.data.split import train_val_split
+
+TASKS = ("arithmetic", "hans", "skillmix")
+DEFAULT_METRICS = {
+    "arithmetic": "loss",  # RQ3: no label, the model's own per-example loss
+    "hans": "label:heuristic=lexical_overlap",  # RQ2
+    "skillmix": "label:skill=spatial",  # RQ1
+}
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: list[Example]
+    val: list[Example]
+    default_metric: str | None
+
+
+def _coerce(value: str) -> object:
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_metric(spec: str) -> metrics.Metric:
+    """``loss`` | ``confidence`` | ``label:KEY`` | ``label:KEY=VALUE`` → a Metric."""
+    if spec == "loss":
+        return metrics.loss()
+    if spec == "confidence":
+        return metrics.confidence()
+    if spec.startswith("label:") and len(spec) > len("label:"):
+        key, sep, value = spec[len("label:") :].partition("=")
+        return metrics.label(key, _coerce(value) if sep else None)
+    raise ValueError(f"unknown metric {spec!r}: use loss, confidence, label:KEY or label:KEY=VALUE")
+
+
+def load_task(
+    task: str, *, n_train: int, n_val: int, seed: int, data: str | None = None
+) -> TaskData:
+    """The examples of a named task (or a .jsonl file), shuffled with ``seed`` and split."""
+    n = n_train + n_val
+    path = Path(task)
+    if task == "arithmetic":
+        pool = bigbench_arithmetic(seed=seed)
+    elif task == "hans":
+        pool = load_hans(data) if data else generate_hans(n, seed=seed)
+    elif task == "skillmix":
+        pool = load_skillmix(data) if data else generate_skillmix(n, seed=seed)
+    elif path.suffix == ".jsonl":
+        pool = load_jsonl(path)
+    else:
+        raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)} or a FILE.jsonl")
+    pool = list(pool)
+    random.Random(seed).shuffle(pool)
+    if len(pool) < n:
+        raise ValueError(
+            f"task {task!r} has {len(pool)} examples, fewer than n_train + n_val = {n}"
+        )
+    train, val = train_val_split(pool[:n], n_val, seed=seed)
+    return TaskData(task, train, val, DEFAULT_METRICS.get(task))

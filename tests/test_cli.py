@@ -1,0 +1,139 @@
+"""The sklens command end to end on a tiny model and generated data: outputs, resume, atomicity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+
+import sklens
+from sklens import study
+from sklens.cli import main
+
+
+def _args(model_dir, out, *extra):
+    return [
+        "run",
+        "--task",
+        "skillmix",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--n-train",
+        "16",
+        "--n-val",
+        "12",
+        "--n-tokens",
+        "3",
+        "--batch-size",
+        "4",
+        "--top-k",
+        "3",
+        "--n-extremal",
+        "2",
+        "--quiet",
+        *extra,
+    ]
+
+
+def _no_partial_files(out):
+    return not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_run_writes_every_output(qwen_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(qwen_dir, out)) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "layer" in printed and "metric label:skill=spatial over 12 validation examples" in printed
+    )
+    neurons = pd.read_csv(out / "neurons.csv")
+    assert (
+        list(neurons.columns[:5]) == ["layer", "neuron", "position", "corr", "score"]
+        and len(neurons) == 3
+    )
+    examples = pd.read_csv(out / "examples.csv")
+    assert len(examples) == 3 * 2 * 2 and set(examples.direction) == {"most", "least"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "label:skill=spatial" and summary["data"]["n_val"] == 12
+    assert {"sklens", "torch", "transformer-lens", "transformers"} <= set(summary["versions"])
+    assert set(summary["timings_s"]) == {"data", "load_model", "train", "scan", "examples"}
+    scan = sklens.Scan.load(out / "scan.safetensors")
+    top = scan.top_k(3)
+    assert list(top.neuron) == list(neurons.neuron)
+    prompt = sklens.SoftPrompt.load(out / "prompt")
+    assert prompt.config.training["steps"] == 3
+    assert _no_partial_files(out)
+
+
+def test_killed_run_resumes_without_corruption(qwen_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "scan", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(qwen_dir, out))
+    assert (out / "checkpoint" / "train_state.json").exists() and not (
+        out / "scan.safetensors"
+    ).exists()
+    assert _no_partial_files(out)
+    trained = sklens.SoftPrompt.load(out / "prompt")
+    monkeypatch.undo()
+
+    steps = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def counting_step(self, *args, **kwargs):
+        steps["n"] += 1
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    assert main(_args(qwen_dir, out, "--resume")) == 0
+    assert steps["n"] == 0  # training was finished: not one optimizer step is redone
+    assert sklens.SoftPrompt.load(out / "prompt").embedding.equal(trained.embedding)
+    stamp = (out / "scan.safetensors").stat().st_mtime_ns
+    assert main(_args(qwen_dir, out, "--resume")) == 0
+    assert (out / "scan.safetensors").stat().st_mtime_ns == stamp  # the finished scan is reused
+    assert main(_args(qwen_dir, out, "--resume", "--metric", "label:skill=metaphor")) == 0
+    assert (out / "scan.safetensors").stat().st_mtime_ns != stamp  # ... unless its settings changed
+    assert _no_partial_files(out)
+
+
+def test_jsonl_task_and_errors(qwen_dir, tmp_path, capsys):
+    task = tmp_path / "task.jsonl"
+    lines = [
+        {
+            "instruction": f"Is {i} even?",
+            "completion": "yes" if i % 2 == 0 else "no",
+            "even": i % 2 == 0,
+        }
+        for i in range(30)
+    ]
+    task.write_text("\n".join(json.dumps(line) for line in lines))
+    args = _args(qwen_dir, tmp_path / "j")
+    args[args.index("skillmix")] = str(task)
+    assert main(args) == 2
+    assert "has no default metric: pass --metric" in capsys.readouterr().err
+    assert main([*args, "--metric", "label:even=true"]) == 0
+    assert main([*args, "--metric", "accuracy"]) == 2
+    assert "unknown metric 'accuracy'" in capsys.readouterr().err
+    bad = _args(qwen_dir, tmp_path / "b")
+    bad[bad.index("skillmix")] = "translation"
+    assert main(bad) == 2
+    assert "unknown task 'translation'" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("sklens")
+    assert exe, "the sklens console script is not on PATH: pip install -e ."
+    result = subprocess.run([exe, "run", "--help"], capture_output=True, text=True, check=True)
+    assert "--metric" in result.stdout and "label:KEY=VALUE" in result.stdout
