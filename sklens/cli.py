@@ -65,7 +65,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="sklens: %(message)s")
+    log = logging.getLogger("sklens")  # only ours: other libraries' INFO chatter stays quiet
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("sklens: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
         if args.command == "fetch":
             return _fetch(args.source)

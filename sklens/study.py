@@ -43,12 +43,12 @@ class StudyConfig:
     data: str | None = None
     top_k: int = 10
     n_tokens: int = 20
-    steps: int = 40
+    steps: int = 30
     batch_size: int = 8
     lr: float = 3e-3
     seed: int = 0
-    n_train: int = 320
-    n_val: int = 192
+    n_train: int = 240
+    n_val: int = 160
     n_extremal: int = 5
     backend: str = "hooked"
     device: str | None = None

@@ -117,3 +117,21 @@ def test_gguf_file_loads_offline_to_the_source_model(llama_dir, tmp_path):
     assert sklens.gguf_to_checkpoint(tmp_path / "tiny.gguf") == converted
     assert (converted / "config.json").stat().st_mtime_ns == stamp
     assert not [p for p in converted.parent.iterdir() if p.name.startswith(".partial-")]
+
+
+def test_official_names_load_unprocessed_through_transformer_lens(monkeypatch, qwen):
+    # no hub here: check the routing (an official name goes to from_pretrained_no_processing,
+    # the unprocessed weights whose hook_post equals HF's) and that the self-test still runs
+    from transformer_lens import HookedTransformer
+
+    calls = []
+
+    def fake(name, **kwargs):
+        calls.append((name, kwargs))
+        return qwen
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", fake)
+    model = sklens.load_model("Qwen/Qwen1.5-1.8B-Chat", device="cpu")
+    assert model is qwen and calls == [
+        ("Qwen/Qwen1.5-1.8B-Chat", {"device": "cpu", "dtype": torch.float32})
+    ]
