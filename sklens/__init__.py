@@ -5,7 +5,9 @@ the prompt's slots with an auxiliary metric, and inspect the neurons that track 
 """
 
 from sklens import data, metrics
+from sklens.ablate import NeuronIntervention, ablated, ablation_hooks
 from sklens.activations import neuron_activations, slot_activations, top_examples
+from sklens.causal import causal_check, dose_response, evaluate, neuron_stats, random_sets
 from sklens.data.example import Example
 from sklens.hook_check import HookMeaningError, check_neuron_hooks
 from sklens.models import DEFAULT_MODEL, SUPPORTED_ARCHITECTURES, gguf_to_checkpoint, load_model
@@ -18,6 +20,14 @@ from sklens.training import train_soft_prompt
 from sklens.version import __version__
 
 __all__ = [
+    "NeuronIntervention",
+    "ablated",
+    "ablation_hooks",
+    "causal_check",
+    "dose_response",
+    "evaluate",
+    "neuron_stats",
+    "random_sets",
     "DEFAULT_MODEL",
     "StudyConfig",
     "data",

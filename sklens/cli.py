@@ -38,17 +38,19 @@ def _parser() -> argparse.ArgumentParser:
         "n_extremal": "most/least activating examples per neuron",
         "reduce": "max (the paper's rule) or absmax (symmetric)",
         "backend": "hooked (HookedTransformer) or bridge (TransformerBridge)",
+        "ablate": "also run the causal check of the top-K neurons against random controls",
+        "ablate_modes": "comma-separated: zero, mean, resample, noise",
+        "n_causal": "validation examples in the causal check",
     }
     for f in fields(StudyConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        text = helps.get(f.name, f.name.replace("_", " "))
+        if isinstance(default, bool):
+            run.add_argument(flag, action="store_true", help=text)
+            continue
         kind = type(default) if default is not None else str
-        run.add_argument(
-            flag,
-            type=kind,
-            default=default,
-            help=f"{helps.get(f.name, f.name.replace('_', ' '))} (default: {default})",
-        )
+        run.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
     run.add_argument("--out", default="sklens-out", help="output directory (default: sklens-out)")
     run.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bars")

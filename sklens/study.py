@@ -23,6 +23,7 @@ import torch
 
 from sklens.activations import slot_activations
 from sklens.atomic import atomic_path, write_text
+from sklens.causal import causal_check
 from sklens.data.example import data_hash
 from sklens.models import DEFAULT_MODEL, load_model
 from sklens.scan import Scan, scan
@@ -53,6 +54,10 @@ class StudyConfig:
     backend: str = "hooked"
     device: str | None = None
     reduce: str = "max"
+    ablate: bool = False  # add the causal check (sklens.causal_check) of the top-K neurons
+    ablate_modes: str = "zero,mean"
+    n_random: int = 5
+    n_causal: int = 48  # validation examples used by the causal check
 
 
 def versions() -> dict[str, str]:
@@ -101,6 +106,36 @@ def extremal_examples(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def causal_summary(path: Path) -> list[dict[str, Any]]:
+    """The selected set's overall rows of a causal check, with the random sets' mean change."""
+    table = pd.read_csv(path)
+    overall = table[table.group == "all"]
+    rows = []
+    for mode, part in overall.groupby("mode"):
+        selected = part[part.set == "selected"].iloc[0]
+        randoms = part[part.set != "selected"]
+        rows.append(
+            {
+                "mode": mode,
+                **{
+                    f"{k}": selected[k]
+                    for k in (
+                        "d_loss",
+                        "d_loss_lo",
+                        "d_loss_hi",
+                        "p_loss",
+                        "d_accuracy",
+                        "p_accuracy",
+                        "accuracy_base",
+                    )
+                },
+                "random_d_loss_mean": float(randoms.d_loss.mean()),
+                "random_d_accuracy_mean": float(randoms.d_accuracy.mean()),
+            }
+        )
+    return rows
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -178,6 +213,22 @@ def run_study(
     )
     _write_csv(examples, out / "examples.csv")
     lap("examples")
+    if config.ablate:
+        causal = causal_check(
+            model,
+            prompt,
+            task.val[: config.n_causal],
+            neurons,
+            metric=metric,
+            modes=tuple(config.ablate_modes.split(",")),
+            n_random=config.n_random,
+            group_by=task.group_by,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            progress=progress,
+        )
+        _write_csv(causal, out / "causal.csv")
+        lap("causal")
     values = result.metric_values
     summary = {
         "config": asdict(config),
@@ -207,6 +258,7 @@ def run_study(
             "max": float(values.max()),
         },
         "top_neurons": neurons.to_dict(orient="records"),
+        "causal": causal_summary(out / "causal.csv") if config.ablate else None,
         "timings_s": timings,
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))

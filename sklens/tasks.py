@@ -22,12 +22,16 @@ DEFAULT_METRICS = {
 }
 
 
+DEFAULT_GROUPS = {"arithmetic": "operation", "hans": "heuristic", "skillmix": "skill"}
+
+
 @dataclass
 class TaskData:
     name: str
     train: list[Example]
     val: list[Example]
     default_metric: str | None
+    group_by: str | None = None
 
 
 def _coerce(value: str) -> object:
@@ -77,4 +81,4 @@ def load_task(
             f"task {task!r} has {len(pool)} examples, fewer than n_train + n_val = {n}"
         )
     train, val = train_val_split(pool[:n], n_val, seed=seed)
-    return TaskData(task, train, val, DEFAULT_METRICS.get(task))
+    return TaskData(task, train, val, DEFAULT_METRICS.get(task), DEFAULT_GROUPS.get(task))

@@ -137,3 +137,31 @@ def test_console_script_is_installed():
     assert exe, "the sklens console script is not on PATH: pip install -e ."
     result = subprocess.run([exe, "run", "--help"], capture_output=True, text=True, check=True)
     assert "--metric" in result.stdout and "label:KEY=VALUE" in result.stdout
+
+
+def test_run_with_ablate_writes_the_causal_check(qwen_dir, tmp_path):
+    out = tmp_path / "abl"
+    assert (
+        main(
+            _args(
+                qwen_dir,
+                out,
+                "--ablate",
+                "--n-random",
+                "2",
+                "--n-causal",
+                "6",
+                "--ablate-modes",
+                "zero",
+            )
+        )
+        == 0
+    )
+    causal = pd.read_csv(out / "causal.csv")
+    assert set(causal.set) == {"selected", "random_0", "random_1"}
+    assert set(causal.group) == {"all", "skill=spatial", "skill=metaphor"} & set(causal.group) | {
+        "all"
+    }
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["causal"][0]["mode"] == "zero" and "p_loss" in summary["causal"][0]
+    assert "causal" in summary["timings_s"]

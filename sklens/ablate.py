@@ -1,0 +1,196 @@
+"""Interventions on selected neurons: TransformerLens forward hooks on ``blocks.L.mlp.hook_post``.
+
+A neuron set is a ``top_k`` DataFrame, a list of ``(layer, neuron)`` pairs, or a boolean mask
+``[n_layers, d_mlp]``. Modes:
+
+* ``zero`` — set to 0;  ``mean`` — set to a per-neuron mean over a reference set (``means``);
+* ``resample`` — take the activation of another example in the batch (at the same slot, or the
+  same absolute position elsewhere), never of the same example;
+* ``noise`` — add Gaussian noise of std ``noise_std`` (seeded);
+* ``scale`` / ``shift`` — multiply by ``factor`` / add ``shift`` (steering).
+
+``positions`` is ``"slots"`` (the soft-prompt slots, needs the batch), ``"all"``, or a boolean
+mask ``[pos]`` or ``[batch, pos]``. The hooks come back as a plain ``fwd_hooks`` list for
+``model.hooks(...)`` / ``run_with_hooks``, or applied by the ``ablated(...)`` context manager,
+which removes them on exit, also on an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from sklens.data.format import Batch
+
+MODES = ("zero", "mean", "resample", "noise", "scale", "shift")
+
+
+def neuron_index(model: Any, neurons: Any) -> dict[int, Tensor]:
+    """``{layer: neuron ids}`` from a DataFrame, ``(layer, neuron)`` pairs, a bool mask, or an
+    index of this form."""
+    cfg = model.cfg
+    if isinstance(neurons, dict):
+        neurons = [(L, int(i)) for L, ids in neurons.items() for i in ids]
+    if isinstance(neurons, Tensor):
+        if neurons.dtype != torch.bool or tuple(neurons.shape) != (cfg.n_layers, cfg.d_mlp):
+            raise ValueError(
+                f"a neuron mask must be bool [{cfg.n_layers}, {cfg.d_mlp}], got "
+                f"{neurons.dtype} {tuple(neurons.shape)}"
+            )
+        pairs = [tuple(p) for p in neurons.nonzero().tolist()]
+    elif isinstance(neurons, pd.DataFrame):
+        if not {"layer", "neuron"} <= set(neurons.columns):
+            raise ValueError("a neuron table needs 'layer' and 'neuron' columns")
+        pairs = list(zip(neurons["layer"].astype(int), neurons["neuron"].astype(int), strict=True))
+    else:
+        pairs = [(int(L), int(i)) for L, i in neurons]
+    out: dict[int, list[int]] = {}
+    for L, i in pairs:
+        if not (0 <= L < cfg.n_layers and 0 <= i < cfg.d_mlp):
+            raise ValueError(
+                f"neuron ({L}, {i}) is outside the model (n_layers={cfg.n_layers}, d_mlp={cfg.d_mlp})"
+            )
+        out.setdefault(L, [])
+        if i not in out[L]:
+            out[L].append(i)
+    return {L: torch.tensor(sorted(ids)) for L, ids in sorted(out.items())}
+
+
+class NeuronIntervention:
+    """Hooks that edit selected neurons; ``set_batch`` tells them where the slots are."""
+
+    def __init__(
+        self,
+        model: Any,
+        neurons: Any,
+        mode: str = "zero",
+        *,
+        positions: str | Tensor = "all",
+        means: dict[int, Tensor] | Tensor | None = None,
+        noise_std: float = 1.0,
+        factor: float = 0.0,
+        shift: float = 0.0,
+        seed: int = 0,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if isinstance(positions, str) and positions not in ("slots", "all"):
+            raise ValueError(f"positions must be 'slots', 'all' or a bool mask, got {positions!r}")
+        self.index = neuron_index(model, neurons)
+        if mode == "mean":
+            if means is None:
+                raise ValueError("mode='mean' needs means (see sklens.ablate.neuron_means)")
+            missing = [L for L in self.index if L not in means] if isinstance(means, dict) else []
+            if missing:
+                raise ValueError(f"means lack layers {missing}")
+        self.mode, self.positions, self.means = mode, positions, means
+        self.noise_std, self.factor, self.shift, self.seed = noise_std, factor, shift, seed
+        self.batch: Batch | None = None
+        self.row_groups: Tensor | None = None
+        self._calls = 0
+
+    def set_batch(self, batch: Batch | None, row_groups: Sequence[int] | None = None) -> None:
+        """The batch the next forward pass runs on; ``row_groups`` marks rows of one example."""
+        self.batch = batch
+        self.row_groups = None if row_groups is None else torch.tensor(list(row_groups))
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        """A plain ``fwd_hooks`` list."""
+        return [(f"blocks.{L}.mlp.hook_post", self._hook(L, ids)) for L, ids in self.index.items()]
+
+    def _mask(self, act: Tensor) -> Bool[Tensor, "batch pos"]:
+        B, T = act.shape[:2]
+        if isinstance(self.positions, Tensor):
+            mask = self.positions.to(act.device, torch.bool)
+            return mask.expand(B, T) if mask.ndim == 1 else mask
+        if self.positions == "all":
+            return torch.ones(B, T, dtype=torch.bool, device=act.device)
+        if self.batch is None:
+            raise RuntimeError("positions='slots' needs set_batch(batch) before each forward pass")
+        mask = torch.zeros(B, T, dtype=torch.bool, device=act.device)
+        mask.scatter_(1, self.batch.slot_positions.to(act.device), True)
+        return mask
+
+    def _donors(self, B: int, device: torch.device) -> Tensor:
+        """For each row, another row from a different example (a seeded derangement)."""
+        groups = self.row_groups if self.row_groups is not None else torch.arange(B)
+        gen = torch.Generator().manual_seed(self.seed + self._calls)
+        donors = torch.empty(B, dtype=torch.long)
+        for b in range(B):
+            options = (groups != groups[b]).nonzero().flatten()
+            if len(options) == 0:
+                raise ValueError(
+                    "resample ablation needs at least two different examples per batch"
+                )
+            donors[b] = options[torch.randint(len(options), (1,), generator=gen)]
+        return donors.to(device)
+
+    def _resampled(self, act: Tensor) -> Tensor:
+        B, T = act.shape[:2]
+        donors = self._donors(B, act.device)
+        lengths = (
+            self.batch.attention_mask.sum(1).to(act.device)
+            if self.batch is not None
+            else torch.full((B,), T, device=act.device)
+        )
+        src = torch.arange(T, device=act.device).expand(B, T).clone()
+        src = torch.minimum(src, (lengths[donors] - 1)[:, None])
+        if self.batch is not None and self.batch.n_slots > 0:
+            slots = self.batch.slot_positions.to(act.device)  # (B, k)
+            src.scatter_(1, slots, slots[donors])  # slot k takes the donor's slot k
+        return act[donors[:, None], src]  # (B, T, d_mlp)
+
+    def _hook(self, layer: int, ids: Tensor) -> Any:
+        def edit(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> Tensor:
+            idx = ids.to(act.device)
+            current = act[..., idx]  # (B, T, n)
+            if self.mode == "zero":
+                new = torch.zeros_like(current)
+            elif self.mode == "mean":
+                new = self.means[layer].to(act.device, act.dtype)[idx].expand_as(current)
+            elif self.mode == "resample":
+                new = self._resampled(act)[..., idx]
+            elif self.mode == "noise":
+                gen = torch.Generator(device=act.device).manual_seed(self.seed + 7919 * self._calls)
+                noise = torch.randn(
+                    current.shape, generator=gen, device=act.device, dtype=act.dtype
+                )
+                new = current + self.noise_std * noise
+            elif self.mode == "scale":
+                new = current * self.factor
+            else:
+                new = current + self.shift
+            self._calls += 1
+            edited = torch.where(self._mask(act)[..., None], new, current)
+            return act.index_copy(-1, idx, edited)
+
+        return edit
+
+    @contextmanager
+    def applied(self, model: Any) -> Iterator[NeuronIntervention]:
+        """Attach the hooks for the ``with`` block; they are removed even on an exception."""
+        with model.hooks(fwd_hooks=self.hooks()):
+            yield self
+
+
+def ablation_hooks(
+    model: Any, neurons: Any, mode: str = "zero", **kwargs: Any
+) -> list[tuple[str, Any]]:
+    """``fwd_hooks`` that apply ``mode`` to ``neurons`` (see ``NeuronIntervention`` for options)."""
+    return NeuronIntervention(model, neurons, mode, **kwargs).hooks()
+
+
+@contextmanager
+def ablated(
+    model: Any, neurons: Any, mode: str = "zero", **kwargs: Any
+) -> Iterator[NeuronIntervention]:
+    """``with ablated(model, neurons, "zero"): ...`` — the hooks live only inside the block."""
+    intervention = NeuronIntervention(model, neurons, mode, **kwargs)
+    with intervention.applied(model):
+        yield intervention

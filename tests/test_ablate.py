@@ -1,0 +1,209 @@
+"""Ablation hooks against hand computations; random controls; the causal check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sklens
+from sklens.ablate import NeuronIntervention, ablated, ablation_hooks, neuron_index
+from sklens.causal import causal_check, dose_response, evaluate, random_sets
+from sklens.data.format import encode, iter_batches
+from tests.helpers import reference_cache
+
+NAMES = ["blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
+
+
+def _batch(model, examples, n_slots=0):
+    return next(iter_batches(model, encode(model, examples, n_slots), n_slots, len(examples)))
+
+
+def _run(model, batch, hooks=()):
+    with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+        logits, cache = model.run_with_cache(
+            batch.tokens, attention_mask=batch.attention_mask, names_filter=lambda n: n in NAMES
+        )
+    return logits, cache
+
+
+def test_empty_set_and_empty_mask_change_nothing_bitwise(qwen, examples):
+    batch = _batch(qwen, examples[:4])
+    base, _ = _run(qwen, batch)
+    assert neuron_index(qwen, []) == {}
+    empty, _ = _run(qwen, batch, ablation_hooks(qwen, []))
+    assert torch.equal(empty, base)
+    nowhere = torch.zeros(batch.tokens.shape, dtype=torch.bool)
+    masked, _ = _run(qwen, batch, ablation_hooks(qwen, [(1, 3), (0, 5)], "zero", positions=nowhere))
+    assert torch.equal(masked, base)
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean", "scale", "shift"])
+def test_edits_match_a_hand_computation(qwen, examples, mode):
+    batch = _batch(qwen, examples[:3])
+    ids = torch.tensor([2, 40, 77])
+    means = {1: torch.linspace(-1, 1, qwen.cfg.d_mlp)}
+    opts = {"means": means, "factor": 3.0, "shift": -0.5}
+    _, base = _run(qwen, batch)
+    _, cache = _run(qwen, batch, ablation_hooks(qwen, [(1, int(i)) for i in ids], mode, **opts))
+    post0, post = base["blocks.1.mlp.hook_post"], cache["blocks.1.mlp.hook_post"]
+    expected = post0.clone()
+    expected[..., ids] = {
+        "zero": torch.zeros_like(post0[..., ids]),
+        "mean": means[1][ids].expand_as(post0[..., ids]),
+        "scale": post0[..., ids] * 3.0,
+        "shift": post0[..., ids] - 0.5,
+    }[mode]
+    torch.testing.assert_close(post, expected)
+    mlp = qwen.blocks[1].mlp
+    torch.testing.assert_close(
+        cache["blocks.1.hook_mlp_out"], expected @ mlp.W_out + mlp.b_out, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_ablating_a_planted_output_neuron_changes_logits_as_computed(qwen, examples):
+    layer, neuron, token = 1, 11, 42
+    with torch.no_grad():  # plant: neuron 11 writes the unembedding direction of token 42
+        direction = qwen.W_U[:, token] / qwen.W_U[:, token].norm()
+        qwen.blocks[layer].mlp.W_out[neuron] = 20 * direction
+    batch = _batch(qwen, examples[:3])
+    base_logits, base = _run(qwen, batch)
+    logits, _ = _run(qwen, batch, ablation_hooks(qwen, [(layer, neuron)], "zero"))
+    act = base["blocks.1.mlp.hook_post"][..., neuron]  # (B, T)
+    resid = base["blocks.1.hook_resid_post"] - act[..., None] * qwen.blocks[layer].mlp.W_out[neuron]
+    expected = qwen.unembed(qwen.ln_final(resid))
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    # and the planted token's logit moves against the neuron's sign
+    moved = (logits - base_logits)[..., token]
+    assert (torch.sign(moved) == -torch.sign(act))[act.abs() > 1e-2].float().mean() > 0.9
+
+
+def test_slots_only_and_resample_take_another_examples_slots(qwen, examples):
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
+    batch = _batch(qwen, examples[:4], 3)
+    writer = prompt.writer()
+    writer.slot_start = batch.slot_start
+    _, base = _run(qwen, batch, [("hook_embed", writer)])
+    ids = [5, 9]
+    iv = NeuronIntervention(qwen, [(1, i) for i in ids], "resample", positions="slots", seed=3)
+    iv.set_batch(batch)
+    _, cache = _run(qwen, batch, [("hook_embed", writer), *iv.hooks()])
+    post0, post = base["blocks.1.mlp.hook_post"], cache["blocks.1.mlp.hook_post"]
+    slots = batch.slot_positions
+    for b in range(4):
+        got = post[b, slots[b]][:, ids]
+        donors = [d for d in range(4) if torch.equal(got, post0[d, slots[d]][:, ids])]
+        assert donors and b not in donors
+        outside = torch.ones(post.shape[1], dtype=torch.bool)
+        outside[slots[b]] = False
+        assert torch.equal(post[b, outside], post0[b, outside])
+
+
+def test_noise_is_seeded(qwen, examples):
+    batch = _batch(qwen, examples[:2])
+    a, _ = _run(qwen, batch, ablation_hooks(qwen, [(0, 1)], "noise", noise_std=0.5, seed=1))
+    b, _ = _run(qwen, batch, ablation_hooks(qwen, [(0, 1)], "noise", noise_std=0.5, seed=1))
+    c, _ = _run(qwen, batch, ablation_hooks(qwen, [(0, 1)], "noise", noise_std=0.5, seed=2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_context_manager_removes_hooks_even_on_error(qwen):
+    mask = torch.zeros(qwen.cfg.n_layers, qwen.cfg.d_mlp, dtype=torch.bool)
+    mask[1, 3] = True
+    with pytest.raises(RuntimeError, match="boom"), ablated(qwen, mask, "zero"):
+        assert len(qwen.blocks[1].mlp.hook_post.fwd_hooks) == 1
+        raise RuntimeError("boom")
+    assert all(len(hp.fwd_hooks) == 0 for hp in qwen.hook_dict.values())
+
+
+def test_neuron_set_errors(qwen):
+    with pytest.raises(ValueError, match="outside the model"):
+        neuron_index(qwen, [(9, 0)])
+    with pytest.raises(ValueError, match="bool"):
+        neuron_index(qwen, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        NeuronIntervention(qwen, [(0, 1)], "delete")
+    with pytest.raises(ValueError, match="needs means"):
+        NeuronIntervention(qwen, [(0, 1)], "mean")
+
+
+def test_random_controls_are_reproducible_and_match_layers(qwen):
+    selected = [(0, 1), (0, 2), (1, 7)]
+    a = random_sets(qwen, selected, 6, seed=4)
+    b = random_sets(qwen, selected, 6, seed=4)
+    c = random_sets(qwen, selected, 6, seed=5)
+    assert all(
+        x.keys() == y.keys() and all(torch.equal(x[L], y[L]) for L in x)
+        for x, y in zip(a, b, strict=True)
+    )
+    assert any(not torch.equal(x[0], y[0]) for x, y in zip(a, c, strict=True))
+    for drawn in a:
+        assert {L: len(v) for L, v in drawn.items()} == {0: 2, 1: 1}
+        assert not {1, 2} & set(drawn[0].tolist()) and 7 not in drawn[1].tolist()
+    scale = {0: torch.arange(128.0), 1: torch.arange(128.0)}
+    matched = random_sets(qwen, selected, 20, seed=0, scale=scale, pool=4)
+    assert all(abs(int(i) - 7) <= 3 for m in matched for i in m[1])
+
+
+def test_choice_accuracy_matches_an_independent_computation(qwen):
+    ex = [
+        sklens.Example(
+            f"What is {a} plus 1?",
+            str(a + 1),
+            {"choices": [str(a + 1), str(a + 5), "house"], "answer": str(a + 1)},
+        )
+        for a in range(6)
+    ]
+    prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
+    table = evaluate(qwen, prompt, ex, batch_size=4)
+    for i, e in enumerate(ex):
+        scores = []
+        for c in e.meta["choices"]:
+            ids, start, logits, _ = reference_cache(
+                qwen, prompt, sklens.Example(e.instruction, c), set()
+            )
+            comp = start + 2
+            logp = torch.log_softmax(logits[0].double(), -1)[comp - 1 : len(ids) - 1]
+            scores.append(float(logp.gather(1, torch.tensor(ids[comp:])[:, None]).sum()))
+        assert table.correct[i] == float(np.argmax(scores) == 0)
+
+
+def test_causal_check_finds_a_planted_causal_neuron(qwen, examples):
+    with torch.no_grad():
+        qwen.blocks[1].mlp.W_out[11] *= 200  # one neuron that dominates the output
+    table = causal_check(
+        qwen,
+        None,
+        examples[:12],
+        [(1, 11)],
+        modes=("zero",),
+        n_random=4,
+        group_by="op",
+        seed=0,
+        progress=False,
+        n_boot=200,
+    )
+    selected = table[(table.set == "selected") & (table.group == "all")].iloc[0]
+    randoms = table[(table.set != "selected") & (table.group == "all")]
+    assert abs(selected.d_loss) > 5 * randoms.d_loss.abs().max()
+    assert selected.p_loss == pytest.approx(1 / 5)
+    assert selected.d_loss_lo <= selected.d_loss <= selected.d_loss_hi
+    assert set(table.group) == {"all", "op=minus", "op=plus"} and len(table) == 5 * 3
+    assert table[table.set != "selected"].p_loss.isna().all()
+
+
+def test_causal_check_with_a_prompt_on_both_backends(qwen_dir, examples):
+    hooked = sklens.load_model(qwen_dir, device="cpu")
+    bridge = sklens.load_model(qwen_dir, backend="bridge", device="cpu")
+    prompt = sklens.SoftPrompt.init_for(hooked, 3, seed=0)
+    kw = dict(modes=("zero", "mean", "resample"), n_random=2, seed=1, progress=False, n_boot=50)
+    a = causal_check(hooked, prompt, examples[:8], [(0, 3), (1, 4)], **kw)
+    b = causal_check(bridge, prompt, examples[:8], [(0, 3), (1, 4)], **kw)
+    np.testing.assert_allclose(a.d_loss.to_numpy(), b.d_loss.to_numpy(), atol=1e-4)
+    ranked = sklens.scan(hooked, prompt, examples, sklens.metrics.label("a"), progress=False).top_k(
+        3
+    )
+    dose = dose_response(
+        hooked, prompt, examples[:8], ranked, ks=(1, 3), n_random=2, progress=False, n_boot=50
+    )
+    assert set(dose.k) == {1, 3} and set(dose[dose.set == "selected"].n_neurons) == {1, 3}
