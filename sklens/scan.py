@@ -40,7 +40,9 @@ from sklens.data.format import Batch, encode, iter_batches
 from sklens.forward import completion_logprobs, gather_slots, run_until_stopped, stop_hook
 from sklens.metrics import Metric
 from sklens.moments import Moments
+from sklens.permutation import PermutationAccumulator, PermutationNull
 from sklens.soft_prompt import SoftPrompt
+from sklens.stats import q_values
 from sklens.version import __version__
 
 Reduce = Literal["max", "absmax"]
@@ -62,12 +64,14 @@ class _Folder:
     """``mlp.hook_post`` hooks that fold slot activations into moments, batch by batch.
 
     With the batch's metric known before the pass (label metrics) each layer is folded inside its
-    hook; otherwise the slot activations wait (one batch, ``[B, slots, d_mlp]`` per layer) until
-    the metric is computed from the same pass.
+    hook, and so are the permuted correlations; otherwise the slot activations wait (one batch,
+    ``[B, slots, d_mlp]`` per layer) until the metric is computed from the same pass.
     """
 
-    def __init__(self, moments: Moments, layers: list[int]):
-        self.moments, self.layers = moments, layers
+    def __init__(
+        self, moments: Moments | None, layers: list[int], perm: PermutationAccumulator | None = None
+    ):
+        self.moments, self.layers, self.perm = moments, layers, perm
         self.batch: Batch | None = None
         self.m: Tensor | None = None
         self.pending: dict[int, Tensor] = {}
@@ -80,6 +84,10 @@ class _Folder:
     def _hook(self, j: int) -> Any:
         def fold(activation: Tensor, hook: Any) -> None:
             slots = gather_slots(activation, self.batch)  # (B, k, d_mlp)
+            if self.perm is not None:
+                self.perm.fold_layer(j, slots, self.batch.indices)
+            if self.moments is None:
+                return
             if self.m is None:
                 self.pending[j] = slots
             else:
@@ -91,6 +99,8 @@ class _Folder:
         self.batch, self.m, self.pending = batch, m, {}
 
     def finish(self, m: Tensor) -> None:
+        if self.moments is None:
+            return
         for j, slots in self.pending.items():
             self.moments.fold_layer(j, slots, m)
         if self.m is None and len(self.pending) != len(self.layers):
@@ -113,6 +123,49 @@ def check_slots_vary(moments: Moments) -> None:
         )
 
 
+def _pass(
+    model: Any,
+    prompt: SoftPrompt,
+    examples: list[Example],
+    encoded: list,
+    metric: Metric,
+    known: Tensor | None,
+    folder: _Folder,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> Tensor:
+    """One pass over the examples with the folder's hooks; returns the metric values."""
+    device = prompt.embedding.device
+    writer = prompt.writer()
+    fwd_hooks = [("hook_embed", writer), *folder.hooks()]
+    if known is not None:
+        fwd_hooks.append(stop_hook(f"blocks.{folder.layers[-1]}.mlp.hook_post"))
+    values = torch.empty(len(examples), dtype=torch.float64)
+    batches = iter_batches(
+        model, encoded, prompt.n_tokens, batch_size, with_completion=known is None
+    )
+    total = -(-len(examples) // batch_size)
+    checked = folder.moments is None
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+        for batch in tqdm(batches, total=total, desc=desc, disable=not progress):
+            writer.slot_start = batch.slot_start
+            if known is not None:
+                m = known[batch.indices]
+                folder.start(batch, m.to(device))
+                run_until_stopped(model, batch)
+            else:
+                folder.start(batch, None)
+                scores = completion_logprobs(model, batch)
+                m = metric([examples[i] for i in batch.indices], batch.indices, scores)
+            folder.finish(m.to(device))
+            values[batch.indices] = m.cpu()
+            if not checked and folder.moments.n >= 2:
+                check_slots_vary(folder.moments)
+                checked = True
+    return values
+
+
 def scan(
     model: Any,
     prompt: SoftPrompt,
@@ -121,6 +174,9 @@ def scan(
     *,
     batch_size: int = 8,
     layers: Sequence[int] | None = None,
+    n_permutations: int = 0,
+    permutation_groups: str | None = None,
+    permutation_seed: int = 0,
     chat_template: bool | None = None,
     progress: bool = True,
 ) -> Scan:
@@ -134,6 +190,12 @@ def scan(
             example.
         batch_size: examples per forward pass.
         layers: the layers to scan (default all).
+        n_permutations: B > 0 also builds the max-statistic permutation null (``scan.null``;
+            ``p_values``, ``q_values``, ``significant``). With a label metric it is accumulated in
+            the same pass; a model-based metric (loss, confidence) is only known after the pass,
+            so the null takes a second pass.
+        permutation_groups: a meta field; permute only within its groups (exchangeability blocks).
+        permutation_seed: seed of the permutations.
         chat_template: use the tokenizer's chat template (default: if it has one).
         progress: show a tqdm bar.
     """
@@ -143,6 +205,14 @@ def scan(
     metric = metrics_mod.resolve(metric, len(examples))
     layer_ids = resolve_layers(model, layers)
     prompt.check_fits(model)
+    groups = None
+    if permutation_groups is not None:
+        missing = [i for i, e in enumerate(examples) if permutation_groups not in e.meta]
+        if missing:
+            raise ValueError(
+                f"permutation_groups={permutation_groups!r} is missing in examples {missing[:5]}"
+            )
+        groups = [e.meta[permutation_groups] for e in examples]
     encoded = encode(model, examples, prompt.n_tokens, chat_template=chat_template)
     known = None
     if not metric.needs_logprobs:
@@ -150,35 +220,34 @@ def scan(
         metrics_mod.check_values(known, metric.name)
 
     device = prompt.embedding.device
-    moments = Moments.zeros(len(layer_ids), model.cfg.d_mlp, prompt.n_tokens, device)
-    folder = _Folder(moments, layer_ids)
-    writer = prompt.writer()
-    fwd_hooks = [("hook_embed", writer), *folder.hooks()]
-    if not metric.needs_logprobs:
-        fwd_hooks.append(stop_hook(f"blocks.{layer_ids[-1]}.mlp.hook_post"))
-    values = torch.empty(len(examples), dtype=torch.float64)
-    batches = iter_batches(
-        model, encoded, prompt.n_tokens, batch_size, with_completion=metric.needs_logprobs
+    shape = (len(layer_ids), model.cfg.d_mlp, prompt.n_tokens)
+    moments = Moments.zeros(*shape, device)
+
+    def accumulator(values: Tensor) -> PermutationAccumulator:
+        return PermutationAccumulator(
+            values, shape, n_permutations, seed=permutation_seed, groups=groups, device=device
+        )
+
+    perm = accumulator(known) if n_permutations and known is not None else None
+    folder = _Folder(moments, layer_ids, perm)
+    values = _pass(
+        model, prompt, examples, encoded, metric, known, folder, batch_size, progress, "scan"
     )
-    total = -(-len(examples) // batch_size)
-    checked = False
-    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
-        for batch in tqdm(batches, total=total, desc="scan", disable=not progress):
-            writer.slot_start = batch.slot_start
-            if known is not None:
-                m = known[batch.indices]
-                folder.start(batch, m.to(device))
-                run_until_stopped(model, batch)
-            else:
-                folder.start(batch, None)
-                scores = completion_logprobs(model, batch)
-                m = metric([examples[i] for i in batch.indices], batch.indices, scores)
-            folder.finish(m.to(device))
-            values[batch.indices] = m.cpu()
-            if not checked and moments.n >= 2:
-                check_slots_vary(moments)
-                checked = True
     metrics_mod.check_values(values, metric.name)
+    if n_permutations and perm is None:  # model-based metric: a second pass with known values
+        perm = accumulator(values)
+        _pass(
+            model,
+            prompt,
+            examples,
+            encoded,
+            metric,
+            values,
+            _Folder(None, layer_ids, perm),
+            batch_size,
+            progress,
+            "permutation null",
+        )
     settings = {
         "model_name": getattr(model.cfg, "model_name", None),
         "n_layers": model.cfg.n_layers,
@@ -193,11 +262,15 @@ def scan(
         "metric": metric.name,
         "n_examples": len(examples),
         "batch_size": batch_size,
+        "n_permutations": n_permutations,
+        "permutation_groups": permutation_groups,
+        "permutation_seed": permutation_seed,
         "data_hash": data_hash(examples),
         "backend": type(model).__name__,
         "sklens_version": __version__,
     }
-    return Scan(moments, values, settings)
+    null = perm.reduce(moments.m2_a) if perm is not None else None
+    return Scan(moments, values, settings, null)
 
 
 class Scan:
@@ -207,10 +280,17 @@ class Scan:
     layer indices (all layers by default).
     """
 
-    def __init__(self, moments: Moments, metric_values: Tensor, settings: dict[str, Any]):
+    def __init__(
+        self,
+        moments: Moments,
+        metric_values: Tensor,
+        settings: dict[str, Any],
+        null: PermutationNull | None = None,
+    ):
         self.moments = moments
         self.metric_values = metric_values
         self.settings = settings
+        self.null = null
 
     @property
     def layers(self) -> list[int]:
@@ -255,6 +335,10 @@ class Scan:
         corr = self.corr
         layers = self.layers
         pos = position[rows, neurons]
+        extra = {}
+        if self.null is not None:
+            extra["p_fwer"] = self.p_values(reduce, "fwer")[rows, neurons].tolist()
+            extra["q_bh"] = self.q_values(reduce, "bh")[rows, neurons].tolist()
         return pd.DataFrame(
             {
                 "layer": [layers[r] for r in rows.tolist()],
@@ -264,14 +348,59 @@ class Scan:
                 "score": score[rows, neurons].tolist(),
                 "corr_min": corr[rows, neurons].nan_to_num(nan=torch.inf).amin(-1).tolist(),
                 "corr_max": corr[rows, neurons].nan_to_num(nan=-torch.inf).amax(-1).tolist(),
+                **extra,
             }
         )
+
+    def _require_null(self) -> PermutationNull:
+        if self.null is None:
+            raise ValueError("this scan has no permutation null: run scan(..., n_permutations=200)")
+        return self.null
+
+    def p_values(
+        self, reduce: Reduce = "max", method: str = "fwer"
+    ) -> Float[Tensor, "layers d_mlp"]:
+        """Per-neuron p-values from the permutation null.
+
+        ``"fwer"``: family-wise adjusted by the max statistic (the top score's null over all
+        neurons). ``"pooled"``: uncorrected, against every neuron's permuted scores pooled, for
+        FDR control with ``q_values``.
+        """
+        null = self._require_null()
+        score, _ = self.scores(reduce)
+        if method == "fwer":
+            return null.fwer_p(score, reduce)
+        if method == "pooled":
+            return null.pooled_p(score, reduce)
+        raise ValueError(f"method must be 'fwer' or 'pooled', got {method!r}")
+
+    def q_values(self, reduce: Reduce = "max", method: str = "bh") -> Float[Tensor, "layers d_mlp"]:
+        """Benjamini–Hochberg (``"bh"``) or –Yekutieli (``"by"``) q-values of the pooled p-values."""
+        return torch.from_numpy(q_values(self.p_values(reduce, "pooled").numpy(), method))
+
+    def significant(
+        self, alpha: float = 0.05, method: str = "fwer", reduce: Reduce = "max"
+    ) -> pd.DataFrame:
+        """The neurons that pass ``alpha`` under ``"fwer"``, ``"fdr_bh"`` or ``"fdr_by"``,
+        as a ``top_k``-style table with ``p_fwer`` and ``q`` columns, sorted by ``|score|``."""
+        if method == "fwer":
+            passed = self.p_values(reduce, "fwer") <= alpha
+        elif method in ("fdr_bh", "fdr_by"):
+            passed = self.q_values(reduce, method[4:]) <= alpha
+        else:
+            raise ValueError(f"method must be 'fwer', 'fdr_bh' or 'fdr_by', got {method!r}")
+        table = self.top_k(int(passed.sum()), reduce)
+        return table
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the scan (moments, metric values, settings) to one safetensors file, atomically."""
         path = Path(path)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.moments.tensors().items()}
         tensors["metric_values"] = self.metric_values.contiguous()
+        if self.null is not None:
+            tensors["null_perms"] = self.null.perms.contiguous()
+            for rule, scores in self.null.scores.items():
+                tensors[f"null_scores_{rule}"] = scores.contiguous()
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"sklens": json.dumps(self.settings)})
         return path
@@ -287,13 +416,21 @@ class Scan:
             with safe_open(str(path), "pt") as fh:
                 settings = json.loads(fh.metadata()["sklens"])
             values = tensors.pop("metric_values")
+            null = None
+            if "null_perms" in tensors:
+                rules = {
+                    k[len("null_scores_") :]: tensors.pop(k)
+                    for k in list(tensors)
+                    if k.startswith("null_scores_")
+                }
+                null = PermutationNull(rules, tensors.pop("null_perms"))
             moments = Moments.from_tensors(tensors)
         except (SafetensorError, KeyError, ValueError, OSError) as err:
             raise ValueError(
                 f"{path} is not a readable sklens scan ({type(err).__name__}: {err}); "
                 "re-run the scan to recreate it"
             ) from err
-        return cls(moments, values, settings)
+        return cls(moments, values, settings, null)
 
     def __repr__(self) -> str:
         s = self.settings

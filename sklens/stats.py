@@ -1,0 +1,66 @@
+"""Multiple comparisons and intervals: Benjamini–Hochberg / –Yekutieli q-values, Fisher-z and
+bootstrap confidence intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def q_values(p: Tensor | np.ndarray, method: str = "bh") -> np.ndarray:
+    """BH (independent or positively dependent tests) or BY (any dependence) adjusted p-values.
+
+    NaNs are ignored and stay NaN; the result has the input's shape.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    flat = p.ravel()
+    ok = ~np.isnan(flat)
+    values = flat[ok]
+    m = len(values)
+    out = np.full_like(flat, np.nan)
+    if m == 0:
+        return out.reshape(p.shape)
+    if method not in ("bh", "by"):
+        raise ValueError(f"method must be 'bh' or 'by', got {method!r}")
+    factor = 1.0 if method == "bh" else float(np.sum(1.0 / np.arange(1, m + 1)))
+    order = np.argsort(values)
+    ranked = values[order] * m * factor / np.arange(1, m + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
+    result = np.empty(m)
+    result[order] = adjusted
+    out[ok] = result
+    return out.reshape(p.shape)
+
+
+def fisher_ci(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Confidence interval for a Pearson r from Fisher's z transform (needs n > 3)."""
+    if n <= 3 or math.isnan(r):
+        return (math.nan, math.nan)
+    z = math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12))
+    half = _normal_quantile(0.5 + level / 2) / math.sqrt(n - 3)
+    return (math.tanh(z - half), math.tanh(z + half))
+
+
+def _normal_quantile(p: float) -> float:
+    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
+
+
+def bootstrap_ci(
+    statistic, *arrays: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*arrays)``, resampling rows jointly."""
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    stats = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        value = statistic(*(a[idx] for a in arrays))
+        if not math.isnan(value):
+            stats.append(value)
+    if len(stats) < 10:
+        return (math.nan, math.nan)
+    alpha = (1 - level) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))

@@ -1,0 +1,146 @@
+"""Permutation nulls, multiple-comparison control, intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from statsmodels.stats.multitest import multipletests
+
+import sklens
+from sklens import metrics
+from sklens.moments import Moments
+from sklens.permutation import PermutationAccumulator, permutations
+from sklens.scan import Scan
+from sklens.stats import fisher_ci, q_values
+from tests.helpers import corrcoef_rows, reference_slot_acts
+
+
+def _direct_scores(acts: np.ndarray, metric: np.ndarray) -> np.ndarray:
+    """max over slots of numpy.corrcoef r: [layers, d_mlp]."""
+    return np.nanmax(corrcoef_rows(acts, metric), axis=-1)
+
+
+@pytest.mark.parametrize("metric_kind", ["label", "loss"])
+def test_streaming_permuted_correlations_match_direct(qwen, examples, metric_kind):
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
+    metric = metrics.label("a") if metric_kind == "label" else metrics.loss()
+    result = sklens.scan(
+        qwen,
+        prompt,
+        examples,
+        metric,
+        n_permutations=6,
+        permutation_seed=3,
+        batch_size=5,
+        progress=False,
+    )
+    acts = reference_slot_acts(qwen, prompt, examples, [0, 1])  # (N, L, d, k)
+    values = result.metric_values.numpy()
+    for b in range(6):
+        permuted = values[result.null.perms[b].numpy()]
+        direct = _direct_scores(acts, permuted)
+        got = result.null.scores["max"][b].numpy()
+        assert np.nanmax(np.abs(got - direct)) <= 1e-5
+
+
+def _scan_from_acts(acts: torch.Tensor, values: torch.Tensor, n_perm: int, seed: int) -> Scan:
+    """Drive the streaming accumulators with fixed activations [N, L, k, d] and a metric."""
+    n, n_layers, k, d = acts.shape
+    moments = Moments.zeros(n_layers, d, k, "cpu")
+    perm = PermutationAccumulator(values, (n_layers, d, k), n_perm, seed=seed)
+    for start in range(0, n, 16):
+        idx = list(range(start, min(n, start + 16)))
+        for j in range(n_layers):
+            moments.fold_layer(j, acts[idx, j], values[idx])
+            perm.fold_layer(j, acts[idx, j], idx)
+        moments.fold_metric(values[idx])
+    settings = {
+        "layers": list(range(n_layers)),
+        "d_mlp": d,
+        "n_tokens": k,
+        "metric": "test",
+        "model_name": None,
+    }
+    return Scan(moments, values, settings, perm.reduce(moments.m2_a))
+
+
+@pytest.fixture
+def fixed_acts(qwen, examples):
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
+    pairs = [(L, i) for L in range(2) for i in range(qwen.cfg.d_mlp)]
+    acts = sklens.slot_activations(qwen, prompt, examples, pairs)  # (N, 256, k)
+    return acts.reshape(len(examples), 2, qwen.cfg.d_mlp, 3).permute(0, 1, 3, 2).double()
+
+
+def test_fwer_controls_false_positives_under_an_independent_metric(fixed_acts):
+    rng = np.random.default_rng(0)
+    trials, hits, min_p = 60, 0, []
+    for t in range(trials):
+        values = torch.from_numpy(rng.normal(size=fixed_acts.shape[0]))
+        result = _scan_from_acts(fixed_acts, values, 99, seed=t)
+        p = result.p_values("max", "fwer")
+        hits += int((p <= 0.05).any())
+        min_p.append(float(np.nanmin(p.numpy())))
+    rate = hits / trials
+    assert rate <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / trials)
+    # the top neuron's adjusted p-value is roughly uniform under the null
+    assert 0.3 <= np.mean(np.array(min_p) <= 0.5) <= 0.7
+
+
+def test_planted_neuron_is_significant(fixed_acts):
+    rng = np.random.default_rng(1)
+    signal = fixed_acts[:, 1, 2, 77]
+    values = signal + 0.3 * signal.std() * torch.from_numpy(rng.normal(size=len(signal)))
+    result = _scan_from_acts(fixed_acts, values, 99, seed=0)
+    significant = result.significant(0.05, "fwer")
+    assert (1, 77) in set(zip(significant.layer, significant.neuron, strict=True))
+    assert significant.p_fwer.iloc[0] == pytest.approx(1 / 100)
+    assert len(result.significant(0.05, "fdr_bh")) >= len(significant)
+    null = result.null.max_null("max")
+    assert null.shape == (99,) and float(null.max()) < float(result.top_k(1).score.abs().iloc[0])
+
+
+def test_bh_and_by_match_statsmodels():
+    rng = np.random.default_rng(2)
+    p = np.concatenate([rng.uniform(size=500), rng.uniform(0, 1e-3, size=20)])
+    p[[3, 17]] = np.nan
+    ok = ~np.isnan(p)
+    for ours, theirs in (("bh", "fdr_bh"), ("by", "fdr_by")):
+        expected = multipletests(p[ok], method=theirs)[1]
+        got = q_values(p, ours)
+        np.testing.assert_allclose(got[ok], expected, rtol=1e-12)
+        assert np.isnan(got[~ok]).all()
+
+
+def test_permutations_respect_exchangeability_blocks():
+    groups = ["a", "b", "a", "c", "b", "a"]
+    perms = permutations(6, 20, seed=0, groups=groups)
+    for perm in perms.tolist():
+        assert [groups[i] for i in perm] == groups
+    with pytest.raises(ValueError, match="5 group labels for 6 examples"):
+        permutations(6, 2, seed=0, groups=groups[:5])
+
+
+def test_null_survives_save_and_load(qwen, examples, tmp_path):
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
+    result = sklens.scan(
+        qwen,
+        prompt,
+        examples,
+        metrics.label("op", positive="plus"),
+        n_permutations=9,
+        permutation_groups="big",
+        progress=False,
+    )
+    loaded = sklens.Scan.load(result.save(tmp_path / "s.safetensors"))
+    torch.testing.assert_close(loaded.p_values(), result.p_values(), equal_nan=True)
+    assert {"p_fwer", "q_bh"} <= set(loaded.top_k(3).columns)
+    with pytest.raises(ValueError, match="no permutation null"):
+        sklens.scan(qwen, prompt, examples, metrics.label("a"), progress=False).p_values()
+
+
+def test_fisher_interval_covers():
+    lo, hi = fisher_ci(0.5, 100)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.30, abs=0.02)
+    assert np.isnan(fisher_ci(0.5, 3)[0])
