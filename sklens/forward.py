@@ -84,6 +84,6 @@ def completion_logprobs(model: Any, batch: Batch) -> CompletionLogprobs:
 def gather_slots(
     activation: Float[Tensor, "batch pos d"], batch: Batch
 ) -> Float[Tensor, "batch n_slots d"]:
-    """The activations at each row's soft-prompt slots."""
+    """The activations at each row's soft-prompt slots (no prompt: its last instruction token)."""
     rows = torch.arange(activation.shape[0], device=activation.device)[:, None]
-    return activation[rows, batch.slot_positions.to(activation.device)]
+    return activation[rows, batch.read_positions.to(activation.device)]

@@ -38,6 +38,10 @@ class Metric(ABC):
     ) -> Float[Tensor, " batch"]:
         """Values for ``examples`` (positions ``indices`` in the full list)."""
 
+    def subset(self, indices: Sequence[int]) -> Metric:
+        """The metric for ``examples[indices]`` (only precomputed values need re-indexing)."""
+        return self
+
     def __repr__(self) -> str:
         return f"<metric {self.name}>"
 
@@ -78,7 +82,7 @@ class _Callable(Metric):
 
 
 class _Values(Metric):
-    def __init__(self, values: Sequence[float], name: str = "values"):
+    def __init__(self, values: Sequence[float] | Tensor | np.ndarray, name: str = "values"):
         self.values = torch.as_tensor(np.asarray(values, dtype=np.float64))
         if self.values.ndim != 1:
             raise ValueError(
@@ -89,6 +93,9 @@ class _Values(Metric):
 
     def __call__(self, examples, indices, scores):
         return self.values[list(indices)]
+
+    def subset(self, indices: Sequence[int]) -> Metric:
+        return _Values(self.values[list(indices)], self.name)
 
 
 class _Loss(Metric):
@@ -127,7 +134,7 @@ def from_callable(fn: Callable[[Example], float], name: str | None = None) -> Me
     return _Callable(fn, name)
 
 
-def values(numbers: Sequence[float], name: str = "values") -> Metric:
+def values(numbers: Sequence[float] | Tensor | np.ndarray, name: str = "values") -> Metric:
     """Precomputed metric values, one per example in the order given to ``scan``."""
     return _Values(numbers, name)
 

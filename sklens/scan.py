@@ -125,7 +125,7 @@ def check_slots_vary(moments: Moments) -> None:
 
 def _pass(
     model: Any,
-    prompt: SoftPrompt,
+    prompt: SoftPrompt | None,
     examples: list[Example],
     encoded: list,
     metric: Metric,
@@ -136,20 +136,21 @@ def _pass(
     desc: str,
 ) -> Tensor:
     """One pass over the examples with the folder's hooks; returns the metric values."""
-    device = prompt.embedding.device
-    writer = prompt.writer()
-    fwd_hooks = [("hook_embed", writer), *folder.hooks()]
+    device = model.cfg.device
+    writer = prompt.writer() if prompt is not None else None
+    fwd_hooks = [("hook_embed", writer)] if writer is not None else []
+    fwd_hooks += folder.hooks()
     if known is not None:
         fwd_hooks.append(stop_hook(f"blocks.{folder.layers[-1]}.mlp.hook_post"))
     values = torch.empty(len(examples), dtype=torch.float64)
-    batches = iter_batches(
-        model, encoded, prompt.n_tokens, batch_size, with_completion=known is None
-    )
+    n_slots = prompt.n_tokens if prompt is not None else 0
+    batches = iter_batches(model, encoded, n_slots, batch_size, with_completion=known is None)
     total = -(-len(examples) // batch_size)
     checked = folder.moments is None
     with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
         for batch in tqdm(batches, total=total, desc=desc, disable=not progress):
-            writer.slot_start = batch.slot_start
+            if writer is not None:
+                writer.slot_start = batch.slot_start
             if known is not None:
                 m = known[batch.indices]
                 folder.start(batch, m.to(device))
@@ -168,7 +169,7 @@ def _pass(
 
 def scan(
     model: Any,
-    prompt: SoftPrompt,
+    prompt: SoftPrompt | None,
     examples: Sequence[Example],
     metric: Metric | Any,
     *,
@@ -184,7 +185,8 @@ def scan(
 
     Args:
         model: a HookedTransformer or TransformerBridge (compatibility mode).
-        prompt: the trained soft prompt.
+        prompt: the trained soft prompt; ``None`` reads the instruction's last token instead (a
+            baseline: what the model encodes without a prompt; ``corr`` then has one position).
         examples: the validation set (at least 3).
         metric: a ``sklens.metrics`` metric, a callable ``Example -> float``, or one number per
             example.
@@ -204,7 +206,9 @@ def scan(
         raise ValueError(f"a scan needs at least 3 examples for a correlation, got {len(examples)}")
     metric = metrics_mod.resolve(metric, len(examples))
     layer_ids = resolve_layers(model, layers)
-    prompt.check_fits(model)
+    if prompt is not None:
+        prompt.check_fits(model)
+    n_slots = prompt.n_tokens if prompt is not None else 0
     groups = None
     if permutation_groups is not None:
         missing = [i for i, e in enumerate(examples) if permutation_groups not in e.meta]
@@ -213,14 +217,14 @@ def scan(
                 f"permutation_groups={permutation_groups!r} is missing in examples {missing[:5]}"
             )
         groups = [e.meta[permutation_groups] for e in examples]
-    encoded = encode(model, examples, prompt.n_tokens, chat_template=chat_template)
+    encoded = encode(model, examples, n_slots, chat_template=chat_template)
     known = None
     if not metric.needs_logprobs:
         known = metric(examples, range(len(examples)), None)
         metrics_mod.check_values(known, metric.name)
 
-    device = prompt.embedding.device
-    shape = (len(layer_ids), model.cfg.d_mlp, prompt.n_tokens)
+    device = model.cfg.device
+    shape = (len(layer_ids), model.cfg.d_mlp, max(n_slots, 1))
     moments = Moments.zeros(*shape, device)
 
     def accumulator(values: Tensor) -> PermutationAccumulator:
@@ -253,12 +257,15 @@ def scan(
         "n_layers": model.cfg.n_layers,
         "d_mlp": model.cfg.d_mlp,
         "layers": layer_ids,
-        "n_tokens": prompt.n_tokens,
-        "prompt": {
+        "n_tokens": max(n_slots, 1),
+        "prompt": None
+        if prompt is None
+        else {
             "seed": prompt.config.seed,
             "init": prompt.config.init.value,
             "training": prompt.config.training,
         },
+        "positions": "soft_prompt" if prompt is not None else "last_instruction_token",
         "metric": metric.name,
         "n_examples": len(examples),
         "batch_size": batch_size,

@@ -60,6 +60,13 @@ class Batch:
         offsets = torch.arange(self.n_slots, device=self.slot_start.device)
         return self.slot_start[:, None] + offsets
 
+    @property
+    def read_positions(self) -> Int[Tensor, "batch n_read"]:
+        """Where scans read activations: the slots, or with no prompt the instruction's last token."""
+        if self.n_slots > 0:
+            return self.slot_positions
+        return (self.slot_start - 1)[:, None]
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.tokens.to(device),

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TypeVar
 
-from sklens.data.example import Example
+T = TypeVar("T")
 
 
 def train_val_split(
-    examples: Sequence[Example], n_val: int | float = 0.4, *, seed: int = 0
-) -> tuple[list[Example], list[Example]]:
-    """Shuffle with ``seed`` and cut: ``n_val`` examples (or that fraction) go to validation."""
-    examples = list(examples)
-    k = round(len(examples) * n_val) if isinstance(n_val, float) else int(n_val)
-    if not 0 < k < len(examples):
-        raise ValueError(
-            f"n_val={n_val} leaves no train or no validation examples of {len(examples)}"
-        )
-    order = list(range(len(examples)))
+    items: Sequence[T], n_val: int | float = 0.4, *, seed: int = 0
+) -> tuple[list[T], list[T]]:
+    """Shuffle with ``seed`` and cut: ``n_val`` items (or that fraction) go to validation."""
+    items = list(items)
+    k = round(len(items) * n_val) if isinstance(n_val, float) else int(n_val)
+    if not 0 < k < len(items):
+        raise ValueError(f"n_val={n_val} leaves no train or no validation examples of {len(items)}")
+    order = list(range(len(items)))
     random.Random(seed).shuffle(order)
-    return [examples[i] for i in order[k:]], [examples[i] for i in order[:k]]
+    return [items[i] for i in order[k:]], [items[i] for i in order[:k]]

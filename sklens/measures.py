@@ -1,0 +1,188 @@
+"""Association measures beyond Pearson, for selected neurons' activations and a metric.
+
+All take ``acts [n_examples, n_neurons]`` and return one value per neuron:
+
+* ``spearman`` — Pearson on average ranks (robust to monotone nonlinearity and outliers);
+* ``auroc`` — probability a positive example out-activates a negative one (binary metric);
+* ``cohens_d`` — standardised mean difference between the two classes (binary metric);
+* ``eta_squared`` — share of activation variance explained by a multi-group label;
+* ``kruskal_wallis`` — H statistic and its chi-square p-value (multi-group, rank-based);
+* ``partial_pearson`` — Pearson after regressing covariates (e.g. digit count, length) out of both.
+
+``neuron_measures`` computes them for a ``top_k`` table from one pass over the examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sklens.activations import as_neuron_list, slot_activations
+from sklens.data.example import Example
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Average ranks along dim 0 (ties share their mean rank), 1-based."""
+    order = x.argsort(0)
+    ranks = torch.empty_like(x, dtype=torch.float64)
+    ranks.scatter_(
+        0,
+        order,
+        torch.arange(1, x.shape[0] + 1, dtype=torch.float64)[:, None].expand_as(x).contiguous(),
+    )
+    out = ranks.clone()
+    for j in range(x.shape[1]):  # average over ties
+        values, inverse = torch.unique(x[:, j], return_inverse=True)
+        if len(values) < x.shape[0]:
+            sums = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, ranks[:, j])
+            counts = torch.bincount(inverse, minlength=len(values)).double()
+            out[:, j] = (sums / counts)[inverse]
+    return out
+
+
+def pearson(acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"]) -> Float[Tensor, " k"]:
+    a = acts.double() - acts.double().mean(0)
+    m = metric.double() - metric.double().mean()
+    return (a * m[:, None]).sum(0) / (a.norm(dim=0) * m.norm())
+
+
+def spearman(acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"]) -> Float[Tensor, " k"]:
+    return pearson(_ranks(acts.double()), _ranks(metric.double()[:, None])[:, 0])
+
+
+def _binary(metric: Tensor) -> Tensor:
+    values = torch.unique(metric)
+    if len(values) != 2:
+        raise ValueError(f"this measure needs a binary metric, got {len(values)} distinct values")
+    return metric == values.max()
+
+
+def auroc(acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"]) -> Float[Tensor, " k"]:
+    positive = _binary(metric)
+    ranks = _ranks(acts.double())
+    n1, n0 = int(positive.sum()), int((~positive).sum())
+    return (ranks[positive].sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def cohens_d(acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"]) -> Float[Tensor, " k"]:
+    positive = _binary(metric)
+    a1, a0 = acts.double()[positive], acts.double()[~positive]
+    n1, n0 = len(a1), len(a0)
+    pooled = (((n1 - 1) * a1.var(0) + (n0 - 1) * a0.var(0)) / (n1 + n0 - 2)).sqrt()
+    return (a1.mean(0) - a0.mean(0)) / pooled
+
+
+def _codes(groups: Sequence[Any]) -> Tensor:
+    labels = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    if len(labels) < 2:
+        raise ValueError("a group measure needs at least two groups")
+    return torch.tensor([labels[g] for g in groups])
+
+
+def eta_squared(acts: Float[Tensor, "n k"], groups: Sequence[Any]) -> Float[Tensor, " k"]:
+    codes = _codes(groups)
+    a = acts.double()
+    total = (a - a.mean(0)).pow(2).sum(0)
+    between = sum(
+        (codes == g).sum() * (a[codes == g].mean(0) - a.mean(0)).pow(2) for g in codes.unique()
+    )
+    return between / total
+
+
+def kruskal_wallis(
+    acts: Float[Tensor, "n k"], groups: Sequence[Any]
+) -> tuple[Float[Tensor, " k"], Float[Tensor, " k"]]:
+    """H statistic (tie-corrected) and its chi-square p-value with ``groups − 1`` dof."""
+    codes = _codes(groups)
+    ranks = _ranks(acts.double())
+    n = ranks.shape[0]
+    h = (
+        sum(
+            (codes == g).sum() * (ranks[codes == g].mean(0) - (n + 1) / 2).pow(2)
+            for g in codes.unique()
+        )
+        * 12
+        / (n * (n + 1))
+    )
+    counts = [
+        torch.unique(acts[:, j], return_counts=True)[1].double() for j in range(acts.shape[1])
+    ]
+    ties = torch.stack([(c.pow(3) - c).sum() for c in counts])
+    h = h / (1 - ties / (n**3 - n))
+    dof = torch.tensor((len(codes.unique()) - 1) / 2, dtype=torch.float64)
+    return h, torch.special.gammaincc(dof, h / 2)
+
+
+def partial_pearson(
+    acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"], covariates: Float[Tensor, "n c"]
+) -> Float[Tensor, " k"]:
+    design = torch.cat([torch.ones(len(metric), 1, dtype=torch.float64), covariates.double()], 1)
+
+    def residual(y: Tensor) -> Tensor:
+        coef = torch.linalg.lstsq(design, y).solution
+        return y - design @ coef
+
+    return pearson(residual(acts.double()), residual(metric.double()[:, None])[:, 0])
+
+
+MEASURES = (
+    "pearson",
+    "spearman",
+    "auroc",
+    "cohens_d",
+    "eta_squared",
+    "kruskal_wallis",
+    "partial_pearson",
+)
+
+
+def neuron_measures(
+    model: Any,
+    prompt: Any,
+    examples: Sequence[Example],
+    neurons: pd.DataFrame,
+    metric_values: Sequence[float] | Tensor | np.ndarray,
+    *,
+    measures: Sequence[str] = ("spearman",),
+    group_by: str | None = None,
+    covariates: Sequence[str] = (),
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """The measures for each neuron of a ``top_k`` table at its selected slot ``position``."""
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown:
+        raise ValueError(f"unknown measures {unknown}; choose from {MEASURES}")
+    examples = list(examples)
+    metric = torch.as_tensor(np.asarray(metric_values, dtype=np.float64))
+    if len(metric) != len(examples):
+        raise ValueError(f"{len(metric)} metric values for {len(examples)} examples")
+    acts = slot_activations(model, prompt, examples, as_neuron_list(neurons), batch_size=batch_size)
+    positions = torch.tensor(neurons["position"].to_numpy())
+    picked = acts[:, torch.arange(len(positions)), positions].double()  # (N, K)
+    out = neurons[["layer", "neuron", "position"]].copy()
+    for name in measures:
+        if name in ("eta_squared", "kruskal_wallis"):
+            if group_by is None:
+                raise ValueError(f"{name} needs group_by, a meta field with the groups")
+            groups = [e.meta[group_by] for e in examples]
+            if name == "eta_squared":
+                out[name] = eta_squared(picked, groups).numpy()
+            else:
+                h, p = kruskal_wallis(picked, groups)
+                out["kruskal_h"], out["kruskal_p"] = h.numpy(), p.numpy()
+        elif name == "partial_pearson":
+            if not covariates:
+                raise ValueError(
+                    "partial_pearson needs covariates, numeric meta fields to control for"
+                )
+            cov = torch.tensor([[float(e.meta[c]) for c in covariates] for e in examples])
+            out[name] = partial_pearson(picked, metric, cov).numpy()
+        else:
+            out[name] = globals()[name](picked, metric).numpy()
+    return out
