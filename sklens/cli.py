@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
         "ablate": "also run the causal check of the top-K neurons against random controls",
         "ablate_modes": "comma-separated: zero, mean, resample, noise",
         "n_causal": "validation examples in the causal check",
+        "permutations": "B > 0 adds a max-statistic permutation null (FWER, FDR)",
+        "permutation_groups": "meta field: permute within its groups",
+        "held_out": "select on this fraction of the validation set, confirm on the rest",
+        "seeds": "comma-separated seeds for a seed-stability study, e.g. 0,1,2",
+        "measures": "comma-separated: spearman, auroc, cohens_d, eta_squared, kruskal_wallis, "
+        "partial_pearson",
+        "covariates": "comma-separated numeric meta fields for partial_pearson",
     }
     for f in fields(StudyConfig):
         flag = "--" + f.name.replace("_", "-")

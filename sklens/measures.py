@@ -74,6 +74,8 @@ def cohens_d(acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"]) -> Float[T
     positive = _binary(metric)
     a1, a0 = acts.double()[positive], acts.double()[~positive]
     n1, n0 = len(a1), len(a0)
+    if min(n1, n0) < 2:  # a variance needs two examples per class
+        return torch.full((acts.shape[1],), torch.nan, dtype=torch.float64)
     pooled = (((n1 - 1) * a1.var(0) + (n0 - 1) * a0.var(0)) / (n1 + n0 - 2)).sqrt()
     return (a1.mean(0) - a0.mean(0)) / pooled
 

@@ -24,9 +24,12 @@ import torch
 from sklens.activations import slot_activations
 from sklens.atomic import atomic_path, write_text
 from sklens.causal import causal_check
+from sklens.confirm import held_out
 from sklens.data.example import data_hash
+from sklens.measures import neuron_measures
 from sklens.models import DEFAULT_MODEL, load_model
 from sklens.scan import Scan, scan
+from sklens.stability import seed_stability
 from sklens.tasks import load_task, parse_metric
 from sklens.training import train_soft_prompt
 from sklens.version import __version__
@@ -58,6 +61,12 @@ class StudyConfig:
     ablate_modes: str = "zero,mean"
     n_random: int = 5
     n_causal: int = 48  # validation examples used by the causal check
+    permutations: int = 0  # B > 0: max-statistic permutation null, FWER and FDR
+    permutation_groups: str | None = None
+    held_out: float = 0.0  # > 0: select on this fraction of val, confirm on the rest
+    seeds: str = ""  # e.g. "0,1,2": seed stability of the top-K
+    measures: str = ""  # e.g. "spearman,auroc,partial_pearson"
+    covariates: str = ""  # numeric meta fields for partial_pearson
 
 
 def versions() -> dict[str, str]:
@@ -106,6 +115,79 @@ def extremal_examples(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _statistics(config, out, model, prompt, task, metric, result, neurons, progress, lap) -> dict:
+    """The optional statistics of a study, each written to its own file; their summary."""
+    extras: dict[str, Any] = {}
+    if result.null is not None:
+        extras["significance"] = {
+            "n_permutations": result.null.n_permutations,
+            "null_top_score_95": float(result.null.max_null(config.reduce).quantile(0.95)),
+            **{
+                f"n_{m}_0.05": len(result.significant(0.05, m, config.reduce))
+                for m in ("fwer", "fdr_bh", "fdr_by")
+            },
+        }
+    if config.held_out > 0:
+        table = held_out(
+            model,
+            prompt,
+            task.val,
+            metric,
+            k=config.top_k,
+            select_fraction=config.held_out,
+            reduce=config.reduce,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            progress=progress,
+        )
+        _write_csv(table, out / "heldout.csv")
+        extras["held_out"] = {
+            **table.attrs,
+            "mean_r_select": float(table.r_select.mean()),
+            "mean_r_heldout": float(table.r_heldout.mean()),
+        }
+        lap("held_out")
+    if config.measures:
+        table = neuron_measures(
+            model,
+            prompt,
+            task.val,
+            neurons,
+            result.metric_values,
+            measures=_split(config.measures),
+            group_by=task.group_by,
+            covariates=_split(config.covariates),
+            batch_size=config.batch_size,
+        )
+        _write_csv(table, out / "measures.csv")
+        lap("measures")
+    if config.seeds:
+        stability = seed_stability(
+            model,
+            task.train,
+            task.val,
+            metric,
+            seeds=[int(x) for x in _split(config.seeds)],
+            k=config.top_k,
+            reduce=config.reduce,
+            batch_size=config.batch_size,
+            progress=progress,
+            n_tokens=config.n_tokens,
+            lr=config.lr,
+            steps=config.steps,
+        )
+        _write_csv(stability.jaccard.reset_index(names="run"), out / "stability_jaccard.csv")
+        _write_csv(stability.rank_corr.reset_index(names="run"), out / "stability_rank_corr.csv")
+        _write_csv(stability.consensus, out / "consensus.csv")
+        extras["stability"] = stability.summary()
+        lap("stability")
+    return extras
 
 
 def causal_summary(path: Path) -> list[dict[str, Any]]:
@@ -202,7 +284,15 @@ def run_study(
         != expected
     ):
         result = scan(
-            model, prompt, task.val, metric, batch_size=config.batch_size, progress=progress
+            model,
+            prompt,
+            task.val,
+            metric,
+            batch_size=config.batch_size,
+            n_permutations=config.permutations,
+            permutation_groups=config.permutation_groups,
+            permutation_seed=config.seed,
+            progress=progress,
         )
         result.save(scan_path)
     lap("scan")
@@ -229,6 +319,7 @@ def run_study(
         )
         _write_csv(causal, out / "causal.csv")
         lap("causal")
+    extras = _statistics(config, out, model, prompt, task, metric, result, neurons, progress, lap)
     values = result.metric_values
     summary = {
         "config": asdict(config),
@@ -259,6 +350,7 @@ def run_study(
         },
         "top_neurons": neurons.to_dict(orient="records"),
         "causal": causal_summary(out / "causal.csv") if config.ablate else None,
+        **extras,
         "timings_s": timings,
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))

@@ -165,3 +165,31 @@ def test_run_with_ablate_writes_the_causal_check(qwen_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["causal"][0]["mode"] == "zero" and "p_loss" in summary["causal"][0]
     assert "causal" in summary["timings_s"]
+
+
+def test_run_with_statistics(qwen_dir, tmp_path):
+    out = tmp_path / "stats"
+    args = _args(
+        qwen_dir,
+        out,
+        "--permutations",
+        "19",
+        "--held-out",
+        "0.5",
+        "--seeds",
+        "0,1",
+        "--measures",
+        "spearman,auroc,eta_squared",
+    )
+    args[args.index("--n-val") + 1] = "16"
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["significance"]["n_permutations"] == 19
+    assert {"n_fwer_0.05", "n_fdr_bh_0.05", "n_fdr_by_0.05"} <= set(summary["significance"])
+    assert summary["held_out"]["n_select"] + summary["held_out"]["n_heldout"] == 16
+    assert set(summary["stability"]) == {"mean_jaccard", "mean_rank_corr"}
+    assert {"spearman", "auroc", "eta_squared"} <= set(pd.read_csv(out / "measures.csv").columns)
+    neurons = pd.read_csv(out / "neurons.csv")
+    assert {"p_fwer", "q_bh"} <= set(neurons.columns)
+    for name in ("heldout.csv", "consensus.csv", "stability_jaccard.csv"):
+        assert (out / name).exists()
