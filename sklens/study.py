@@ -117,6 +117,13 @@ def extremal_examples(
     return pd.DataFrame(rows)
 
 
+def _setting(result: Scan, key: str) -> Any:
+    """A scan's setting as the study compares it (training lives under "prompt")."""
+    if key == "training":
+        return (result.settings.get("prompt") or {}).get("training")
+    return result.settings.get(key, 0 if key == "n_permutations" else None)
+
+
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -273,16 +280,10 @@ def run_study(
         "data_hash": data_hash(task.val),
         "metric": metric.name,
         "training": prompt.config.training,
+        "n_permutations": config.permutations,
+        "permutation_groups": config.permutation_groups,
     }
-    if (
-        result is None
-        or {
-            "data_hash": result.settings["data_hash"],
-            "metric": result.settings["metric"],
-            "training": result.settings["prompt"]["training"],
-        }
-        != expected
-    ):
+    if result is None or {k: _setting(result, k) for k in expected} != expected:
         result = scan(
             model,
             prompt,
