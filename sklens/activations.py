@@ -160,3 +160,56 @@ def top_examples(
             }
         )
     return pd.DataFrame(rows)
+
+
+def token_activations(
+    model: Any,
+    prompt: SoftPrompt | None,
+    examples: Sequence[Example],
+    neurons: NeuronSpec,
+    *,
+    batch_size: int = 8,
+    chat_template: bool | None = None,
+) -> list[tuple[list[str], Float[Tensor, "pos n_neurons"]]]:
+    """Every token's activation of ``neurons`` for each example (instruction, slots, completion).
+
+    Returns ``(str_tokens, activations [pos, n_neurons])`` per example; soft-prompt slots appear
+    as ``<soft0>``, ``<soft1>``, ... so a view shows where the scanned activation lives.
+    """
+    pairs = as_neuron_list(neurons)
+    examples = list(examples)
+    n_slots = prompt.n_tokens if prompt is not None else 0
+    encoded = encode(model, examples, n_slots, chat_template=chat_template)
+    by_layer: dict[int, list[int]] = {}
+    for col, (L, _) in enumerate(pairs):
+        by_layer.setdefault(L, []).append(col)
+    current: dict[str, Any] = {}
+
+    def reader(L: int) -> Any:
+        cols = by_layer[L]
+        ids = torch.tensor([pairs[c][1] for c in cols])
+
+        def read(activation: Tensor, hook: Any) -> None:
+            current["acts"][:, :, cols] = activation[..., ids.to(activation.device)].float().cpu()
+
+        return read
+
+    hooks = [(f"blocks.{L}.mlp.hook_post", reader(L)) for L in sorted(by_layer)]
+    writer = prompt.writer() if prompt is not None else None
+    if writer is not None:
+        hooks.insert(0, ("hook_embed", writer))
+    out: list[tuple[list[str], Tensor]] = [None] * len(examples)  # type: ignore[list-item]
+    decode = model.tokenizer.decode
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        for batch in iter_batches(model, encoded, n_slots, batch_size):
+            if writer is not None:
+                writer.slot_start = batch.slot_start
+            current["acts"] = torch.zeros(*batch.tokens.shape, len(pairs))
+            run_until_stopped(model, batch)
+            for row, idx in enumerate(batch.indices):
+                length = int(batch.attention_mask[row].sum())
+                start = int(batch.slot_start[row])
+                tokens = [decode([t]) for t in batch.tokens[row, :length].tolist()]
+                tokens[start : start + n_slots] = [f"<soft{k}>" for k in range(n_slots)]
+                out[idx] = (tokens, current["acts"][row, :length].clone())
+    return out

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="sklens-out", help="output directory (default: sklens-out)")
     run.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--report", action="store_true", help="also write report.html")
+    report = sub.add_parser("report", help="write a self-contained report.html for a run directory")
+    report.add_argument("run_dir", type=Path)
     fetch = sub.add_parser("fetch", help="fetch and convert the embedded model and data once")
     fetch.add_argument(
         "--from",
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "fetch":
             return _fetch(args.source)
+        if args.command == "report":
+            return _report(args.run_dir)
         return _run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"sklens: error: {err}", file=sys.stderr)
@@ -95,11 +100,20 @@ def _run(args: argparse.Namespace) -> int:
     config = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
     summary = run_study(config, args.out, resume=args.resume, progress=not args.quiet)
     print(format_table(args.out))
+    if args.report:
+        _report(Path(args.out))
     t = summary["timings_s"]
     print(
         f"\nmetric {summary['metric']} over {summary['data']['n_val']} validation examples; "
         f"results in {args.out}/ (timings: {', '.join(f'{k} {v:.0f}s' for k, v in t.items())})"
     )
+    return 0
+
+
+def _report(run_dir: Path) -> int:
+    from sklens.report import build_report
+
+    print(f"report: {build_report(run_dir)}")
     return 0
 
 

@@ -106,7 +106,7 @@ class SoftPrompt(HookedRootModule):
             )
         self.embedding = nn.Parameter(embedding.detach().to(torch.float32).clone())
         self.hook_prompt = HookPoint()
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float | int]] = []
         self.setup()
 
     @property

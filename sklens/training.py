@@ -143,7 +143,7 @@ def train_soft_prompt(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            record: dict[str, float] = {"step": step + 1, "train_loss": loss.item()}
+            record: dict[str, float | int] = {"step": step + 1, "train_loss": loss.item()}
             done = step + 1
             if val_encoded is not None and (done % eval_every == 0 or done == total_steps):
                 record["val_loss"] = _mean_loss(model, writer, val_encoded, batch_size)

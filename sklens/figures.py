@@ -1,0 +1,138 @@
+"""The paper's figures, with matplotlib's object API (no pyplot, no global backend state).
+
+* ``kde_by_group`` — a neuron's activation density per group of a meta field (Figures 2, 3, 5);
+* ``score_histogram`` — every neuron's score with the top-K threshold marked (Figures 4, 6, 7),
+  and the permutation null when the scan has one;
+* ``training_curve`` — the soft prompt's train/validation loss;
+* ``layer_position_heatmap`` — where high-|r| (layer, slot) pairs sit.
+
+Each returns a ``matplotlib.figure.Figure``; ``save`` writes PNG and SVG.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from sklens.atomic import atomic_path
+
+
+def gaussian_kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Gaussian kernel density on ``grid`` with Scott's bandwidth."""
+    values = np.asarray(values, dtype=float)
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    bandwidth = max(std * len(values) ** (-1 / 5), 1e-3 * (np.abs(values).max() + 1e-9))
+    z = (grid[:, None] - values[None, :]) / bandwidth
+    return np.exp(-0.5 * z**2).sum(1) / (len(values) * bandwidth * np.sqrt(2 * np.pi))
+
+
+def kde_by_group(
+    values: Sequence[float] | np.ndarray,
+    groups: Sequence[Any] | np.ndarray,
+    *,
+    title: str = "",
+    xlabel: str = "activation",
+) -> Figure:
+    """Density of ``values`` for each group (any number of groups), with a rug of the points."""
+    values, groups = np.asarray(values, dtype=float), np.asarray([str(g) for g in groups])
+    if len(values) != len(groups):
+        raise ValueError(f"{len(values)} values but {len(groups)} group labels")
+    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    pad = 0.1 * (values.max() - values.min() + 1e-9)
+    grid = np.linspace(values.min() - pad, values.max() + pad, 400)
+    for g in sorted(set(groups)):
+        members = values[groups == g]
+        line = ax.plot(grid, gaussian_kde(members, grid), label=f"{g} (n={len(members)})")[0]
+        ax.plot(
+            members,
+            np.full(len(members), -0.02 * ax.get_ylim()[1]),
+            "|",
+            color=line.get_color(),
+            alpha=0.5,
+        )
+    ax.set(title=title, xlabel=xlabel, ylabel="density")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def score_histogram(scan: Any, k: int = 10, reduce: str = "max", bins: int = 100) -> Figure:
+    """Histogram of all neuron scores, the top-``k`` |score| threshold, and the null if any."""
+    score, _ = scan.scores(reduce)
+    values = score[~score.isnan()].numpy()
+    threshold = float(np.sort(np.abs(values))[-k]) if len(values) >= k else float("nan")
+    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.hist(values, bins=bins, density=True, alpha=0.7, label=f"{len(values)} neurons")
+    if scan.null is not None:
+        pooled = scan.null.scores[reduce].flatten()
+        pooled = pooled[~pooled.isnan()].numpy()
+        ax.hist(
+            pooled,
+            bins=bins,
+            density=True,
+            histtype="step",
+            color="black",
+            label=f"permutation null (B={scan.null.n_permutations})",
+        )
+    for sign in (1, -1):
+        ax.axvline(
+            sign * threshold,
+            color="red",
+            linestyle="--",
+            label=f"top-{k} threshold |score| = {threshold:.2f}" if sign == 1 else None,
+        )
+    ax.set(
+        xlabel=f"neuron score ({reduce} over slots)",
+        ylabel="density",
+        title=f"score distribution, metric {scan.settings.get('metric')}",
+    )
+    ax.legend(fontsize=8)
+    return fig
+
+
+def training_curve(history: Sequence[dict[str, float | int]]) -> Figure:
+    """Training loss per step and validation loss where it was measured."""
+    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
+    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train (batch)", alpha=0.7)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation")
+    ax.set(xlabel="step", ylabel="mean completion cross-entropy", title="soft-prompt training")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def layer_position_heatmap(scan: Any, threshold: float | None = None) -> Figure:
+    """Count of neurons with ``|r| ≥ threshold`` per (layer, slot); default threshold: the
+    100th-largest |r| of the scan."""
+    corr = scan.corr.abs().nan_to_num(0.0)
+    if threshold is None:
+        flat = corr.flatten()
+        threshold = float(flat.topk(min(100, len(flat))).values[-1])
+    counts = (corr >= threshold).sum(1).numpy()  # (layers, slots)
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(counts, aspect="auto", cmap="viridis", origin="lower")
+    ax.set(xlabel="soft-prompt slot", ylabel="layer", title=f"neurons with |r| ≥ {threshold:.2f}")
+    ax.set_yticks(range(len(scan.layers)), [str(L) for L in scan.layers], fontsize=6)
+    fig.colorbar(image, ax=ax, label="count")
+    return fig
+
+
+def save(fig: Figure, stem: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``stem.png`` and ``stem.svg`` atomically."""
+    stem = Path(stem)
+    paths = (stem.with_suffix(".png"), stem.with_suffix(".svg"))
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=120)
+    return paths

@@ -1,0 +1,151 @@
+"""One self-contained ``report.html`` for a run directory, readable with no network.
+
+Settings, the training curve, the score histogram (with the permutation null if any), where
+high-|r| neurons sit, the top-neuron table, and for each top neuron its activation density by
+group, its extremal examples and a circuitsvis view of its token-level activations. Figures are
+embedded as PNG data URIs; the circuitsvis bundle is embedded once.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sklens import figures
+from sklens.activations import slot_activations
+from sklens.atomic import write_text
+from sklens.models import load_model
+from sklens.scan import Scan
+from sklens.soft_prompt import SoftPrompt
+from sklens.study import StudyConfig
+from sklens.tasks import load_task
+from sklens.views import extremal_indices, neuron_labels, text_view
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}
+th{background:#f3f3f3}img{max-width:100%}section.neuron{border-top:2px solid #ddd;margin-top:2em}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}code{background:#f6f6f6;padding:1px 3px}
+"""
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img alt="figure" src="data:image/png;base64,{data}">'
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", escape=True)
+
+
+def _group_field(config: StudyConfig, task: Any) -> str | None:
+    metric = config.metric or task.default_metric or ""
+    if metric.startswith("label:"):
+        return metric[len("label:") :].partition("=")[0]
+    return task.group_by
+
+
+def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -> Path:
+    """Write ``RUN_DIR/report.html`` from the outputs of ``sklens run`` and return its path."""
+    run = Path(run_dir)
+    if not (run / "summary.json").exists():
+        raise FileNotFoundError(f"{run} has no summary.json: run `sklens run --out {run}` first")
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    config = StudyConfig(**summary["config"])
+    task = load_task(
+        config.task, n_train=config.n_train, n_val=config.n_val, seed=config.seed, data=config.data
+    )
+    model = model or load_model(config.model, backend=config.backend, device=config.device)
+    prompt = SoftPrompt.load(run / "prompt", model)
+    result = Scan.load(run / "scan.safetensors")
+    neurons = pd.read_csv(run / "neurons.csv")
+    extremal = pd.read_csv(run / "examples.csv")
+    val = task.val
+    group = _group_field(config, task)
+
+    parts = [
+        f"<h1>sklens report: {html.escape(config.task)}</h1>",
+        f"<p>Model <code>{html.escape(str(summary['model']['name']))}</code>, metric "
+        f"<code>{html.escape(summary['metric'])}</code>, {summary['data']['n_val']} validation "
+        f"examples, {config.n_tokens} soft tokens, ranking rule <code>{config.reduce}</code>.</p>",
+        "<h2>Settings</h2>",
+        _table(
+            pd.DataFrame([summary["config"]]).T.reset_index().set_axis(["setting", "value"], axis=1)
+        ),
+        "<h2>Training and scores</h2><div class='grid'>",
+        _png(figures.training_curve(prompt.history)),
+        _png(figures.score_histogram(result, k=config.top_k, reduce=config.reduce)),
+        _png(figures.layer_position_heatmap(result)),
+        "</div>",
+        "<h2>Top neurons</h2>",
+        _table(neurons),
+    ]
+    for key, title in (
+        ("significance", "Significance (permutation null)"),
+        ("held_out", "Held-out confirmation"),
+        ("stability", "Seed stability"),
+    ):
+        if summary.get(key):
+            parts += [f"<h2>{title}</h2>", _table(pd.DataFrame([summary[key]]))]
+    for name, title in (
+        ("heldout.csv", "Held-out r of the top neurons"),
+        ("causal.csv", "Causal check (selected vs random neurons)"),
+        ("consensus.csv", "Consensus neurons across seeds"),
+    ):
+        if (run / name).exists():
+            parts += [f"<h3>{title}</h3>", _table(pd.read_csv(run / name))]
+
+    acts = slot_activations(model, prompt, val, neurons, batch_size=config.batch_size)
+    chosen = extremal_indices(model, prompt, val, neurons, n, config.batch_size)
+    labels = neuron_labels(neurons)
+    bundle = None
+    for j, row in enumerate(neurons.itertuples()):
+        values = acts[:, j, row.position].numpy()
+        groups = [e.meta.get(group, "all") if group else "all" for e in val]
+        kde = figures.kde_by_group(
+            values,
+            groups,
+            title=f"{labels[j]}  (score {row.score:.3f})",
+            xlabel=f"activation at <soft{row.position}>",
+        )
+        view = text_view(
+            model,
+            prompt,
+            [val[i] for i in chosen[j]],
+            neurons.iloc[[j]],
+            batch_size=config.batch_size,
+        )
+        script, mount = view.split()
+        bundle = bundle or script
+        rows = extremal[extremal.neuron_rank == j].drop(
+            columns=["neuron_rank", "layer", "neuron", "position"]
+        )
+        parts += [
+            f"<section class='neuron'><h3>#{j}: {html.escape(labels[j])}</h3>",
+            f"<p>Activation by <code>{html.escape(str(group))}</code>:</p>",
+            _png(kde),
+            "<p>Most and least activating validation examples:</p>",
+            _table(rows),
+            "<p>Token-level activations (most then least activating examples; position 0, "
+            "an attention sink, is left out):</p>",
+            mount,
+            "</section>",
+        ]
+    head = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>sklens report</title>"
+        f"<style>{STYLE}</style>"
+    )
+    scripts = f"<script>{bundle}</script>" if bundle else ""
+    document = f"{head}{scripts}</head><body>{''.join(parts)}</body></html>"
+    path = run / "report.html"
+    write_text(path, document)
+    return path

@@ -1,0 +1,162 @@
+"""Figures, offline circuitsvis views, the report, and the report in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+import sklens
+from sklens import figures, metrics, views
+from sklens.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def test_figures_return_figures_and_save_png_and_svg(qwen, examples, tmp_path):
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
+    result = sklens.scan(
+        qwen, prompt, examples, metrics.label("a"), n_permutations=9, progress=False
+    )
+    figs = {
+        "kde": figures.kde_by_group(np.r_[np.zeros(10), np.ones(10) * 3], ["a"] * 10 + ["b"] * 10),
+        "hist": figures.score_histogram(result, k=5),
+        "curve": figures.training_curve(
+            [{"step": 1, "train_loss": 2.0}, {"step": 2, "train_loss": 1.5, "val_loss": 1.7}]
+        ),
+        "heat": figures.layer_position_heatmap(result),
+    }
+    for name, fig in figs.items():
+        assert isinstance(fig, Figure)
+        png, svg = figures.save(fig, tmp_path / name)
+        assert png.read_bytes()[:4] == b"\x89PNG" and "<svg" in svg.read_text()[:500]
+    labels = [t.get_text() for t in figs["hist"].axes[0].get_legend().get_texts()]
+    assert any("top-5 threshold" in t for t in labels) and any(
+        "permutation null" in t for t in labels
+    )
+    with pytest.raises(ValueError, match="3 values but 2 group labels"):
+        figures.kde_by_group([1.0, 2.0, 3.0], ["a", "b"])
+
+
+def test_kde_integrates_to_one():
+    grid = np.linspace(-10, 10, 4001)
+    density = figures.gaussian_kde(np.random.default_rng(0).normal(size=50), grid)
+    assert abs(density.sum() * (grid[1] - grid[0]) - 1) < 1e-3
+
+
+def test_views_render_offline_with_soft_slots(qwen, examples, monkeypatch):
+    import circuitsvis.utils.render as render
+
+    def no_probe():
+        raise AssertionError("sklens views must not probe the internet")
+
+    monkeypatch.setattr(render, "internet_on", no_probe)
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
+    top = sklens.scan(qwen, prompt, examples, metrics.label("a"), progress=False).top_k(2)
+    for view in (
+        views.neuron_text_view(qwen, prompt, examples, top, n=2),
+        views.neuron_topk_view(qwen, prompt, examples, top, n=2),
+    ):
+        page = view._repr_html_()
+        assert "unpkg.com" not in page and "var CircuitsVis" in page
+        assert "&lt;soft0&gt;" in page and f"L{top.layer[0]} N{top.neuron[0]}" in page
+        bundle, mount = view.split()
+        assert (
+            "var CircuitsVis" in bundle and "CircuitsVis.render(" in mount and len(mount) < 50_000
+        )
+
+
+def _tiny_report(qwen_dir, out) -> Path:
+    args = [
+        "run",
+        "--task",
+        "skillmix",
+        "--model",
+        str(qwen_dir),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--n-train",
+        "16",
+        "--n-val",
+        "16",
+        "--n-tokens",
+        "3",
+        "--batch-size",
+        "4",
+        "--top-k",
+        "3",
+        "--n-extremal",
+        "2",
+        "--permutations",
+        "19",
+        "--quiet",
+        "--report",
+    ]
+    assert main(args) == 0
+    return out / "report.html"
+
+
+def test_report_is_self_contained(qwen_dir, tmp_path):
+    page = _tiny_report(qwen_dir, tmp_path / "run").read_text()
+    assert page.count("var CircuitsVis") == 1 and page.count("CircuitsVis.render(") == 3
+    assert page.count("data:image/png;base64") == 3 + 3  # curve, histogram, heat map + 3 KDEs
+    # nothing is loaded from elsewhere: no remote src/href, no remote module import
+    assert not re.search(r"""(src|href)\s*=\s*["']https?://|from\s+["']https?://""", page)
+    assert "Significance (permutation null)" in page
+
+
+def _chromium() -> str | None:
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return None
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+            capture_output=True,
+            env=env,
+        )
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return None
+    return "Debian's chromium and chromium-driver are not installed and could not be installed"
+
+
+def test_report_renders_in_headless_chromium_without_network(qwen_dir, tmp_path):
+    reason = _chromium()
+    if reason:
+        print(f"skipped: {reason}")
+        pytest.skip(reason)
+    page = _tiny_report(qwen_dir, tmp_path / "run")
+    shot = ARTIFACTS / "report.png"
+    check = [sys.executable, str(ROOT / "tests" / "browser_check.py"), str(page), str(shot)]
+    # no network at all: a fresh network namespace with only loopback (for chromedriver)
+    isolated = [
+        "unshare",
+        "-n",
+        "sh",
+        "-c",
+        'ip link set lo up 2>/dev/null; exec "$@"',
+        "sh",
+        *check,
+    ]
+    proc = subprocess.run(isolated, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(found["mounts"]) == 3 and all(m["children"] > 10 for m in found["mounts"])
+    assert all("<soft0>" in m["text"] and "<soft2>" in m["text"] for m in found["mounts"])
+    assert all("The" in m["text"] for m in found["mounts"])  # the examples' own words
+    assert found["images"] and all(found["images"])
+    assert found["selects"] >= 3
+    assert found["errors"] == []
+    assert shot.exists() and shot.stat().st_size > 10_000
