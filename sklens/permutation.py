@@ -63,6 +63,7 @@ class PermutationAccumulator:
         n_layers, d_mlp, n_slots = shape
         self.sums = torch.zeros(n_layers, d_mlp, n_slots, n_permutations, device=device)
         self.shift: dict[int, Tensor] = {}
+        self.zsum = torch.zeros(n_permutations, dtype=torch.float64, device=device)  # Σ z over seen
 
     def fold_layer(
         self, j: int, acts: Float[Tensor, "batch slots d_mlp"], indices: Sequence[int]
@@ -73,6 +74,16 @@ class PermutationAccumulator:
         centred = (a - self.shift[j]).float()
         z = self.z[torch.as_tensor(list(indices), device=self.z.device)]  # (b, B)
         self.sums[j] += torch.einsum("ndk,nb->dkb", centred, z)
+        if j == 0:
+            self.zsum += z.double().sum(0)
+
+    def rebase(self, shift: Float[Tensor, "layers d_mlp slots"]) -> None:
+        """Move the sums to a common ``shift`` (so shards with different shifts add up)."""
+        for j in range(self.sums.shape[0]):
+            own = self.shift.get(j, shift[j])
+            delta = (own - shift[j]).to(self.sums.device)  # (d, k)
+            self.sums[j] += (delta[..., None] * self.zsum).float()
+            self.shift[j] = shift[j]
 
     def reduce(self, m2_a: Float[Tensor, "layers d_mlp slots"]) -> PermutationNull:
         """Permuted correlations → per-permutation neuron scores under both ranking rules."""

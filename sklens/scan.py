@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sklens import distributed
 from sklens import metrics as metrics_mod
 from sklens.atomic import atomic_path
 from sklens.data.example import Example, data_hash
@@ -134,18 +135,22 @@ def _pass(
     batch_size: int,
     progress: bool,
     desc: str,
+    order: list[int],
 ) -> Tensor:
-    """One pass over the examples with the folder's hooks; returns the metric values."""
+    """One pass over ``examples[order]`` with the folder's hooks; returns the metric values
+    (NaN for examples outside ``order``, which other ranks scan)."""
     device = model.cfg.device
     writer = prompt.writer() if prompt is not None else None
     fwd_hooks = [("hook_embed", writer)] if writer is not None else []
     fwd_hooks += folder.hooks()
     if known is not None:
         fwd_hooks.append(stop_hook(f"blocks.{folder.layers[-1]}.mlp.hook_post"))
-    values = torch.empty(len(examples), dtype=torch.float64)
+    values = torch.full((len(examples),), torch.nan, dtype=torch.float64)
     n_slots = prompt.n_tokens if prompt is not None else 0
-    batches = iter_batches(model, encoded, n_slots, batch_size, with_completion=known is None)
-    total = -(-len(examples) // batch_size)
+    batches = iter_batches(
+        model, encoded, n_slots, batch_size, order=order, with_completion=known is None
+    )
+    total = -(-len(order) // batch_size)
     checked = folder.moments is None
     with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
         for batch in tqdm(batches, total=total, desc=desc, disable=not progress):
@@ -233,13 +238,17 @@ def scan(
         )
 
     perm = accumulator(known) if n_permutations and known is not None else None
+    order = distributed.shard(len(examples))
     folder = _Folder(moments, layer_ids, perm)
     values = _pass(
-        model, prompt, examples, encoded, metric, known, folder, batch_size, progress, "scan"
+        model, prompt, examples, encoded, metric, known, folder, batch_size, progress, "scan", order
     )
+    values = distributed.sum_values(values, ~values.isnan())
+    moments = distributed.merge_moments(moments)
     metrics_mod.check_values(values, metric.name)
     if n_permutations and perm is None:  # model-based metric: a second pass with known values
         perm = accumulator(values)
+        second = _Folder(None, layer_ids, perm)
         _pass(
             model,
             prompt,
@@ -247,11 +256,15 @@ def scan(
             encoded,
             metric,
             values,
-            _Folder(None, layer_ids, perm),
+            second,
             batch_size,
             progress,
             "permutation null",
+            order,
         )
+    if perm is not None:  # shards used different shifts: move to the merged mean, then add up
+        perm.rebase(moments.mean_a)
+        distributed.sum_tensor(perm.sums)
     settings = {
         "model_name": getattr(model.cfg, "model_name", None),
         "n_layers": model.cfg.n_layers,

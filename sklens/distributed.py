@@ -1,0 +1,87 @@
+"""Data-parallel scans on torch.distributed (gloo on CPU, NCCL on GPU).
+
+Run the same script on every rank (``torchrun --nproc_per_node N script.py``); after
+``torch.distributed.init_process_group`` a plain ``sklens.scan(...)`` call shards the examples by
+rank, scans its shard, and merges: the streaming moments are gathered and merged exactly (the
+same pairwise update that merges batches), metric values are summed (each example belongs to one
+rank), and permutation sums are moved to a common shift and summed. Every rank returns the same
+``Scan``; the result equals a single-process scan up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from sklens.moments import Moments
+
+
+def active() -> bool:
+    """True inside an initialised process group with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shard(n: int) -> list[int]:
+    """This rank's example indices: ``rank, rank + world, ...``."""
+    if not active():
+        return list(range(n))
+    return list(range(dist.get_rank(), n, dist.get_world_size()))
+
+
+def merge_moments(local: Moments) -> Moments:
+    """All ranks' moments merged in rank order (identical on every rank)."""
+    if not active():
+        return local
+    world = dist.get_world_size()
+    device = local.mean_a.device
+    scalars = torch.tensor([local.n, local.mean_m, local.m2_m], dtype=torch.float64, device=device)
+    gathered = {}
+    for name in ("mean_a", "m2_a", "c_am"):
+        parts = [torch.empty_like(getattr(local, name)) for _ in range(world)]
+        dist.all_gather(parts, getattr(local, name).contiguous())
+        gathered[name] = parts
+    scalar_parts = [torch.empty_like(scalars) for _ in range(world)]
+    dist.all_gather(scalar_parts, scalars)
+    merged = Moments(
+        0,
+        torch.zeros_like(local.mean_a),
+        torch.zeros_like(local.m2_a),
+        torch.zeros_like(local.c_am),
+        0.0,
+        0.0,
+    )
+    for r in range(world):
+        n, mean_m, m2_m = scalar_parts[r].tolist()
+        merged = merged.merge(
+            Moments(
+                int(n),
+                gathered["mean_a"][r],
+                gathered["m2_a"][r],
+                gathered["c_am"][r],
+                mean_m,
+                m2_m,
+            )
+        )
+    return merged
+
+
+def sum_values(values: Tensor, mask: Tensor) -> Tensor:
+    """Metric values from all ranks (each example is written by exactly one rank)."""
+    if not active():
+        return values
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    total = torch.where(mask, values, 0.0).to(device)
+    count = mask.to(device, torch.float64)
+    dist.all_reduce(total)
+    dist.all_reduce(count)
+    if not bool((count == 1).all()):
+        raise RuntimeError("distributed scan: every example must be scanned by exactly one rank")
+    return total.cpu()
+
+
+def sum_tensor(tensor: Tensor) -> Tensor:
+    """In-place all-reduce sum (no-op outside a process group)."""
+    if active():
+        dist.all_reduce(tensor)
+    return tensor

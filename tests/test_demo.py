@@ -1,0 +1,28 @@
+"""The notebook demo runs top to bottom (at reduced size) so it cannot rot.
+
+Needs the registry for the embedded model and BigBench data on the first run (CI has it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "demos" / "quickstart.ipynb"
+
+
+def test_quickstart_notebook_executes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKLENS_DEMO_SIZE", "small")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert any("var CircuitsVis" in h and "&lt;soft0&gt;" in h for h in html)  # the offline view
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # figures rendered inline
+    assert os.environ.get("SKLENS_DEMO_SIZE") == "small"
