@@ -1,0 +1,122 @@
+"""Peak memory of the scan vs the naive alternative as N grows; each run in a fresh process.
+
+The naive alternative keeps every example's slot activations for every neuron (the least a
+run_with_cache user must keep) and calls numpy.corrcoef; its memory grows with N. Peak RSS on
+CPU (and peak CUDA memory on GPU) is read by the child process itself.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+import torch
+from common import examples, metric, parser, write_results
+
+import sklens
+
+
+def child(method: str, n: int, args) -> dict:
+    model = sklens.load_model(args.model, device=args.device)
+    data = examples(n)
+    prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if method == "scan":
+        sklens.scan(
+            model,
+            prompt,
+            data,
+            metric(),
+            batch_size=args.batch_size,
+            progress=False,
+        )
+    else:
+        pairs = [(L, i) for L in range(model.cfg.n_layers) for i in range(model.cfg.d_mlp)]
+        acts = sklens.slot_activations(model, prompt, data, pairs, batch_size=args.batch_size)
+        flat = acts.reshape(n, -1).double().numpy()
+        values = [float(e.meta["operation"] == "multiplication") for e in data]
+        import numpy as np
+
+        np.corrcoef(flat[:, :2000].T, np.asarray(values)[None])  # (the full matrix would not fit)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
+    return {"rss_mb": peak / 1024, "model_rss_mb": before / 1024, "cuda_mb": cuda}
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--sizes", default="64,256,1024,2048")
+    p.add_argument("--naive-max", type=int, default=256, help="largest N for the naive method")
+    p.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse_hidden())
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), args)))
+        return
+    rows, first = [], {}
+    for n in [int(x) for x in args.sizes.split(",")]:
+        for method in ("scan", "naive"):
+            if method == "naive" and n > args.naive_max:
+                per_example_mb = 4 * args.n_tokens * 30 * 1536 / 2**20
+                rows.append(
+                    [
+                        method,
+                        n,
+                        f"not run (≥ {per_example_mb * n / 1024:.1f} GB of activations)",
+                        "",
+                        "",
+                    ]
+                )
+                continue
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                method,
+                str(n),
+                "--device",
+                args.device,
+                "--model",
+                args.model,
+                "--batch-size",
+                str(args.batch_size),
+                "--n-tokens",
+                str(args.n_tokens),
+                "--results",
+                str(args.results),
+            ]
+            out = json.loads(
+                subprocess.run(cmd, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            first.setdefault(method, out["rss_mb"])
+            rows.append(
+                [
+                    method,
+                    n,
+                    f"{out['rss_mb']:.0f}",
+                    f"{out['rss_mb'] / first[method]:.3f}",
+                    "" if out["cuda_mb"] is None else f"{out['cuda_mb']:.0f}",
+                ]
+            )
+    write_results(
+        "memory",
+        ["method", "N", "peak RSS (MB)", "× at smallest N", "peak CUDA (MB)"],
+        rows,
+        args.device,
+        args.results,
+    )
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""One soft-prompt training step: sklens vs plain HF (inputs_embeds) vs HF + PEFT prompt tuning.
+
+Same model weights, batch and sequence lengths. sklens runs a HookedTransformer with the prompt
+written at hook_embed after the instruction and logits only at completion positions; HF computes
+the loss from full logits; PEFT prepends its virtual tokens (its own placement).
+"""
+
+from __future__ import annotations
+
+import torch
+from common import examples, median_time, parser, write_results
+from transformers import AutoModelForCausalLM
+
+import sklens
+from sklens.data.format import encode, iter_batches
+from sklens.forward import completion_logprobs
+from sklens.training import frozen
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    model = sklens.load_model(args.model, device=args.device)
+    checkpoint = (
+        sklens.gguf_to_checkpoint(sklens.models.embedded_model_path())
+        if args.model == sklens.DEFAULT_MODEL
+        else args.model
+    )
+    hf = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(args.device)
+    hf.requires_grad_(False)
+    data = examples(args.batch_size)
+    prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
+    batch = next(
+        iter_batches(model, encode(model, data, args.n_tokens), args.n_tokens, args.batch_size)
+    )
+    n_tokens_total = int(batch.attention_mask.sum())
+    opt = torch.optim.AdamW(prompt.parameters(), lr=3e-3)
+
+    def sklens_step() -> None:
+        with frozen(model), prompt.attached(model, batch.slot_start):
+            loss = completion_logprobs(model, batch).mean_loss.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    # plain HF: the same sequences, the prompt inserted into inputs_embeds at the same slots
+    soft = torch.nn.Parameter(prompt.embedding.detach().clone())
+    hf_opt = torch.optim.AdamW([soft], lr=3e-3)
+    labels = torch.full_like(batch.tokens, -100)
+    for b in range(len(batch.indices)):
+        start, length = int(batch.completion_start[b]), int(batch.completion_len[b])
+        labels[b, start : start + length] = batch.tokens[b, start : start + length]
+
+    def hf_step() -> None:
+        embeds = hf.get_input_embeddings()(batch.tokens)
+        rows = torch.arange(len(batch.indices))[:, None]
+        embeds = embeds.index_put((rows, batch.slot_positions), soft.expand(len(rows), -1, -1))
+        out = hf(inputs_embeds=embeds, attention_mask=batch.attention_mask, labels=labels)
+        hf_opt.zero_grad()
+        out.loss.backward()
+        hf_opt.step()
+
+    from peft import PromptTuningConfig, get_peft_model
+
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(args.device),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.n_tokens),
+    )
+    plain = batch.tokens[:, args.n_tokens :]  # same total length once PEFT prepends its tokens
+    peft_labels = labels[:, args.n_tokens :]
+    peft_mask = batch.attention_mask[:, args.n_tokens :]
+    peft_opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=3e-3)
+
+    def peft_step() -> None:
+        out = peft_model(input_ids=plain, attention_mask=peft_mask, labels=peft_labels)
+        peft_opt.zero_grad()
+        out.loss.backward()
+        peft_opt.step()
+
+    timed = {
+        name: median_time(fn, args.repeats, args.device)
+        for name, fn in (
+            ("hf_inputs_embeds", hf_step),
+            ("hf_peft", peft_step),
+            ("sklens", sklens_step),
+        )
+    }
+    rows = [
+        [
+            name,
+            f"{t * 1000:.0f}",
+            f"{t / timed['hf_inputs_embeds']:.2f}",
+            f"{t / timed['hf_peft']:.2f}",
+            f"{args.batch_size / t:.1f}",
+            f"{n_tokens_total / t:.0f}",
+        ]
+        for name, t in timed.items()
+    ]
+    write_results(
+        "train_step",
+        ["method", "ms/step", "× plain HF", "× PEFT", "examples/s", "tokens/s"],
+        rows,
+        args.device,
+        args.results,
+    )
+
+
+if __name__ == "__main__":
+    main()

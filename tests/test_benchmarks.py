@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end at reduced size on a tiny model (smoke test only;
+their numbers come from full runs, never from tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "script, extra",
+    [
+        ("train_step.py", ["--batch-size", "2"]),
+        ("scan.py", ["--n", "6", "--naive-n", "4", "--batch-size", "3"]),
+        ("memory.py", ["--sizes", "4,8", "--naive-max", "4", "--batch-size", "2"]),
+    ],
+)
+def test_benchmark_runs(qwen_dir, tmp_path, script, extra):
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / script),
+        "--model",
+        str(qwen_dir),
+        "--device",
+        "cpu",
+        "--repeats",
+        "1",
+        "--n-tokens",
+        "3",
+        "--results",
+        str(tmp_path),
+        *extra,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / f"{script.removesuffix('.py')}.md").read_text()
+    assert table.startswith("### ") and "|---|" in table
