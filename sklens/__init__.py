@@ -4,22 +4,31 @@ Train a soft prompt on a frozen TransformerLens model, correlate every MLP neuro
 the prompt's slots with an auxiliary metric, and inspect the neurons that track it.
 """
 
-from sklens import data, metrics
+from sklens import confirm, data, figures, measures, metrics, stability, views
 from sklens.ablate import NeuronIntervention, ablated, ablation_hooks
 from sklens.activations import neuron_activations, slot_activations, top_examples
 from sklens.causal import causal_check, dose_response, evaluate, neuron_stats, random_sets
+from sklens.confirm import held_out
 from sklens.data.example import Example
 from sklens.hook_check import HookMeaningError, check_neuron_hooks
 from sklens.models import DEFAULT_MODEL, SUPPORTED_ARCHITECTURES, gguf_to_checkpoint, load_model
 from sklens.moments import Moments
 from sklens.scan import Scan, scan
 from sklens.soft_prompt import InitMode, SoftPrompt, SoftPromptConfig
+from sklens.stability import seed_stability
 from sklens.study import StudyConfig, run_study
 from sklens.tiny import tiny_checkpoint, tiny_model
 from sklens.training import train_soft_prompt
 from sklens.version import __version__
 
 __all__ = [
+    "confirm",
+    "figures",
+    "held_out",
+    "measures",
+    "seed_stability",
+    "stability",
+    "views",
     "NeuronIntervention",
     "ablated",
     "ablation_hooks",
