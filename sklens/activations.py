@@ -31,6 +31,28 @@ def as_neuron_list(neurons: NeuronSpec) -> list[tuple[int, int]]:
     return [(int(L), int(i)) for L, i in neurons]
 
 
+def layer_columns(pairs: list[tuple[int, int]]) -> dict[int, tuple[list[int], Tensor]]:
+    """``{layer: (output columns, neuron ids)}`` so one hook per layer reads all its neurons."""
+    out: dict[int, tuple[list[int], list[int]]] = {}
+    for col, (L, i) in enumerate(pairs):
+        cols, ids = out.setdefault(L, ([], []))
+        cols.append(col)
+        ids.append(i)
+    return {L: (cols, torch.tensor(ids)) for L, (cols, ids) in sorted(out.items())}
+
+
+def example_record(example: Example, index: int, activation: float) -> dict[str, Any]:
+    """One table row for an example and its activation, with its scalar meta fields."""
+    scalars = {k: v for k, v in example.meta.items() if not isinstance(v, (list, dict))}
+    return {
+        "example": index,
+        "activation": activation,
+        "instruction": example.instruction,
+        "completion": example.completion,
+        **scalars,
+    }
+
+
 def slot_activations(
     model: Any,
     prompt: SoftPrompt,
@@ -55,14 +77,11 @@ def slot_activations(
     prompt.check_fits(model)
     encoded = encode(model, examples, prompt.n_tokens, chat_template=chat_template)
     out = torch.empty(len(examples), len(pairs), prompt.n_tokens)
-    by_layer: dict[int, list[int]] = {}
-    for col, (L, _) in enumerate(pairs):
-        by_layer.setdefault(L, []).append(col)
+    columns = layer_columns(pairs)
     current: dict[str, Any] = {}
 
     def reader(L: int) -> Any:
-        cols = by_layer[L]
-        ids = torch.tensor([pairs[c][1] for c in cols])
+        cols, ids = columns[L]
 
         def read(activation: Tensor, hook: Any) -> None:
             slots = gather_slots(activation, current["batch"])  # (B, k, d_mlp)
@@ -73,8 +92,8 @@ def slot_activations(
 
     writer = prompt.writer()
     hooks = [("hook_embed", writer)]
-    hooks += [(f"blocks.{L}.mlp.hook_post", reader(L)) for L in sorted(by_layer)]
-    hooks.append(stop_hook(f"blocks.{max(by_layer)}.mlp.hook_post"))
+    hooks += [(f"blocks.{L}.mlp.hook_post", reader(L)) for L in columns]
+    hooks.append(stop_hook(f"blocks.{max(columns)}.mlp.hook_post"))
     batches = iter_batches(model, encoded, prompt.n_tokens, batch_size, with_completion=False)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         for batch in tqdm(batches, desc="activations", disable=not progress, leave=False):
@@ -146,19 +165,10 @@ def top_examples(
     else:
         raise ValueError(f"position must be in 0..{prompt.n_tokens - 1} or None, got {position}")
     order = values.argsort(descending=largest)[: min(n, len(examples))]
-    rows = []
-    for rank, idx in enumerate(order.tolist()):
-        e = examples[idx]
-        rows.append(
-            {
-                "rank": rank,
-                "example": idx,
-                "activation": float(values[idx]),
-                "instruction": e.instruction,
-                "completion": e.completion,
-                **dict(e.meta),
-            }
-        )
+    rows = [
+        {"rank": rank, **example_record(examples[idx], idx, float(values[idx]))}
+        for rank, idx in enumerate(order.tolist())
+    ]
     return pd.DataFrame(rows)
 
 
@@ -180,21 +190,18 @@ def token_activations(
     examples = list(examples)
     n_slots = prompt.n_tokens if prompt is not None else 0
     encoded = encode(model, examples, n_slots, chat_template=chat_template)
-    by_layer: dict[int, list[int]] = {}
-    for col, (L, _) in enumerate(pairs):
-        by_layer.setdefault(L, []).append(col)
+    columns = layer_columns(pairs)
     current: dict[str, Any] = {}
 
     def reader(L: int) -> Any:
-        cols = by_layer[L]
-        ids = torch.tensor([pairs[c][1] for c in cols])
+        cols, ids = columns[L]
 
         def read(activation: Tensor, hook: Any) -> None:
             current["acts"][:, :, cols] = activation[..., ids.to(activation.device)].float().cpu()
 
         return read
 
-    hooks = [(f"blocks.{L}.mlp.hook_post", reader(L)) for L in sorted(by_layer)]
+    hooks = [(f"blocks.{L}.mlp.hook_post", reader(L)) for L in columns]
     writer = prompt.writer() if prompt is not None else None
     if writer is not None:
         hooks.insert(0, ("hook_embed", writer))

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sklens.activations import slot_activations
+from sklens.activations import example_record, slot_activations
 from sklens.atomic import atomic_path, write_text
 from sklens.causal import causal_check
 from sklens.confirm import held_out
@@ -98,7 +98,6 @@ def extremal_examples(
             ("least", values.argsort()),
         ):
             for rank, idx in enumerate(order[:n].tolist()):
-                e = val[idx]
                 rows.append(
                     {
                         "neuron_rank": j,
@@ -107,11 +106,7 @@ def extremal_examples(
                         "position": neuron.position,
                         "direction": direction,
                         "rank": rank,
-                        "example": idx,
-                        "activation": float(values[idx]),
-                        "instruction": e.instruction,
-                        "completion": e.completion,
-                        **{k: v for k, v in e.meta.items() if not isinstance(v, (list, dict))},
+                        **example_record(val[idx], idx, float(values[idx])),
                     }
                 )
     return pd.DataFrame(rows)

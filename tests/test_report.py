@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 import sklens
 from sklens import figures, metrics, views
 from sklens.cli import main
+from tests.test_cli import _args
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -76,33 +77,8 @@ def test_views_render_offline_with_soft_slots(qwen, examples, monkeypatch):
 
 
 def _tiny_report(qwen_dir, out) -> Path:
-    args = [
-        "run",
-        "--task",
-        "skillmix",
-        "--model",
-        str(qwen_dir),
-        "--out",
-        str(out),
-        "--steps",
-        "3",
-        "--n-train",
-        "16",
-        "--n-val",
-        "16",
-        "--n-tokens",
-        "3",
-        "--batch-size",
-        "4",
-        "--top-k",
-        "3",
-        "--n-extremal",
-        "2",
-        "--permutations",
-        "19",
-        "--quiet",
-        "--report",
-    ]
+    args = _args(qwen_dir, out, "--permutations", "19", "--report")
+    args[args.index("--n-val") + 1] = "16"
     assert main(args) == 0
     return out / "report.html"
 
