@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("sklens: %(message)s"))
         log.addHandler(handler)
+        log.propagate = False  # another library may have configured the root logger too
     log.setLevel(logging.INFO)
     try:
         if args.command == "fetch":
