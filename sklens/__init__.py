@@ -13,7 +13,8 @@ from sklens.data.example import Example
 from sklens.hook_check import HookMeaningError, check_neuron_hooks
 from sklens.models import DEFAULT_MODEL, SUPPORTED_ARCHITECTURES, gguf_to_checkpoint, load_model
 from sklens.moments import Moments
-from sklens.scan import Scan, scan
+from sklens.result import Scan
+from sklens.scan import scan
 from sklens.soft_prompt import InitMode, SoftPrompt, SoftPromptConfig
 from sklens.stability import seed_stability
 from sklens.study import StudyConfig, run_study

@@ -22,7 +22,7 @@ from sklens import figures
 from sklens.activations import slot_activations
 from sklens.atomic import write_text
 from sklens.models import load_model
-from sklens.scan import Scan
+from sklens.result import Scan
 from sklens.soft_prompt import SoftPrompt
 from sklens.study import StudyConfig
 from sklens.tasks import load_task

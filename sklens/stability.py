@@ -17,7 +17,8 @@ import torch
 
 from sklens.data.example import Example
 from sklens.measures import spearman
-from sklens.scan import Scan, scan
+from sklens.result import Scan
+from sklens.scan import scan
 from sklens.soft_prompt import SoftPrompt
 from sklens.training import train_soft_prompt
 

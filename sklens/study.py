@@ -28,7 +28,8 @@ from sklens.confirm import held_out
 from sklens.data.example import data_hash
 from sklens.measures import neuron_measures
 from sklens.models import DEFAULT_MODEL, load_model
-from sklens.scan import Scan, scan
+from sklens.result import Scan
+from sklens.scan import scan
 from sklens.stability import seed_stability
 from sklens.tasks import load_task, parse_metric
 from sklens.training import train_soft_prompt

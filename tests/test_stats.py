@@ -11,7 +11,7 @@ import sklens
 from sklens import metrics
 from sklens.moments import Moments
 from sklens.permutation import PermutationAccumulator, permutations
-from sklens.scan import Scan
+from sklens.result import Scan
 from sklens.stats import fisher_ci, q_values
 from tests.helpers import corrcoef_rows, reference_slot_acts
 

@@ -1,0 +1,205 @@
+"""The result of a scan: streaming moments, metric values, the permutation null if any, and the
+settings that made them; ranking rules, significance, and persistence.
+
+Ranking rules (``Scan.scores``):
+
+* ``"max"`` (the paper's): ``score = max_k corr[L, i, k]``, neurons ranked by ``|score|``. A
+  neuron negatively correlated at every position gets its least negative r, so strongly
+  anti-correlated neurons can rank below weaker positive ones.
+* ``"absmax"`` (symmetric): ``score = corr[L, i, k*]`` with ``k* = argmax_k |corr[L, i, k]|``,
+  treating both signs alike.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from sklens.atomic import atomic_path
+from sklens.moments import Moments
+from sklens.permutation import PermutationNull
+from sklens.stats import q_values
+
+Reduce = Literal["max", "absmax"]
+
+
+class Scan:
+    """The result of a scan: streaming moments, metric values, and the settings that made them.
+
+    ``corr`` is float64 ``[len(layers), d_mlp, n_tokens]``; ``layers`` maps its first axis to model
+    layer indices (all layers by default).
+    """
+
+    def __init__(
+        self,
+        moments: Moments,
+        metric_values: Tensor,
+        settings: dict[str, Any],
+        null: PermutationNull | None = None,
+    ):
+        self.moments = moments
+        self.metric_values = metric_values
+        self.settings = settings
+        self.null = null
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.settings["layers"])
+
+    @property
+    def n(self) -> int:
+        return self.moments.n
+
+    @property
+    def corr(self) -> Float[Tensor, "layers d_mlp n_tokens"]:
+        return self.moments.corr().cpu()
+
+    def scores(
+        self, reduce: Reduce = "max"
+    ) -> tuple[Float[Tensor, "layers d_mlp"], Int[Tensor, "layers d_mlp"]]:
+        """Per-neuron score and the slot position it comes from (see the module doc for rules)."""
+        corr = self.corr
+        if reduce == "max":
+            filled = torch.where(corr.isnan(), -torch.inf, corr)
+            score, position = filled.max(-1)
+        elif reduce == "absmax":
+            position = torch.where(corr.isnan(), -1.0, corr.abs()).argmax(-1)
+            score = corr.gather(-1, position[..., None]).squeeze(-1)
+        else:
+            raise ValueError(f"reduce must be 'max' (the paper's rule) or 'absmax', got {reduce!r}")
+        score = torch.where(torch.isinf(score), torch.nan, score)  # all-NaN (dead) neurons
+        return score, position
+
+    def top_k(self, k: int = 10, reduce: Reduce = "max") -> pd.DataFrame:
+        """The ``k`` neurons with the largest ``|score|``: layer, neuron, position, corr, score.
+
+        ``corr`` is r at ``position``; ``corr_min``/``corr_max`` span r over all positions, which
+        shows where the two ranking rules can disagree.
+        """
+        score, position = self.scores(reduce)
+        ranked = torch.where(score.isnan(), -1.0, score.abs()).flatten()
+        k = min(k, int((~score.isnan()).sum()))
+        top = ranked.topk(k).indices
+        d_mlp = score.shape[1]
+        rows, neurons = top // d_mlp, top % d_mlp
+        corr = self.corr
+        layers = self.layers
+        pos = position[rows, neurons]
+        extra = {}
+        if self.null is not None:
+            extra["p_fwer"] = self.p_values(reduce, "fwer")[rows, neurons].tolist()
+            extra["q_bh"] = self.q_values(reduce, "bh")[rows, neurons].tolist()
+        return pd.DataFrame(
+            {
+                "layer": [layers[r] for r in rows.tolist()],
+                "neuron": neurons.tolist(),
+                "position": pos.tolist(),
+                "corr": corr[rows, neurons, pos].tolist(),
+                "score": score[rows, neurons].tolist(),
+                "corr_min": corr[rows, neurons].nan_to_num(nan=torch.inf).amin(-1).tolist(),
+                "corr_max": corr[rows, neurons].nan_to_num(nan=-torch.inf).amax(-1).tolist(),
+                **extra,
+            }
+        )
+
+    def _require_null(self) -> PermutationNull:
+        if self.null is None:
+            raise ValueError("this scan has no permutation null: run scan(..., n_permutations=200)")
+        return self.null
+
+    def p_values(
+        self, reduce: Reduce = "max", method: str = "fwer"
+    ) -> Float[Tensor, "layers d_mlp"]:
+        """Per-neuron p-values from the permutation null.
+
+        ``"fwer"``: family-wise adjusted by the max statistic (the top score's null over all
+        neurons). ``"pooled"``: uncorrected, against every neuron's permuted scores pooled, for
+        FDR control with ``q_values``.
+        """
+        null = self._require_null()
+        score, _ = self.scores(reduce)
+        if method == "fwer":
+            return null.fwer_p(score, reduce)
+        if method == "pooled":
+            return null.pooled_p(score, reduce)
+        raise ValueError(f"method must be 'fwer' or 'pooled', got {method!r}")
+
+    def q_values(self, reduce: Reduce = "max", method: str = "bh") -> Float[Tensor, "layers d_mlp"]:
+        """Benjamini–Hochberg (``"bh"``) or –Yekutieli (``"by"``) q-values of the pooled p-values."""
+        return torch.from_numpy(q_values(self.p_values(reduce, "pooled").numpy(), method))
+
+    def significant(
+        self, alpha: float = 0.05, method: str = "fwer", reduce: Reduce = "max"
+    ) -> pd.DataFrame:
+        """The neurons that pass ``alpha`` under ``"fwer"``, ``"fdr_bh"`` or ``"fdr_by"``,
+        as a ``top_k``-style table with ``p_fwer`` and ``q`` columns, sorted by ``|score|``."""
+        if method == "fwer":
+            passed = self.p_values(reduce, "fwer") <= alpha
+        elif method in ("fdr_bh", "fdr_by"):
+            passed = self.q_values(reduce, method[4:]) <= alpha
+        else:
+            raise ValueError(f"method must be 'fwer', 'fdr_bh' or 'fdr_by', got {method!r}")
+        table = self.top_k(int(passed.sum()), reduce)
+        return table
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the scan (moments, metric values, settings) to one safetensors file, atomically."""
+        path = Path(path)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.moments.tensors().items()}
+        tensors["metric_values"] = self.metric_values.contiguous()
+        if self.null is not None:
+            tensors["null_perms"] = self.null.perms.contiguous()
+            for rule, scores in self.null.scores.items():
+                tensors[f"null_scores_{rule}"] = scores.contiguous()
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"sklens": json.dumps(self.settings)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Scan:
+        """Read a scan written by ``save``."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: expected a file written by Scan.save")
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), "pt") as fh:
+                settings = json.loads(fh.metadata()["sklens"])
+            values = tensors.pop("metric_values")
+            null = None
+            if "null_perms" in tensors:
+                rules = {
+                    k[len("null_scores_") :]: tensors.pop(k)
+                    for k in list(tensors)
+                    if k.startswith("null_scores_")
+                }
+                null = PermutationNull(rules, tensors.pop("null_perms"))
+            moments = Moments.from_tensors(tensors)
+        except (SafetensorError, KeyError, ValueError, OSError) as err:
+            raise ValueError(
+                f"{path} is not a readable sklens scan ({type(err).__name__}: {err}); "
+                "re-run the scan to recreate it"
+            ) from err
+        return cls(moments, values, settings, null)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"Scan(metric={s['metric']!r}, n={self.n}, layers={len(self.layers)}, "
+            f"d_mlp={s['d_mlp']}, n_tokens={s['n_tokens']}, model={s['model_name']!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        table = self.top_k(10).to_html(index=False, float_format=lambda x: f"{x:.3f}")
+        title = "<p>Top 10 neurons (paper's rule):</p>"
+        return f"<div><p><code>{html.escape(repr(self))}</code></p>{title}{table}</div>"
