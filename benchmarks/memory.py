@@ -11,6 +11,7 @@ import json
 import resource
 import subprocess
 import sys
+import time
 
 import torch
 from common import examples, metric, parser, write_results
@@ -25,6 +26,7 @@ def child(method: str, n: int, args) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
     if method == "scan":
         sklens.scan(
             model,
@@ -42,9 +44,10 @@ def child(method: str, n: int, args) -> dict:
         import numpy as np
 
         np.corrcoef(flat[:, :2000].T, np.asarray(values)[None])  # (the full matrix would not fit)
+    seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cuda = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
-    return {"rss_mb": peak / 1024, "model_rss_mb": before / 1024, "cuda_mb": cuda}
+    return {"rss_mb": peak / 1024, "model_rss_mb": before / 1024, "cuda_mb": cuda, "s": seconds}
 
 
 def main() -> None:
@@ -66,6 +69,8 @@ def main() -> None:
                         method,
                         n,
                         f"not run (≥ {per_example_mb * n / 1024:.1f} GB of activations)",
+                        "",
+                        "",
                         "",
                         "",
                     ]
@@ -99,13 +104,26 @@ def main() -> None:
                     method,
                     n,
                     f"{out['rss_mb']:.0f}",
+                    f"{out['rss_mb'] - out['model_rss_mb']:.0f}",
                     f"{out['rss_mb'] / first[method]:.3f}",
                     "" if out["cuda_mb"] is None else f"{out['cuda_mb']:.0f}",
+                    f"{out['s']:.0f}",
+                    f"{n / out['s']:.2f}",
                 ]
             )
+            print(" | ".join(str(c) for c in rows[-1]), flush=True)  # a long run shows progress
     write_results(
         "memory",
-        ["method", "N", "peak RSS (MB)", "× at smallest N", "peak CUDA (MB)"],
+        [
+            "method",
+            "N",
+            "peak RSS (MB)",
+            "above loaded model (MB)",
+            "× at smallest N",
+            "peak CUDA (MB)",
+            "s",
+            "examples/s",
+        ],
         rows,
         args.device,
         args.results,

@@ -1,8 +1,11 @@
 """One soft-prompt training step: sklens vs plain HF (inputs_embeds) vs HF + PEFT prompt tuning.
 
 Same model weights, batch and sequence lengths. sklens runs a HookedTransformer with the prompt
-written at hook_embed after the instruction and logits only at completion positions; HF computes
-the loss from full logits; PEFT prepends its virtual tokens (its own placement).
+written at hook_embed after the instruction; HF computes the loss from full logits; PEFT prepends
+its virtual tokens (its own placement). Each of sklens's savings is timed on its own: one pass
+with full logits, one pass with logits only at completion positions, and the training step as
+``train_soft_prompt`` takes it (the text before the slots run once without autograd, the slots
+and completion continuing from its cached keys/values).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from transformers import AutoModelForCausalLM
 import sklens
 from sklens.data.format import encode, iter_batches
 from sklens.forward import completion_logprobs
-from sklens.training import frozen
+from sklens.training import frozen, train_logprobs
 
 
 def main() -> None:
@@ -35,12 +38,39 @@ def main() -> None:
     n_tokens_total = int(batch.attention_mask.sum())
     opt = torch.optim.AdamW(prompt.parameters(), lr=3e-3)
 
-    def sklens_step() -> None:
-        with frozen(model), prompt.attached(model, batch.slot_start):
-            loss = completion_logprobs(model, batch).mean_loss.mean()
+    encoded = encode(model, data, args.n_tokens)
+    writer = prompt.writer()
+    targets = batch.tokens[:, 1:]
+    completion = torch.zeros_like(targets, dtype=torch.bool)
+    for b in range(len(batch.indices)):
+        start, length = int(batch.completion_start[b]), int(batch.completion_len[b])
+        completion[b, start - 1 : start - 1 + length] = True
+
+    def full_logits_loss() -> torch.Tensor:
+        logits = model(batch.tokens, attention_mask=batch.attention_mask)[:, :-1]
+        logprobs = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+        per_example = -(logprobs * completion).sum(1) / completion.sum(1)
+        return per_example.mean()
+
+    def sklens_step(loss_fn) -> None:
+        writer.slot_start = batch.slot_start
+        with frozen(model), model.hooks(fwd_hooks=[("hook_embed", writer)]):
+            loss = loss_fn()
             opt.zero_grad()
             loss.backward()
             opt.step()
+
+    sklens_variants = (
+        ("sklens, one pass, full logits", full_logits_loss),
+        (
+            "sklens, one pass, completion logits",
+            lambda: completion_logprobs(model, batch).mean_loss.mean(),
+        ),
+        (
+            "sklens (training step: + prefix reused)",
+            lambda: train_logprobs(model, writer, encoded, batch.indices).mean_loss.mean(),
+        ),
+    )
 
     # plain HF: the same sequences, the prompt inserted into inputs_embeds at the same slots
     soft = torch.nn.Parameter(prompt.embedding.detach().clone())
@@ -81,7 +111,7 @@ def main() -> None:
         for name, fn in (
             ("hf_inputs_embeds", hf_step),
             ("hf_peft", peft_step),
-            ("sklens", sklens_step),
+            *[(name, lambda fn=fn: sklens_step(fn)) for name, fn in sklens_variants],
         )
     }
     rows = [

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from sklens import _compat
 from sklens.data.format import Batch
@@ -61,8 +62,14 @@ class CompletionLogprobs:
         return self.logprobs.sum(1)
 
 
-def completion_logprobs(model: Any, batch: Batch) -> CompletionLogprobs:
-    """Run ``model`` (with whatever hooks are attached) and score the completion tokens."""
+def completion_logprobs(
+    model: Any, batch: Batch, *, past_kv_cache: TransformerLensKeyValueCache | None = None
+) -> CompletionLogprobs:
+    """Run ``model`` (with whatever hooks are attached) and score the completion tokens.
+
+    With ``past_kv_cache`` (HookedTransformer only) ``batch`` continues the sequences whose keys
+    and values the cache holds (see ``prefill``).
+    """
     n_comp = int(batch.completion_len.max())
     j = torch.arange(n_comp, device=batch.tokens.device)
     mask = j[None, :] < batch.completion_len[:, None]  # (B, C)
@@ -73,12 +80,34 @@ def completion_logprobs(model: Any, batch: Batch) -> CompletionLogprobs:
         logits = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
     else:
         resid = model(
-            batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=model.cfg.n_layers
+            batch.tokens,
+            attention_mask=batch.attention_mask,
+            stop_at_layer=model.cfg.n_layers,
+            past_kv_cache=past_kv_cache,
         )  # (B, T, d_model)
         resid = resid.gather(1, pos[..., None].expand(-1, -1, resid.shape[-1]))  # (B, C, d_model)
         logits = model.unembed(model.ln_final(resid))  # (B, C, d_vocab)
     logprobs = logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
     return CompletionLogprobs(torch.where(mask, logprobs, 0.0), mask)
+
+
+def prefill(
+    model: Any, tokens: Int[Tensor, "batch prefix"], attention_mask: Int[Tensor, "batch prefix"]
+) -> TransformerLensKeyValueCache:
+    """The keys and values of ``tokens`` at every layer, computed without autograd.
+
+    Training uses it for the part before the slots: under causal attention the prompt cannot
+    change it, so it needs neither a backward pass nor stored activations (see ``split_batch``).
+    """
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, tokens.shape[0])
+    with torch.no_grad():
+        model(
+            tokens,
+            attention_mask=attention_mask,
+            past_kv_cache=cache,
+            stop_at_layer=model.cfg.n_layers,
+        )
+    return cache
 
 
 def gather_slots(

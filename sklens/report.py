@@ -96,16 +96,19 @@ def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -
     ):
         if summary.get(key):
             parts += [f"<h2>{title}</h2>", _table(pd.DataFrame([summary[key]]))]
-    for name, title in (
-        ("heldout.csv", "Held-out r of the top neurons"),
-        ("causal.csv", "Causal check (selected vs random neurons)"),
-        ("consensus.csv", "Consensus neurons across seeds"),
+    for name, title, asked in (
+        ("heldout.csv", "Held-out r of the top neurons", config.held_out),
+        ("measures.csv", "Other measures of the top neurons", config.measures),
+        ("causal.csv", "Causal check (selected vs random neurons)", config.ablate),
+        ("consensus.csv", "Consensus neurons across seeds", config.seeds),
     ):
-        if (run / name).exists():
+        # Only what this run's settings asked for: an earlier run in the same directory may have
+        # left other tables, which do not describe these neurons.
+        if asked and (run / name).exists():
             parts += [f"<h3>{title}</h3>", _table(pd.read_csv(run / name))]
 
     acts = slot_activations(model, prompt, val, neurons, batch_size=config.batch_size)
-    chosen = extremal_indices(model, prompt, val, neurons, n, config.batch_size)
+    chosen = extremal_indices(acts, neurons, n)
     labels = neuron_labels(neurons)
     bundle = None
     for j, row in enumerate(neurons.itertuples()):

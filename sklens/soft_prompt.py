@@ -77,8 +77,20 @@ class SlotWriter:
     def __init__(self, prompt: SoftPrompt):
         self.prompt = prompt
         self.slot_start: Int[Tensor, " batch"] | None = None
+        self.active = True
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave embeddings unchanged inside (for a pass over text before the slots)."""
+        self.active = False
+        try:
+            yield
+        finally:
+            self.active = True
 
     def __call__(self, embed: Float[Tensor, "batch pos d_model"], hook: Any) -> Tensor:
+        if not self.active:
+            return embed
         if self.slot_start is None:
             raise RuntimeError("SlotWriter.slot_start was not set for this batch")
         vectors = self.prompt().to(embed.dtype)  # (k, d_model)

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sklens import _compat
 from sklens.atomic import atomic_path, write_text
 from sklens.data.example import Example, data_hash
-from sklens.data.format import Encoded, encode, iter_batches
-from sklens.forward import completion_logprobs
+from sklens.data.format import Encoded, encode, iter_batches, split_batch
+from sklens.forward import CompletionLogprobs, completion_logprobs, prefill
 from sklens.soft_prompt import InitMode, SlotWriter, SoftPrompt
 
 logger = logging.getLogger("sklens")
@@ -52,6 +53,27 @@ def batch_order(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     epoch, within = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
     return perm[within * batch_size : (within + 1) * batch_size].tolist()
+
+
+def train_logprobs(
+    model: Any, writer: SlotWriter, encoded: Sequence[Encoded], order: Sequence[int]
+) -> CompletionLogprobs:
+    """Completion log-probabilities of examples ``order`` for a gradient step on the prompt.
+
+    On a HookedTransformer the text before the slots runs once without autograd and the slots and
+    completion continue from its keys/values: the same numbers as one pass over the whole rows
+    (tested), with no backward pass or stored activations for most of each sequence. A
+    TransformerBridge takes the single pass. ``writer`` must be attached.
+    """
+    if _compat.is_bridge(model):
+        batch = next(iter_batches(model, encoded, writer.prompt.n_tokens, len(order), order=order))
+        writer.slot_start = batch.slot_start
+        return completion_logprobs(model, batch)
+    prefix, prefix_mask, rest = split_batch(model, encoded, writer.prompt.n_tokens, order)
+    with writer.paused():
+        cache = prefill(model, prefix, prefix_mask)
+    writer.slot_start = rest.slot_start
+    return completion_logprobs(model, rest, past_kv_cache=cache)
 
 
 def _mean_loss(
@@ -137,9 +159,7 @@ def train_soft_prompt(
             )
         for step in range(start, total_steps):
             order = batch_order(len(examples), batch_size, step, seed)
-            batch = next(iter_batches(model, encoded, n_tokens, len(order), order=order))
-            writer.slot_start = batch.slot_start
-            loss = completion_logprobs(model, batch).mean_loss.mean()
+            loss = train_logprobs(model, writer, encoded, order).mean_loss.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

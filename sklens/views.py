@@ -22,6 +22,8 @@ import pandas as pd
 from circuitsvis.activations import text_neuron_activations
 from circuitsvis.topk_samples import topk_samples
 from circuitsvis.utils.render import RenderedHTML
+from jaxtyping import Float
+from torch import Tensor
 
 from sklens.activations import as_neuron_list, slot_activations, token_activations
 from sklens.atomic import write_text
@@ -86,15 +88,10 @@ def _display(tokens: list[str], acts: np.ndarray) -> tuple[list[str], np.ndarray
 
 
 def extremal_indices(
-    model: Any,
-    prompt: Any,
-    examples: Sequence[Example],
-    neurons: pd.DataFrame,
-    n: int,
-    batch_size: int = 8,
+    acts: Float[Tensor, "n_examples n_neurons n_slots"], neurons: pd.DataFrame, n: int
 ) -> list[list[int]]:
-    """For each neuron row, its ``n`` most then ``n`` least activating examples at its slot."""
-    acts = slot_activations(model, prompt, examples, neurons, batch_size=batch_size)
+    """For each neuron row, its ``n`` most then ``n`` least activating examples at its slot,
+    from ``slot_activations`` of those neurons (so a caller that has them pays no extra pass)."""
     out = []
     for j, position in enumerate(neurons["position"].tolist()):
         values = acts[:, j, position]
@@ -102,6 +99,18 @@ def extremal_indices(
         least = [i for i in values.argsort()[:n].tolist() if i not in most]
         out.append(most + least)
     return out
+
+
+def _chosen(
+    model: Any,
+    prompt: Any,
+    examples: Sequence[Example],
+    neurons: pd.DataFrame,
+    n: int,
+    batch_size: int,
+) -> list[list[int]]:
+    acts = slot_activations(model, prompt, examples, neurons, batch_size=batch_size)
+    return extremal_indices(acts, neurons, n)
 
 
 def text_view(
@@ -141,7 +150,7 @@ def neuron_text_view(
     batch_size: int = 8,
 ) -> OfflineHTML:
     """``text_view`` over the selected neurons' most and least activating examples."""
-    chosen = extremal_indices(model, prompt, examples, neurons, n, batch_size)
+    chosen = _chosen(model, prompt, examples, neurons, n, batch_size)
     union = sorted({i for ids in chosen for i in ids})
     return text_view(model, prompt, [examples[i] for i in union], neurons, batch_size=batch_size)
 
@@ -156,7 +165,7 @@ def neuron_topk_view(
     batch_size: int = 8,
 ) -> OfflineHTML:
     """For each neuron, its ``n`` most activating examples, token by token (circuitsvis TopkSamples)."""
-    chosen = extremal_indices(model, prompt, examples, neurons, n, batch_size)
+    chosen = _chosen(model, prompt, examples, neurons, n, batch_size)
     tokens, acts = [], []
     for j, ids in enumerate(chosen):
         per_example = token_activations(

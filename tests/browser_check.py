@@ -46,6 +46,9 @@ def main(page: str, screenshot: str) -> None:
         selects = driver.execute_script("return document.querySelectorAll('select').length")
         logs = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1280, min(int(height) + 100, 16000))  # the whole page
+        time.sleep(0.5)
         driver.save_screenshot(screenshot)
     finally:
         driver.quit()

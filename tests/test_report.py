@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
 import sklens
 from sklens import figures, metrics, views
 from sklens.cli import main
+from sklens.report import build_report
 from tests.test_cli import _args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +92,20 @@ def test_report_is_self_contained(qwen_dir, tmp_path):
     # nothing is loaded from elsewhere: no remote src/href, no remote module import
     assert not re.search(r"""(src|href)\s*=\s*["']https?://|from\s+["']https?://""", page)
     assert "Significance (permutation null)" in page
+
+    # A table left in the directory by an earlier run with other settings describes other
+    # neurons: the report shows only the analyses in this run's settings.
+    run = tmp_path / "run"
+    pd.DataFrame({"layer": [0], "neuron": [0], "stale_marker": [1.0]}).to_csv(
+        run / "heldout.csv", index=False
+    )
+    page = build_report(run).read_text()
+    assert "Held-out r of the top neurons" not in page
+    assert "stale_marker" not in page
+    summary = json.loads((run / "summary.json").read_text())
+    summary["config"]["held_out"] = 0.5  # as if this run had asked for it
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert "stale_marker" in build_report(run).read_text()
 
 
 def _chromium() -> str | None:

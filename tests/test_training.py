@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import sklens
-from sklens.data.format import encode, iter_batches
-from sklens.forward import completion_logprobs
-from sklens.training import frozen
+from sklens.data.format import encode, iter_batches, split_batch
+from sklens.forward import completion_logprobs, prefill
+from sklens.training import frozen, train_logprobs
 from tests.helpers import reference_cache
 
 
@@ -24,6 +24,33 @@ def test_gradient_reaches_only_the_prompt(qwen, examples):
     assert prompt.embedding.grad is not None and prompt.embedding.grad.abs().sum() > 0
     assert all(p.grad is None for p in qwen.parameters())
     assert all(p.requires_grad for p in qwen.parameters())  # flags restored afterwards
+
+
+@pytest.mark.parametrize("arch", ["qwen", "llama"])
+def test_reusing_the_prefix_gives_the_one_pass_numbers(arch, request, examples):
+    """Training's split pass (prefix without autograd, then slots + completion from its cached
+    keys/values) equals one pass over the whole right-padded rows: values and gradients."""
+    model = request.getfixturevalue(arch)
+    prompt = sklens.SoftPrompt.init_for(model, 4, seed=0)
+    encoded = encode(model, examples, 4)
+    order = [5, 0, 17, 3, 11, 8]
+    writer = prompt.writer()
+    with frozen(model), model.hooks(fwd_hooks=[("hook_embed", writer)]):
+        batch = next(iter_batches(model, encoded, 4, len(order), order=order))
+        assert batch.slot_start.unique().numel() > 1  # rows of different length: padding matters
+        writer.slot_start = batch.slot_start
+        one = completion_logprobs(model, batch)
+        (grad_one,) = torch.autograd.grad(one.mean_loss.mean(), prompt.embedding)
+        split = train_logprobs(model, writer, encoded, order)
+        (grad_split,) = torch.autograd.grad(split.mean_loss.mean(), prompt.embedding)
+        prefix, mask, _ = split_batch(model, encoded, 4, order)
+        with writer.paused():
+            cache = prefill(model, prefix, mask)
+    assert torch.equal(one.mask, split.mask)
+    assert (one.logprobs - split.logprobs).abs().max() < 1e-5
+    assert (grad_one - grad_split).abs().max() < 1e-5 * grad_one.abs().max()
+    assert not any(entry.past_keys.requires_grad for entry in cache.entries)
+    assert bool(mask[:, 0].eq(0).any()) and bool(mask[:, -1].eq(1).all())  # left-padded
 
 
 def test_training_freezes_weights_and_reduces_loss(qwen, examples):

@@ -200,3 +200,27 @@ def iter_batches(
             [encoded[i] for i in idx], idx, n_slots, pid, with_completion=with_completion
         )
         yield batch.to(device)
+
+
+def split_batch(
+    model: Any, encoded: Sequence[Encoded], n_slots: int, order: Sequence[int]
+) -> tuple[Int[Tensor, "batch prefix"], Int[Tensor, "batch prefix"], Batch]:
+    """The examples ``order`` split at their slots, for a pass that reuses the prefix's keys/values.
+
+    Returns the prefixes left-padded (so every row's prefix ends at the same column and the rest
+    can follow it in a key/value cache), their attention mask, and the slots plus completions as a
+    right-padded ``Batch`` whose slots start at 0. Rotary positions come from the joined masks, so
+    each real token keeps the position it has in the unsplit layout.
+    """
+    rows = [encoded[i] for i in order]
+    pid = pad_id(model.tokenizer)
+    width = max(len(e.prefix) for e in rows)
+    prefix = torch.full((len(rows), width), pid, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, enc in enumerate(rows):
+        if enc.prefix:
+            prefix[b, width - len(enc.prefix) :] = torch.tensor(enc.prefix, dtype=torch.long)
+            mask[b, width - len(enc.prefix) :] = 1
+    rest = collate([Encoded((), e.completion) for e in rows], order, n_slots, pid)
+    device = model.cfg.device
+    return prefix.to(device), mask.to(device), rest.to(device)
