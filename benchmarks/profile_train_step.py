@@ -14,8 +14,7 @@ from transformers import AutoModelForCausalLM
 
 import sklens
 from sklens.data.format import encode, iter_batches
-from sklens.forward import completion_logprobs
-from sklens.training import frozen
+from sklens.training import frozen, train_logprobs
 
 
 def split(forward, repeats: int = 3) -> tuple[float, float]:
@@ -36,13 +35,13 @@ def main() -> None:
     model = sklens.load_model(args.model, device=args.device)
     data = examples(args.batch_size)
     prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
-    batch = next(
-        iter_batches(model, encode(model, data, args.n_tokens), args.n_tokens, args.batch_size)
-    )
+    encoded = encode(model, data, args.n_tokens)
+    batch = next(iter_batches(model, encoded, args.n_tokens, args.batch_size))
+    writer = prompt.writer()
 
-    def sklens_loss():
-        with prompt.attached(model, batch.slot_start):
-            return completion_logprobs(model, batch).mean_loss.mean()
+    def sklens_loss():  # the step train_soft_prompt takes (prefix reused)
+        with model.hooks(fwd_hooks=[("hook_embed", writer)]):
+            return train_logprobs(model, writer, encoded, batch.indices).mean_loss.mean()
 
     from peft import PromptTuningConfig, get_peft_model
 
