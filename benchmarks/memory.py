@@ -61,6 +61,7 @@ def child(method: str, n: int, args) -> dict:
         "reset": reset,
         "cuda_mb": cuda,
         "s": seconds,
+        "n_neurons": model.cfg.n_layers * model.cfg.d_mlp,
     }
 
 
@@ -89,20 +90,17 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args)))
         return
-    rows, first = [], {}
+    rows, first, n_neurons = [], {}, 0
     for n in [int(x) for x in args.sizes.split(",")]:
         for method in ("scan", "naive"):
             if method == "naive" and n > args.naive_max:
-                per_example_mb = 4 * args.n_tokens * 30 * 1536 / 2**20
+                per_example_mb = 4 * args.n_tokens * n_neurons / 2**20  # fp32 slot activations
                 rows.append(
                     [
                         method,
                         n,
                         f"not run (≥ {per_example_mb * n / 1024:.1f} GB of activations)",
-                        "",
-                        "",
-                        "",
-                        "",
+                        *[""] * 5,
                     ]
                 )
                 continue
@@ -129,6 +127,7 @@ def main() -> None:
                 .splitlines()[-1]
             )
             first.setdefault(method, out["rss_mb"])
+            n_neurons = out["n_neurons"]
             rows.append(
                 [
                     method,

@@ -10,9 +10,9 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "%matplotlib inline\n"
-        "import os\n"
+        "import os\n\n"
         "import sklens\n"
-        "from sklens import figures, metrics, views\n"
+        "from sklens import figures, metrics, viz\n"
         "from sklens.data import bigbench_arithmetic, train_val_split\n\n"
         "SMALL = os.environ.get('SKLENS_DEMO_SIZE') == 'small'\n"
         "STEPS, N_TRAIN, N_VAL, N_TOKENS = (2, 16, 24, 4) if SMALL else (30, 240, 160, 20)"
@@ -46,7 +46,7 @@ cells = [
     nbf.v4.new_markdown_cell(
         "Token-level activations of the top neurons over their most and least activating questions (soft slots appear as `<soft0>`...), rendered offline:"
     ),
-    nbf.v4.new_code_cell("views.neuron_text_view(model, prompt, val, top, n=3)"),
+    nbf.v4.new_code_cell("viz.neuron_text_view(model, prompt, val, top, n=3)"),
     nbf.v4.new_code_cell(
         "sklens.top_examples(model, prompt, val, layer=int(top.layer[0]), neuron=int(top.neuron[0]), position=int(top.position[0]), n=5)"
     ),

@@ -4,7 +4,7 @@ Train a soft prompt on a frozen TransformerLens model, correlate every MLP neuro
 the prompt's slots with an auxiliary metric, and inspect the neurons that track it.
 """
 
-from sklens import confirm, data, figures, measures, metrics, stability, views
+from sklens import confirm, data, figures, measures, metrics, stability, viz
 from sklens.ablate import NeuronIntervention, ablated, ablation_hooks
 from sklens.activations import neuron_activations, slot_activations, top_examples
 from sklens.causal import causal_check, dose_response, evaluate, neuron_stats, random_sets
@@ -29,7 +29,7 @@ __all__ = [
     "measures",
     "seed_stability",
     "stability",
-    "views",
+    "viz",
     "NeuronIntervention",
     "ablated",
     "ablation_hooks",

@@ -26,7 +26,7 @@ from sklens.result import Scan
 from sklens.soft_prompt import SoftPrompt
 from sklens.study import StudyConfig
 from sklens.tasks import load_task
-from sklens.views import extremal_indices, neuron_labels, text_view
+from sklens.viz import extremal_indices, neuron_labels, text_view
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}

@@ -16,7 +16,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import sklens
-from sklens import figures, metrics, views
+from sklens import figures, metrics, viz
 from sklens.cli import main
 from sklens.report import build_report
 from tests.test_cli import _args
@@ -66,8 +66,8 @@ def test_views_render_offline_with_soft_slots(qwen, examples, monkeypatch):
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
     top = sklens.scan(qwen, prompt, examples, metrics.label("a"), progress=False).top_k(2)
     for view in (
-        views.neuron_text_view(qwen, prompt, examples, top, n=2),
-        views.neuron_topk_view(qwen, prompt, examples, top, n=2),
+        viz.neuron_text_view(qwen, prompt, examples, top, n=2),
+        viz.neuron_topk_view(qwen, prompt, examples, top, n=2),
     ):
         page = view._repr_html_()
         assert "unpkg.com" not in page and "var CircuitsVis" in page
