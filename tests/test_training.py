@@ -50,7 +50,7 @@ def test_reusing_the_prefix_gives_the_one_pass_numbers(arch, request, examples):
     assert (one.logprobs - split.logprobs).abs().max() < 1e-5
     assert (grad_one - grad_split).abs().max() < 1e-5 * grad_one.abs().max()
     assert not any(entry.past_keys.requires_grad for entry in cache.entries)
-    assert bool(mask[:, 0].eq(0).any()) and bool(mask[:, -1].eq(1).all())  # left-padded
+    assert bool(mask[:, 0].eq(1).all()) and bool(mask[:, -1].eq(0).any())  # padding inside
 
 
 def test_training_freezes_weights_and_reduces_loss(qwen, examples):

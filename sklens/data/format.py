@@ -207,20 +207,14 @@ def split_batch(
 ) -> tuple[Int[Tensor, "batch prefix"], Int[Tensor, "batch prefix"], Batch]:
     """The examples ``order`` split at their slots, for a pass that reuses the prefix's keys/values.
 
-    Returns the prefixes left-padded (so every row's prefix ends at the same column and the rest
-    can follow it in a key/value cache), their attention mask, and the slots plus completions as a
-    right-padded ``Batch`` whose slots start at 0. Rotary positions come from the joined masks, so
-    each real token keeps the position it has in the unsplit layout.
+    Returns the prefixes (right-padded) with their attention mask, and the slots plus completions
+    as a ``Batch`` whose slots start at 0. TransformerLens masks the padding between the two in
+    the joined key/value cache and takes rotary positions from the joined masks, so each real
+    token keeps the position it has in the unsplit layout.
     """
     rows = [encoded[i] for i in order]
     pid = pad_id(model.tokenizer)
-    width = max(len(e.prefix) for e in rows)
-    prefix = torch.full((len(rows), width), pid, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, enc in enumerate(rows):
-        if enc.prefix:
-            prefix[b, width - len(enc.prefix) :] = torch.tensor(enc.prefix, dtype=torch.long)
-            mask[b, width - len(enc.prefix) :] = 1
+    prefix = collate([Encoded(e.prefix, ()) for e in rows], order, 0, pid, with_completion=False)
     rest = collate([Encoded((), e.completion) for e in rows], order, n_slots, pid)
     device = model.cfg.device
-    return prefix.to(device), mask.to(device), rest.to(device)
+    return prefix.tokens.to(device), prefix.attention_mask.to(device), rest.to(device)
