@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from sklens.moments import Moments
+from sklens.moments import GroupedMoments, Moments
 
 
 def active() -> bool:
@@ -29,10 +29,12 @@ def shard(n: int) -> list[int]:
     return list(range(dist.get_rank(), n, dist.get_world_size()))
 
 
-def merge_moments(local: Moments) -> Moments:
-    """All ranks' moments merged in rank order (identical on every rank)."""
+def merge_moments(local: Moments | GroupedMoments) -> Moments | GroupedMoments:
+    """All ranks' moments merged in rank order (identical on every rank); group by group."""
     if not active():
         return local
+    if isinstance(local, GroupedMoments):
+        return GroupedMoments([merge_moments(g) for g in local.groups], local.codes)
     world = dist.get_world_size()
     device = local.mean_a.device
     scalars = torch.tensor([local.n, local.mean_m, local.m2_m], dtype=torch.float64, device=device)

@@ -109,3 +109,106 @@ class Moments:
             mean_m=float(tensors["mean_m"]),
             m2_m=float(tensors["m2_m"]),
         )
+
+
+class GroupedMoments:
+    """Moments of each group of examples, for the **within-group** correlation.
+
+    ``corr`` is the pooled within-group Pearson r, ``Σ_g C_g / sqrt(Σ_g M2a_g · Σ_g M2m_g)``: the
+    correlation of group-centred activations with the group-centred metric, which is the partial
+    correlation on group indicators. A neuron that only tracks the group (its mean differs between
+    groups) scores ~0; one that tracks the metric inside the groups scores high. ``marginal()``
+    merges the groups back into the ordinary moments. ``codes[n]`` is each example's group.
+    """
+
+    def __init__(self, groups: list[Moments], codes: Tensor):
+        self.groups, self.codes = groups, codes
+
+    @classmethod
+    def zeros(
+        cls, codes: Tensor, n_layers: int, d_mlp: int, n_slots: int, device: torch.device | str
+    ) -> GroupedMoments:
+        n_groups = int(codes.max()) + 1 if len(codes) else 0
+        return cls(
+            [Moments.zeros(n_layers, d_mlp, n_slots, device) for _ in range(n_groups)], codes
+        )
+
+    def _parts(self, rows: list[int]) -> list[tuple[int, Tensor]]:
+        codes = self.codes[torch.as_tensor(rows)]
+        return [(int(g), (codes == g).nonzero().flatten()) for g in codes.unique()]
+
+    def fold_layer(
+        self,
+        j: int,
+        acts: Float[Tensor, "batch slots d_mlp"],
+        m: Float[Tensor, " batch"],
+        rows: list[int],
+    ) -> None:
+        """Merge one batch of layer ``j`` (example ids ``rows``) into each group's moments."""
+        for g, sel in self._parts(rows):
+            self.groups[g].fold_layer(j, acts[sel.to(acts.device)], m[sel.to(m.device)])
+
+    def fold_metric(self, m: Float[Tensor, " batch"], rows: list[int]) -> None:
+        for g, sel in self._parts(rows):
+            self.groups[g].fold_metric(m[sel.to(m.device)])
+
+    def marginal(self) -> Moments:
+        """The ordinary (all examples pooled) moments."""
+        merged = self.groups[0]
+        for other in self.groups[1:]:
+            merged = merged.merge(other)
+        return merged
+
+    @property
+    def n(self) -> int:
+        return sum(g.n for g in self.groups)
+
+    @property
+    def mean_a(self) -> Float[Tensor, "layers d_mlp slots"]:
+        return self.marginal().mean_a
+
+    @property
+    def m2_a(self) -> Float[Tensor, "layers d_mlp slots"]:
+        """Within-group sum of squared activation deviations (the null's denominator too)."""
+        return sum(g.m2_a for g in self.groups)
+
+    @property
+    def c_am(self) -> Float[Tensor, "layers d_mlp slots"]:
+        return sum(g.c_am for g in self.groups)
+
+    @property
+    def m2_m(self) -> float:
+        return sum(g.m2_m for g in self.groups)
+
+    def corr(self) -> Float[Tensor, "layers d_mlp slots"]:
+        """Pooled within-group r; NaN where activations do not vary within groups."""
+        m2_a = self.m2_a
+        r = self.c_am / (m2_a * self.m2_m).sqrt()
+        return torch.where(m2_a > 0, r, torch.nan).clamp(-1.0, 1.0)
+
+    def std_a(self) -> Float[Tensor, "layers d_mlp slots"]:
+        return self.marginal().std_a()
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = {"group_codes": self.codes.cpu()}
+        for g, part in enumerate(self.groups):
+            out |= {f"group{g}.{k}": v for k, v in part.tensors().items()}
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> GroupedMoments:
+        codes = tensors["group_codes"]
+        n_groups = int(codes.max()) + 1 if len(codes) else 0
+        groups = [
+            Moments.from_tensors(
+                {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"group{g}.")}
+            )
+            for g in range(n_groups)
+        ]
+        return cls(groups, codes)
+
+
+def group_codes(labels: list[object]) -> Tensor:
+    """Integer codes ``0..G-1`` for group labels, in order of first appearance."""
+    index = {g: i for i, g in enumerate(dict.fromkeys(labels))}
+    return torch.tensor([index[g] for g in labels], dtype=torch.long)

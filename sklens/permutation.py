@@ -9,7 +9,22 @@ the first batch's mean, which keeps float32 accumulation accurate with large act
 Memory is ``4·B·layers·d_mlp·slots`` bytes during the pass (B=200 on SmolLM2-135M: 0.74 GB; on
 Qwen1.5-1.8B: 2.1 GB); afterwards only the reduced scores ``[B, layers, d_mlp]`` per rule are kept.
 Permutations can be restricted to exchangeability blocks (a meta field), e.g. to ask whether a
-neuron tracks the metric *within* each operation.
+neuron tracks the metric *within* each operation. Then the statistic is within-group too: the
+metric is centred within each block (``Σ z_b = 0`` in every block, so the activations' group means
+drop out of ``Σ a z_b``) and the scan divides by the within-group ``M2_a``; observed scores and null
+are the same pooled within-group r (``sklens.moments.GroupedMoments``).
+
+What the test tests: exchangeability of the metric with the activations, i.e. **independence**,
+not ρ = 0 (with heteroscedastic dependence it can reject while ρ = 0; DiCiccio & Romano 2017).
+The max-statistic FWER is strong under subset pivotality. Three kinds of p-value come out:
+
+* ``fwer_p``: family-wise adjusted by the max statistic over all scanned neurons;
+* ``neuron_p``: each neuron against its **own** permuted scores, ``(1 + #{b: |s_b| ≥ |s|})/(B+1)``:
+  valid per neuron (coarse: at least ``1/(B+1)``), the input for BH/BY;
+* ``pooled_p``: against all neurons' permuted scores pooled. Fine-grained but **not** a valid
+  p-value per neuron: neurons' nulls differ (slots that vary independently give a wider null of
+  the max than identical slots). BH on it controls only an *approximate marginal FDR* under the
+  assumption that the neurons' nulls are alike.
 """
 
 from __future__ import annotations
@@ -21,6 +36,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sklens.moments import group_codes
+
 
 def permutations(
     n: int, n_permutations: int, seed: int, groups: Sequence[object] | None = None
@@ -31,10 +48,9 @@ def permutations(
         return torch.stack([torch.randperm(n, generator=gen) for _ in range(n_permutations)])
     if len(groups) != n:
         raise ValueError(f"{len(groups)} group labels for {n} examples")
-    labels = {g: i for i, g in enumerate(dict.fromkeys(groups))}
-    codes = torch.tensor([labels[g] for g in groups])
+    codes = group_codes(list(groups))
     out = torch.arange(n).repeat(n_permutations, 1)
-    for code in range(len(labels)):
+    for code in range(int(codes.max()) + 1):
         members = (codes == code).nonzero().flatten()
         for b in range(n_permutations):
             out[b, members] = members[torch.randperm(len(members), generator=gen)]
@@ -57,7 +73,14 @@ class PermutationAccumulator:
         if n_permutations < 1:
             raise ValueError(f"n_permutations must be at least 1, got {n_permutations}")
         self.perms = permutations(len(values), n_permutations, seed, groups)
-        permuted = values.to(torch.float64)[self.perms].T  # (n, B)
+        values = values.to(torch.float64)
+        if groups is not None:  # the within-group statistic: centre the metric in each block
+            codes = group_codes(list(groups))
+            means = torch.zeros(int(codes.max()) + 1, dtype=torch.float64).index_add_(
+                0, codes, values
+            )
+            values = values - (means / torch.bincount(codes))[codes]
+        permuted = values[self.perms].T  # (n, B); within blocks, so block means stay 0
         centred = permuted - permuted.mean(0)
         self.z = (centred / centred.norm(dim=0)).to(device, torch.float32)  # unit-norm columns
         n_layers, d_mlp, n_slots = shape
@@ -119,8 +142,16 @@ class PermutationNull:
         exceed = len(null) - torch.searchsorted(null, score.abs().float().contiguous(), right=False)
         return torch.where(score.isnan(), torch.nan, (1 + exceed) / (1 + len(null)))
 
+    def neuron_p(self, score: Float[Tensor, "layers d_mlp"], reduce: str = "max") -> Tensor:
+        """Per-neuron permutation p-values ``(1 + #{b: |s_b| ≥ |s|}) / (1 + B)``, each neuron
+        against its own null (valid per neuron; a NaN permuted score counts as 0)."""
+        null = self.scores[reduce].abs().nan_to_num(nan=0.0)  # (B, L, d)
+        exceed = (null >= score.abs().float()).sum(0)
+        return torch.where(score.isnan(), torch.nan, (1 + exceed) / (1 + len(null)))
+
     def pooled_p(self, score: Float[Tensor, "layers d_mlp"], reduce: str = "max") -> Tensor:
-        """Uncorrected p-values against all neurons' permuted scores pooled (fine resolution)."""
+        """Against all neurons' permuted scores pooled: fine resolution, but **not** a valid
+        per-neuron p-value (see the module doc); BH on it is an approximate marginal FDR."""
         pooled = self.scores[reduce].abs().flatten()
         pooled = pooled[~pooled.isnan()].sort().values
         exceed = len(pooled) - torch.searchsorted(

@@ -8,6 +8,13 @@ Ranking rules (``Scan.scores``):
   anti-correlated neurons can rank below weaker positive ones.
 * ``"absmax"`` (symmetric): ``score = corr[L, i, k*]`` with ``k* = argmax_k |corr[L, i, k]|``,
   treating both signs alike.
+
+Significance (with a permutation null, ``scan(..., n_permutations=B)``): ``p_values("fwer")`` is
+family-wise adjusted over all scanned neurons; ``p_values("neuron")`` is each neuron's own
+permutation p-value (valid per neuron, at least ``1/(B+1)``), and ``q_values`` applies BH/BY to
+it. ``p_values("pooled")`` pools every neuron's null: finer, but not a valid per-neuron p, and BH
+on it is only an approximate marginal FDR that assumes the neurons' nulls are alike
+(``sklens.permutation``). A permutation test checks independence, not ρ = 0.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from sklens.atomic import atomic_path
-from sklens.moments import Moments
+from sklens.moments import GroupedMoments, Moments
 from sklens.permutation import PermutationNull
 from sklens.stats import q_values
 
@@ -37,12 +44,13 @@ class Scan:
     """The result of a scan: streaming moments, metric values, and the settings that made them.
 
     ``corr`` is float64 ``[len(layers), d_mlp, n_tokens]``; ``layers`` maps its first axis to model
-    layer indices (all layers by default).
+    layer indices (all layers by default). With ``permutation_groups`` it is the within-group r
+    and ``marginal_corr`` the ordinary one.
     """
 
     def __init__(
         self,
-        moments: Moments,
+        moments: Moments | GroupedMoments,
         metric_values: Tensor,
         settings: dict[str, Any],
         null: PermutationNull | None = None,
@@ -62,7 +70,15 @@ class Scan:
 
     @property
     def corr(self) -> Float[Tensor, "layers d_mlp n_tokens"]:
+        """The scan's statistic: Pearson r, or the pooled within-group r when grouped."""
         return self.moments.corr().cpu()
+
+    @property
+    def marginal_corr(self) -> Float[Tensor, "layers d_mlp n_tokens"]:
+        """Pearson r over all examples (equal to ``corr`` unless the scan was grouped)."""
+        if isinstance(self.moments, GroupedMoments):
+            return self.moments.marginal().corr().cpu()
+        return self.corr
 
     def scores(
         self, reduce: Reduce = "max"
@@ -98,6 +114,7 @@ class Scan:
         extra = {}
         if self.null is not None:
             extra["p_fwer"] = self.p_values(reduce, "fwer")[rows, neurons].tolist()
+            extra["p_neuron"] = self.p_values(reduce, "neuron")[rows, neurons].tolist()
             extra["q_bh"] = self.q_values(reduce, "bh")[rows, neurons].tolist()
         return pd.DataFrame(
             {
@@ -122,21 +139,35 @@ class Scan:
     ) -> Float[Tensor, "layers d_mlp"]:
         """Per-neuron p-values from the permutation null.
 
-        ``"fwer"``: family-wise adjusted by the max statistic (the top score's null over all
-        neurons). ``"pooled"``: uncorrected, against every neuron's permuted scores pooled, for
-        FDR control with ``q_values``.
+        Args:
+            reduce: the ranking rule whose scores are tested.
+            method: ``"fwer"``: family-wise adjusted by the max statistic (the top score's null
+                over all neurons). ``"neuron"``: uncorrected, each neuron against its own permuted
+                scores (valid per neuron; resolution ``1/(B+1)``). ``"pooled"``: against all
+                neurons' permuted scores pooled — finer, but **not** a valid per-neuron p-value;
+                it assumes every neuron has the same null.
         """
         null = self._require_null()
         score, _ = self.scores(reduce)
         if method == "fwer":
             return null.fwer_p(score, reduce)
+        if method == "neuron":
+            return null.neuron_p(score, reduce)
         if method == "pooled":
             return null.pooled_p(score, reduce)
-        raise ValueError(f"method must be 'fwer' or 'pooled', got {method!r}")
+        raise ValueError(f"method must be 'fwer', 'neuron' or 'pooled', got {method!r}")
 
-    def q_values(self, reduce: Reduce = "max", method: str = "bh") -> Float[Tensor, "layers d_mlp"]:
-        """Benjamini–Hochberg (``"bh"``) or –Yekutieli (``"by"``) q-values of the pooled p-values."""
-        return torch.from_numpy(q_values(self.p_values(reduce, "pooled").numpy(), method))
+    def q_values(
+        self, reduce: Reduce = "max", method: str = "bh", p: str = "neuron"
+    ) -> Float[Tensor, "layers d_mlp"]:
+        """Benjamini–Hochberg (``"bh"``) or –Yekutieli (``"by"``) q-values.
+
+        ``p="neuron"`` (default) adjusts the valid per-neuron permutation p-values: FDR control
+        as BH/BY promise, but no q falls below ``m / (B+1) / (number of neurons at that p)``, so
+        sparse findings need a large B. ``p="pooled"`` adjusts the pooled-null p-values: an
+        approximate marginal FDR that assumes all neurons share one null.
+        """
+        return torch.from_numpy(q_values(self.p_values(reduce, p).numpy(), method))
 
     def significant(
         self, alpha: float = 0.05, method: str = "fwer", reduce: Reduce = "max"
@@ -184,7 +215,10 @@ class Scan:
                     if k.startswith("null_scores_")
                 }
                 null = PermutationNull(rules, tensors.pop("null_perms"))
-            moments = Moments.from_tensors(tensors)
+            if "group_codes" in tensors:
+                moments = GroupedMoments.from_tensors(tensors)
+            else:
+                moments = Moments.from_tensors(tensors)
         except (SafetensorError, KeyError, ValueError, OSError) as err:
             raise ValueError(
                 f"{path} is not a readable sklens scan ({type(err).__name__}: {err}); "

@@ -25,7 +25,7 @@ from sklens.data.example import Example, data_hash
 from sklens.data.format import Batch, encode, iter_batches
 from sklens.forward import completion_logprobs, gather_slots, run_until_stopped, stop_hook
 from sklens.metrics import Metric
-from sklens.moments import Moments
+from sklens.moments import GroupedMoments, Moments, group_codes
 from sklens.permutation import PermutationAccumulator
 from sklens.result import Scan
 from sklens.soft_prompt import SoftPrompt
@@ -53,9 +53,13 @@ class _Folder:
     """
 
     def __init__(
-        self, moments: Moments | None, layers: list[int], perm: PermutationAccumulator | None = None
+        self,
+        moments: Moments | GroupedMoments | None,
+        layers: list[int],
+        perm: PermutationAccumulator | None = None,
     ):
         self.moments, self.layers, self.perm = moments, layers, perm
+        self.grouped = isinstance(moments, GroupedMoments)
         self.batch: Batch | None = None
         self.m: Tensor | None = None
         self.pending: dict[int, Tensor] = {}
@@ -75,9 +79,15 @@ class _Folder:
             if self.m is None:
                 self.pending[j] = slots
             else:
-                self.moments.fold_layer(j, slots, self.m)
+                self._fold(j, slots, self.m)
 
         return fold
+
+    def _fold(self, j: int, slots: Tensor, m: Tensor) -> None:
+        if self.grouped:
+            self.moments.fold_layer(j, slots, m, self.batch.indices)
+        else:
+            self.moments.fold_layer(j, slots, m)
 
     def start(self, batch: Batch, m: Tensor | None) -> None:
         self.batch, self.m, self.pending = batch, m, {}
@@ -86,14 +96,30 @@ class _Folder:
         if self.moments is None:
             return
         for j, slots in self.pending.items():
-            self.moments.fold_layer(j, slots, m)
+            self._fold(j, slots, m)
         if self.m is None and len(self.pending) != len(self.layers):
             raise RuntimeError("the forward pass did not reach every scanned layer's hook_post")
-        self.moments.fold_metric(m)
+        if self.grouped:
+            self.moments.fold_metric(m, self.batch.indices)
+        else:
+            self.moments.fold_metric(m)
         self.pending = {}
 
 
-def check_slots_vary(moments: Moments) -> None:
+def check_varies_within(values: Tensor, codes: Tensor, name: str, field: str) -> None:
+    """Raise when the metric is constant inside every group: no within-group r exists."""
+    means = torch.zeros(int(codes.max()) + 1, dtype=torch.float64).index_add_(0, codes, values)
+    centred = values - (means / torch.bincount(codes))[codes]
+    if float(centred.abs().max()) <= 1e-12 * max(1.0, float(values.abs().max())):
+        raise ValueError(
+            f"metric {name!r} is constant within every group of {field!r}, so a within-group "
+            f"correlation is undefined: permutation_groups={field!r} asks whether neurons track the "
+            "metric inside each group; choose a metric that varies inside the groups, or drop "
+            "permutation_groups"
+        )
+
+
+def check_slots_vary(moments: Moments | GroupedMoments) -> None:
     """Raise when soft-slot activations are (nearly) identical for every example seen so far."""
     spread = float(moments.std_a().max())
     scale = float(moments.mean_a.abs().max())
@@ -184,7 +210,11 @@ def scan(
             ``p_values``, ``q_values``, ``significant``). With a label metric it is accumulated in
             the same pass; a model-based metric (loss, confidence) is only known after the pass,
             so the null takes a second pass.
-        permutation_groups: a meta field; permute only within its groups (exchangeability blocks).
+        permutation_groups: a meta field. The scan then asks whether neurons track the metric
+            *within* its groups: ``corr`` is the pooled within-group r (the partial correlation
+            on the group) and the permutations stay inside the groups (exchangeability blocks),
+            so observed scores and null are the same statistic. ``Scan.marginal_corr`` keeps
+            the ordinary r.
         permutation_seed: seed of the permutations.
         chat_template: use the tokenizer's chat template (default: if it has one).
         progress: show a tqdm bar.
@@ -205,15 +235,22 @@ def scan(
                 f"permutation_groups={permutation_groups!r} is missing in examples {missing[:5]}"
             )
         groups = [e.meta[permutation_groups] for e in examples]
+    codes = group_codes(groups) if groups is not None else None
     encoded = encode(model, examples, n_slots, chat_template=chat_template)
     known = None
     if not metric.needs_logprobs:
         known = metric(examples, range(len(examples)), None)
         metrics_mod.check_values(known, metric.name)
+        if codes is not None:
+            check_varies_within(known, codes, metric.name, permutation_groups)
 
     device = model.cfg.device
     shape = (len(layer_ids), model.cfg.d_mlp, max(n_slots, 1))
-    moments = Moments.zeros(*shape, device)
+    moments = (
+        Moments.zeros(*shape, device)
+        if codes is None
+        else GroupedMoments.zeros(codes, *shape, device)
+    )
 
     def accumulator(values: Tensor) -> PermutationAccumulator:
         return PermutationAccumulator(
@@ -229,6 +266,8 @@ def scan(
     values = distributed.sum_values(values, ~values.isnan())
     moments = distributed.merge_moments(moments)
     metrics_mod.check_values(values, metric.name)
+    if codes is not None:
+        check_varies_within(values, codes, metric.name, permutation_groups)
     if n_permutations and perm is None:  # model-based metric: a second pass with known values
         perm = accumulator(values)
         second = _Folder(None, layer_ids, perm)
@@ -267,6 +306,7 @@ def scan(
         "batch_size": batch_size,
         "n_permutations": n_permutations,
         "permutation_groups": permutation_groups,
+        "statistic": "pearson" if codes is None else f"within-group pearson ({permutation_groups})",
         "permutation_seed": permutation_seed,
         "data_hash": data_hash(examples),
         "backend": type(model).__name__,
