@@ -3,7 +3,9 @@
 A neuron set is a ``top_k`` DataFrame, a list of ``(layer, neuron)`` pairs, or a boolean mask
 ``[n_layers, d_mlp]``. Modes:
 
-* ``zero`` — set to 0;  ``mean`` — set to a per-neuron mean over a reference set (``means``);
+* ``zero`` — set to 0;  ``mean`` — set to a mean over a reference set (``means``, from
+  ``sklens.neuron_stats``): per (neuron, slot) ``[d_mlp, n_slots]`` at the slots (each slot
+  takes its own mean), or per neuron ``[d_mlp]`` anywhere;
 * ``resample`` — take the activation of another example in the batch (at the same slot, or the
   same absolute position elsewhere), never of the same example;
 * ``noise`` — add Gaussian noise of std ``noise_std`` (seeded);
@@ -146,6 +148,25 @@ class NeuronIntervention:
             src.scatter_(1, slots, slots[donors])  # slot k takes the donor's slot k
         return act[donors[:, None], src]  # (B, T, d_mlp)
 
+    def _mean(self, layer: int, idx: Tensor, current: Tensor) -> Tensor:
+        """The reference means in ``current``'s shape: per (neuron, slot) means go to their slot."""
+        means = self.means[layer].to(current.device, current.dtype)[idx]  # (n,) or (n, k)
+        if means.ndim == 1:
+            return means.expand_as(current)
+        if self.batch is None or self.positions != "slots":
+            raise ValueError(
+                "per-slot means [d_mlp, n_slots] apply at the slots only: pass positions='slots' "
+                "(and set_batch), or per-neuron means [d_mlp] for other positions"
+            )
+        slots = self.batch.slot_positions.to(current.device)  # (B, k)
+        if means.shape[1] != slots.shape[1]:
+            raise ValueError(
+                f"means have {means.shape[1]} slots but the prompt has {slots.shape[1]}"
+            )
+        out = current.clone()
+        index = slots[..., None].expand(-1, -1, len(idx))  # (B, k, n)
+        return out.scatter(1, index, means.T.expand(len(slots), -1, -1))
+
     def _hook(self, layer: int, ids: Tensor) -> Any:
         def edit(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> Tensor:
             idx = ids.to(act.device)
@@ -153,7 +174,7 @@ class NeuronIntervention:
             if self.mode == "zero":
                 new = torch.zeros_like(current)
             elif self.mode == "mean":
-                new = self.means[layer].to(act.device, act.dtype)[idx].expand_as(current)
+                new = self._mean(layer, idx, current)
             elif self.mode == "resample":
                 new = self._resampled(act)[..., idx]
             elif self.mode == "noise":

@@ -5,8 +5,12 @@ For each mode (zero, mean, resample, ...) the selected set and ``n_random`` rand
 same number of neurons per layer (optionally matched in mean |activation|) are applied in turn.
 Per example: the change of the metric, of the completion loss and, for multiple-choice examples
 (``meta["choices"]`` and ``meta["answer"]``), of correctness (the correct choice has the highest
-log-likelihood). Reported overall and per group of a meta field, with bootstrap 95% intervals,
-and a two-sided p-value of the selected set's mean change against the random sets' means.
+total log-likelihood, and, length-normalised, the highest mean per-token log-likelihood).
+Reported overall and per group of a meta field, with bootstrap 95% intervals, and a two-sided
+rank p-value of the selected set's mean change among the random sets' mean changes, taken around
+the random sets' median (``sklens.stats.rank_p``): it asks whether the selected edit is unusual
+*for an edit of that many neurons*, not whether it differs from zero. Random sets are matched in
+activation scale by default (``match_scale``).
 """
 
 from __future__ import annotations
@@ -21,32 +25,12 @@ from tqdm.auto import tqdm
 
 from sklens import metrics as metrics_mod
 from sklens.ablate import NeuronIntervention, neuron_index
+from sklens.choices import score_examples
 from sklens.data.example import Example
 from sklens.data.format import encode, iter_batches
-from sklens.forward import completion_logprobs
+from sklens.forward import gather_slots
 from sklens.soft_prompt import SoftPrompt
-
-
-def _expand_choices(
-    examples: Sequence[Example],
-) -> tuple[list[Example], list[int], list[int] | None]:
-    """One example per (example, choice) when every example is multiple choice.
-
-    Returns the expanded list, each row's example id, and each example's correct-choice row.
-    """
-    if not all(isinstance(e.meta.get("choices"), list) and "answer" in e.meta for e in examples):
-        return list(examples), list(range(len(examples))), None
-    rows, owner, correct = [], [], []
-    for i, e in enumerate(examples):
-        choices = [str(c) for c in e.meta["choices"]]
-        if str(e.meta["answer"]) not in choices:
-            raise ValueError(f"example {i}: answer {e.meta['answer']!r} is not among its choices")
-        for c in choices:
-            if c == str(e.meta["answer"]):
-                correct.append(len(rows))
-            rows.append(Example(e.instruction, c, e.meta))
-            owner.append(i)
-    return rows, owner, correct
+from sklens.stats import rank_p
 
 
 def evaluate(
@@ -58,53 +42,23 @@ def evaluate(
     intervention: NeuronIntervention | None = None,
     batch_size: int = 8,
 ) -> pd.DataFrame:
-    """Per-example ``loss``, ``metric`` and ``correct`` (NaN without choices), under an optional
-    intervention. ``metric`` is a sklens metric, a callable, or ``"loss"``/``"confidence"``."""
+    """Per-example ``loss``, ``metric``, and for multiple-choice examples ``correct`` (highest
+    total log-probability), ``correct_per_token`` (highest mean per-token log-probability) and
+    ``choice_confidence`` (NaN otherwise), under an optional intervention (``sklens.choices``).
+    ``metric`` is a sklens metric, a callable, or ``"loss"``/``"confidence"``."""
     examples = list(examples)
     metric = _metric(metric, len(examples))
-    rows, owner, correct_rows = _expand_choices(examples)
-    n_slots = prompt.n_tokens if prompt is not None else 0
-    encoded = encode(model, rows, n_slots)
-    total = torch.empty(len(rows), dtype=torch.float64)
-    mean_loss = torch.empty(len(rows), dtype=torch.float64)
-    hooks = []
-    writer = prompt.writer() if prompt is not None else None
-    if writer is not None:
-        hooks.append(("hook_embed", writer))
-    if intervention is not None:
-        hooks.extend(intervention.hooks())
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for batch in iter_batches(model, encoded, n_slots, batch_size):
-            if writer is not None:
-                writer.slot_start = batch.slot_start
-            if intervention is not None:
-                intervention.set_batch(batch, [owner[i] for i in batch.indices])
-            scores = completion_logprobs(model, batch)
-            total[batch.indices] = scores.total_logprob.double().cpu()
-            mean_loss[batch.indices] = scores.mean_loss.double().cpu()
-    own = correct_rows if correct_rows is not None else list(range(len(rows)))
-    loss = mean_loss[own]
-    out = pd.DataFrame({"example": range(len(examples)), "loss": loss.numpy()})
-    if metric.needs_logprobs:
-        fake = _Scores(loss, total[own])
-        out["metric"] = metric(examples, range(len(examples)), fake).numpy()
-    else:
-        out["metric"] = metric(examples, range(len(examples)), None).numpy()
-    if correct_rows is None:
-        out["correct"] = np.nan
-    else:
-        owner_t = torch.tensor(owner)
-        best = torch.full((len(examples),), -torch.inf, dtype=torch.float64)
-        best = best.scatter_reduce(0, owner_t, total, reduce="amax")
-        out["correct"] = (total[correct_rows] >= best).double().numpy()
+    metric.check(examples)
+    scores = score_examples(
+        model, prompt, examples, intervention=intervention, batch_size=batch_size
+    )
+    out = pd.DataFrame({"example": range(len(examples)), "loss": scores.mean_loss.numpy()})
+    given = scores if (metric.needs_logprobs or metric.needs_choices) else None
+    out["metric"] = metric(examples, range(len(examples)), given).numpy()
+    out["correct"] = scores.correct.numpy()
+    out["correct_per_token"] = scores.correct_per_token.numpy()
+    out["choice_confidence"] = scores.choice_confidence.numpy()
     return out
-
-
-class _Scores:
-    """Per-example scores in the shape metrics expect from CompletionLogprobs."""
-
-    def __init__(self, mean_loss: torch.Tensor, total_logprob: torch.Tensor):
-        self.mean_loss, self.total_logprob = mean_loss, total_logprob
 
 
 def _metric(metric: Any, n: int) -> metrics_mod.Metric:
@@ -124,24 +78,36 @@ def neuron_stats(
     positions: str = "slots",
     batch_size: int = 8,
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """Per-neuron mean and mean |activation| over ``examples`` at ``positions`` ("slots"/"all")."""
+    """Per-neuron means over ``examples`` and mean |activation|, at ``positions``.
+
+    With ``positions="slots"`` the means are position-matched, one per (neuron, slot):
+    ``[d_mlp, n_slots]`` per layer, because each slot is its own learned vector with its own
+    typical activation (a mean pooled over slots would add a slot-specific shift, a steering
+    edit, on top of removing the example's information). With ``"all"`` they are ``[d_mlp]``.
+    The mean |activation| (``[d_mlp]``, for scale-matched random sets) pools every position.
+    """
     if positions == "slots" and prompt is None:
         raise ValueError(
             "positions='slots' needs a soft prompt; use positions='all' on a plain model"
         )
     n_slots = prompt.n_tokens if prompt is not None else 0
     encoded = encode(model, list(examples), n_slots)
-    sums = {L: torch.zeros(model.cfg.d_mlp, dtype=torch.float64) for L in layers}
-    abs_sums = {L: torch.zeros(model.cfg.d_mlp, dtype=torch.float64) for L in layers}
-    count = {"n": 0}
+    d_mlp = model.cfg.d_mlp
+    shape = (d_mlp, n_slots) if positions == "slots" else (d_mlp,)
+    sums = {L: torch.zeros(shape, dtype=torch.float64) for L in layers}
+    abs_sums = {L: torch.zeros(d_mlp, dtype=torch.float64) for L in layers}
+    count = {"rows": 0, "positions": 0}
     state: dict[str, Any] = {}
 
     def reader(L: int) -> Any:
         def read(act: torch.Tensor, hook: Any) -> None:
-            mask = state["mask"].to(act.device)
-            picked = act[mask].double().cpu()  # (n_positions, d_mlp)
-            sums[L] += picked.sum(0)
-            abs_sums[L] += picked.abs().sum(0)
+            if positions == "slots":
+                picked = gather_slots(act, state["batch"]).double().cpu()  # (B, k, d_mlp)
+                sums[L] += picked.sum(0).T
+            else:
+                picked = act[state["mask"].to(act.device)].double().cpu()  # (n_pos, d_mlp)
+                sums[L] += picked.sum(0)
+            abs_sums[L] += picked.abs().reshape(-1, d_mlp).sum(0)
 
         return read
 
@@ -153,18 +119,19 @@ def neuron_stats(
         for batch in iter_batches(
             model, encoded, n_slots, batch_size, with_completion=positions == "all"
         ):
-            if positions == "slots":
-                mask = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
-                mask.scatter_(1, batch.slot_positions, True)
-            else:
-                mask = batch.attention_mask.bool()
-            state["mask"] = mask
+            state["batch"], state["mask"] = batch, batch.attention_mask.bool()
             if writer is not None:
                 writer.slot_start = batch.slot_start
             model(batch.tokens, attention_mask=batch.attention_mask)
-            count["n"] += int(mask.sum())
-    n = count["n"]
-    return {L: s / n for L, s in sums.items()}, {L: s / n for L, s in abs_sums.items()}
+            count["rows"] += len(batch.indices)
+            count["positions"] += (
+                len(batch.indices) * n_slots
+                if positions == "slots"
+                else int(batch.attention_mask.sum())
+            )
+    per_mean = count["rows"] if positions == "slots" else count["positions"]
+    means = {L: s / per_mean for L, s in sums.items()}
+    return means, {L: s / count["positions"] for L, s in abs_sums.items()}
 
 
 def random_sets(
@@ -222,7 +189,7 @@ def causal_check(
     seed: int = 0,
     positions: str | None = None,
     group_by: str | None = None,
-    match_scale: bool = False,
+    match_scale: bool = True,
     reference: Sequence[Example] | None = None,
     n_boot: int = 1000,
     batch_size: int = 8,
@@ -234,13 +201,18 @@ def causal_check(
     Args:
         positions: where to edit: "slots" (default with a prompt) or "all" (default without).
         group_by: a meta field; results are also reported per value.
-        match_scale: draw random neurons with a similar mean |activation| (on ``reference``).
-        reference: examples for ``mean`` ablation and scale matching (default: ``examples``).
+        match_scale: draw random neurons with a similar mean |activation| (on ``reference``);
+            on by default, since selection by |r| can favour neurons of a particular scale.
+        reference: examples for ``mean`` ablation (per-slot means) and scale matching (default:
+            ``examples``; a split disjoint from the neurons' selection set is cleaner).
         mode_options: passed to the interventions (``noise_std``, ``factor``, ``shift``).
 
     Returns one row per (mode, set, group) with ``n``, mean changes ``d_metric``, ``d_loss``,
-    ``d_accuracy``, their bootstrap 95% intervals (``*_lo``, ``*_hi``), the baseline accuracy,
-    and on the selected rows ``p_metric``, ``p_loss``, ``p_accuracy`` against the random sets.
+    ``d_accuracy`` (argmax of total log-probability) and ``d_accuracy_per_token`` (argmax of mean
+    per-token log-probability), their bootstrap 95% intervals (``*_lo``, ``*_hi``), the baseline
+    accuracies, ``match_scale``, and on the selected rows ``p_metric``, ``p_loss``,
+    ``p_accuracy``, ``p_accuracy_per_token``: two-sided rank p-values against the random sets'
+    changes around their median (smallest possible ``1/(n_random+1)``).
     """
     examples = list(examples)
     if len(examples) < 2:
@@ -287,7 +259,7 @@ def causal_check(
                 intervention=intervention,
                 batch_size=batch_size,
             )
-            deltas = {k: (edited[k] - base[k]).to_numpy() for k in ("metric", "loss", "correct")}
+            deltas = {k: (edited[k] - base[k]).to_numpy() for k in _CHANGES}
             for group, mask in groups.items():
                 row = {
                     "mode": mode,
@@ -295,30 +267,40 @@ def causal_check(
                     "group": group,
                     "n": int(mask.sum()),
                     "n_neurons": sum(len(v) for v in chosen.values()),
-                    "accuracy_base": float(np.nanmean(base["correct"].to_numpy()[mask]))
-                    if not base["correct"].isna().all()
-                    else np.nan,
+                    "match_scale": match_scale,
+                    "accuracy_base": _mean(base["correct"].to_numpy()[mask]),
+                    "accuracy_per_token_base": _mean(base["correct_per_token"].to_numpy()[mask]),
                 }
-                for k, key in (("metric", "metric"), ("loss", "loss"), ("correct", "accuracy")):
+                for k, key in _CHANGES.items():
                     d = deltas[k][mask]
-                    row[f"d_{key}"] = float(np.nanmean(d)) if not np.isnan(d).all() else np.nan
+                    row[f"d_{key}"] = _mean(d)
                     row[f"d_{key}_lo"], row[f"d_{key}_hi"] = _bootstrap(d, n_boot, rng)
                 records.append(row)
             bar.update(1)
     bar.close()
     table = pd.DataFrame(records)
-    for key in ("metric", "loss", "accuracy"):
+    for key in _CHANGES.values():
         table[f"p_{key}"] = np.nan
     for _, part in table.groupby(["mode", "group"]):
         selected = part[part.set == "selected"]
         randoms = part[part.set != "selected"]
-        for key in ("metric", "loss", "accuracy"):
-            sel = selected[f"d_{key}"].iloc[0]
-            if np.isnan(sel) or randoms.empty:
-                continue
-            extreme = (randoms[f"d_{key}"].abs() >= abs(sel)).sum()
-            table.loc[selected.index, f"p_{key}"] = (1 + extreme) / (1 + len(randoms))
+        for key in _CHANGES.values():
+            p = rank_p(float(selected[f"d_{key}"].iloc[0]), randoms[f"d_{key}"].to_numpy())
+            table.loc[selected.index, f"p_{key}"] = p
     return table
+
+
+# evaluate's per-example columns whose change a causal check reports, and their names there
+_CHANGES = {
+    "metric": "metric",
+    "loss": "loss",
+    "correct": "accuracy",
+    "correct_per_token": "accuracy_per_token",
+}
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if not np.isnan(values).all() else np.nan
 
 
 def dose_response(

@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     helps = {
         "task": "arithmetic | hans | skillmix | FILE.jsonl",
         "model": "embedded default, official TransformerLens name, HF directory or .gguf",
-        "metric": "loss | confidence | label:KEY | label:KEY=VALUE (default: the task's)",
+        "metric": "loss | confidence | choice_confidence | label:KEY | label:KEY=VALUE (default: the task's)",
         "data": "a HANS .txt or Skill-Mix .jsonl file instead of the generator",
         "n_tokens": "soft-prompt length",
         "n_extremal": "most/least activating examples per neuron",

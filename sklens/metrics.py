@@ -2,8 +2,10 @@
 
 Use ``label`` for an external label (a skill, a heuristic, a shortcut flag, any numeric meta field);
 ``loss`` or ``confidence`` for what the model does with the trained prompt, computed in the same
-forward pass as the scan; ``from_callable`` (or any plain callable ``Example -> float``) for
-anything else; ``values`` for numbers computed elsewhere, one per example.
+forward pass as the scan; ``choice_confidence`` for multiple-choice tasks (the probability of the
+correct choice renormalised over the choices, scored before the scan); ``from_callable`` (or any
+plain callable ``Example -> float``) for anything else; ``values`` for numbers computed elsewhere,
+one per example.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class Metric(ABC):
     """Maps a batch of examples (and, if ``needs_logprobs``, the model's scores) to numbers."""
 
     name: str
-    needs_logprobs: bool = False
+    needs_logprobs: bool = False  # computed from the scan's own pass (completion log-probs)
+    needs_choices: bool = False  # computed from every choice scored first (``ChoiceScores``)
 
     @abstractmethod
     def __call__(
@@ -41,6 +44,10 @@ class Metric(ABC):
     def subset(self, indices: Sequence[int]) -> Metric:
         """The metric for ``examples[indices]`` (only precomputed values need re-indexing)."""
         return self
+
+    def check(self, examples: Sequence[Example]) -> None:
+        """Raise before any model work if the metric cannot be computed on ``examples``."""
+        return None
 
     def __repr__(self) -> str:
         return f"<metric {self.name}>"
@@ -83,7 +90,7 @@ class _Callable(Metric):
 
 class _Values(Metric):
     def __init__(self, values: Sequence[float] | Tensor | np.ndarray, name: str = "values"):
-        self.values = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        self.values = torch.as_tensor(np.array(values, dtype=np.float64))
         if self.values.ndim != 1:
             raise ValueError(
                 f"metric values must be one number per example, got shape "
@@ -114,6 +121,23 @@ class _Confidence(Metric):
         return scores.total_logprob.detach().to("cpu", torch.float64).exp()
 
 
+class _ChoiceConfidence(Metric):
+    name = "choice_confidence"
+    needs_choices = True
+
+    def check(self, examples):
+        from sklens.choices import is_multiple_choice
+
+        if not is_multiple_choice(examples):
+            raise ValueError(
+                "choice_confidence needs multiple-choice examples: every Example.meta needs a "
+                "'choices' list and an 'answer' among them; use loss or confidence otherwise"
+            )
+
+    def __call__(self, examples, indices, scores):
+        return scores.choice_confidence.detach().to("cpu", torch.float64)
+
+
 def label(key: str, positive: Any = None) -> Metric:
     """``meta[key]`` as a number; with ``positive``, 1.0 where ``meta[key] == positive`` else 0.0."""
     return _Label(key, positive)
@@ -125,8 +149,23 @@ def loss() -> Metric:
 
 
 def confidence() -> Metric:
-    """Probability the model gives the whole completion (product of its token probabilities)."""
+    """Probability the model gives the whole completion (product of its token probabilities).
+
+    Confounded with length: a ten-digit answer gets a far smaller probability than a one-digit
+    one whatever the model knows, and the values are heavily skewed (a poor input for Pearson).
+    For multiple-choice tasks prefer ``choice_confidence``.
+    """
     return _Confidence()
+
+
+def choice_confidence() -> Metric:
+    """``p(answer) / Σ_c p(c)`` over the example's ``meta["choices"]``, with the trained prompt.
+
+    Renormalising over the same question's choices removes most of the length confound of
+    ``confidence``. Every choice is scored once before the scan (``sklens.choices``), so the scan
+    itself treats the values as known, like a label.
+    """
+    return _ChoiceConfidence()
 
 
 def from_callable(fn: Callable[[Example], float], name: str | None = None) -> Metric:

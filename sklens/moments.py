@@ -212,3 +212,10 @@ def group_codes(labels: list[object]) -> Tensor:
     """Integer codes ``0..G-1`` for group labels, in order of first appearance."""
     index = {g: i for i, g in enumerate(dict.fromkeys(labels))}
     return torch.tensor([index[g] for g in labels], dtype=torch.long)
+
+
+def centre_within(values: Float[Tensor, " n"], codes: Tensor) -> Float[Tensor, " n"]:
+    """``values`` minus the mean of their group (float64)."""
+    values = values.to(torch.float64)
+    sums = torch.zeros(int(codes.max()) + 1, dtype=torch.float64).index_add_(0, codes, values)
+    return values - (sums / torch.bincount(codes))[codes]

@@ -36,7 +36,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sklens.moments import group_codes
+from sklens.moments import centre_within, group_codes
 
 
 def permutations(
@@ -75,11 +75,7 @@ class PermutationAccumulator:
         self.perms = permutations(len(values), n_permutations, seed, groups)
         values = values.to(torch.float64)
         if groups is not None:  # the within-group statistic: centre the metric in each block
-            codes = group_codes(list(groups))
-            means = torch.zeros(int(codes.max()) + 1, dtype=torch.float64).index_add_(
-                0, codes, values
-            )
-            values = values - (means / torch.bincount(codes))[codes]
+            values = centre_within(values, group_codes(list(groups)))
         permuted = values[self.perms].T  # (n, B); within blocks, so block means stay 0
         centred = permuted - permuted.mean(0)
         self.z = (centred / centred.norm(dim=0)).to(device, torch.float32)  # unit-norm columns

@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 
 from sklens import distributed
 from sklens import metrics as metrics_mod
+from sklens.choices import score_examples
 from sklens.data.example import Example, data_hash
 from sklens.data.format import Batch, encode, iter_batches
 from sklens.forward import completion_logprobs, gather_slots, run_until_stopped, stop_hook
 from sklens.metrics import Metric
-from sklens.moments import GroupedMoments, Moments, group_codes
+from sklens.moments import GroupedMoments, Moments, centre_within, group_codes
 from sklens.permutation import PermutationAccumulator
 from sklens.result import Scan
 from sklens.soft_prompt import SoftPrompt
@@ -108,8 +109,7 @@ class _Folder:
 
 def check_varies_within(values: Tensor, codes: Tensor, name: str, field: str) -> None:
     """Raise when the metric is constant inside every group: no within-group r exists."""
-    means = torch.zeros(int(codes.max()) + 1, dtype=torch.float64).index_add_(0, codes, values)
-    centred = values - (means / torch.bincount(codes))[codes]
+    centred = centre_within(values, codes)
     if float(centred.abs().max()) <= 1e-12 * max(1.0, float(values.abs().max())):
         raise ValueError(
             f"metric {name!r} is constant within every group of {field!r}, so a within-group "
@@ -223,6 +223,7 @@ def scan(
     if len(examples) < 3:
         raise ValueError(f"a scan needs at least 3 examples for a correlation, got {len(examples)}")
     metric = metrics_mod.resolve(metric, len(examples))
+    metric.check(examples)
     layer_ids = resolve_layers(model, layers)
     if prompt is not None:
         prompt.check_fits(model)
@@ -238,8 +239,12 @@ def scan(
     codes = group_codes(groups) if groups is not None else None
     encoded = encode(model, examples, n_slots, chat_template=chat_template)
     known = None
-    if not metric.needs_logprobs:
+    if metric.needs_choices:  # every choice scored first; the scan then treats it as known
+        scored = score_examples(model, prompt, examples, batch_size=batch_size)
+        known = metric(examples, range(len(examples)), scored)
+    elif not metric.needs_logprobs:
         known = metric(examples, range(len(examples)), None)
+    if known is not None:
         metrics_mod.check_values(known, metric.name)
         if codes is not None:
             check_varies_within(known, codes, metric.name, permutation_groups)

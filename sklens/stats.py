@@ -1,9 +1,10 @@
 """Multiple comparisons and intervals: Benjamini–Hochberg / –Yekutieli q-values, Fisher-z and
-bootstrap confidence intervals."""
+bootstrap confidence intervals, and the rank p-value of a selected set among random sets."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -64,3 +65,20 @@ def bootstrap_ci(
         return (math.nan, math.nan)
     alpha = (1 - level) / 2
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def rank_p(selected: float, randoms: Sequence[float] | np.ndarray) -> float:
+    """Two-sided rank p-value of ``selected`` among ``randoms``, around the randoms' median.
+
+    ``(1 + #{r: |r − med| ≥ |selected − med|}) / (1 + n)``: small when the selected value lies
+    far out in either tail of the random values — including when random edits all move the
+    metric one way and the selected edit moves it the other way or not at all (a comparison of
+    absolute changes around zero would call that p ≈ 1). The smallest value is ``1/(n+1)``.
+    """
+    randoms = np.asarray(randoms, dtype=np.float64)
+    randoms = randoms[~np.isnan(randoms)]
+    if math.isnan(selected) or len(randoms) == 0:
+        return math.nan
+    med = float(np.median(randoms))
+    extreme = int(np.sum(np.abs(randoms - med) >= abs(selected - med) - 1e-15))
+    return (1 + extreme) / (1 + len(randoms))

@@ -47,15 +47,21 @@ def _coerce(value: str) -> object:
 
 
 def parse_metric(spec: str) -> metrics.Metric:
-    """``loss`` | ``confidence`` | ``label:KEY`` | ``label:KEY=VALUE`` → a Metric."""
+    """``loss`` | ``confidence`` | ``choice_confidence`` | ``label:KEY`` | ``label:KEY=VALUE`` → a
+    Metric."""
     if spec == "loss":
         return metrics.loss()
     if spec == "confidence":
         return metrics.confidence()
+    if spec == "choice_confidence":
+        return metrics.choice_confidence()
     if spec.startswith("label:") and len(spec) > len("label:"):
         key, sep, value = spec[len("label:") :].partition("=")
         return metrics.label(key, _coerce(value) if sep else None)
-    raise ValueError(f"unknown metric {spec!r}: use loss, confidence, label:KEY or label:KEY=VALUE")
+    raise ValueError(
+        f"unknown metric {spec!r}: use loss, confidence, choice_confidence, label:KEY or "
+        "label:KEY=VALUE"
+    )
 
 
 def load_task(

@@ -8,9 +8,11 @@ import torch
 
 import sklens
 from sklens.ablate import NeuronIntervention, ablated, ablation_hooks, neuron_index
-from sklens.causal import causal_check, dose_response, evaluate, random_sets
+from sklens.causal import causal_check, dose_response, evaluate, neuron_stats, random_sets
 from sklens.data.format import encode, iter_batches
-from tests.helpers import reference_cache
+from sklens.forward import gather_slots
+from sklens.stats import rank_p
+from tests.helpers import reference_cache, reference_slot_acts
 
 NAMES = ["blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
 
@@ -155,17 +157,92 @@ def test_choice_accuracy_matches_an_independent_computation(qwen):
         for a in range(6)
     ]
     prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
-    table = evaluate(qwen, prompt, ex, batch_size=4)
+    table = evaluate(qwen, prompt, ex, metric=sklens.metrics.choice_confidence(), batch_size=4)
+    per_token_differs = False
     for i, e in enumerate(ex):
-        scores = []
+        scores, per_token = [], []
         for c in e.meta["choices"]:
             ids, start, logits, _ = reference_cache(
                 qwen, prompt, sklens.Example(e.instruction, c), set()
             )
             comp = start + 2
             logp = torch.log_softmax(logits[0].double(), -1)[comp - 1 : len(ids) - 1]
-            scores.append(float(logp.gather(1, torch.tensor(ids[comp:])[:, None]).sum()))
+            token_logp = logp.gather(1, torch.tensor(ids[comp:])[:, None])
+            scores.append(float(token_logp.sum()))
+            per_token.append(float(token_logp.mean()))
         assert table.correct[i] == float(np.argmax(scores) == 0)
+        assert table.correct_per_token[i] == float(np.argmax(per_token) == 0)
+        per_token_differs |= bool(np.argmax(scores) != np.argmax(per_token))
+        probs = np.exp(np.array(scores) - max(scores))
+        assert table.choice_confidence[i] == pytest.approx(probs[0] / probs.sum(), rel=1e-5)
+        assert table.metric[i] == table.choice_confidence[i]
+    assert per_token_differs  # "house" (one token) vs multi-token numbers: the rules disagree
+
+
+def test_choice_confidence_scan_equals_a_scan_of_its_values(qwen):
+    ex = [
+        sklens.Example(
+            f"What is {a} plus {b}?",
+            str(a + b),
+            {"choices": [str(a + b), str(a + b + 3), "house"], "answer": str(a + b)},
+        )
+        for a in range(4)
+        for b in range(3)
+    ]
+    prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
+    confidence = evaluate(qwen, prompt, ex, batch_size=5).choice_confidence.to_numpy()
+    got = sklens.scan(qwen, prompt, ex, sklens.metrics.choice_confidence(), progress=False)
+    ref = sklens.scan(qwen, prompt, ex, sklens.metrics.values(confidence), progress=False)
+    np.testing.assert_allclose(got.metric_values.numpy(), confidence, rtol=1e-6)
+    torch.testing.assert_close(got.corr, ref.corr, equal_nan=True)
+
+
+def test_choice_confidence_needs_choices(qwen, examples):
+    prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
+    with pytest.raises(ValueError, match="choice_confidence needs multiple-choice examples"):
+        sklens.scan(qwen, prompt, examples, sklens.metrics.choice_confidence(), progress=False)
+
+
+def test_mean_ablation_is_position_matched_at_the_slots(qwen, examples):
+    """neuron_stats gives one mean per (neuron, slot), equal to numpy's mean of run_with_cache
+    activations; mean ablation writes each slot's own mean."""
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
+    ref = examples[:10]
+    means, scale = neuron_stats(qwen, prompt, ref, [0, 1], batch_size=4)
+    acts = reference_slot_acts(qwen, prompt, ref, [0, 1])  # (N, L, d, k)
+    for j, L in enumerate([0, 1]):
+        assert means[L].shape == (qwen.cfg.d_mlp, 3)
+        np.testing.assert_allclose(means[L].numpy(), acts[:, j].mean(0), atol=1e-6)
+        np.testing.assert_allclose(
+            scale[L].numpy(), np.abs(acts[:, j]).mean(axis=(0, 2)), atol=1e-6
+        )
+    ids = [3, 9]
+    seen = {}
+    intervention = NeuronIntervention(qwen, [(1, i) for i in ids], "mean", positions="slots", means=means)
+    with intervention.applied(qwen), qwen.hooks(
+        fwd_hooks=[("blocks.1.mlp.hook_post", lambda a, hook: seen.__setitem__("a", a.clone()))]
+    ):
+        batch = next(iter_batches(qwen, encode(qwen, examples[10:14], 3), 3, 4))
+        intervention.set_batch(batch)
+        writer = prompt.writer()
+        writer.slot_start = batch.slot_start
+        with qwen.hooks(fwd_hooks=[("hook_embed", writer)]):
+            qwen(batch.tokens, attention_mask=batch.attention_mask)
+    slots = gather_slots(seen["a"], batch)  # (B, k, d)
+    for b in range(4):
+        torch.testing.assert_close(slots[b][:, ids].double(), means[1][ids].T, atol=1e-6, rtol=0)
+
+
+def test_causal_p_is_a_rank_among_random_sets_not_a_distance_from_zero():
+    """The review's case: random edits all move the loss up (+0.06…+0.10); a selected edit below
+    every one of them is unusual (p = 1/20), though |Δ| is not larger than theirs."""
+    randoms = np.linspace(0.06, 0.10, 19)
+    assert rank_p(-0.08, randoms) == pytest.approx(1 / 20)
+    assert rank_p(0.0, randoms) == pytest.approx(1 / 20)
+    assert rank_p(float(np.median(randoms)), randoms) == pytest.approx(1.0)
+    assert rank_p(0.2, randoms) == pytest.approx(1 / 20)
+    # |0.095 − 0.08| = 0.015: three random sets at each end are as far out
+    assert rank_p(0.095, randoms) == pytest.approx((1 + 6) / 20)
 
 
 def test_causal_check_finds_a_planted_causal_neuron(qwen, examples):
@@ -190,6 +267,7 @@ def test_causal_check_finds_a_planted_causal_neuron(qwen, examples):
     assert selected.d_loss_lo <= selected.d_loss <= selected.d_loss_hi
     assert set(table.group) == {"all", "op=minus", "op=plus"} and len(table) == 5 * 3
     assert table[table.set != "selected"].p_loss.isna().all()
+    assert table.match_scale.all()  # scale-matched random sets by default
 
 
 def test_causal_check_with_a_prompt_on_both_backends(qwen_dir, examples):
