@@ -40,13 +40,21 @@ def _parser() -> argparse.ArgumentParser:
         "backend": "hooked (HookedTransformer) or bridge (TransformerBridge)",
         "ablate": "also run the causal check of the top-K neurons against random controls",
         "ablate_modes": "comma-separated: zero, mean, resample, noise",
-        "n_causal": "validation examples in the causal check",
+        "n_causal": "examples of a third split for the causal check",
+        "match_scale": "random control neurons matched in mean |activation| (--no-match-scale: off)",
         "permutations": "B > 0 adds a max-statistic permutation null (FWER, FDR)",
-        "permutation_groups": "meta field: permute within its groups",
-        "held_out": "select on this fraction of the validation set, confirm on the rest",
+        "permutation_groups": "meta field: scan the within-group r, permute within its groups",
+        "steps": "maximum training steps (training stops earlier on a plateau)",
+        "patience": "stop after this many evaluations without a lower plateau-slice loss; "
+        "0 trains all --steps",
+        "eval_every": "training steps between evaluations of the plateau slice",
+        "n_train": "training examples, the plateau slice included",
+        "n_plateau": "training examples held out to detect the plateau",
+        "n_val": "the selection set: the scan that picks the top-K",
+        "n_confirm": "a disjoint split on which the top-K are re-measured (0: skip)",
         "seeds": "comma-separated seeds for a seed-stability study, e.g. 0,1,2",
-        "measures": "comma-separated: spearman, auroc, cohens_d, eta_squared, kruskal_wallis, "
-        "partial_pearson",
+        "measures": "comma-separated, on the confirm split: spearman, auroc, cohens_d, "
+        "eta_squared, kruskal_wallis, partial_pearson",
         "covariates": "comma-separated numeric meta fields for partial_pearson",
     }
     for f in fields(StudyConfig):
@@ -54,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         default = getattr(defaults, f.name)
         text = helps.get(f.name, f.name.replace("_", " "))
         if isinstance(default, bool):
-            run.add_argument(flag, action="store_true", help=text)
+            run.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=text
+            )
             continue
         kind = type(default) if default is not None else str
         run.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")

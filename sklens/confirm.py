@@ -1,5 +1,5 @@
-"""Held-out confirmation: select neurons on one part of the validation set, measure them on the
-other. The selection's |r| is inflated by the max over millions of neurons and slots (the
+"""Held-out confirmation: select neurons on one set of examples, measure them on another.
+The selection's |r| is inflated by the max over millions of neurons and slots (the
 winner's curse); the held-out r, with its confidence interval, is the honest estimate."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sklens import metrics
 from sklens.activations import as_neuron_list, slot_activations
 from sklens.data.example import Example
 from sklens.data.split import train_val_split
-from sklens.measures import auroc, cohens_d
+from sklens.measures import auroc, cohens_d, neuron_measures
 from sklens.scan import scan
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats import bootstrap_ci, fisher_ci
@@ -35,12 +35,8 @@ def held_out(
     batch_size: int = 8,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Top-``k`` neurons chosen on a ``select_fraction`` split, re-measured on the rest.
-
-    Columns: layer, neuron, position, ``r_select``, ``r_heldout`` with its Fisher-z 95% interval
-    (``r_lo``, ``r_hi``); for a binary metric also ``auroc`` and ``cohens_d`` with bootstrap
-    intervals. ``n_select`` and ``n_heldout`` are in ``DataFrame.attrs``.
-    """
+    """Top-``k`` neurons chosen on a ``select_fraction`` split, re-measured on the rest
+    (``confirm``). ``n_select`` and ``n_heldout`` are in ``DataFrame.attrs``."""
     examples = list(examples)
     metric = metrics.resolve(metric, len(examples))
     confirm_idx, select_idx = train_val_split(
@@ -49,27 +45,72 @@ def held_out(
     if len(select_idx) < 3 or len(confirm_idx) < 4:
         raise ValueError(f"{len(examples)} examples are too few to split for a held-out check")
     select = [examples[i] for i in select_idx]
-    confirm = [examples[i] for i in confirm_idx]
     first = scan(
         model, prompt, select, metric.subset(select_idx), batch_size=batch_size, progress=progress
     )
-    top = first.top_k(k, reduce)
-    second = scan(
-        model, prompt, confirm, metric.subset(confirm_idx), batch_size=batch_size, progress=progress
+    table = confirm(
+        model,
+        prompt,
+        [examples[i] for i in confirm_idx],
+        metric.subset(confirm_idx),
+        first.top_k(k, reduce),
+        seed=seed,
+        n_boot=n_boot,
+        batch_size=batch_size,
+        progress=progress,
     )
+    table.attrs["n_select"] = len(select)
+    return table
+
+
+def confirm(
+    model: Any,
+    prompt: SoftPrompt,
+    examples: Sequence[Example],
+    metric: Any,
+    neurons: pd.DataFrame,
+    *,
+    measures: Sequence[str] = (),
+    group_by: str | None = None,
+    covariates: Sequence[str] = (),
+    seed: int = 0,
+    n_boot: int = 1000,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Re-measure selected neurons (a ``top_k`` table) on ``examples`` disjoint from the ones
+    that selected them.
+
+    Columns: layer, neuron, position, ``r_select`` (the selection's in-sample r), ``r_heldout``
+    with its Fisher-z 95% interval (``r_lo``, ``r_hi``: per neuron, not adjusted for the K
+    neurons) and the Bonferroni-adjusted interval at level ``1 − 0.05/K`` (``r_lo_adj``,
+    ``r_hi_adj``: all K intervals hold together with ≥ 95% probability); for a binary metric
+    also ``auroc`` and ``cohens_d`` with per-neuron bootstrap 95% intervals; and one column per
+    name in ``measures`` (``sklens.measures.neuron_measures``), computed on the same held-out
+    examples.
+    """
+    examples = list(examples)
+    metric = metrics.resolve(metric, len(examples))
+    if len(examples) < 4:
+        raise ValueError(f"confirmation needs at least 4 held-out examples, got {len(examples)}")
+    second = scan(model, prompt, examples, metric, batch_size=batch_size, progress=progress)
     layer_row = {L: j for j, L in enumerate(second.layers)}
     corr = second.corr
+    top = neurons
     table = top[["layer", "neuron", "position"]].copy()
     table["r_select"] = top["corr"].to_numpy()
     r = [
         float(corr[layer_row[L], i, p])
         for L, i, p in zip(top.layer, top.neuron, top.position, strict=True)
     ]
+    n = len(examples)
+    level = 1 - 0.05 / max(len(top), 1)
     table["r_heldout"] = r
-    table["r_lo"], table["r_hi"] = zip(*(fisher_ci(x, len(confirm)) for x in r), strict=True)
+    table["r_lo"], table["r_hi"] = zip(*(fisher_ci(x, n) for x in r), strict=True)
+    table["r_lo_adj"], table["r_hi_adj"] = zip(*(fisher_ci(x, n, level) for x in r), strict=True)
     values = second.metric_values
     if len(torch.unique(values)) == 2:
-        acts = slot_activations(model, prompt, confirm, as_neuron_list(top), batch_size=batch_size)
+        acts = slot_activations(model, prompt, examples, as_neuron_list(top), batch_size=batch_size)
         picked = acts[:, torch.arange(len(top)), torch.tensor(top.position.to_numpy())].double()
         y = values.numpy()
         for name, fn in (("auroc", auroc), ("cohens_d", cohens_d)):
@@ -89,5 +130,19 @@ def held_out(
                 for j in range(len(top))
             ]
             table[f"{name}_lo"], table[f"{name}_hi"] = zip(*intervals, strict=True)
-    table.attrs.update({"n_select": len(select), "n_heldout": len(confirm)})
+    if measures:
+        extra = neuron_measures(
+            model,
+            prompt,
+            examples,
+            top,
+            values,
+            measures=measures,
+            group_by=group_by,
+            covariates=covariates,
+            batch_size=batch_size,
+        )
+        new = [c for c in extra.columns if c not in table.columns]  # auroc may be there already
+        table = pd.concat([table, extra[new]], axis=1)
+    table.attrs["n_heldout"] = n
     return table

@@ -24,8 +24,7 @@ from sklens.atomic import write_text
 from sklens.models import load_model
 from sklens.result import Scan
 from sklens.soft_prompt import SoftPrompt
-from sklens.study import StudyConfig
-from sklens.tasks import load_task
+from sklens.study import StudyConfig, study_task
 from sklens.viz import extremal_indices, neuron_labels, text_view
 
 STYLE = """
@@ -54,6 +53,24 @@ def _group_field(config: StudyConfig, task: Any) -> str | None:
     return task.group_by
 
 
+def _training_line(summary: dict[str, Any]) -> str:
+    """One sentence on how long the prompt trained and why it stopped."""
+    training = summary.get("training") or {}
+    info = training.get("plateau")
+    if not info:
+        return f"The prompt trained for {training.get('max_steps')} steps (no plateau rule)."
+    verdict = (
+        f"stopped on a plateau after {info['steps']} steps"
+        if info["stopped"]
+        else f"reached the maximum of {training.get('max_steps')} steps before a plateau"
+    )
+    return (
+        f"The prompt {verdict} (patience {info['patience']} evaluations); best plateau-slice "
+        f"loss {info['best_val_loss']:.4f} at step {info['best_step']}, last "
+        f"{info['last_val_loss']:.4f}."
+    )
+
+
 def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -> Path:
     """Write ``RUN_DIR/report.html`` from the outputs of ``sklens run`` and return its path."""
     run = Path(run_dir)
@@ -61,9 +78,7 @@ def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -
         raise FileNotFoundError(f"{run} has no summary.json: run `sklens run --out {run}` first")
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     config = StudyConfig(**summary["config"])
-    task = load_task(
-        config.task, n_train=config.n_train, n_val=config.n_val, seed=config.seed, data=config.data
-    )
+    task = study_task(config)
     model = model or load_model(config.model, backend=config.backend, device=config.device)
     prompt = SoftPrompt.load(run / "prompt", model)
     result = Scan.load(run / "scan.safetensors")
@@ -86,20 +101,32 @@ def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -
         _png(figures.score_histogram(result, k=config.top_k, reduce=config.reduce)),
         _png(figures.layer_position_heatmap(result)),
         "</div>",
-        "<h2>Top neurons</h2>",
+        f"<p>{html.escape(_training_line(summary))}</p>",
+        f"<h2>Top neurons (in-sample: the selection set of {len(val)} examples)</h2>",
+        "<p>r, score and permutation p-values come from the examples that selected these "
+        "neurons, so they are inflated by the selection (winner's curse); the held-out "
+        "confirmation below is the honest estimate.</p>",
         _table(neurons),
     ]
     for key, title in (
-        ("significance", "Significance (permutation null)"),
-        ("held_out", "Held-out confirmation"),
+        ("significance", "Significance (permutation null; in-sample)"),
+        ("held_out", f"Held-out confirmation (confirm split, {len(task.confirm)} examples)"),
         ("stability", "Seed stability"),
     ):
         if summary.get(key):
             parts += [f"<h2>{title}</h2>", _table(pd.DataFrame([summary[key]]))]
     for name, title, asked in (
-        ("heldout.csv", "Held-out r of the top neurons", config.held_out),
-        ("measures.csv", "Other measures of the top neurons", config.measures),
-        ("causal.csv", "Causal check (selected vs random neurons)", config.ablate),
+        (
+            "heldout.csv",
+            "Held-out r (95% per neuron; _adj: Bonferroni over the K) and measures",
+            config.n_confirm,
+        ),
+        (
+            "causal.csv",
+            f"Causal check on a third split ({len(task.causal)} examples): selected vs random "
+            f"neurons ({'scale-matched' if config.match_scale else 'not scale-matched'})",
+            config.ablate,
+        ),
         ("consensus.csv", "Consensus neurons across seeds", config.seeds),
     ):
         # Only what this run's settings asked for: an earlier run in the same directory may have
@@ -136,7 +163,7 @@ def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -
             f"<section class='neuron'><h3>#{j}: {html.escape(labels[j])}</h3>",
             f"<p>Activation by <code>{html.escape(str(group))}</code>:</p>",
             _png(kde),
-            "<p>Most and least activating validation examples:</p>",
+            "<p>Most and least activating examples of the selection set (in-sample):</p>",
             _table(rows),
             "<p>Token-level activations (most then least activating examples; position 0, "
             "an attention sink, is left out):</p>",

@@ -1,9 +1,17 @@
-"""One study end to end: train a prompt, scan, and write everything a researcher reuses.
+"""One study end to end: train a prompt, scan, confirm, and write everything a researcher reuses.
+
+No double dipping: the task is cut into disjoint splits. The prompt trains on ``train`` (less a
+held-out ``plateau`` slice that decides when training has plateaued); the scan of ``val`` (the
+*selection* set) picks the top-K neurons; ``confirm`` re-measures them (held-out r with
+intervals, AUROC, the other measures); ``causal`` is used by the causal check. Numbers computed on
+the selection set — the top-K table's r and score, the permutation p-values, the extremal
+examples — are **in-sample** and say so in the summary and the report.
 
 The output directory holds ``prompt/`` (safetensors + JSON), ``checkpoint/`` (resumable training),
 ``scan.safetensors``, ``neurons.csv`` (the top-K), ``examples.csv`` (each top neuron's most and
-least activating validation examples) and ``summary.json`` (settings, versions, data hashes,
-timings). Every file is written atomically; with ``resume=True`` finished steps are reused.
+least activating selection-set examples), ``heldout.csv`` (the confirmation), ``causal.csv``
+and ``summary.json`` (settings, splits, versions, data hashes, training plateau, timings). Every
+file is written atomically; with ``resume=True`` finished steps are reused.
 """
 
 from __future__ import annotations
@@ -24,15 +32,14 @@ import torch
 from sklens.activations import example_record, slot_activations
 from sklens.atomic import atomic_path, write_text
 from sklens.causal import causal_check
-from sklens.confirm import held_out
+from sklens.confirm import confirm
 from sklens.data.example import data_hash
-from sklens.measures import neuron_measures
 from sklens.models import DEFAULT_MODEL, load_model
 from sklens.result import Scan
 from sklens.scan import scan
 from sklens.stability import seed_stability
 from sklens.tasks import load_task, parse_metric
-from sklens.training import train_soft_prompt
+from sklens.training import plateau, train_soft_prompt
 from sklens.version import __version__
 
 logger = logging.getLogger("sklens")
@@ -48,12 +55,16 @@ class StudyConfig:
     data: str | None = None
     top_k: int = 10
     n_tokens: int = 20
-    steps: int = 30
+    steps: int = 150  # the maximum: training stops earlier on a validation plateau
+    patience: int = 2  # evaluations without a better plateau-slice loss; 0 trains all `steps`
+    eval_every: int = 10  # steps between evaluations of the plateau slice
     batch_size: int = 8
     lr: float = 3e-3
     seed: int = 0
-    n_train: int = 240
-    n_val: int = 160
+    n_train: int = 240  # includes the plateau slice
+    n_plateau: int = 32  # training examples held out to detect the plateau
+    n_val: int = 160  # the selection set: the scan that picks the top-K
+    n_confirm: int = 80  # a disjoint split that re-measures the top-K (0: skip)
     n_extremal: int = 5
     backend: str = "hooked"
     device: str | None = None
@@ -61,12 +72,12 @@ class StudyConfig:
     ablate: bool = False  # add the causal check (sklens.causal_check) of the top-K neurons
     ablate_modes: str = "zero,mean"
     n_random: int = 5
-    n_causal: int = 48  # validation examples used by the causal check
+    n_causal: int = 48  # a third disjoint split, used by the causal check
+    match_scale: bool = True  # random control neurons matched in mean |activation|
     permutations: int = 0  # B > 0: max-statistic permutation null, FWER and FDR
     permutation_groups: str | None = None
-    held_out: float = 0.0  # > 0: select on this fraction of val, confirm on the rest
     seeds: str = ""  # e.g. "0,1,2": seed stability of the top-K
-    measures: str = ""  # e.g. "spearman,auroc,partial_pearson"
+    measures: str = ""  # e.g. "spearman,auroc,partial_pearson"; on the confirm split
     covariates: str = ""  # numeric meta fields for partial_pearson
 
 
@@ -125,51 +136,44 @@ def _split(text: str) -> list[str]:
 
 
 def _statistics(config, out, model, prompt, task, metric, result, neurons, progress, lap) -> dict:
-    """The optional statistics of a study, each written to its own file; their summary."""
+    """The statistics of a study beyond the top-K, each written to its own file; their summary."""
     extras: dict[str, Any] = {}
     if result.null is not None:
         extras["significance"] = {
             "n_permutations": result.null.n_permutations,
+            "statistic": result.settings.get("statistic", "pearson"),
             "null_top_score_95": float(result.null.max_null(config.reduce).quantile(0.95)),
             **{
                 f"n_{m}_0.05": len(result.significant(0.05, m, config.reduce))
                 for m in ("fwer", "fdr_bh", "fdr_by")
             },
+            "sample": f"in-sample (selection set, n={len(task.val)})",
         }
-    if config.held_out > 0:
-        table = held_out(
+    if config.n_confirm > 0:
+        table = confirm(
             model,
             prompt,
-            task.val,
+            task.confirm,
             metric,
-            k=config.top_k,
-            select_fraction=config.held_out,
-            reduce=config.reduce,
+            neurons,
+            measures=_split(config.measures),
+            group_by=task.group_by,
+            covariates=_split(config.covariates),
             seed=config.seed,
             batch_size=config.batch_size,
             progress=progress,
         )
         _write_csv(table, out / "heldout.csv")
         extras["held_out"] = {
-            **table.attrs,
+            "n_select": len(task.val),
+            "n_heldout": len(task.confirm),
             "mean_r_select": float(table.r_select.mean()),
             "mean_r_heldout": float(table.r_heldout.mean()),
+            "n_ci_excludes_0": int(((table.r_lo > 0) | (table.r_hi < 0)).sum()),
+            "n_adjusted_ci_excludes_0": int(((table.r_lo_adj > 0) | (table.r_hi_adj < 0)).sum()),
+            **({"mean_auroc": float(table.auroc.mean())} if "auroc" in table else {}),
         }
-        lap("held_out")
-    if config.measures:
-        table = neuron_measures(
-            model,
-            prompt,
-            task.val,
-            neurons,
-            result.metric_values,
-            measures=_split(config.measures),
-            group_by=task.group_by,
-            covariates=_split(config.covariates),
-            batch_size=config.batch_size,
-        )
-        _write_csv(table, out / "measures.csv")
-        lap("measures")
+        lap("confirm")
     if config.seeds:
         stability = seed_stability(
             model,
@@ -183,7 +187,7 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
             progress=progress,
             n_tokens=config.n_tokens,
             lr=config.lr,
-            steps=config.steps,
+            **_training_kwargs(config, task)[1],
         )
         _write_csv(stability.jaccard.reset_index(names="run"), out / "stability_jaccard.csv")
         _write_csv(stability.rank_corr.reset_index(names="run"), out / "stability_rank_corr.csv")
@@ -191,6 +195,24 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
         extras["stability"] = stability.summary()
         lap("stability")
     return extras
+
+
+def _training_kwargs(config: StudyConfig, task: Any) -> tuple[list, dict[str, Any]]:
+    """The examples the prompt trains on, and the plateau settings, from a study's config."""
+    if config.patience == 0:
+        return task.train, {"steps": config.steps}
+    if not 0 < config.n_plateau < len(task.train):
+        raise ValueError(
+            f"--n-plateau {config.n_plateau} must be between 1 and --n-train - 1 "
+            f"({len(task.train) - 1}), or pass --patience 0 to train all --steps"
+        )
+    fit, plateau_slice = task.train[: -config.n_plateau], task.train[-config.n_plateau :]
+    return fit, {
+        "steps": config.steps,
+        "val_examples": plateau_slice,
+        "eval_every": config.eval_every,
+        "patience": config.patience,
+    }
 
 
 def causal_summary(path: Path) -> list[dict[str, Any]]:
@@ -228,6 +250,19 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def study_task(config: StudyConfig) -> Any:
+    """The task data of a study, cut into its disjoint splits."""
+    return load_task(
+        config.task,
+        n_train=config.n_train,
+        n_val=config.n_val,
+        seed=config.seed,
+        data=config.data,
+        n_confirm=config.n_confirm,
+        n_causal=config.n_causal if config.ablate else 0,
+    )
+
+
 def run_study(
     config: StudyConfig, out: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -245,9 +280,13 @@ def run_study(
         timings[name] = round(now - clock, 2)
         clock = now
 
-    task = load_task(
-        config.task, n_train=config.n_train, n_val=config.n_val, seed=config.seed, data=config.data
-    )
+    if config.measures and config.n_confirm == 0:
+        raise ValueError(
+            "--measures are computed on the confirmation split (never on the examples that "
+            "selected the neurons): pass --n-confirm > 0"
+        )
+    task = study_task(config)
+    fit, plateau_kwargs = _training_kwargs(config, task)
     metric_spec = config.metric or task.default_metric
     if metric_spec is None:
         raise ValueError(f"task {config.task!r} has no default metric: pass --metric")
@@ -257,16 +296,14 @@ def run_study(
     lap("load_model")
     prompt = train_soft_prompt(
         model,
-        task.train,
+        fit,
         n_tokens=config.n_tokens,
         lr=config.lr,
-        steps=config.steps,
         batch_size=config.batch_size,
         seed=config.seed,
         checkpoint_dir=out / "checkpoint",
-        val_examples=task.val[:32],
-        eval_every=config.steps,
         progress=progress,
+        **plateau_kwargs,
     )
     prompt.save(out / "prompt")
     lap("train")
@@ -304,12 +341,13 @@ def run_study(
         causal = causal_check(
             model,
             prompt,
-            task.val[: config.n_causal],
+            task.causal,
             neurons,
             metric=metric,
             modes=tuple(config.ablate_modes.split(",")),
             n_random=config.n_random,
             group_by=task.group_by,
+            match_scale=config.match_scale,
             seed=config.seed,
             batch_size=config.batch_size,
             progress=progress,
@@ -329,6 +367,15 @@ def run_study(
             "train_hash": data_hash(task.train),
             "val_hash": data_hash(task.val),
         },
+        "splits": {
+            "train": len(fit),
+            "plateau": len(plateau_kwargs.get("val_examples", [])),
+            "select": len(task.val),
+            "confirm": len(task.confirm),
+            "causal": len(task.causal),
+            "in_sample": "neurons.csv (corr, score, corr_min, corr_max, p_fwer, p_neuron, q_bh), "
+            "examples.csv and significance are computed on the selection set",
+        },
         "model": {
             "name": model.cfg.model_name,
             "n_layers": model.cfg.n_layers,
@@ -338,6 +385,8 @@ def run_study(
         "training": {
             "first": prompt.history[0] if prompt.history else None,
             "last": prompt.history[-1] if prompt.history else None,
+            "max_steps": config.steps,
+            **({"plateau": plateau(prompt.history, config.patience)} if config.patience else {}),
         },
         "metric_values": {
             "mean": float(values.mean()),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sklens import metrics
@@ -27,11 +27,16 @@ DEFAULT_GROUPS = {"arithmetic": "operation", "hans": "heuristic", "skillmix": "s
 
 @dataclass
 class TaskData:
+    """A task's disjoint splits: ``train`` (the prompt), ``val`` (selects the neurons),
+    ``confirm`` (re-measures them) and ``causal`` (the causal check)."""
+
     name: str
     train: list[Example]
     val: list[Example]
     default_metric: str | None
     group_by: str | None = None
+    confirm: list[Example] = field(default_factory=list)
+    causal: list[Example] = field(default_factory=list)
 
 
 def _coerce(value: str) -> object:
@@ -65,10 +70,18 @@ def parse_metric(spec: str) -> metrics.Metric:
 
 
 def load_task(
-    task: str, *, n_train: int, n_val: int, seed: int, data: str | None = None
+    task: str,
+    *,
+    n_train: int,
+    n_val: int,
+    seed: int,
+    data: str | None = None,
+    n_confirm: int = 0,
+    n_causal: int = 0,
 ) -> TaskData:
-    """The examples of a named task (or a .jsonl file), shuffled with ``seed`` and split."""
-    n = n_train + n_val
+    """The examples of a named task (or a .jsonl file), shuffled with ``seed`` and cut into
+    disjoint splits (``confirm`` and ``causal`` from the examples after ``train`` and ``val``)."""
+    n = n_train + n_val + n_confirm + n_causal
     path = Path(task)
     if task == "arithmetic":
         pool = bigbench_arithmetic(seed=seed)
@@ -84,7 +97,17 @@ def load_task(
     random.Random(seed).shuffle(pool)
     if len(pool) < n:
         raise ValueError(
-            f"task {task!r} has {len(pool)} examples, fewer than n_train + n_val = {n}"
+            f"task {task!r} has {len(pool)} examples, fewer than n_train + n_val + n_confirm + "
+            f"n_causal = {n}"
         )
-    train, val = train_val_split(pool[:n], n_val, seed=seed)
-    return TaskData(task, train, val, DEFAULT_METRICS.get(task), DEFAULT_GROUPS.get(task))
+    first = n_train + n_val
+    train, val = train_val_split(pool[:first], n_val, seed=seed)
+    return TaskData(
+        task,
+        train,
+        val,
+        DEFAULT_METRICS.get(task),
+        DEFAULT_GROUPS.get(task),
+        confirm=pool[first : first + n_confirm],
+        causal=pool[first + n_confirm : n],
+    )

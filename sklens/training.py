@@ -105,6 +105,8 @@ def train_soft_prompt(
     init_text: str | None = None,
     val_examples: Sequence[Example] | None = None,
     eval_every: int | None = None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 50,
     chat_template: bool | None = None,
@@ -112,10 +114,18 @@ def train_soft_prompt(
 ) -> SoftPrompt:
     """Train ``n_tokens`` soft-prompt vectors on ``examples`` with the model frozen.
 
-    Give ``steps`` or ``epochs`` (default: 200 steps). With ``checkpoint_dir`` the prompt, the
-    optimizer and the history are saved every ``checkpoint_every`` steps, and a later call with
-    the same directory and settings resumes from the last checkpoint. ``prompt.history`` holds
-    the training loss of every step and the validation loss every ``eval_every`` steps.
+    Give ``steps`` or ``epochs`` (default: 200 steps). With ``patience`` (needs
+    ``val_examples``, which should be held out from ``examples``), training stops early on a
+    validation plateau: when ``patience`` evaluations in a row (every ``eval_every`` steps) have
+    not lowered the best validation loss by more than ``min_delta``; ``steps`` is then the
+    maximum. The prompt of the last step is kept (as Keras's EarlyStopping does by default); the
+    plateau's verdict is a pure function of ``prompt.history``, so a resumed run stops where an
+    uninterrupted one would. ``plateau(prompt.history)`` summarises it.
+
+    With ``checkpoint_dir`` the prompt, the optimizer and the history are saved every
+    ``checkpoint_every`` steps, and a later call with the same directory and settings resumes
+    from the last checkpoint. ``prompt.history`` holds the training loss of every step and the
+    validation loss every ``eval_every`` steps.
     """
     examples = list(examples)
     if steps is not None and epochs is not None:
@@ -127,6 +137,11 @@ def train_soft_prompt(
     total_steps = epochs * per_epoch if epochs is not None else (200 if steps is None else steps)
     if total_steps < 1:
         raise ValueError(f"training needs at least one step, got {total_steps}")
+    if patience is not None and (patience < 1 or not val_examples):
+        raise ValueError(
+            f"patience must be at least 1 and needs val_examples (a held-out slice of the "
+            f"training data), got patience={patience} with {len(val_examples or [])} val_examples"
+        )
     val_encoded = None
     if val_examples:
         val_encoded = encode(model, list(val_examples), n_tokens, chat_template=chat_template)
@@ -141,6 +156,10 @@ def train_soft_prompt(
         "train_hash": data_hash(examples),
         "n_val": len(val_examples or []),
         "chat_template": chat_template,
+        "eval_every": eval_every,
+        "patience": patience,
+        "min_delta": min_delta,
+        "val_hash": data_hash(list(val_examples)) if val_examples else None,
     }
 
     prompt = SoftPrompt.init_for(model, n_tokens, init=init, init_text=init_text, seed=seed)
@@ -158,6 +177,8 @@ def train_soft_prompt(
                 {"step": 0, "val_loss": _mean_loss(model, writer, val_encoded, batch_size)}
             )
         for step in range(start, total_steps):
+            if patience is not None and plateau(prompt.history, patience, min_delta)["stopped"]:
+                break
             order = batch_order(len(examples), batch_size, step, seed)
             loss = train_logprobs(model, writer, encoded, order).mean_loss.mean()
             optimizer.zero_grad(set_to_none=True)
@@ -170,10 +191,39 @@ def train_soft_prompt(
             prompt.history.append(record)
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
-            if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == total_steps):
+            stop = patience is not None and plateau(prompt.history, patience, min_delta)["stopped"]
+            last = done == total_steps or stop
+            if checkpoint_dir is not None and (done % checkpoint_every == 0 or last):
                 _checkpoint(Path(checkpoint_dir), prompt, optimizer, done, settings)
     bar.close()
+    if patience is not None:
+        logger.info("training: %s", plateau(prompt.history, patience, min_delta))
     return prompt
+
+
+def plateau(history: Sequence[dict[str, Any]], patience: int, min_delta: float = 0.0) -> dict:
+    """Where the validation loss of ``history`` stopped improving.
+
+    Returns ``stopped`` (``patience`` evaluations in a row without a new best lower by more than
+    ``min_delta``), ``steps`` (the last step trained), ``best_step`` and ``best_val_loss``,
+    ``last_val_loss`` and the number of evaluations.
+    """
+    evals = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    best_step, best, since = None, float("inf"), 0
+    for step, loss in evals:
+        if loss < best - min_delta:
+            best_step, best, since = step, loss, 0
+        else:
+            since += 1
+    return {
+        "stopped": since >= patience,
+        "steps": max((h["step"] for h in history), default=0),
+        "best_step": best_step,
+        "best_val_loss": best if evals else None,
+        "last_val_loss": evals[-1][1] if evals else None,
+        "n_evaluations": len(evals),
+        "patience": patience,
+    }
 
 
 def _checkpoint(

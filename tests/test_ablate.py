@@ -218,9 +218,14 @@ def test_mean_ablation_is_position_matched_at_the_slots(qwen, examples):
         )
     ids = [3, 9]
     seen = {}
-    intervention = NeuronIntervention(qwen, [(1, i) for i in ids], "mean", positions="slots", means=means)
-    with intervention.applied(qwen), qwen.hooks(
-        fwd_hooks=[("blocks.1.mlp.hook_post", lambda a, hook: seen.__setitem__("a", a.clone()))]
+    intervention = NeuronIntervention(
+        qwen, [(1, i) for i in ids], "mean", positions="slots", means=means
+    )
+    with (
+        intervention.applied(qwen),
+        qwen.hooks(
+            fwd_hooks=[("blocks.1.mlp.hook_post", lambda a, hook: seen.__setitem__("a", a.clone()))]
+        ),
     ):
         batch = next(iter_batches(qwen, encode(qwen, examples[10:14], 3), 3, 4))
         intervention.set_batch(batch)

@@ -38,6 +38,12 @@ def _args(model_dir, out, *extra):
         "3",
         "--n-extremal",
         "2",
+        "--n-plateau",
+        "4",
+        "--eval-every",
+        "2",
+        "--n-confirm",
+        "8",
         "--quiet",
         *extra,
     ]
@@ -64,7 +70,15 @@ def test_run_writes_every_output(qwen_dir, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "label:skill=spatial" and summary["data"]["n_val"] == 12
     assert {"sklens", "torch", "transformer-lens", "transformers"} <= set(summary["versions"])
-    assert set(summary["timings_s"]) == {"data", "load_model", "train", "scan", "examples"}
+    assert set(summary["timings_s"]) == {
+        "data",
+        "load_model",
+        "train",
+        "scan",
+        "examples",
+        "confirm",
+    }
+    assert (out / "heldout.csv").exists() and summary["held_out"]["n_heldout"] == 8
     scan = sklens.Scan.load(out / "scan.safetensors")
     top = scan.top_k(3)
     assert list(top.neuron) == list(neurons.neuron)
@@ -116,7 +130,7 @@ def test_jsonl_task_and_errors(qwen_dir, tmp_path, capsys):
             "completion": "yes" if i % 2 == 0 else "no",
             "even": i % 2 == 0,
         }
-        for i in range(30)
+        for i in range(40)
     ]
     task.write_text("\n".join(json.dumps(line) for line in lines))
     args = _args(qwen_dir, tmp_path / "j")
@@ -174,8 +188,6 @@ def test_run_with_statistics(qwen_dir, tmp_path):
         out,
         "--permutations",
         "19",
-        "--held-out",
-        "0.5",
         "--seeds",
         "0,1",
         "--measures",
@@ -186,10 +198,20 @@ def test_run_with_statistics(qwen_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["significance"]["n_permutations"] == 19
     assert {"n_fwer_0.05", "n_fdr_bh_0.05", "n_fdr_by_0.05"} <= set(summary["significance"])
-    assert summary["held_out"]["n_select"] + summary["held_out"]["n_heldout"] == 16
+    assert summary["held_out"]["n_select"] == 16 and summary["held_out"]["n_heldout"] == 8
+    assert summary["splits"] == {
+        **summary["splits"],
+        "train": 12,
+        "plateau": 4,
+        "select": 16,
+        "confirm": 8,
+        "causal": 0,
+    }
     assert set(summary["stability"]) == {"mean_jaccard", "mean_rank_corr"}
-    assert {"spearman", "auroc", "eta_squared"} <= set(pd.read_csv(out / "measures.csv").columns)
+    heldout = pd.read_csv(out / "heldout.csv")
+    assert {"spearman", "auroc", "eta_squared", "r_lo_adj", "r_hi_adj"} <= set(heldout.columns)
+    assert (heldout.r_lo_adj <= heldout.r_lo).all() and (heldout.r_hi <= heldout.r_hi_adj).all()
     neurons = pd.read_csv(out / "neurons.csv")
-    assert {"p_fwer", "q_bh"} <= set(neurons.columns)
+    assert {"p_fwer", "p_neuron", "q_bh"} <= set(neurons.columns)
     for name in ("heldout.csv", "consensus.csv", "stability_jaccard.csv"):
         assert (out / name).exists()

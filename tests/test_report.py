@@ -91,19 +91,21 @@ def test_report_is_self_contained(qwen_dir, tmp_path):
     assert page.count("data:image/png;base64") == 3 + 3  # curve, histogram, heat map + 3 KDEs
     # nothing is loaded from elsewhere: no remote src/href, no remote module import
     assert not re.search(r"""(src|href)\s*=\s*["']https?://|from\s+["']https?://""", page)
-    assert "Significance (permutation null)" in page
+    assert "Significance (permutation null; in-sample)" in page
+    assert "Top neurons (in-sample: the selection set of 16 examples)" in page
+    assert "Held-out confirmation (confirm split, 8 examples)" in page
 
     # A table left in the directory by an earlier run with other settings describes other
     # neurons: the report shows only the analyses in this run's settings.
     run = tmp_path / "run"
     pd.DataFrame({"layer": [0], "neuron": [0], "stale_marker": [1.0]}).to_csv(
-        run / "heldout.csv", index=False
+        run / "consensus.csv", index=False
     )
     page = build_report(run).read_text()
-    assert "Held-out r of the top neurons" not in page
+    assert "Consensus neurons across seeds" not in page
     assert "stale_marker" not in page
     summary = json.loads((run / "summary.json").read_text())
-    summary["config"]["held_out"] = 0.5  # as if this run had asked for it
+    summary["config"]["seeds"] = "0,1"  # as if this run had asked for it
     (run / "summary.json").write_text(json.dumps(summary))
     assert "stale_marker" in build_report(run).read_text()
 

@@ -10,7 +10,7 @@ import torch
 import sklens
 from sklens.data.format import encode, iter_batches, split_batch
 from sklens.forward import completion_logprobs, prefill
-from sklens.training import frozen, train_logprobs
+from sklens.training import frozen, plateau, train_logprobs
 from tests.helpers import reference_cache
 
 
@@ -128,3 +128,46 @@ def test_training_argument_errors(qwen, examples):
         sklens.train_soft_prompt(qwen, examples, steps=2, epochs=1, progress=False)
     with pytest.raises(ValueError, match="no examples"):
         sklens.train_soft_prompt(qwen, [], steps=2, progress=False)
+
+
+def test_plateau_rule_on_planted_histories():
+    def history(losses, every=10):
+        return [{"step": i * every, "val_loss": v} for i, v in enumerate(losses)]
+
+    falling = plateau(history([3.0, 2.0, 1.5, 1.2, 1.1]), patience=2)
+    assert not falling["stopped"] and falling["best_step"] == 40
+    flat = plateau(history([3.0, 2.0, 2.1, 2.05, 2.01]), patience=2)
+    assert flat["stopped"] and flat["best_step"] == 10 and flat["best_val_loss"] == 2.0
+    # a gain smaller than min_delta is no gain
+    tiny = plateau(history([3.0, 2.0, 1.999, 1.998]), patience=2, min_delta=0.01)
+    assert tiny["stopped"] and tiny["best_step"] == 10
+
+
+def test_training_stops_on_a_plateau_and_a_resume_stops_there_too(qwen, examples, tmp_path):
+    """With a learning rate too small to move the loss, every evaluation after the first is no
+    better by min_delta: training stops after patience × eval_every steps, not at `steps`; a
+    second call on the same checkpoint trains no further."""
+    kw = dict(
+        n_tokens=3,
+        lr=1e-9,
+        steps=100,
+        batch_size=4,
+        val_examples=examples[40:48],
+        eval_every=2,
+        patience=3,
+        min_delta=1e-3,
+        progress=False,
+    )
+    prompt = sklens.train_soft_prompt(qwen, examples[:40], checkpoint_dir=tmp_path, **kw)
+    info = plateau(prompt.history, 3, 1e-3)
+    assert info["stopped"] and info["steps"] == 6 and info["n_evaluations"] == 4
+    again = sklens.train_soft_prompt(qwen, examples[:40], checkpoint_dir=tmp_path, **kw)
+    assert again.history == prompt.history
+    torch.testing.assert_close(again.embedding, prompt.embedding, rtol=0, atol=0)
+    fresh = sklens.train_soft_prompt(qwen, examples[:40], **{**kw, "lr": 3e-2, "patience": 50})
+    assert plateau(fresh.history, 50)["steps"] == 100  # no plateau: the maximum
+
+
+def test_patience_needs_held_out_examples(qwen, examples):
+    with pytest.raises(ValueError, match="patience must be at least 1 and needs val_examples"):
+        sklens.train_soft_prompt(qwen, examples, steps=5, patience=2, progress=False)
