@@ -8,24 +8,29 @@ from sklens import confirm, data, figures, measures, metrics, stability, viz
 from sklens.ablate import NeuronIntervention, ablated, ablation_hooks
 from sklens.activations import neuron_activations, slot_activations, top_examples
 from sklens.causal import causal_check, dose_response, evaluate, neuron_stats, random_sets
-from sklens.confirm import held_out
+from sklens.confirm import confirm_neurons, held_out
 from sklens.data.example import Example
 from sklens.hook_check import HookMeaningError, check_neuron_hooks
 from sklens.models import DEFAULT_MODEL, SUPPORTED_ARCHITECTURES, gguf_to_checkpoint, load_model
-from sklens.moments import Moments
+from sklens.moments import GroupedMoments, Moments
+from sklens.precomputed import scan_activations
 from sklens.result import Scan
 from sklens.scan import scan
 from sklens.soft_prompt import InitMode, SoftPrompt, SoftPromptConfig
 from sklens.stability import seed_stability
 from sklens.study import StudyConfig, run_study
 from sklens.tiny import tiny_checkpoint, tiny_model
-from sklens.training import train_soft_prompt
+from sklens.training import plateau, train_soft_prompt
 from sklens.version import __version__
 
 __all__ = [
     "confirm",
     "figures",
     "held_out",
+    "confirm_neurons",
+    "GroupedMoments",
+    "scan_activations",
+    "plateau",
     "measures",
     "seed_stability",
     "stability",

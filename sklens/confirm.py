@@ -36,7 +36,7 @@ def held_out(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Top-``k`` neurons chosen on a ``select_fraction`` split, re-measured on the rest
-    (``confirm``). ``n_select`` and ``n_heldout`` are in ``DataFrame.attrs``."""
+    (``confirm_neurons``). ``n_select`` and ``n_heldout`` are in ``DataFrame.attrs``."""
     examples = list(examples)
     metric = metrics.resolve(metric, len(examples))
     confirm_idx, select_idx = train_val_split(
@@ -48,7 +48,7 @@ def held_out(
     first = scan(
         model, prompt, select, metric.subset(select_idx), batch_size=batch_size, progress=progress
     )
-    table = confirm(
+    table = confirm_neurons(
         model,
         prompt,
         [examples[i] for i in confirm_idx],
@@ -63,7 +63,7 @@ def held_out(
     return table
 
 
-def confirm(
+def confirm_neurons(
     model: Any,
     prompt: SoftPrompt,
     examples: Sequence[Example],

@@ -32,7 +32,7 @@ import torch
 from sklens.activations import example_record, slot_activations
 from sklens.atomic import atomic_path, write_text
 from sklens.causal import causal_check
-from sklens.confirm import confirm
+from sklens.confirm import confirm_neurons
 from sklens.data.example import data_hash
 from sklens.models import DEFAULT_MODEL, load_model
 from sklens.result import Scan
@@ -150,7 +150,7 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
             "sample": f"in-sample (selection set, n={len(task.val)})",
         }
     if config.n_confirm > 0:
-        table = confirm(
+        table = confirm_neurons(
             model,
             prompt,
             task.confirm,

@@ -48,3 +48,12 @@ def test_profile_script_runs(qwen_dir):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sklens  forward" in proc.stdout and "Self CPU" in proc.stdout
+
+
+def test_calibration_script_runs(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "calibration.py")]
+    cmd += ["--trials", "2", "--permutations", "19", "--results", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "calibration.md").read_text()
+    assert "power, within-group scan" in table and "P(any rejection at 0.05), fdr_by" in table

@@ -9,9 +9,8 @@ from statsmodels.stats.multitest import multipletests
 
 import sklens
 from sklens import metrics
-from sklens.moments import Moments
-from sklens.permutation import PermutationAccumulator, permutations
-from sklens.result import Scan
+from sklens.permutation import permutations
+from sklens.precomputed import scan_activations
 from sklens.stats import fisher_ci, q_values
 from tests.helpers import corrcoef_rows, reference_slot_acts
 
@@ -44,27 +43,6 @@ def test_streaming_permuted_correlations_match_direct(qwen, examples, metric_kin
         assert np.nanmax(np.abs(got - direct)) <= 1e-5
 
 
-def _scan_from_acts(acts: torch.Tensor, values: torch.Tensor, n_perm: int, seed: int) -> Scan:
-    """Drive the streaming accumulators with fixed activations [N, L, k, d] and a metric."""
-    n, n_layers, k, d = acts.shape
-    moments = Moments.zeros(n_layers, d, k, "cpu")
-    perm = PermutationAccumulator(values, (n_layers, d, k), n_perm, seed=seed)
-    for start in range(0, n, 16):
-        idx = list(range(start, min(n, start + 16)))
-        for j in range(n_layers):
-            moments.fold_layer(j, acts[idx, j], values[idx])
-            perm.fold_layer(j, acts[idx, j], idx)
-        moments.fold_metric(values[idx])
-    settings = {
-        "layers": list(range(n_layers)),
-        "d_mlp": d,
-        "n_tokens": k,
-        "metric": "test",
-        "model_name": None,
-    }
-    return Scan(moments, values, settings, perm.reduce(moments.m2_a))
-
-
 @pytest.fixture
 def fixed_acts(qwen, examples):
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
@@ -78,7 +56,7 @@ def test_fwer_controls_false_positives_under_an_independent_metric(fixed_acts):
     trials, hits, min_p = 60, 0, []
     for t in range(trials):
         values = torch.from_numpy(rng.normal(size=fixed_acts.shape[0]))
-        result = _scan_from_acts(fixed_acts, values, 99, seed=t)
+        result = scan_activations(fixed_acts, values, n_permutations=99, permutation_seed=t)
         p = result.p_values("max", "fwer")
         hits += int((p <= 0.05).any())
         min_p.append(float(np.nanmin(p.numpy())))
@@ -92,7 +70,7 @@ def test_planted_neuron_is_significant(fixed_acts):
     rng = np.random.default_rng(1)
     signal = fixed_acts[:, 1, 2, 77]
     values = signal + 0.3 * signal.std() * torch.from_numpy(rng.normal(size=len(signal)))
-    result = _scan_from_acts(fixed_acts, values, 99, seed=0)
+    result = scan_activations(fixed_acts, values, n_permutations=99, permutation_seed=0)
     significant = result.significant(0.05, "fwer")
     assert (1, 77) in set(zip(significant.layer, significant.neuron, strict=True))
     assert significant.p_fwer.iloc[0] == pytest.approx(1 / 100)

@@ -8,8 +8,7 @@ import torch
 
 import sklens
 from sklens import metrics
-from sklens.moments import GroupedMoments, Moments, group_codes
-from sklens.permutation import PermutationAccumulator
+from sklens.precomputed import scan_activations
 from sklens.result import Scan
 from tests.helpers import corrcoef_rows, reference_slot_acts
 
@@ -75,34 +74,6 @@ def test_metric_constant_within_groups_is_an_error(qwen, examples):
         )
 
 
-def _synthetic_scan(
-    acts: torch.Tensor, values: torch.Tensor, n_perm: int, seed: int, groups=None
-) -> Scan:
-    """Drive sklens's accumulators with fixed activations ``[N, L, k, d]`` as ``scan`` does."""
-    n, n_layers, k, d = acts.shape
-    shape = (n_layers, d, k)
-    if groups is None:
-        moments = Moments.zeros(*shape, "cpu")
-    else:
-        moments = GroupedMoments.zeros(group_codes(list(groups)), *shape, "cpu")
-    perm = PermutationAccumulator(values, shape, n_perm, seed=seed, groups=groups)
-    for start in range(0, n, 16):
-        idx = list(range(start, min(n, start + 16)))
-        for j in range(n_layers):
-            if groups is None:
-                moments.fold_layer(j, acts[idx, j], values[idx])
-            else:
-                moments.fold_layer(j, acts[idx, j], values[idx], idx)
-            perm.fold_layer(j, acts[idx, j], idx)
-        if groups is None:
-            moments.fold_metric(values[idx])
-        else:
-            moments.fold_metric(values[idx], idx)
-    perm.rebase(moments.mean_a)
-    settings = {"layers": list(range(n_layers)), "d_mlp": d, "n_tokens": k, "metric": "t"}
-    return Scan(moments, values, settings, perm.reduce(moments.m2_a))
-
-
 def _grouped_world(rng: np.random.Generator, n_trackers: int):
     """4 groups × 30 examples; the metric = group effect + noise. Neuron 0 tracks the metric
     *within* groups (within r ≈ 0.85); ``n_trackers`` neurons track only the group."""
@@ -123,7 +94,9 @@ def test_planted_within_group_neuron_is_found_among_group_trackers(trial):
     planted within-group neuron never passed FWER (median p = 1.0); the grouped scan finds it."""
     rng = np.random.default_rng(trial)
     acts, values, groups = _grouped_world(rng, n_trackers=10)
-    result = _synthetic_scan(acts, values, 199, seed=trial, groups=groups)
+    result = scan_activations(
+        acts, values, n_permutations=199, permutation_seed=trial, groups=groups
+    )
     p = result.p_values("max", "fwer")
     assert float(p[0, 0]) == pytest.approx(1 / 200)
     assert result.top_k(1).neuron.iloc[0] == 0
@@ -143,7 +116,9 @@ def test_within_group_null_keeps_fwer():
     for t in range(trials):
         acts, values, groups = _grouped_world(rng, n_trackers=10)
         acts[:, 0, :, 0] = torch.from_numpy(rng.normal(size=(120, 2)))  # no planted neuron
-        result = _synthetic_scan(acts, values, 99, seed=t, groups=groups)
+        result = scan_activations(
+            acts, values, n_permutations=99, permutation_seed=t, groups=groups
+        )
         hits += int((result.p_values("max", "fwer") <= 0.05).any())
     assert hits / trials <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / trials)
 
@@ -164,7 +139,7 @@ def test_per_neuron_p_values_are_calibrated_for_every_neuron_type():
         ) + 1e-3 * rng.normal(size=(n, k, per_type))
         acts = torch.from_numpy(np.concatenate([independent, identical, sparse], -1)[:, None])
         values = torch.from_numpy(rng.normal(size=n))
-        result = _synthetic_scan(acts, values, 199, seed=t)
+        result = scan_activations(acts, values, n_permutations=199, permutation_seed=t)
         p = result.p_values("max", "neuron")[0].numpy()
         pooled = result.p_values("max", "pooled")[0].numpy()
         for j, name in enumerate(rates):
@@ -180,7 +155,7 @@ def test_neuron_p_equals_a_direct_count():
     rng = np.random.default_rng(0)
     acts = torch.from_numpy(rng.normal(size=(40, 1, 3, 8)))
     values = torch.from_numpy(rng.normal(size=40))
-    result = _synthetic_scan(acts, values, 49, seed=1)
+    result = scan_activations(acts, values, n_permutations=49, permutation_seed=1)
     score, _ = result.scores("max")
     null = result.null.scores["max"].abs().numpy()  # (B, 1, 8)
     expected = (1 + (null >= np.abs(score.numpy())[None]).sum(0)) / 50

@@ -1,0 +1,91 @@
+"""Scans of activations computed elsewhere: the same statistics as ``sklens.scan``, from arrays.
+
+Use it when the activations already exist (another tool cached them, or a simulation made them):
+the streaming moments, the within-group statistic and the permutation null are the ones
+``sklens.scan`` folds inside its hooks, so results are directly comparable. It is also how the
+calibration benchmark and the statistics tests drive sklens's own accumulators on planted data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sklens.moments import GroupedMoments, Moments, group_codes
+from sklens.permutation import PermutationAccumulator
+from sklens.result import Scan
+from sklens.scan import check_varies_within
+
+
+def scan_activations(
+    acts: Float[Tensor, "n layers slots d_mlp"],
+    values: Float[Tensor, " n"],
+    *,
+    n_permutations: int = 0,
+    groups: Sequence[object] | None = None,
+    permutation_seed: int = 0,
+    chunk: int = 16,
+) -> Scan:
+    """Correlate activations ``[n, layers, slots, d_mlp]`` with one metric value per example.
+
+    Args:
+        acts: activations of each example at each (layer, slot, unit), e.g. the soft-prompt
+            slots of ``blocks.L.mlp.hook_post``.
+        values: the metric, one number per example.
+        n_permutations: B > 0 adds the max-statistic permutation null (``Scan.p_values``).
+        groups: one group label per example: the statistic becomes the pooled within-group r and
+            the permutations stay inside the groups (as ``scan(permutation_groups=...)``).
+        permutation_seed: seed of the permutations.
+        chunk: examples folded at a time (the result does not depend on it beyond rounding).
+    """
+    n, n_layers, k, d = acts.shape
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if len(values) != n:
+        raise ValueError(f"{len(values)} metric values for {n} examples of activations")
+    shape = (n_layers, d, k)
+    codes = group_codes(list(groups)) if groups is not None else None
+    if codes is None:
+        moments: Moments | GroupedMoments = Moments.zeros(*shape, "cpu")
+    else:
+        check_varies_within(values, codes, "values", "groups")
+        moments = GroupedMoments.zeros(codes, *shape, "cpu")
+    perm = None
+    if n_permutations:
+        perm = PermutationAccumulator(
+            values, shape, n_permutations, seed=permutation_seed, groups=groups
+        )
+    for start in range(0, n, chunk):
+        rows = list(range(start, min(n, start + chunk)))
+        m = values[rows]
+        for j in range(n_layers):
+            if codes is None:
+                moments.fold_layer(j, acts[rows, j], m)
+            else:
+                moments.fold_layer(j, acts[rows, j], m, rows)
+            if perm is not None:
+                perm.fold_layer(j, acts[rows, j], rows)
+        if codes is None:
+            moments.fold_metric(m)
+        else:
+            moments.fold_metric(m, rows)
+    settings = {
+        "model_name": None,
+        "n_layers": n_layers,
+        "d_mlp": d,
+        "layers": list(range(n_layers)),
+        "n_tokens": k,
+        "metric": "values",
+        "n_examples": n,
+        "n_permutations": n_permutations,
+        "statistic": "pearson" if codes is None else "within-group pearson (groups)",
+        "permutation_seed": permutation_seed,
+        "positions": "precomputed",
+    }
+    null = None
+    if perm is not None:
+        perm.rebase(moments.mean_a)
+        null = perm.reduce(moments.m2_a)
+    return Scan(moments, values, settings, null)
