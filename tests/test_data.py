@@ -8,7 +8,13 @@ import re
 import pytest
 
 import sklens
-from sklens.data.bigbench import last_digit_decides, task_examples, true_result
+from sklens.data.bigbench import (
+    last_digit_decides,
+    last_digit_unique,
+    operand_last_digit,
+    task_examples,
+    true_result,
+)
 from sklens.data.hans import HEURISTICS, generate_hans, load_hans
 from sklens.data.jsonl import load_jsonl
 from sklens.data.skillmix import generate_skillmix, load_skillmix
@@ -55,29 +61,92 @@ def test_bigbench_shape_meta_and_shortcut(tmp_path):
     assert first.meta["operation"] == "multiplication" and first.meta["digits"] == 5
     assert first.meta["result"] == 68824 * 42716 and first.meta["answer"] == "2939885984"
     # only the correct choice ends in 4 = last digit of 4 * 6: the last digit decides
-    assert first.meta["last_digit_decides"] is True
-    # 146 and 156 both end in 6: the last digit does not decide
+    assert first.meta["last_digit_decides"] is True and first.meta["last_digit_unique"] is True
+    # 146 and 156 both end in 6 = 2 * 3: the last digit does not decide
     assert examples[1].meta["last_digit_decides"] is False
+    assert examples[1].meta["last_digit_unique"] is False
 
 
-def test_shortcut_flag_agrees_with_arithmetic_on_generated_questions(tmp_path):
+# The paper's example (Section 3, RQ3), exactly as in bigbench==1.0.0's 5_digit_multiplication.
+PAPER_EXAMPLE = {
+    "input": "What is 56510 times 52373?",
+    "target": "2959598230",
+    "target_scores": {
+        "8256942891": 0.0,
+        "6856058598": 0.0,
+        "16619555": 0.0,
+        "204563610029": 0.0,
+        "banana": 0.0,
+        "house": 0.0,
+        "2959598230": 1.0,
+    },
+}
+
+
+def test_paper_example_is_the_shortcut(tmp_path):
+    # 0 * 3 = 0, and 2959598230 is the only choice ending in 0
+    path = _bigbench_file(tmp_path, [PAPER_EXAMPLE])
+    for shuffle in (False, True):
+        (e,) = task_examples(path, shuffle_choices=shuffle)
+        assert e.meta["last_digit_decides"] is True and e.meta["last_digit_unique"] is True
+    assert operand_last_digit(56510, "multiplication", 52373) == 0
+
+
+def _brute_unique(a, op, b, choices, answer):
+    """Reference: the answer is the only numeric choice ending in the exact result's last digit."""
+    if op == "divided by":
+        return None
+    result = {"plus": a + b, "minus": a - b, "times": a * b}[op]
+    digit = str(abs(result))[-1]
+    return [c for c in choices if re.fullmatch(r"-?\d+", c) and c[-1] == digit] == [answer]
+
+
+def test_shortcut_flags_agree_with_brute_arithmetic(tmp_path):
     import random
 
     rng = random.Random(0)
+    ops = ("plus", "minus", "times", "divided by")
     raw = []
-    for _ in range(200):
-        a, b = rng.randint(10000, 99999), rng.randint(10000, 99999)
-        wrong = [str(rng.randint(10**8, 10**10)) for _ in range(4)]
-        choices = {w: 0.0 for w in wrong} | {"banana": 0.0, str(a * b): 1.0}
-        raw.append(
-            {"input": f"What is {a} times {b}?", "target": str(a * b), "target_scores": choices}
+    for i in range(800):
+        op = ops[i % 4]
+        a, b = rng.randint(0, 99999), rng.randint(1, 99999)
+        if op == "divided by":
+            a = a * b
+        answer = str(
+            {"plus": a + b, "minus": a - b, "times": a * b, "divided by": a // max(b, 1)}[op]
         )
-    for e in task_examples(_bigbench_file(tmp_path, raw), seed=1):
-        a, b = map(int, re.findall(r"\d+", e.instruction.splitlines()[0]))
-        digit = (a % 10) * (b % 10) % 10
-        same = [c for c in e.meta["choices"] if c[-1].isdigit() and int(c[-1]) == digit]
-        assert e.meta["last_digit_decides"] == (same == [str(a * b)])
-        assert e.meta["result"] == a * b
+        # wrong choices: sometimes sharing the answer's last digit, sometimes not
+        wrong = [str(rng.randint(-(10**6), 10**10)) for _ in range(rng.randint(1, 4))]
+        choices = dict.fromkeys(wrong, 0.0) | {"banana": 0.0, "house": 0.0, answer: 1.0}
+        raw.append({"input": f"What is {a} {op} {b}?", "target": answer, "target_scores": choices})
+    examples = task_examples(_bigbench_file(tmp_path, raw), seed=1)
+    counts = {}
+    for e, ex in zip(examples, raw, strict=True):
+        a, op, b = re.fullmatch(r"What is (\d+) (.+) (\d+)\?", ex["input"]).groups()
+        unique = _brute_unique(int(a), op, int(b), e.meta["choices"], e.meta["answer"])
+        assert e.meta["last_digit_unique"] == unique
+        assert e.meta["last_digit_decides"] == (op == "times" and unique)
+        counts[op, unique] = counts.get((op, unique), 0) + 1
+    # the generated data reaches both outcomes for + - x, and None for division only
+    assert {k for k in counts if k[0] != "divided by"} == {
+        (op, u) for op in ("plus", "minus", "times") for u in (True, False)
+    }
+    assert {k for k in counts if k[0] == "divided by"} == {("divided by", None)}
+
+
+def test_operand_last_digit_with_signs():
+    # the operands' last digits and signs give the digit of |result|, checked exhaustively
+    for a in range(-30, 31):
+        for b in range(-30, 31):
+            for op, name in (
+                (a + b, "addition"),
+                (a - b, "subtraction"),
+                (a * b, "multiplication"),
+            ):
+                assert operand_last_digit(a, name, b) == abs(op) % 10, (a, name, b)
+            assert operand_last_digit(a, "division", b) is None
+    with pytest.raises(ValueError, match="unknown operation 'modulo'"):
+        operand_last_digit(1, "modulo", 2)
 
 
 def test_choices_are_shuffled_deterministically(tmp_path):
@@ -96,8 +165,17 @@ def test_true_result_and_flag_edge_cases():
     assert true_result("What is 58458 minus 68759?") == -10301
     assert true_result("What is 7 divided by 2?") is None
     assert true_result("Name a colour.") is None
-    assert last_digit_decides(["-10301", "436550", "banana"], "-10301", -10301)
-    assert not last_digit_decides(["12", "banana"], "12", None)
+    # 58458 - 68759 = -10301: the operands give 8 - 9 = -1 = 9 mod 10, and as 58458 < 68759 the
+    # result is negative, so the digit written is 10 - 9 = 1
+    minus = "What is 58458 minus 68759?"
+    assert last_digit_unique(minus, ["-10301", "436550", "banana"], "-10301") is True
+    assert last_digit_unique(minus, ["-10301", "436551", "banana"], "-10301") is False
+    assert last_digit_decides(minus, ["-10301", "436550", "banana"], "-10301") is False
+    division = "What is 77568 divided by 48?"
+    assert last_digit_unique(division, ["1616", "93", "banana"], "1616") is None
+    assert last_digit_decides(division, ["1616", "93", "banana"], "1616") is False
+    assert last_digit_unique("Name a colour.", ["12", "banana"], "12") is None
+    assert last_digit_decides("Name a colour.", ["12", "banana"], "12") is False
 
 
 def test_bad_bigbench_files(tmp_path):
