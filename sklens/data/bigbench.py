@@ -5,8 +5,16 @@ correct choice as the completion. BigBench lists the correct choice *last* in ev
 positional giveaway; sklens shuffles the choices with a per-example seed unless asked to keep
 BigBench's order (``shuffle_choices=False``).
 
-``meta["last_digit_decides"]`` is the paper's shortcut: the correct answer is the only choice whose
-last digit equals the last digit of the true result, so the last digits alone decide the question.
+Two shortcut flags in ``meta``, both worked out from the operands, never from the true result:
+
+- ``last_digit_decides`` is the paper's shortcut and nothing else: the question is a
+  multiplication and the correct answer is the only numeric choice whose last digit is
+  ``(a % 10) * (b % 10) % 10``. False for every other operation.
+- ``last_digit_unique`` asks the same of any operation whose result's last digit the operands' last
+  digits fix: + and × (as above) and − (see ``operand_last_digit``). Division has no such digit,
+  so there it is None, as it is for a question that does not parse.
+
+Non-numeric choices ("banana", "house" in BigBench) never count as rivals.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ OPERATIONS = {
     "divided by": "division",
 }
 _QUESTION = re.compile(r"What is (-?\d+) (plus|minus|times|divided by) (-?\d+)\?")
+_NUMBER = re.compile(r"-?\d+")
 SUBTASKS = tuple(
     f"{d}_digit_{op}"
     for d in range(1, 6)
@@ -62,24 +71,81 @@ def load_task(path: str | os.PathLike) -> list[dict[str, Any]]:
     return examples
 
 
-def true_result(question: str) -> int | None:
-    """The exact result of a BigBench arithmetic question (None if it does not parse)."""
+def operands(question: str) -> tuple[int, str, int] | None:
+    """``(a, operation, b)`` of "What is a OP b?" (operation as in ``OPERATIONS``), or None."""
     match = _QUESTION.search(question)
     if match is None:
         return None
-    a, op, b = int(match.group(1)), match.group(2), int(match.group(3))
-    if op == "divided by":
+    return int(match.group(1)), OPERATIONS[match.group(2)], int(match.group(3))
+
+
+def true_result(question: str) -> int | None:
+    """The exact result of a BigBench arithmetic question (None if it does not parse)."""
+    parsed = operands(question)
+    if parsed is None:
+        return None
+    a, operation, b = parsed
+    if operation == "division":
         return a // b if b != 0 and a % b == 0 else None
-    return {"plus": a + b, "minus": a - b, "times": a * b}[op]
+    return {"addition": a + b, "subtraction": a - b, "multiplication": a * b}[operation]
 
 
-def last_digit_decides(choices: Sequence[str], answer: str, result: int | None) -> bool:
-    """True when ``answer`` is the only choice ending in the true result's last digit."""
-    if result is None:
-        return False
-    digit = str(abs(result))[-1]
-    matching = [c for c in choices if c[-1:].isdigit() and c[-1] == digit]
-    return matching == [answer]
+def operand_last_digit(a: int, operation: str, b: int) -> int | None:
+    """The last digit of ``|a OP b|`` as the operands' last digits and signs fix it; None for ÷.
+
+    × gives ``(|a| % 10) * (|b| % 10) % 10``. For + and − the last digits give the result modulo
+    10, ``m = (a % 10 ± b % 10) % 10``; the digit written is ``m`` when the result is ≥ 0 and
+    ``(10 - m) % 10`` when it is negative (58458 − 68759 = −10301: m = 9, digit 1). The sign comes
+    from comparing the operands (a ≥ b for a − b; a ≥ −b for a + b), never from the result, so
+    this is what a reader of the question can know without doing the sum. For ÷ the quotient's
+    last digit is not a function of the operands' last digits, so there is no digit to give.
+    """
+    if operation == "multiplication":
+        return (abs(a) % 10) * (abs(b) % 10) % 10
+    if operation == "addition":
+        m, negative = (a % 10 + b % 10) % 10, a < -b
+    elif operation == "subtraction":
+        m, negative = (a % 10 - b % 10) % 10, a < b
+    elif operation == "division":
+        return None
+    else:
+        raise ValueError(
+            f"unknown operation {operation!r}; expected one of {list(OPERATIONS.values())}"
+        )
+    return (10 - m) % 10 if negative else m
+
+
+def _unique_ending(choices: Sequence[str], answer: str, digit: int) -> bool:
+    """True when ``answer`` is the only numeric choice ending in ``digit``."""
+    ending = [c for c in choices if _NUMBER.fullmatch(c) and int(c[-1]) == digit]
+    return ending == [answer]
+
+
+def last_digit_unique(question: str, choices: Sequence[str], answer: str) -> bool | None:
+    """Whether the operands' last digits alone pick ``answer`` among ``choices``.
+
+    True when ``answer`` is the only numeric choice ending in ``operand_last_digit`` of the
+    question; None for divisions and for questions that do not parse (no such digit).
+    """
+    parsed = operands(question)
+    digit = None if parsed is None else operand_last_digit(*parsed)
+    if digit is None:
+        return None
+    return _unique_ending(choices, answer, digit)
+
+
+def last_digit_decides(question: str, choices: Sequence[str], answer: str) -> bool:
+    """The paper's shortcut: a multiplication whose answer the operands' last digits pick.
+
+    True when the question is a multiplication and ``answer`` is the only numeric choice ending
+    in ``(a % 10) * (b % 10) % 10``; False otherwise, whatever the operation's digits would say.
+    """
+    parsed = operands(question)
+    return (
+        parsed is not None
+        and parsed[1] == "multiplication"
+        and _unique_ending(choices, answer, operand_last_digit(*parsed))
+    )
 
 
 def _correct(ex: dict[str, Any]) -> str:
@@ -104,17 +170,18 @@ def task_examples(
         choices = list(ex.get("target_scores", {answer: 1.0}))
         if shuffle_choices:
             random.Random(f"{seed}:{name}:{i}").shuffle(choices)
-        result = true_result(ex["input"])
-        match = _QUESTION.search(ex["input"])
+        question = ex["input"]
+        parsed = operands(question)
         digits = re.match(r"(\d+)_digit", name)
         meta = {
             "subtask": name,
-            "operation": OPERATIONS[match.group(2)] if match else None,
+            "operation": parsed[1] if parsed else None,
             "digits": int(digits.group(1)) if digits else None,
             "choices": choices,
             "answer": answer,
-            "result": result,
-            "last_digit_decides": last_digit_decides(choices, answer, result),
+            "result": true_result(question),
+            "last_digit_decides": last_digit_decides(question, choices, answer),
+            "last_digit_unique": last_digit_unique(question, choices, answer),
         }
         instruction = f"Question: {ex['input']}\nChoices: {', '.join(choices)}\nAnswer:"
         out.append(Example(instruction, answer, meta))

@@ -2,9 +2,19 @@
 
 ``load_hans`` reads the official tab-separated ``heuristics_evaluation_set.txt`` from a user's path.
 ``generate_hans`` writes HANS-style pairs from templates and a vocabulary written for sklens,
-covering the three heuristics (lexical overlap, subsequence, constituent), each with entailed and
-non-entailed subcases. Every example's meta carries ``heuristic``, ``subcase``, ``label`` and
-``template``; the completion is ``"entailment"`` or ``"non-entailment"``.
+covering the three heuristics, each with entailed and non-entailed subcases. The templates follow
+McCoy et al.'s (``templates.py`` in tommccoy1/hans), so each pair belongs to one heuristic only:
+
+- **lexical overlap**: every hypothesis word is a premise word, but the hypothesis is *not* a
+  contiguous run of the premise ("The N1 near the N2 V the N3." → "The N2 V the N1.");
+- **subsequence**: the hypothesis is a contiguous run of the premise that is not a constituent
+  ("The N1 near the N2 I." → "The N2 I.");
+- **constituent**: the hypothesis is a complete clause of the premise, the one after a
+  subordinator, an adverb or "or", or the first of two disjuncts ("If the N1 I1, the N2 I2." →
+  "The N1 I1.").
+
+Every example's meta carries ``heuristic``, ``subcase``, ``label`` and ``template``; the
+completion is ``"entailment"`` or ``"non-entailment"``.
 """
 
 from __future__ import annotations
@@ -28,15 +38,32 @@ def nli_instruction(premise: str, hypothesis: str) -> str:
 
 
 def load_hans(path: str | os.PathLike) -> list[Example]:
-    """Examples from the official HANS TSV (``heuristics_evaluation_set.txt`` or train set)."""
+    """Examples from the official HANS TSV (``heuristics_evaluation_set.txt`` or train set).
+
+    HANS is plain tab-separated text without quoting, so each line is one example; a line with
+    fewer or more fields than the header (a truncated download, a stray tab) is a ``ValueError``
+    that names the file and line.
+    """
     path = Path(path)
     with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        missing = [f for f in _FIELDS if f not in (reader.fieldnames or [])]
+        lines = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(lines, [])
+        missing = [f for f in _FIELDS if f not in header]
         if missing:
             raise ValueError(f"{path}: not a HANS file, the header lacks {missing}")
         out = []
-        for lineno, row in enumerate(reader, start=2):
+        for lineno, fields in enumerate(lines, start=2):
+            if not fields:  # a blank line
+                continue
+            if len(fields) != len(header):
+                raise ValueError(
+                    f"{path}:{lineno}: {len(fields)} tab-separated fields, the header has "
+                    f"{len(header)}; the line is truncated or has a stray tab"
+                )
+            row = dict(zip(header, fields, strict=True))
+            empty = [f for f in _FIELDS if not row[f]]
+            if empty:
+                raise ValueError(f"{path}:{lineno}: empty field(s) {empty}")
             label = row["gold_label"]
             if label not in ("entailment", "non-entailment"):
                 raise ValueError(
@@ -77,19 +104,22 @@ NOUNS = (
     "pilot",
     "chef",
 )
+# Past tense = past participle for every one, so the passive premise "was called by" and the
+# active hypothesis "called" share the word, as in HANS's passive_verbs (which leave out "saw").
 TRANSITIVE = (
-    ("saw", "seen"),
-    ("called", "called"),
-    ("helped", "helped"),
-    ("thanked", "thanked"),
-    ("admired", "admired"),
-    ("recommended", "recommended"),
-    ("supported", "supported"),
-    ("contacted", "contacted"),
-    ("avoided", "avoided"),
-    ("encouraged", "encouraged"),
-    ("introduced", "introduced"),
-    ("advised", "advised"),
+    "called",
+    "helped",
+    "thanked",
+    "admired",
+    "recommended",
+    "supported",
+    "contacted",
+    "avoided",
+    "encouraged",
+    "introduced",
+    "advised",
+    "recognized",
+    "mentioned",
 )
 INTRANSITIVE = (
     "slept",
@@ -111,11 +141,39 @@ ADVERBS_E = ("Certainly", "Clearly", "Obviously")
 
 
 def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
-    """One (premise, hypothesis, template) per (heuristic, subcase), with fresh vocabulary."""
+    """One (premise, hypothesis, template) per (heuristic, subcase), with fresh vocabulary.
+
+    Where HANS has several templates for a subcase (the temp numbers of McCoy et al.'s
+    ``templates.py``), one is drawn at random.
+    """
     n1, n2, n3 = rng.sample(NOUNS, 3)
-    (v, v_pp), (w, _) = rng.sample(TRANSITIVE, 2)
+    v, w = rng.sample(TRANSITIVE, 2)
     i1, i2 = rng.sample(INTRANSITIVE, 2)
     p, b = rng.choice(PREPOSITIONS), rng.choice(BELIEF)
+    # lexical overlap, preposition on the subject (HANS temp2-4); the contiguous "N2 V N3" would be
+    # the subsequence heuristic, not this one
+    prep_hypothesis = rng.choice(
+        (
+            (f"The {n2} {v} the {n1}.", "N1 P N2 V N3 -> N2 V N1"),
+            (f"The {n3} {v} the {n1}.", "N1 P N2 V N3 -> N3 V N1"),
+            (f"The {n3} {v} the {n2}.", "N1 P N2 V N3 -> N3 V N2"),
+        )
+    )
+    # lexical overlap, conjunction (HANS temp32-33): one conjunct with the shared verb, "N1 V N3";
+    # the contiguous "N2 V N3" of the first premise would be the subsequence heuristic
+    conjunction = rng.choice(
+        (
+            (f"The {n1} and the {n2} {v} the {n3}.", "N1 and N2 V N3 -> N1 V N3"),
+            (f"The {n1} {v} the {n2} and the {n3}.", "N1 V N2 and N3 -> N1 V N3"),
+        )
+    )
+    # constituent, disjunction: either disjunct is a clause the premise does not assert
+    disjunct = rng.choice(
+        (
+            (f"The {n1} {i1}.", "N1 I1, or N2 I2 -> N1 I1"),
+            (f"The {n2} {i2}.", "N1 I1, or N2 I2 -> N2 I2"),
+        )
+    )
     return {
         ("lexical_overlap", "ln_subject/object_swap"): (
             f"The {n1} {v} the {n2}.",
@@ -124,18 +182,17 @@ def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
         ),
         ("lexical_overlap", "ln_preposition"): (
             f"The {n1} {p} the {n2} {v} the {n3}.",
-            f"The {n2} {v} the {n3}.",
-            "N1 P N2 V N3 -> N2 V N3",
+            *prep_hypothesis,
         ),
         ("lexical_overlap", "le_passive"): (
-            f"The {n1} was {v_pp} by the {n2}.",
+            f"The {n1} was {v} by the {n2}.",
             f"The {n2} {v} the {n1}.",
             "N1 was V-ed by N2 -> N2 V N1",
         ),
         ("lexical_overlap", "le_conjunction"): (
-            f"The {n1} and the {n2} {v} the {n3}.",
-            f"The {n2} {v} the {n3}.",
-            "N1 and N2 V N3 -> N2 V N3",
+            conjunction[0],
+            f"The {n1} {v} the {n3}.",
+            conjunction[1],
         ),
         ("subsequence", "sn_NP/S"): (
             f"The {n1} {b} the {n2} {i1}.",
@@ -164,8 +221,7 @@ def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
         ),
         ("constituent", "cn_disjunction"): (
             f"The {n1} {i1}, or the {n2} {i2}.",
-            f"The {n1} {i1}.",
-            "N1 I1, or N2 I2 -> N1 I1",
+            *disjunct,
         ),
         ("constituent", "ce_embedded_under_since"): (
             f"{rng.choice(SUBORDINATE_E)} the {n1} {i1}, the {n2} {i2}.",

@@ -2,8 +2,13 @@
 
 ``load_skillmix`` reads JSONL with ``question``, ``answer`` and ``skill`` per line.
 ``generate_skillmix`` writes pairs that need one of two skills, spatial reasoning or creating a
-metaphor, from several phrasings per skill and a vocabulary written for sklens, so a neuron cannot
-separate the skills by one template word ("where", "metaphor", ...).
+metaphor, from a vocabulary written for sklens. Only the content may tell the skills apart, or an
+RQ1 scan finds question-mark or length neurons instead of skill neurons. So each skill has eight
+phrasings, four questions and the same four as instructions, and phrasing *i* of one skill has
+the punctuation of phrasing *i* of the other (commas, sentences, final "?" or ".") and about its
+length in characters, words and tokens. No single template word ("where", "metaphor") is in every
+item of one skill, and ``tests/test_data.py`` checks that a classifier on surface features alone
+(length, final token, "?", punctuation counts) stays at chance.
 """
 
 from __future__ import annotations
@@ -31,26 +36,30 @@ def load_skillmix(path: str | os.PathLike) -> list[Example]:
 
 
 OBJECTS = (
-    "ball",
-    "box",
-    "lamp",
-    "cup",
-    "book",
-    "chair",
-    "vase",
-    "key",
-    "coin",
-    "hat",
-    "plate",
-    "bottle",
-    "candle",
-    "clock",
-    "shoe",
-    "basket",
-    "pencil",
-    "phone",
-    "jar",
     "pillow",
+    "umbrella",
+    "key",
+    "jar",
+    "clock",
+    "radio",
+    "cup",
+    "vase",
+    "phone",
+    "plate",
+    "book",
+    "lamp",
+    "globe",
+    "kite",
+    "glove",
+    "comb",
+    "camera",
+    "laptop",
+    "kettle",
+    "notebook",
+    "envelope",
+    "trophy",
+    "violin",
+    "candle",
 )
 SURFACES = ("table", "shelf", "desk", "bed", "floor", "counter", "windowsill", "bench")
 RELATIONS = (("to the left of", "to the right of"), ("above", "below"), ("in front of", "behind"))
@@ -92,59 +101,62 @@ VEHICLES = (
     ("a maze", "turns us around at every step"),
     ("an anchor", "keeps us from drifting"),
 )
+OCCASIONS = ("poem", "song", "speech", "short story", "wedding toast", "letter")
+CONTAINERS = ("purse", "backpack", "bowl", "basket", "box", "bag", "cup", "jar")
+SMALL_OBJECTS = ("key", "ring", "coin", "comb", "button", "marble", "pebble", "stamp")
 
 
 def _spatial(rng: random.Random) -> tuple[str, str]:
+    """One spatial-reasoning (question, answer); the forms pair up with ``_metaphor``'s."""
     a, b, c = rng.sample(OBJECTS, 3)
     s = rng.choice(SURFACES)
     rel, opposite = rng.choice(RELATIONS)
-    form = rng.randrange(4)
-    if form == 0:
-        return (
-            f"Where is the {a} if it is {rel} the {b} and the {b} is on the {s}?",
-            f"The {a} is {rel} the {b}, so it is also near the {s}.",
-        )
-    if form == 1:
-        return (
-            f"The {a} is {rel} the {b}, and the {b} is {rel} the {c}. How do the {a} and the "
-            f"{c} relate?",
-            f"The {a} is {rel} the {c}, since the {b} lies between them.",
-        )
-    if form == 2:
-        return (
-            f"If the {b} is {rel} the {a}, what is the {a} relative to the {b}?",
-            f"The {a} is {opposite} the {b}.",
-        )
-    return (
-        f"You put the {a} inside the {b} and then set the {b} on the {s}. What sits on the {s}?",
-        f"The {b} is on the {s}, with the {a} inside it.",
+    small, box = rng.choice(SMALL_OBJECTS), rng.choice(CONTAINERS)
+    on = f"The {a} is {rel} the {b}, so it is also near the {s}."
+    chain = f"The {a} sits {rel} the {b}, which sits {rel} the {c}."
+    chained = f"The {a} is {rel} the {c}, since the {b} lies between them."
+    inverse = f"The {a} is {opposite} the {b}."
+    inside = f"You put the {small} in a {box} and set the {box} on the {s}."
+    inside_answer = f"The {box} is on the {s}, with the {small} inside it."
+    forms = (
+        (f"Where is the {a} if it sits {rel} the {b} and the {b} rests on the {s}?", on),
+        (f"Say where the {a} is if it sits {rel} the {b} and the {b} rests on the {s}.", on),
+        (f"{chain} How do the {a} and the {c} relate?", chained),
+        (f"{chain} Explain how the {a} and the {c} relate.", chained),
+        (f"If the {b} sits {rel} the {a}, where does the {a} sit relative to the {b}?", inverse),
+        (f"If the {b} sits {rel} the {a}, say where the {a} sits relative to it.", inverse),
+        (f"{inside} What rests on the {s}?", inside_answer),
+        (f"{inside} Name what rests on the {s}.", inside_answer),
     )
+    return forms[rng.randrange(len(forms))]
 
 
 def _metaphor(rng: random.Random) -> tuple[str, str]:
+    """One metaphor (question, answer); form i matches ``_spatial``'s form i in shape and length."""
     concept = rng.choice(CONCEPTS)
     vehicle, phrase = rng.choice(VEHICLES)
-    form = rng.randrange(4)
+    occasion = rng.choice(OCCASIONS)
     subject = concept[0].upper() + concept[1:]
-    if form == 0:
-        return (
-            f"Create a metaphor for {concept} built on {vehicle}.",
-            f"{subject} is {vehicle} that {phrase}.",
-        )
-    if form == 1:
-        return (
-            f"Describe {concept} figuratively, as if it were {vehicle}.",
-            f"{subject} is {vehicle}: it {phrase}.",
-        )
-    if form == 2:
-        return (
-            f"Write one poetic sentence that links {concept} and {vehicle}.",
-            f"{subject} is {vehicle} that {phrase}.",
-        )
-    return (
-        f"Compare {concept} to {vehicle} without using 'like' or 'as'.",
-        f"{subject} is {vehicle}, and it {phrase}.",
+    that = f"{subject} is {vehicle} that {phrase}."
+    colon = f"{subject} is {vehicle}: it {phrase}."
+    and_ = f"{subject} is {vehicle}, and it {phrase}."
+    friend = (
+        f"A friend is writing a {occasion} about {concept}, and the image on her mind is {vehicle}."
     )
+    own = f"Think of {concept} as {vehicle} in a {occasion} of your own."
+    first_line = f"the first line of a new {occasion}"
+    were = f"If {concept} were {vehicle},"
+    forms = (
+        (f"What metaphor would turn {concept} into {vehicle} in {first_line}?", that),
+        (f"Write {first_line} as a metaphor that turns {concept} into {vehicle}.", that),
+        (f"{friend} What metaphor would fit?", colon),
+        (f"{friend} Suggest the metaphor to use.", colon),
+        (f"{were} how would you say so in the opening line of a {occasion} of yours?", that),
+        (f"{were} say so in the first line of a {occasion} that is about it.", that),
+        (f"{own} What line comes to mind?", and_),
+        (f"{own} Write the line that comes to mind.", and_),
+    )
+    return forms[rng.randrange(len(forms))]
 
 
 def generate_skillmix(n: int = 600, *, seed: int = 0) -> list[Example]:
