@@ -100,7 +100,10 @@ class Scan:
         """The ``k`` neurons with the largest ``|score|``: layer, neuron, position, corr, score.
 
         ``corr`` is r at ``position``; ``corr_min``/``corr_max`` span r over all positions, which
-        shows where the two ranking rules can disagree.
+        shows where the two ranking rules can disagree. Every number here is **in-sample**: it
+        comes from the examples that selected the neurons, so |r| is inflated by the selection
+        (``attrs["sample"]`` says so); re-measure on other examples with
+        ``sklens.confirm_neurons``.
         """
         score, position = self.scores(reduce)
         ranked = torch.where(score.isnan(), -1.0, score.abs()).flatten()
@@ -116,7 +119,7 @@ class Scan:
             extra["p_fwer"] = self.p_values(reduce, "fwer")[rows, neurons].tolist()
             extra["p_neuron"] = self.p_values(reduce, "neuron")[rows, neurons].tolist()
             extra["q_bh"] = self.q_values(reduce, "bh")[rows, neurons].tolist()
-        return pd.DataFrame(
+        table = pd.DataFrame(
             {
                 "layer": [layers[r] for r in rows.tolist()],
                 "neuron": neurons.tolist(),
@@ -128,6 +131,8 @@ class Scan:
                 **extra,
             }
         )
+        table.attrs["sample"] = f"in-sample: selected and measured on the same {self.n} examples"
+        return table
 
     def _require_null(self) -> PermutationNull:
         if self.null is None:
