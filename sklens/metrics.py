@@ -90,7 +90,10 @@ class _Callable(Metric):
 
 class _Values(Metric):
     def __init__(self, values: Sequence[float] | Tensor | np.ndarray, name: str = "values"):
-        self.values = torch.as_tensor(np.array(values, dtype=np.float64))
+        if isinstance(values, Tensor):
+            self.values = values.detach().to("cpu", torch.float64).clone()
+        else:  # a copy: a caller's read-only array must not back our tensor
+            self.values = torch.as_tensor(np.array(values, dtype=np.float64))
         if self.values.ndim != 1:
             raise ValueError(
                 f"metric values must be one number per example, got shape "
