@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from sklens.study import StudyConfig
+from sklens.config import StudyConfig
 
 EPILOG = """examples:
   sklens run                                   # arithmetic on the embedded SmolLM2-135M, CPU

@@ -28,12 +28,12 @@ import torch
 
 from sklens import _compat
 from sklens.cache import SMOLLM2, fetch, home, sha256_of
+from sklens.config import DEFAULT_MODEL
 from sklens.hook_check import check_neuron_hooks
 
 logger = logging.getLogger("sklens")
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
-DEFAULT_MODEL = "smollm2-135m-instruct"
 Backend = Literal["hooked", "bridge"]
 
 

@@ -21,10 +21,10 @@ import pandas as pd
 from sklens import figures
 from sklens.activations import slot_activations
 from sklens.atomic import write_text
+from sklens.config import StudyConfig
 from sklens.models import load_model
 from sklens.result import Scan
 from sklens.soft_prompt import SoftPrompt
-from sklens.study import StudyConfig
 from sklens.tasks import load_task
 from sklens.viz import extremal_indices, neuron_labels, text_view
 

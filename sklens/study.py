@@ -13,7 +13,7 @@ import logging
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,11 @@ import torch
 from sklens.activations import example_record, slot_activations
 from sklens.atomic import atomic_path, write_text
 from sklens.causal import causal_check
+from sklens.config import StudyConfig
 from sklens.confirm import held_out
 from sklens.data.example import data_hash
 from sklens.measures import neuron_measures
-from sklens.models import DEFAULT_MODEL, load_model
+from sklens.models import load_model
 from sklens.result import Scan
 from sklens.scan import scan
 from sklens.stability import seed_stability
@@ -36,38 +37,6 @@ from sklens.training import train_soft_prompt
 from sklens.version import __version__
 
 logger = logging.getLogger("sklens")
-
-
-@dataclass
-class StudyConfig:
-    """Settings of one study (the README's first command uses the defaults)."""
-
-    task: str = "arithmetic"
-    model: str = DEFAULT_MODEL
-    metric: str | None = None  # default: the task's (loss for arithmetic)
-    data: str | None = None
-    top_k: int = 10
-    n_tokens: int = 20
-    steps: int = 30
-    batch_size: int = 8
-    lr: float = 3e-3
-    seed: int = 0
-    n_train: int = 240
-    n_val: int = 160
-    n_extremal: int = 5
-    backend: str = "hooked"
-    device: str | None = None
-    reduce: str = "max"
-    ablate: bool = False  # add the causal check (sklens.causal_check) of the top-K neurons
-    ablate_modes: str = "zero,mean"
-    n_random: int = 5
-    n_causal: int = 48  # validation examples used by the causal check
-    permutations: int = 0  # B > 0: max-statistic permutation null, FWER and FDR
-    permutation_groups: str | None = None
-    held_out: float = 0.0  # > 0: select on this fraction of val, confirm on the rest
-    seeds: str = ""  # e.g. "0,1,2": seed stability of the top-K
-    measures: str = ""  # e.g. "spearman,auroc,partial_pearson"
-    covariates: str = ""  # numeric meta fields for partial_pearson
 
 
 def versions() -> dict[str, str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sklens import metrics
+from sklens.config import TASKS
 from sklens.data.bigbench import bigbench_arithmetic
 from sklens.data.example import Example
 from sklens.data.hans import generate_hans, load_hans
@@ -14,7 +15,6 @@ from sklens.data.jsonl import load_jsonl
 from sklens.data.skillmix import generate_skillmix, load_skillmix
 from sklens.data.split import train_val_split
 
-TASKS = ("arithmetic", "hans", "skillmix")
 DEFAULT_METRICS = {
     "arithmetic": "loss",  # RQ3: no label, the model's own per-example loss
     "hans": "label:heuristic=lexical_overlap",  # RQ2
