@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from sklens import validate
 from sklens.atomic import atomic_path
 from sklens.moments import Moments
 from sklens.permutation import PermutationNull
@@ -86,6 +87,7 @@ class Scan:
         ``corr`` is r at ``position``; ``corr_min``/``corr_max`` span r over all positions, which
         shows where the two ranking rules can disagree.
         """
+        validate.integer("k", k, minimum=0, meaning="how many neurons")
         score, position = self.scores(reduce)
         ranked = torch.where(score.isnan(), -1.0, score.abs()).flatten()
         k = min(k, int((~score.isnan()).sum()))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from sklens import _compat
+from sklens import _compat, validate
 from sklens.atomic import atomic_path, write_text
 from sklens.version import __version__
 
@@ -38,6 +38,11 @@ class InitMode(str, Enum):
     RANDOM = "random"  # Gaussian directions scaled to the mean token-embedding norm
     TEXT = "text"  # the embeddings of ``init_text``, repeated to fill the slots
     SAMPLE_VOCAB = "sample_vocab"  # embeddings of tokens drawn uniformly from the vocabulary
+
+    @classmethod
+    def _missing_(cls, value: object) -> InitMode:
+        modes = ", ".join(repr(m.value) for m in cls)
+        raise ValueError(f"init must be one of {modes}, got {value!r}")
 
 
 @dataclass
@@ -55,8 +60,7 @@ class SoftPromptConfig:
 
     def __post_init__(self) -> None:
         self.init = InitMode(self.init)
-        if self.n_tokens < 1:
-            raise ValueError(f"n_tokens must be at least 1, got {self.n_tokens}")
+        validate.integer("n_tokens", self.n_tokens, minimum=1, meaning="soft-prompt length")
         if self.init is InitMode.TEXT and not self.init_text:
             raise ValueError(
                 "init='text' needs init_text, the text whose embeddings start the prompt"

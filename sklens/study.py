@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from sklens import validate
 from sklens.activations import example_record, slot_activations
 from sklens.atomic import atomic_path, write_text
 from sklens.causal import causal_check
@@ -89,10 +90,6 @@ def _setting(result: Scan, key: str) -> Any:
     return result.settings.get(key, 0 if key == "n_permutations" else None)
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def _statistics(config, out, model, prompt, task, metric, result, neurons, progress, lap) -> dict:
     """The optional statistics of a study, each written to its own file; their summary."""
     extras: dict[str, Any] = {}
@@ -132,9 +129,9 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
             task.val,
             neurons,
             result.metric_values,
-            measures=_split(config.measures),
+            measures=validate.items(config.measures),
             group_by=task.group_by,
-            covariates=_split(config.covariates),
+            covariates=validate.items(config.covariates),
             batch_size=config.batch_size,
         )
         _write_csv(table, out / "measures.csv")
@@ -145,7 +142,7 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
             task.train,
             task.val,
             metric,
-            seeds=[int(x) for x in _split(config.seeds)],
+            seeds=[int(x) for x in validate.items(config.seeds)],
             k=config.top_k,
             reduce=config.reduce,
             batch_size=config.batch_size,
@@ -200,9 +197,13 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def run_study(
     config: StudyConfig, out: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Run a study into ``out`` and return its summary."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run a study into ``out`` and return its summary.
+
+    Every setting is checked first (``sklens.validate``), and against the task's examples before
+    the model loads, so a bad one fails in seconds instead of after training.
+    """
+    validate.study(config)
+    out = validate.output_dir(out)
     if not resume:
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
     timings: dict[str, float] = {}
@@ -217,10 +218,7 @@ def run_study(
     task = load_task(
         config.task, n_train=config.n_train, n_val=config.n_val, seed=config.seed, data=config.data
     )
-    metric_spec = config.metric or task.default_metric
-    if metric_spec is None:
-        raise ValueError(f"task {config.task!r} has no default metric: pass --metric")
-    metric = parse_metric(metric_spec)
+    metric = parse_metric(validate.study_data(config, task))
     lap("data")
     model = load_model(config.model, backend=config.backend, device=config.device)
     lap("load_model")

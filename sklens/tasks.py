@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
-from sklens import metrics
-from sklens.config import TASKS
+from sklens import metrics, validate
 from sklens.data.bigbench import bigbench_arithmetic
 from sklens.data.example import Example
 from sklens.data.hans import generate_hans, load_hans
@@ -34,46 +32,30 @@ class TaskData:
     group_by: str | None = None
 
 
-def _coerce(value: str) -> object:
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
 def parse_metric(spec: str) -> metrics.Metric:
     """``loss`` | ``confidence`` | ``label:KEY`` | ``label:KEY=VALUE`` → a Metric."""
+    validate.metric_spec(spec)
     if spec == "loss":
         return metrics.loss()
     if spec == "confidence":
         return metrics.confidence()
-    if spec.startswith("label:") and len(spec) > len("label:"):
-        key, sep, value = spec[len("label:") :].partition("=")
-        return metrics.label(key, _coerce(value) if sep else None)
-    raise ValueError(f"unknown metric {spec!r}: use loss, confidence, label:KEY or label:KEY=VALUE")
+    return metrics.label(*validate.label_spec(spec))
 
 
 def load_task(
     task: str, *, n_train: int, n_val: int, seed: int, data: str | None = None
 ) -> TaskData:
     """The examples of a named task (or a .jsonl file), shuffled with ``seed`` and split."""
+    validate.task(task, data)
     n = n_train + n_val
-    path = Path(task)
     if task == "arithmetic":
         pool = bigbench_arithmetic(seed=seed)
     elif task == "hans":
         pool = load_hans(data) if data else generate_hans(n, seed=seed)
     elif task == "skillmix":
         pool = load_skillmix(data) if data else generate_skillmix(n, seed=seed)
-    elif path.suffix == ".jsonl":
-        pool = load_jsonl(path)
     else:
-        raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)} or a FILE.jsonl")
+        pool = load_jsonl(task)
     pool = list(pool)
     random.Random(seed).shuffle(pool)
     if len(pool) < n:
