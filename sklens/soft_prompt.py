@@ -216,13 +216,17 @@ class SoftPrompt(HookedRootModule):
             saved = json.loads(config_path.read_text(encoding="utf-8"))
             config = SoftPromptConfig(**saved["config"])
             embedding = load_file(str(weights))["embedding"]
-        except (json.JSONDecodeError, KeyError, TypeError, SafetensorError) as err:
+            prompt = cls(config, embedding)
+            history = saved.get("history", [])
+            if not isinstance(history, list):
+                raise TypeError(f"'history' must be a list, got {type(history).__name__}")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, SafetensorError) as err:
             raise ValueError(
-                f"{directory} holds a corrupted soft prompt ({type(err).__name__}: {err}); "
-                "re-save it or train it again"
+                f"{directory} holds a corrupted soft prompt: {config_path.name} or "
+                f"{weights.name} is damaged or was edited ({type(err).__name__}: {err}); re-save "
+                "it or train it again"
             ) from err
-        prompt = cls(config, embedding)
-        prompt.history = list(saved.get("history", []))
+        prompt.history = history
         if model is not None:
             prompt.check_fits(model)
             prompt = prompt.to(_compat.embedding_matrix(model).device)
