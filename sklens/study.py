@@ -28,6 +28,7 @@ from sklens.causal import causal_check
 from sklens.config import StudyConfig
 from sklens.confirm import held_out
 from sklens.data.example import data_hash
+from sklens.display import visible
 from sklens.measures import neuron_measures
 from sklens.models import load_model
 from sklens.result import Scan
@@ -335,7 +336,7 @@ def format_table(out: str | Path, width: int = 60) -> str:
         least = top[top.direction == "least"].iloc[0]
 
         def short(text: str) -> str:
-            text = " ".join(str(text).split())
+            text = visible(" ".join(str(text).split()))
             return text if len(text) <= width else text[: width - 1] + "…"
 
         lines.append(
