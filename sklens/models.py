@@ -233,7 +233,10 @@ def _load_checkpoint(path: Path, backend: Backend, device: str, dtype: torch.dty
 
 def check_gguf(path: Path) -> None:
     """Refuse a GGUF file that does not parse (truncated by an interrupted copy, damaged, or not a
-    GGUF file at all) before transformers dequantises it, naming the file and how to replace it."""
+    GGUF file at all), naming the file and how to replace it.
+
+    It reads the whole file (seconds for SmolLM2), so it runs only when a conversion has failed.
+    """
     from gguf import GGUFReader
 
     try:
@@ -258,15 +261,18 @@ def gguf_to_checkpoint(path: Path, cache_dir: Path | None = None) -> Path:
     target = root / f"{path.stem}-{sha256_of(path)[:16]}"
     if (target / "config.json").exists():
         return target
-    check_gguf(path)
     root.mkdir(parents=True, exist_ok=True)
     logger.info("dequantising %s into %s (once)", path, target)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype=torch.float32
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except Exception:
+            check_gguf(path)  # a damaged file explains the failure: say so and how to replace it
+            raise
         # transformers keeps a GGUF quantization marker on dequantised fp32 weights, which
         # save_pretrained and TransformerLens refuse; the weights are plain fp32 by now.
         hf_model.config.quantization_config = None
