@@ -2,69 +2,84 @@
 
 Train a soft prompt on a frozen TransformerLens model, correlate every MLP neuron's activation at
 the prompt's slots with an auxiliary metric, and inspect the neurons that track it.
+
+Names are imported on first use (PEP 562), so ``import sklens`` costs nothing and the ``sklens``
+command checks its flags before it pays for importing torch and TransformerLens.
 """
 
-from sklens import confirm, data, figures, measures, metrics, stability, viz
-from sklens.ablate import NeuronIntervention, ablated, ablation_hooks
-from sklens.activations import neuron_activations, slot_activations, top_examples
-from sklens.causal import causal_check, dose_response, evaluate, neuron_stats, random_sets
-from sklens.confirm import confirm_neurons, held_out
-from sklens.data.example import Example
-from sklens.hook_check import HookMeaningError, check_neuron_hooks
-from sklens.models import DEFAULT_MODEL, SUPPORTED_ARCHITECTURES, gguf_to_checkpoint, load_model
-from sklens.moments import GroupedMoments, Moments
-from sklens.precomputed import scan_activations
-from sklens.result import Scan
-from sklens.scan import scan
-from sklens.soft_prompt import InitMode, SoftPrompt, SoftPromptConfig
-from sklens.stability import seed_stability
-from sklens.study import StudyConfig, run_study
-from sklens.tiny import tiny_checkpoint, tiny_model
-from sklens.training import plateau, train_soft_prompt
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
 from sklens.version import __version__
 
-__all__ = [
-    "confirm",
-    "figures",
-    "held_out",
-    "confirm_neurons",
-    "GroupedMoments",
-    "scan_activations",
-    "plateau",
-    "measures",
-    "seed_stability",
-    "stability",
-    "viz",
-    "NeuronIntervention",
-    "ablated",
-    "ablation_hooks",
-    "causal_check",
-    "dose_response",
-    "evaluate",
-    "neuron_stats",
-    "random_sets",
-    "DEFAULT_MODEL",
-    "StudyConfig",
-    "data",
-    "run_study",
-    "SUPPORTED_ARCHITECTURES",
-    "Example",
-    "HookMeaningError",
-    "InitMode",
-    "Moments",
-    "Scan",
-    "SoftPrompt",
-    "SoftPromptConfig",
-    "__version__",
-    "check_neuron_hooks",
-    "gguf_to_checkpoint",
-    "load_model",
-    "metrics",
-    "neuron_activations",
-    "scan",
-    "slot_activations",
-    "tiny_checkpoint",
-    "tiny_model",
-    "top_examples",
-    "train_soft_prompt",
-]
+_SUBMODULES = ("confirm", "data", "figures", "measures", "metrics", "stability", "viz")
+_EXPORTS = {
+    "NeuronIntervention": "sklens.ablate",
+    "ablated": "sklens.ablate",
+    "ablation_hooks": "sklens.ablate",
+    "neuron_activations": "sklens.activations",
+    "slot_activations": "sklens.activations",
+    "top_examples": "sklens.activations",
+    "causal_check": "sklens.causal",
+    "dose_response": "sklens.causal",
+    "evaluate": "sklens.causal",
+    "neuron_stats": "sklens.causal",
+    "random_sets": "sklens.causal",
+    "DEFAULT_MODEL": "sklens.config",
+    "StudyConfig": "sklens.config",
+    "confirm_neurons": "sklens.confirm",
+    "held_out": "sklens.confirm",
+    "Example": "sklens.data.example",
+    "HookMeaningError": "sklens.hook_check",
+    "check_neuron_hooks": "sklens.hook_check",
+    "SUPPORTED_ARCHITECTURES": "sklens.models",
+    "gguf_to_checkpoint": "sklens.models",
+    "load_model": "sklens.models",
+    "GroupedMoments": "sklens.moments",
+    "Moments": "sklens.moments",
+    "scan_activations": "sklens.precomputed",
+    "Scan": "sklens.result",
+    "scan": "sklens.scan",
+    "InitMode": "sklens.soft_prompt",
+    "SoftPrompt": "sklens.soft_prompt",
+    "SoftPromptConfig": "sklens.soft_prompt",
+    "seed_stability": "sklens.stability",
+    "run_study": "sklens.study",
+    "tiny_checkpoint": "sklens.tiny",
+    "tiny_model": "sklens.tiny",
+    "plateau": "sklens.training",
+    "train_soft_prompt": "sklens.training",
+}
+
+__all__ = [*_SUBMODULES, *_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"sklens.{name}")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'sklens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+class _Package(types.ModuleType):
+    """Keeps ``sklens.scan`` the function: the first import of the submodule ``sklens.scan``
+    would otherwise rebind the package attribute to the module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

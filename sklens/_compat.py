@@ -119,6 +119,13 @@ def bridge_from(name_or_path: str, tokenizer: Any, *, device: str, dtype: torch.
     return bridge
 
 
+def official_repo(name: str) -> str:
+    """The Hugging Face repository of an official TransformerLens name or alias."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    return get_official_model_name(name)
+
+
 def official_model_names() -> list[str]:
     """TransformerLens's official model names and aliases (no network)."""
     from transformer_lens.supported_models import MODEL_ALIASES, OFFICIAL_MODEL_NAMES

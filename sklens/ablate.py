@@ -28,9 +28,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sklens.config import ABLATION_MODES as MODES
 from sklens.data.format import Batch
-
-MODES = ("zero", "mean", "resample", "noise", "scale", "shift")
 
 
 def neuron_index(model: Any, neurons: Any) -> dict[int, Tensor]:

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from sklens.data.example import Example
 from sklens.data.format import encode, iter_batches
+from sklens.display import token_texts
 from sklens.forward import gather_slots, run_until_stopped, stop_hook
 from sklens.soft_prompt import SoftPrompt
 
@@ -184,7 +185,8 @@ def token_activations(
     """Every token's activation of ``neurons`` for each example (instruction, slots, completion).
 
     Returns ``(str_tokens, activations [pos, n_neurons])`` per example; soft-prompt slots appear
-    as ``<soft0>``, ``<soft1>``, ... so a view shows where the scanned activation lives.
+    as ``<soft0>``, ``<soft1>``, ... so a view shows where the scanned activation lives. A
+    character split across tokens is shown whole at its last token (``sklens.display``).
     """
     pairs = as_neuron_list(neurons)
     examples = list(examples)
@@ -216,7 +218,7 @@ def token_activations(
             for row, idx in enumerate(batch.indices):
                 length = int(batch.attention_mask[row].sum())
                 start = int(batch.slot_start[row])
-                tokens = [decode([t]) for t in batch.tokens[row, :length].tolist()]
+                tokens = token_texts(decode, batch.tokens[row, :length].tolist())
                 tokens[start : start + n_slots] = [f"<soft{k}>" for k in range(n_slots)]
                 out[idx] = (tokens, current["acts"][row, :length].clone())
     return out

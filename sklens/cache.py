@@ -30,8 +30,35 @@ def home() -> Path:
     """The cache root: ``$SKLENS_HOME`` if set, else the platform's user cache directory."""
     root = os.environ.get("SKLENS_HOME") or user_cache_dir("sklens")
     path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    source = "SKLENS_HOME" if os.environ.get("SKLENS_HOME") else "the cache directory"
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"{source} {path} is a file, not a directory; point SKLENS_HOME at a directory "
+            "(it is created if missing) or unset it to use the user cache directory"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(
+            f"cannot create {source} {path} ({err.strerror or err}); set SKLENS_HOME to a "
+            "directory you can write to"
+        ) from err
     return path
+
+
+def repair_hint(path: str | os.PathLike) -> str:
+    """How to replace a damaged file at ``path``: where sklens made it (a fetched artifact, a
+    converted checkpoint), which directory to delete so it is made again; else, to copy it again."""
+    path = Path(path).resolve()
+    root = home().resolve()
+    for kind, again in (
+        ("artifacts", "fetched again on the next use (or by `sklens fetch`)"),
+        ("converted", "converted again from its GGUF file on the next load"),
+    ):
+        base = root / kind
+        if path.is_relative_to(base) and path != base:
+            return f"delete {base / path.relative_to(base).parts[0]}; it is {again}"
+    return f"copy or download {path} again"
 
 
 @dataclass(frozen=True)
@@ -96,7 +123,19 @@ def sha256_of(path: Path) -> str:
 
 def _download(artifact: Artifact, into: Path, source_dir: Path | None) -> Path:
     """The distribution file: from ``source_dir`` or ``$SKLENS_ARTIFACTS`` if there, else pip."""
-    local_dir = source_dir or os.environ.get("SKLENS_ARTIFACTS")
+    if source_dir is not None:  # asked for explicitly: no silent fallback to the network
+        archive = Path(source_dir) / artifact.filename
+        if not Path(source_dir).is_dir():
+            raise FileNotFoundError(
+                f"{source_dir}: no such directory; pass the directory that holds "
+                f"{artifact.filename}"
+            )
+        if not archive.exists():
+            raise FileNotFoundError(
+                f"{source_dir} has no {artifact.filename}; " + artifact.how_to_fetch()
+            )
+        return archive
+    local_dir = os.environ.get("SKLENS_ARTIFACTS")
     if local_dir and (Path(local_dir) / artifact.filename).exists():
         return Path(local_dir) / artifact.filename
     cmd = [

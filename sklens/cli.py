@@ -8,7 +8,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from sklens.study import StudyConfig
+from sklens import validate
+from sklens.config import StudyConfig
+
+PACKAGE = Path(__file__).resolve().parent
 
 EPILOG = """examples:
   sklens run                                   # arithmetic on the embedded SmolLM2-135M, CPU
@@ -95,20 +98,46 @@ def main(argv: list[str] | None = None) -> int:
         log.propagate = False  # another library may have configured the root logger too
     log.setLevel(logging.INFO)
     try:
-        if args.command == "fetch":
-            return _fetch(args.source)
-        if args.command == "report":
-            return _report(args.run_dir)
-        return _run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"sklens: error: {err}", file=sys.stderr)
+        with validate.spelled_as_flags():
+            if args.command == "fetch":
+                return _fetch(args.source)
+            if args.command == "report":
+                return _report(args.run_dir)
+            return _run(args)
+    except Exception as err:
+        if not _for_the_user(err):
+            raise  # a bug: keep the traceback
+        text = (
+            err.strerror if isinstance(err, OSError) and err.strerror and not err.filename else err
+        )
+        print(f"sklens: error: {' '.join(str(text).split())}", file=sys.stderr)
         return 2
 
 
+def _for_the_user(err: Exception) -> bool:
+    """True for an error the user can act on, shown as one line like argparse's own.
+
+    That is the environment (any ``OSError``: a missing file, a full or read-only disk, no
+    network) and every check sklens makes itself (a ``ValueError``, ``TypeError`` or
+    ``RuntimeError`` raised in sklens's code). The same classes raised inside another library
+    mean sklens let a bad value through: a bug, which keeps its traceback.
+    """
+    if isinstance(err, OSError):
+        return True
+    if not isinstance(err, (ValueError, TypeError, RuntimeError)):
+        return False
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE)
+
+
 def _run(args: argparse.Namespace) -> int:
+    config = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
+    validate.study(config)  # before importing torch: a bad flag fails in a fraction of a second
+    validate.output_dir(args.out)
     from sklens.study import format_table, run_study
 
-    config = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
     summary = run_study(config, args.out, resume=args.resume, progress=not args.quiet)
     print(format_table(args.out))
     if args.report:

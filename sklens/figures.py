@@ -22,6 +22,12 @@ from matplotlib.figure import Figure
 from sklens.atomic import atomic_path
 
 
+def plain(text: str) -> str:
+    """``text`` shown as typed: matplotlib reads ``$...$`` as mathtext and fails on an unknown
+    command (a group called ``$\\foo$``), so every ``$`` in user text is escaped."""
+    return str(text).replace("$", r"\$")
+
+
 def gaussian_kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Gaussian kernel density on ``grid`` with Scott's bandwidth."""
     values = np.asarray(values, dtype=float)
@@ -48,7 +54,7 @@ def kde_by_group(
     grid = np.linspace(values.min() - pad, values.max() + pad, 400)
     for g in sorted(set(groups)):
         members = values[groups == g]
-        line = ax.plot(grid, gaussian_kde(members, grid), label=f"{g} (n={len(members)})")[0]
+        line = ax.plot(grid, gaussian_kde(members, grid), label=plain(f"{g} (n={len(members)})"))[0]
         ax.plot(
             members,
             np.full(len(members), -0.02 * ax.get_ylim()[1]),
@@ -56,7 +62,7 @@ def kde_by_group(
             color=line.get_color(),
             alpha=0.5,
         )
-    ax.set(title=title, xlabel=xlabel, ylabel="density")
+    ax.set(title=plain(title), xlabel=plain(xlabel), ylabel="density")
     ax.legend(fontsize=8)
     return fig
 
@@ -90,7 +96,7 @@ def score_histogram(scan: Any, k: int = 10, reduce: str = "max", bins: int = 100
     ax.set(
         xlabel=f"neuron score ({reduce} over slots)",
         ylabel="density",
-        title=f"score distribution, metric {scan.settings.get('metric')}",
+        title=plain(f"score distribution, metric {scan.settings.get('metric')}"),
     )
     ax.legend(fontsize=8)
     return fig

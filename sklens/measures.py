@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sklens.activations import as_neuron_list, slot_activations
+from sklens.config import GROUP_MEASURES, MEASURES
 from sklens.data.example import Example
 
 
@@ -133,17 +134,6 @@ def partial_pearson(
     return pearson(residual(acts.double()), residual(metric.double()[:, None])[:, 0])
 
 
-MEASURES = (
-    "pearson",
-    "spearman",
-    "auroc",
-    "cohens_d",
-    "eta_squared",
-    "kruskal_wallis",
-    "partial_pearson",
-)
-
-
 def neuron_measures(
     model: Any,
     prompt: Any,
@@ -169,7 +159,7 @@ def neuron_measures(
     picked = acts[:, torch.arange(len(positions)), positions].double()  # (N, K)
     out = neurons[["layer", "neuron", "position"]].copy()
     for name in measures:
-        if name in ("eta_squared", "kruskal_wallis"):
+        if name in GROUP_MEASURES:
             if group_by is None:
                 raise ValueError(f"{name} needs group_by, a meta field with the groups")
             groups = [e.meta[group_by] for e in examples]

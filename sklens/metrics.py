@@ -85,15 +85,44 @@ class _Callable(Metric):
         self.name = name or getattr(fn, "__name__", "callable")
 
     def __call__(self, examples, indices, scores):
-        return torch.tensor([float(self.fn(e)) for e in examples], dtype=torch.float64)
+        return torch.tensor(
+            [self.value(e, i) for e, i in zip(examples, indices, strict=False)], dtype=torch.float64
+        )
+
+    def value(self, example: Example, index: int) -> float:
+        value = self.fn(example)
+        try:
+            return float(value)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"metric {self.name!r} returned {value!r} ({type(value).__name__}) for example "
+                f"{index}; it must return one number per example"
+            ) from err
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 class _Values(Metric):
     def __init__(self, values: Sequence[float] | Tensor | np.ndarray, name: str = "values"):
-        if isinstance(values, Tensor):
-            self.values = values.detach().to("cpu", torch.float64).clone()
-        else:  # a copy: a caller's read-only array must not back our tensor
-            self.values = torch.as_tensor(np.array(values, dtype=np.float64))
+        try:  # a copy: a caller's read-only array must not back our tensor
+            if isinstance(values, Tensor):
+                self.values = values.detach().to("cpu", torch.float64).clone()
+            else:
+                self.values = torch.as_tensor(np.array(values, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            flat = list(np.asarray(values, dtype=object).flatten())
+            bad = next((i for i, v in enumerate(flat) if not _is_number(v)), None)
+            where = f": value {bad} is {flat[bad]!r}" if bad is not None else f" ({err})"
+            raise TypeError(
+                f"metric {name!r} must be one number per example{where}; convert the values to "
+                "numbers (e.g. a label with sklens.metrics.label(key, positive=...))"
+            ) from err
         if self.values.ndim != 1:
             raise ValueError(
                 f"metric values must be one number per example, got shape "
@@ -181,7 +210,9 @@ def values(numbers: Sequence[float] | Tensor | np.ndarray, name: str = "values")
     return _Values(numbers, name)
 
 
-def resolve(metric: Metric | Callable[[Example], float] | Sequence[float], n: int) -> Metric:
+def resolve(
+    metric: Metric | Callable[[Example], float] | Sequence[float] | Tensor | np.ndarray, n: int
+) -> Metric:
     """Turn what the user passed into a Metric, checking precomputed values against ``n``."""
     if isinstance(metric, Metric):
         resolved = metric

@@ -20,20 +20,23 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError, safe_open
 
-from sklens import _compat
-from sklens.cache import SMOLLM2, fetch, home, sha256_of
+from sklens import _compat, validate
+from sklens.cache import SMOLLM2, fetch, home, repair_hint, sha256_of
+from sklens.config import BACKENDS, DEFAULT_MODEL
 from sklens.hook_check import check_neuron_hooks
 
 logger = logging.getLogger("sklens")
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
-DEFAULT_MODEL = "smollm2-135m-instruct"
 Backend = Literal["hooked", "bridge"]
 
 
@@ -68,8 +71,8 @@ def load_model(
         dtype: the model's dtype; statistics are always accumulated in float64.
         check_hooks: run the neuron-hook self-test (recommended).
     """
-    if backend not in ("hooked", "bridge"):
-        raise ValueError(f"backend must be 'hooked' or 'bridge', got {backend!r}")
+    validate.choice("backend", backend, BACKENDS)
+    validate.device(device)
     device = device or default_device()
     path = Path(name_or_path).expanduser()
     if str(name_or_path) == DEFAULT_MODEL:
@@ -91,8 +94,24 @@ def load_model(
     return model
 
 
+def _looks_like_path(name: str) -> bool:
+    """True for a name that can only be a path: absolute, ``./``, ``../`` or ``~``, a ``.gguf``
+    file, or inside a directory that exists."""
+    path = Path(name).expanduser()
+    return (
+        name.startswith(("/", ".", "~"))
+        or path.suffix == ".gguf"
+        or (len(path.parts) > 1 and path.parent.is_dir())
+    )
+
+
 def _load_official(name: str, backend: Backend, device: str, dtype: torch.dtype) -> Any:
     official = _compat.official_model_names()
+    if name not in official and _looks_like_path(name):
+        raise FileNotFoundError(
+            f"{name}: no such file or directory (from {Path.cwd()}); pass an existing HF "
+            "checkpoint directory or .gguf file"
+        )
     if name not in official:
         close = difflib.get_close_matches(name, official, n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -101,9 +120,42 @@ def _load_official(name: str, backend: Backend, device: str, dtype: torch.dtype)
             f"directory, not a .gguf file, and not an official TransformerLens name.{hint} "
             "Offline, pass the path of a local checkpoint (Llama or Qwen2/Qwen1.5) or a GGUF file."
         )
+    check_hub(name)
     if backend == "bridge":
         return _compat.bridge_from(name, None, device=device, dtype=dtype)
     return _compat.hooked_transformer_official(name, device=device, dtype=dtype)
+
+
+def check_hub(name: str, timeout: float = 3.0) -> None:
+    """Fail at once, with the offline way, where an official model would have to be downloaded
+    and the hub cannot be reached (huggingface_hub otherwise retries for about 30 s, then fails
+    with a traceback).
+
+    A model already in the Hugging Face cache passes; so does any setup with a proxy, which a
+    direct connection cannot test.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo = _compat.official_repo(name)
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+            return
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return
+        except OSError as err:
+            why = f"{host} cannot be reached ({err})"
+    raise OSError(
+        f"{name!r} is not in the Hugging Face cache and cannot be downloaded: {why}. Offline, "
+        f"download it where the hub is reachable (`huggingface-cli download {repo} --local-dir "
+        "DIR`), copy DIR here and pass the directory as the model; Llama and Qwen2 checkpoints "
+        "load from a directory with no hub"
+    )
 
 
 def checkpoint_architecture(path: Path) -> str:
@@ -111,7 +163,17 @@ def checkpoint_architecture(path: Path) -> str:
     config_path = path / "config.json"
     if not config_path.exists():
         raise ValueError(f"{path} has no config.json: it is not a HuggingFace checkpoint directory")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{config_path}:{err.lineno}: not valid JSON ({err.msg}): the file is truncated or "
+            f"damaged; {repair_hint(path)}"
+        ) from err
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{config_path} is not UTF-8 text ({err.reason}); {repair_hint(path)}"
+        ) from err
     arch = (config.get("architectures") or ["<none>"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(
@@ -128,10 +190,37 @@ def checkpoint_architecture(path: Path) -> str:
     return arch
 
 
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def check_weights(path: Path) -> None:
+    """Refuse a checkpoint directory with no weight file or a truncated safetensors file (read
+    from its header alone), naming the file and how to replace it."""
+    if not any((path / name).exists() for name in WEIGHT_FILES):
+        raise ValueError(
+            f"{path} has a config.json but no weights ({' or '.join(WEIGHT_FILES[::2])}); "
+            f"{repair_hint(path)}"
+        )
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ValueError(
+                f"{file} is truncated or damaged ({err}); {repair_hint(path)}"
+            ) from err
+
+
 def _load_checkpoint(path: Path, backend: Backend, device: str, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     checkpoint_architecture(path)
+    check_weights(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if backend == "bridge":
         return _compat.bridge_from(str(path), tokenizer, device=device, dtype=dtype)
@@ -140,6 +229,23 @@ def _load_checkpoint(path: Path, backend: Backend, device: str, dtype: torch.dty
     return _compat.hooked_transformer_from_checkpoint(
         str(path), copy.deepcopy(tokenizer), hf_model, device=device, dtype=dtype
     )
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse a GGUF file that does not parse (truncated by an interrupted copy, damaged, or not a
+    GGUF file at all), naming the file and how to replace it.
+
+    It reads the whole file (seconds for SmolLM2), so it runs only when a conversion has failed.
+    """
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except Exception as err:  # noqa: BLE001 -- the reader raises many types; all mean "unreadable"
+        raise ValueError(
+            f"{path} is not a readable GGUF file ({type(err).__name__}: {err}): it is truncated "
+            f"or damaged, or not GGUF; {repair_hint(path)}"
+        ) from err
 
 
 def gguf_to_checkpoint(path: Path, cache_dir: Path | None = None) -> Path:
@@ -159,10 +265,14 @@ def gguf_to_checkpoint(path: Path, cache_dir: Path | None = None) -> Path:
     logger.info("dequantising %s into %s (once)", path, target)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype=torch.float32
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except Exception:
+            check_gguf(path)  # a damaged file explains the failure: say so and how to replace it
+            raise
         # transformers keeps a GGUF quantization marker on dequantised fp32 weights, which
         # save_pretrained and TransformerLens refuse; the weights are plain fp32 by now.
         hf_model.config.quantization_config = None

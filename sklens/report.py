@@ -13,18 +13,21 @@ import html
 import io
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from sklens import figures
+from sklens import figures, validate
 from sklens.activations import slot_activations
 from sklens.atomic import write_text
+from sklens.config import StudyConfig
 from sklens.models import load_model
 from sklens.result import Scan
 from sklens.soft_prompt import SoftPrompt
-from sklens.study import StudyConfig, study_task
+from sklens.study import study_task
+from sklens.version import __version__
 from sklens.viz import extremal_indices, neuron_labels, text_view
 
 STYLE = """
@@ -71,13 +74,41 @@ def _training_line(summary: dict[str, Any]) -> str:
     )
 
 
+def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
+    """``RUN/summary.json`` and its study settings; a damaged or foreign file names itself and
+    the fix."""
+    path = run / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run} has no summary.json: run `sklens run --out {run}` first")
+    rerun = f"run `sklens run --out {run}` again with the run's settings to rewrite it"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}:{err.lineno}: not valid JSON ({err.msg}): the file is truncated or was "
+            f"edited; {rerun}"
+        ) from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason}); {rerun}") from err
+    saved = summary.get("config") if isinstance(summary, dict) else None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} has no 'config' object: not a sklens summary; {rerun}")
+    known = {f.name for f in fields(StudyConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        version = (summary.get("versions") or {}).get("sklens", "another version")
+        raise ValueError(
+            f"{path} has settings this sklens ({__version__}) does not know: {', '.join(unknown)}. "
+            f"It was written by sklens {version}; report it with that version, or {rerun}"
+        )
+    return summary, StudyConfig(**saved)
+
+
 def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -> Path:
     """Write ``RUN_DIR/report.html`` from the outputs of ``sklens run`` and return its path."""
     run = Path(run_dir)
-    if not (run / "summary.json").exists():
-        raise FileNotFoundError(f"{run} has no summary.json: run `sklens run --out {run}` first")
-    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    config = StudyConfig(**summary["config"])
+    summary, config = read_summary(run)
+    validate.output_dir(run, "the run directory")  # before the model loads: report.html goes here
     task = study_task(config)
     model = model or load_model(config.model, backend=config.backend, device=config.device)
     prompt = SoftPrompt.load(run / "prompt", model)

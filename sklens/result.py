@@ -32,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from sklens import validate
 from sklens.atomic import atomic_path
 from sklens.moments import GroupedMoments, Moments
 from sklens.permutation import PermutationNull
@@ -105,6 +106,7 @@ class Scan:
         (``attrs["sample"]`` says so); re-measure on other examples with
         ``sklens.confirm_neurons``.
         """
+        validate.integer("k", k, minimum=0, meaning="how many neurons")
         score, position = self.scores(reduce)
         ranked = torch.where(score.isnan(), -1.0, score.abs()).flatten()
         k = min(k, int((~score.isnan()).sum()))
@@ -210,7 +212,12 @@ class Scan:
         try:
             tensors = load_file(str(path))
             with safe_open(str(path), "pt") as fh:
-                settings = json.loads(fh.metadata()["sklens"])
+                metadata = fh.metadata() or {}
+            if "sklens" not in metadata:
+                raise ValueError(
+                    "a safetensors file without sklens settings: not written by Scan.save"
+                )
+            settings = json.loads(metadata["sklens"])
             values = tensors.pop("metric_values")
             null = None
             if "null_perms" in tensors:

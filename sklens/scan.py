@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sklens import distributed
+from sklens import distributed, validate
 from sklens import metrics as metrics_mod
 from sklens.choices import score_examples
 from sklens.data.example import Example, data_hash
@@ -220,8 +220,10 @@ def scan(
         progress: show a tqdm bar.
     """
     examples = list(examples)
-    if len(examples) < 3:
+    if len(examples) < validate.MIN_SCAN:
         raise ValueError(f"a scan needs at least 3 examples for a correlation, got {len(examples)}")
+    validate.integer("batch_size", batch_size, minimum=1)
+    validate.integer("n_permutations", n_permutations, minimum=0)
     metric = metrics_mod.resolve(metric, len(examples))
     metric.check(examples)
     layer_ids = resolve_layers(model, layers)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from sklens import _compat
+from sklens import _compat, validate
 from sklens.atomic import atomic_path, write_text
 from sklens.version import __version__
 
@@ -38,6 +38,11 @@ class InitMode(str, Enum):
     RANDOM = "random"  # Gaussian directions scaled to the mean token-embedding norm
     TEXT = "text"  # the embeddings of ``init_text``, repeated to fill the slots
     SAMPLE_VOCAB = "sample_vocab"  # embeddings of tokens drawn uniformly from the vocabulary
+
+    @classmethod
+    def _missing_(cls, value: object) -> InitMode:
+        modes = ", ".join(repr(m.value) for m in cls)
+        raise ValueError(f"init must be one of {modes}, got {value!r}")
 
 
 @dataclass
@@ -55,8 +60,7 @@ class SoftPromptConfig:
 
     def __post_init__(self) -> None:
         self.init = InitMode(self.init)
-        if self.n_tokens < 1:
-            raise ValueError(f"n_tokens must be at least 1, got {self.n_tokens}")
+        validate.integer("n_tokens", self.n_tokens, minimum=1, meaning="soft-prompt length")
         if self.init is InitMode.TEXT and not self.init_text:
             raise ValueError(
                 "init='text' needs init_text, the text whose embeddings start the prompt"
@@ -212,13 +216,17 @@ class SoftPrompt(HookedRootModule):
             saved = json.loads(config_path.read_text(encoding="utf-8"))
             config = SoftPromptConfig(**saved["config"])
             embedding = load_file(str(weights))["embedding"]
-        except (json.JSONDecodeError, KeyError, TypeError, SafetensorError) as err:
+            prompt = cls(config, embedding)
+            history = saved.get("history", [])
+            if not isinstance(history, list):
+                raise TypeError(f"'history' must be a list, got {type(history).__name__}")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, SafetensorError) as err:
             raise ValueError(
-                f"{directory} holds a corrupted soft prompt ({type(err).__name__}: {err}); "
-                "re-save it or train it again"
+                f"{directory} holds a corrupted soft prompt: {config_path.name} or "
+                f"{weights.name} is damaged or was edited ({type(err).__name__}: {err}); re-save "
+                "it or train it again"
             ) from err
-        prompt = cls(config, embedding)
-        prompt.history = list(saved.get("history", []))
+        prompt.history = history
         if model is not None:
             prompt.check_fits(model)
             prompt = prompt.to(_compat.embedding_matrix(model).device)

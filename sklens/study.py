@@ -21,7 +21,7 @@ import logging
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,15 @@ from typing import Any
 import pandas as pd
 import torch
 
+from sklens import validate
 from sklens.activations import example_record, slot_activations
 from sklens.atomic import atomic_path, write_text
 from sklens.causal import causal_check
+from sklens.config import StudyConfig
 from sklens.confirm import confirm_neurons
 from sklens.data.example import data_hash
-from sklens.models import DEFAULT_MODEL, load_model
+from sklens.display import visible
+from sklens.models import load_model
 from sklens.result import Scan
 from sklens.scan import scan
 from sklens.stability import seed_stability
@@ -43,42 +46,6 @@ from sklens.training import plateau, train_soft_prompt
 from sklens.version import __version__
 
 logger = logging.getLogger("sklens")
-
-
-@dataclass
-class StudyConfig:
-    """Settings of one study (the README's first command uses the defaults)."""
-
-    task: str = "arithmetic"
-    model: str = DEFAULT_MODEL
-    metric: str | None = None  # default: the task's (loss for arithmetic)
-    data: str | None = None
-    top_k: int = 10
-    n_tokens: int = 20
-    steps: int = 150  # the maximum: training stops earlier on a validation plateau
-    patience: int = 2  # evaluations without a better plateau-slice loss; 0 trains all `steps`
-    eval_every: int = 10  # steps between evaluations of the plateau slice
-    batch_size: int = 8
-    lr: float = 3e-3
-    seed: int = 0
-    n_train: int = 240  # includes the plateau slice
-    n_plateau: int = 32  # training examples held out to detect the plateau
-    n_val: int = 160  # the selection set: the scan that picks the top-K
-    n_confirm: int = 80  # a disjoint split that re-measures the top-K (0: skip)
-    n_extremal: int = 5
-    backend: str = "hooked"
-    device: str | None = None
-    reduce: str = "max"
-    ablate: bool = False  # add the causal check (sklens.causal_check) of the top-K neurons
-    ablate_modes: str = "zero,mean"
-    n_random: int = 5
-    n_causal: int = 48  # a third disjoint split, used by the causal check
-    match_scale: bool = True  # random control neurons matched in mean |activation|
-    permutations: int = 0  # B > 0: max-statistic permutation null, FWER and FDR
-    permutation_groups: str | None = None
-    seeds: str = ""  # e.g. "0,1,2": seed stability of the top-K
-    measures: str = ""  # e.g. "spearman,auroc,partial_pearson"; on the confirm split
-    covariates: str = ""  # numeric meta fields for partial_pearson
 
 
 def versions() -> dict[str, str]:
@@ -131,10 +98,6 @@ def _setting(result: Scan, key: str) -> Any:
     return result.settings.get(key, 0 if key == "n_permutations" else None)
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def _statistics(config, out, model, prompt, task, metric, result, neurons, progress, lap) -> dict:
     """The statistics of a study beyond the top-K, each written to its own file; their summary."""
     extras: dict[str, Any] = {}
@@ -156,9 +119,9 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
             task.confirm,
             metric,
             neurons,
-            measures=_split(config.measures),
+            measures=validate.items(config.measures),
             group_by=task.group_by,
-            covariates=_split(config.covariates),
+            covariates=validate.items(config.covariates),
             seed=config.seed,
             batch_size=config.batch_size,
             progress=progress,
@@ -180,7 +143,7 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
             task.train,
             task.val,
             metric,
-            seeds=[int(x) for x in _split(config.seeds)],
+            seeds=[int(x) for x in validate.items(config.seeds)],
             k=config.top_k,
             reduce=config.reduce,
             batch_size=config.batch_size,
@@ -198,14 +161,10 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
 
 
 def _training_kwargs(config: StudyConfig, task: Any) -> tuple[list, dict[str, Any]]:
-    """The examples the prompt trains on, and the plateau settings, from a study's config."""
+    """The examples the prompt trains on, and the plateau settings, from a study's config
+    (``validate.study`` has checked that the plateau slice fits)."""
     if config.patience == 0:
         return task.train, {"steps": config.steps}
-    if not 0 < config.n_plateau < len(task.train):
-        raise ValueError(
-            f"--n-plateau {config.n_plateau} must be between 1 and --n-train - 1 "
-            f"({len(task.train) - 1}), or pass --patience 0 to train all --steps"
-        )
     fit, plateau_slice = task.train[: -config.n_plateau], task.train[-config.n_plateau :]
     return fit, {
         "steps": config.steps,
@@ -266,9 +225,13 @@ def study_task(config: StudyConfig) -> Any:
 def run_study(
     config: StudyConfig, out: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Run a study into ``out`` and return its summary."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run a study into ``out`` and return its summary.
+
+    Every setting is checked first (``sklens.validate``), and against the task's examples before
+    the model loads, so a bad one fails in seconds instead of after training.
+    """
+    validate.study(config)
+    out = validate.output_dir(out)
     if not resume:
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
     timings: dict[str, float] = {}
@@ -280,17 +243,9 @@ def run_study(
         timings[name] = round(now - clock, 2)
         clock = now
 
-    if config.measures and config.n_confirm == 0:
-        raise ValueError(
-            "--measures are computed on the confirmation split (never on the examples that "
-            "selected the neurons): pass --n-confirm > 0"
-        )
     task = study_task(config)
     fit, plateau_kwargs = _training_kwargs(config, task)
-    metric_spec = config.metric or task.default_metric
-    if metric_spec is None:
-        raise ValueError(f"task {config.task!r} has no default metric: pass --metric")
-    metric = parse_metric(metric_spec)
+    metric = parse_metric(validate.study_data(config, task))
     lap("data")
     model = load_model(config.model, backend=config.backend, device=config.device)
     lap("load_model")
@@ -417,7 +372,7 @@ def format_table(out: str | Path, width: int = 60) -> str:
         least = top[top.direction == "least"].iloc[0]
 
         def short(text: str) -> str:
-            text = " ".join(str(text).split())
+            text = visible(" ".join(str(text).split()))
             return text if len(text) <= width else text[: width - 1] + "…"
 
         lines.append(

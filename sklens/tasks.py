@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from sklens import metrics
+from sklens import metrics, validate
 from sklens.data.bigbench import bigbench_arithmetic
 from sklens.data.example import Example
 from sklens.data.hans import generate_hans, load_hans
@@ -14,7 +13,6 @@ from sklens.data.jsonl import load_jsonl
 from sklens.data.skillmix import generate_skillmix, load_skillmix
 from sklens.data.split import train_val_split
 
-TASKS = ("arithmetic", "hans", "skillmix")
 DEFAULT_METRICS = {
     "arithmetic": "loss",  # RQ3: no label, the model's own per-example loss
     "hans": "label:heuristic=lexical_overlap",  # RQ2
@@ -39,34 +37,17 @@ class TaskData:
     causal: list[Example] = field(default_factory=list)
 
 
-def _coerce(value: str) -> object:
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
 def parse_metric(spec: str) -> metrics.Metric:
     """``loss`` | ``confidence`` | ``choice_confidence`` | ``label:KEY`` | ``label:KEY=VALUE`` → a
     Metric."""
+    validate.metric_spec(spec)
     if spec == "loss":
         return metrics.loss()
     if spec == "confidence":
         return metrics.confidence()
     if spec == "choice_confidence":
         return metrics.choice_confidence()
-    if spec.startswith("label:") and len(spec) > len("label:"):
-        key, sep, value = spec[len("label:") :].partition("=")
-        return metrics.label(key, _coerce(value) if sep else None)
-    raise ValueError(
-        f"unknown metric {spec!r}: use loss, confidence, choice_confidence, label:KEY or "
-        "label:KEY=VALUE"
-    )
+    return metrics.label(*validate.label_spec(spec))
 
 
 def load_task(
@@ -81,24 +62,23 @@ def load_task(
 ) -> TaskData:
     """The examples of a named task (or a .jsonl file), shuffled with ``seed`` and cut into
     disjoint splits (``confirm`` and ``causal`` from the examples after ``train`` and ``val``)."""
+    validate.task(task, data)
     n = n_train + n_val + n_confirm + n_causal
-    path = Path(task)
     if task == "arithmetic":
         pool = bigbench_arithmetic(seed=seed)
     elif task == "hans":
         pool = load_hans(data) if data else generate_hans(n, seed=seed)
     elif task == "skillmix":
         pool = load_skillmix(data) if data else generate_skillmix(n, seed=seed)
-    elif path.suffix == ".jsonl":
-        pool = load_jsonl(path)
     else:
-        raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)} or a FILE.jsonl")
+        pool = load_jsonl(task)
     pool = list(pool)
     random.Random(seed).shuffle(pool)
     if len(pool) < n:
         raise ValueError(
-            f"task {task!r} has {len(pool)} examples, fewer than n_train + n_val + n_confirm + "
-            f"n_causal = {n}"
+            f"task {task!r} has {len(pool)} examples, fewer than the {n} its splits need "
+            f"({validate.name('n_train')} {n_train} + {validate.name('n_val')} {n_val} + "
+            f"{validate.name('n_confirm')} {n_confirm} + causal {n_causal}); lower them"
         )
     first = n_train + n_val
     train, val = train_val_split(pool[:first], n_val, seed=seed)

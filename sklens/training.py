@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sklens import _compat
+from sklens import _compat, validate
 from sklens.atomic import atomic_path, write_text
 from sklens.data.example import Example, data_hash
 from sklens.data.format import Encoded, encode, iter_batches, split_batch
@@ -130,8 +130,11 @@ def train_soft_prompt(
     examples = list(examples)
     if steps is not None and epochs is not None:
         raise ValueError("give steps or epochs, not both")
-    if lr <= 0 or batch_size < 1:
-        raise ValueError(f"need lr > 0 and batch_size >= 1, got lr={lr}, batch_size={batch_size}")
+    validate.integer("n_tokens", n_tokens, minimum=1, meaning="soft-prompt length")
+    validate.integer("batch_size", batch_size, minimum=1)
+    validate.positive("lr", lr)
+    validate.integer("checkpoint_every", checkpoint_every, minimum=1, meaning="steps")
+    init = InitMode(init)
     encoded = encode(model, examples, n_tokens, chat_template=chat_template)
     per_epoch = -(-len(examples) // batch_size)
     total_steps = epochs * per_epoch if epochs is not None else (200 if steps is None else steps)

@@ -28,6 +28,71 @@ def arithmetic_examples(n: int, seed: int = 0) -> list[sklens.Example]:
     return out
 
 
+def write_probe_task(path):
+    """The reliability probe's task.jsonl: 80 arithmetic lines with op, digits and big."""
+    import json
+
+    lines = []
+    for i in range(80):
+        a, b = 10 + (i * 37) % 89, 10 + (i * 53) % 89
+        op = "minus" if i % 2 else "plus"
+        answer = a - b if op == "minus" else a + b
+        lines.append(
+            {
+                "instruction": f"What is {a} {op} {b}?",
+                "completion": f" {answer}",
+                "op": op,
+                "digits": 2,
+                "big": answer > 100,
+            }
+        )
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def probe_args(model, task, out, *extra) -> list[str]:
+    """``sklens run`` with the probe's ``$Q`` flags (and splits that fit its 80 examples)."""
+    return [
+        "run",
+        "--quiet",
+        "--model",
+        str(model),
+        "--task",
+        str(task),
+        "--n-train",
+        "24",
+        "--n-val",
+        "16",
+        "--steps",
+        "3",
+        "--n-tokens",
+        "4",
+        "--top-k",
+        "3",
+        "--n-extremal",
+        "2",
+        "--n-plateau",
+        "4",
+        "--n-confirm",
+        "8",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def forbid_work(monkeypatch, names=("load_task", "load_model", "train_soft_prompt", "scan")):
+    """Make the study's steps fail the test if reached: an AssertionError is not an error the
+    CLI turns into a message, so it surfaces."""
+    from sklens import study
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the settings were checked")
+
+    for name in names:
+        monkeypatch.setattr(study, name, forbidden)
+
+
 def reference_tokens(model, example, n_slots: int) -> tuple[list[int], int, int]:
     """Token ids of ``[instruction][slots][completion]`` built with HF's own tokenize=True path.
 

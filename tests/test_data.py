@@ -184,10 +184,10 @@ def test_true_result_and_flag_edge_cases():
 def test_bad_bigbench_files(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not a readable BigBench task.json"):
+    with pytest.raises(ValueError, match=r"bad.json:1: not valid JSON .*truncated or damaged"):
         task_examples(bad)
     bad.write_text(json.dumps({"examples": [{"target": "1"}]}))
-    with pytest.raises(ValueError, match="example 0 needs 'input'"):
+    with pytest.raises(ValueError, match="bad.json:1: example 0 needs a string 'input'"):
         task_examples(bad)
     with pytest.raises(ValueError, match="unknown arithmetic subtasks"):
         sklens.data.bigbench.bigbench_arithmetic(["7_digit_addition"])

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import sklens
+from sklens import models
 from sklens.hook_check import HookMeaningError, check_neuron_hooks
 
 LOGIT_TOL = 1e-4  # measured: 1.8e-7 (qwen2) and ~2e-7 (llama) on the tiny checkpoints
@@ -131,6 +132,7 @@ def test_official_names_load_unprocessed_through_transformer_lens(monkeypatch, q
         return qwen
 
     monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", fake)
+    monkeypatch.setattr(models, "check_hub", lambda name: None)  # as if the hub were reachable
     model = sklens.load_model("Qwen/Qwen1.5-1.8B-Chat", device="cpu")
     assert model is qwen and calls == [
         ("Qwen/Qwen1.5-1.8B-Chat", {"device": "cpu", "dtype": torch.float32})

@@ -36,7 +36,7 @@ def test_config_errors():
         SoftPromptConfig(n_tokens=3, d_model=8, init="random", init_text="hi")
     with pytest.raises(ValueError, match="n_tokens must be at least 1"):
         SoftPromptConfig(n_tokens=0, d_model=8)
-    with pytest.raises(ValueError, match="'bogus' is not a valid InitMode"):
+    with pytest.raises(ValueError, match="init must be one of 'random', 'text', 'sample_vocab'"):
         SoftPromptConfig(n_tokens=3, d_model=8, init="bogus")
 
 

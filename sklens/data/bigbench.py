@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sklens.cache import BIGBENCH, fetch
+from sklens.cache import BIGBENCH, fetch, repair_hint
 from sklens.data.example import Example
 
 OPERATIONS = {
@@ -52,23 +52,66 @@ DEFAULT_SUBTASKS = (
 
 
 def load_task(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The ``examples`` of a BigBench JSON task file, checked for the fields sklens uses."""
+    """The ``examples`` of a BigBench JSON task file, checked for the fields sklens uses; a
+    damaged file or example names its line."""
     path = Path(path)
     try:
-        task = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not a readable BigBench task.json ({err})") from err
+        text = path.read_text(encoding="utf-8")
+        task = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}:{err.lineno}: not valid JSON ({err.msg}): the file is truncated or damaged; "
+            + repair_hint(path)
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not a readable BigBench task.json ({err}); {repair_hint(path)}"
+        ) from err
     examples = task.get("examples") if isinstance(task, dict) else None
     if not isinstance(examples, list) or not examples:
         raise ValueError(f"{path} has no 'examples' list: not a BigBench JSON task")
     for i, ex in enumerate(examples):
-        if (
-            not isinstance(ex, dict)
-            or "input" not in ex
-            or not ({"target", "target_scores"} & set(ex))
-        ):
-            raise ValueError(f"{path}: example {i} needs 'input' and 'target' or 'target_scores'")
+        problem = _problem(ex)
+        if problem:
+            raise ValueError(
+                f"{path}:{_example_line(text, i)}: example {i} {problem}; {repair_hint(path)}"
+            )
     return examples
+
+
+def _problem(ex: Any) -> str | None:
+    """What keeps one BigBench example from being used, if anything."""
+    if not isinstance(ex, dict):
+        return f"is a {type(ex).__name__}, not an object"
+    if not isinstance(ex.get("input"), str):
+        return "needs a string 'input'"
+    if "target_scores" in ex:
+        scores = ex["target_scores"]
+        if not isinstance(scores, dict) or not scores:
+            return "has a 'target_scores' that is not a non-empty object"
+        if not all(isinstance(v, (int, float)) for v in scores.values()):
+            return "has a non-number in 'target_scores'"
+        return None
+    target = ex.get("target")
+    if isinstance(target, str) or (
+        isinstance(target, list) and target and all(isinstance(t, str) for t in target)
+    ):
+        return None
+    return "needs 'target' (a string or a list of strings) or 'target_scores'"
+
+
+def _example_line(text: str, index: int) -> int | None:
+    """The line on which ``examples[index]`` starts (only computed for an error message)."""
+    match = re.search(r'"examples"\s*:\s*\[', text)
+    if match is None:
+        return None
+    decoder, pos = json.JSONDecoder(), match.end()
+    for i in range(index + 1):
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        if i == index:
+            return text.count("\n", 0, pos) + 1
+        _, pos = decoder.raw_decode(text, pos)
 
 
 def operands(question: str) -> tuple[int, str, int] | None:

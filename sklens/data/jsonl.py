@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +13,24 @@ from sklens.data.example import Example
 
 
 def read_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-empty line; bad JSON names its line."""
+    """``(line number, object)`` for each non-empty line; anything unreadable names its line.
+
+    Lines are decoded one by one, so a byte that is not UTF-8 is reported at its line. JSON that
+    Python reads but other tools do not (``NaN``, ``Infinity``, a lone surrogate escape such as
+    ``"\\ud800"``, which no tokenizer can encode) is refused at its line too.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}:{lineno}: not UTF-8 (byte {raw[err.start]:#04x} at column "
+                    f"{err.start + 1}); save the file as UTF-8"
+                ) from err
             if not line.strip():
                 continue
             try:
@@ -28,7 +41,33 @@ def read_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]
                 raise ValueError(
                     f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
                 )
+            for key, value in obj.items():
+                _check_value(path, lineno, key, value)
             yield lineno, obj
+
+
+def _check_value(path: Path, lineno: int, key: str, value: Any) -> None:
+    """Refuse NaN/Infinity and lone surrogates anywhere in one field's value (or its key)."""
+    for text in (key, value) if isinstance(value, str) else (key,):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"{path}:{lineno}: field {key!r} holds a lone surrogate "
+                f"{text[err.start]!r} at character {err.start + 1}, which is not text; fix the "
+                "escape (a \\ud800-\\udfff escape must be half of a pair)"
+            ) from err
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(
+            f"{path}:{lineno}: field {key!r} is {json.dumps(value)}, which is not a JSON number; "
+            "give a number or drop the field or line"
+        )
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_value(path, lineno, f"{key}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_value(path, lineno, f"{key}[{i}]", v)
 
 
 def require_strings(path: Path, lineno: int, obj: dict[str, Any], keys: tuple[str, ...]) -> None:

@@ -1,0 +1,69 @@
+"""Views keep every character the user wrote, and draw it as written.
+
+Cases 106 (U+FFFD for characters split across byte-level tokens, a raw U+202E reversing the
+terminal table) and 70 (a ``$`` in a group name breaking matplotlib) of the reliability probe of
+issue 12.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+
+import sklens
+from sklens import figures, metrics
+from sklens.activations import token_activations
+from sklens.display import token_texts, visible
+from sklens.soft_prompt import SoftPrompt
+from sklens.study import format_table
+
+TEXT = "Grüße, Straße ö 😀👩‍👩‍👧 مرحبا עברית"
+
+
+def test_case_106_views_keep_every_character(qwen, examples):
+    ids = qwen.tokenizer.encode(TEXT, add_special_tokens=False)
+    one_by_one = [qwen.tokenizer.decode([t]) for t in ids]
+    assert any("\ufffd" in t for t in one_by_one)  # the byte-level tokenizer does split them
+    texts = token_texts(qwen.tokenizer.decode, ids)
+    assert len(texts) == len(ids) and "".join(texts) == TEXT and "\ufffd" not in "".join(texts)
+
+    prompt = SoftPrompt.init_for(qwen, 3)
+    example = sklens.Example(f"Say: {TEXT}", " ok")
+    ((tokens, acts),) = token_activations(qwen, prompt, [example], [(0, 1)])
+    shown = "".join(t for t in tokens if not t.startswith("<soft"))
+    assert TEXT in shown and "\ufffd" not in shown and len(tokens) == acts.shape[0]
+
+
+def test_case_106_terminal_table_shows_bidi_controls(tmp_path):
+    pd.DataFrame([{"layer": 0, "neuron": 1, "position": 0, "score": 0.5}]).to_csv(
+        tmp_path / "neurons.csv", index=False
+    )
+    rows = [
+        {
+            "neuron_rank": 0,
+            "rank": 0,
+            "direction": d,
+            "instruction": "abc\u202edef",
+            "completion": "x",
+        }
+        for d in ("most", "least")
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "examples.csv", index=False)
+    table = format_table(tmp_path)
+    assert "\u202e" not in table and "abc<U+202E>def" in table
+    assert visible("a\u2066b\u200fc") == "a<U+2066>b<U+200F>c"
+
+
+def test_case_70_dollar_signs_in_group_names_render(qwen, examples):
+    fig = figures.kde_by_group(
+        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], ["$\\foo$"] * 3 + ["b"] * 3, title="$x"
+    )
+    fig.savefig(io.BytesIO(), format="png")  # mathtext would raise ParseFatalException here
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["\\$\\foo\\$ (n=3)", "b (n=3)"]  # escaped, so drawn as typed
+    prompt = SoftPrompt.init_for(qwen, 2)
+    values = metrics.values([float(e.meta["a"]) for e in examples], name="$\\foo$")
+    result = sklens.scan(qwen, prompt, examples, values, progress=False)
+    hist = figures.score_histogram(result, k=3)
+    hist.savefig(io.BytesIO(), format="png")
