@@ -123,7 +123,9 @@ def test_case_51_string_field_suggests_the_cli_syntax(task_file, tmp_path, capsy
 
 
 def test_case_51_from_python_suggests_the_python_syntax(task_file, tmp_path, no_model):
-    config = sklens.StudyConfig(task=str(task_file), metric="label:op", n_train=24, n_val=16)
+    config = sklens.StudyConfig(
+        task=str(task_file), metric="label:op", n_train=24, n_val=16, n_plateau=4, n_confirm=8
+    )
     with pytest.raises(ValueError, match=r"e\.g\. metric='label:op=(minus|plus)'"):
         sklens.run_study(config, tmp_path / "o")
 
