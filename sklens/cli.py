@@ -59,7 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         kind = type(default) if default is not None else str
         run.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
     run.add_argument("--out", default="sklens-out", help="output directory (default: sklens-out)")
-    run.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the training and scan of an earlier run into --out (finished, failed or "
+        "killed) where the settings that determine them are the same",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--report", action="store_true", help="also write report.html")
     report = sub.add_parser("report", help="write a self-contained report.html for a run directory")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from sklens import figures
+from sklens import figures, rundir
 from sklens.activations import slot_activations
 from sklens.atomic import write_text
 from sklens.models import load_model
@@ -55,10 +55,35 @@ def _group_field(config: StudyConfig, task: Any) -> str | None:
 
 
 def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -> Path:
-    """Write ``RUN_DIR/report.html`` from the outputs of ``sklens run`` and return its path."""
+    """Write ``RUN_DIR/report.html`` from the outputs of ``sklens run`` and return its path.
+
+    Refuses a directory whose files are not the ones its manifest lists (files from different
+    runs, or changed since), and one that a run is writing at the moment.
+    """
     run = Path(run_dir)
     if not (run / "summary.json").exists():
         raise FileNotFoundError(f"{run} has no summary.json: run `sklens run --out {run}` first")
+    with rundir.locked(run, "sklens report"):
+        return _build(run, model, n)
+
+
+def _check_consistent(run: Path) -> None:
+    mismatched = rundir.mismatched_files(run)
+    if mismatched == [rundir.MANIFEST]:
+        raise rundir.RunDirError(
+            f"{run} has no valid {rundir.MANIFEST}, so nothing shows that its files come from one "
+            f"run; run `sklens run --out {run}` again"
+        )
+    if mismatched:
+        raise rundir.RunDirError(
+            f"{run} mixes files from different runs: {', '.join(mismatched)} "
+            f"{'is' if len(mismatched) == 1 else 'are'} not what its {rundir.MANIFEST} lists "
+            f"(written by another run, or changed since); run `sklens run --out {run}` again"
+        )
+
+
+def _build(run: Path, model: Any, n: int) -> Path:
+    _check_consistent(run)
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     config = StudyConfig(**summary["config"])
     task = load_task(
@@ -68,7 +93,7 @@ def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -
     prompt = SoftPrompt.load(run / "prompt", model)
     result = Scan.load(run / "scan.safetensors")
     neurons = pd.read_csv(run / "neurons.csv")
-    extremal = pd.read_csv(run / "examples.csv")
+    extremal = pd.read_csv(run / "examples.csv", dtype={"instruction": str, "completion": str})
     val = task.val
     group = _group_field(config, task)
 
@@ -96,15 +121,15 @@ def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -
     ):
         if summary.get(key):
             parts += [f"<h2>{title}</h2>", _table(pd.DataFrame([summary[key]]))]
-    for name, title, asked in (
-        ("heldout.csv", "Held-out r of the top neurons", config.held_out),
-        ("measures.csv", "Other measures of the top neurons", config.measures),
-        ("causal.csv", "Causal check (selected vs random neurons)", config.ablate),
-        ("consensus.csv", "Consensus neurons across seeds", config.seeds),
+    for name, title in (
+        ("heldout.csv", "Held-out r of the top neurons"),
+        ("measures.csv", "Other measures of the top neurons"),
+        ("causal.csv", "Causal check (selected vs random neurons)"),
+        ("consensus.csv", "Consensus neurons across seeds"),
     ):
-        # Only what this run's settings asked for: an earlier run in the same directory may have
-        # left other tables, which do not describe these neurons.
-        if asked and (run / name).exists():
+        # A run replaces the whole directory and the manifest was checked above, so a table that
+        # is here was written by this run's settings.
+        if (run / name).exists():
             parts += [f"<h3>{title}</h3>", _table(pd.read_csv(run / name))]
 
     acts = slot_activations(model, prompt, val, neurons, batch_size=config.batch_size)

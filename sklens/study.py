@@ -3,7 +3,10 @@
 The output directory holds ``prompt/`` (safetensors + JSON), ``checkpoint/`` (resumable training),
 ``scan.safetensors``, ``neurons.csv`` (the top-K), ``examples.csv`` (each top neuron's most and
 least activating validation examples) and ``summary.json`` (settings, versions, data hashes,
-timings). Every file is written atomically; with ``resume=True`` finished steps are reused.
+timings), and ``manifest.json`` (the fingerprint of each stage and the sha256 of every file).
+A run writes into a staging directory beside ``out`` and replaces ``out`` as a whole when it has
+finished, under a lock (``sklens.rundir``); with ``resume=True`` a stage's earlier work (from a
+failed or killed run, or from the finished one) is reused only when its fingerprint matches.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -21,6 +23,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from sklens import rundir
 from sklens.activations import example_record, slot_activations
 from sklens.atomic import atomic_path, write_text
 from sklens.causal import causal_check
@@ -70,6 +73,30 @@ class StudyConfig:
     covariates: str = ""  # numeric meta fields for partial_pearson
 
 
+# StudyConfig fields that do not change a stage's output. Every other field, including any added
+# later, is taken to change it, so a new setting can never let stale work be reused. The device
+# only says where the work runs: a run may be resumed on another one.
+_AFTER_SCAN = {"top_k", "n_extremal", "reduce", "ablate", "ablate_modes", "n_random", "n_causal"}
+_AFTER_SCAN |= {"held_out", "seeds", "measures", "covariates"}
+_NOT_IN = {
+    "training": _AFTER_SCAN | {"metric", "permutations", "permutation_groups", "device"},
+    "scan": _AFTER_SCAN | {"device"},
+    "results": {"device"},
+}
+
+
+def stage_settings(config: StudyConfig, metric: str, task: Any) -> dict[str, dict[str, Any]]:
+    """What determines each stage's output: its settings and its inputs' fingerprints."""
+    fields = {**asdict(config), "metric": metric, "sklens version": __version__}
+    training = {k: v for k, v in fields.items() if k not in _NOT_IN["training"]}
+    training |= {"train data": data_hash(task.train), "validation data": data_hash(task.val)}
+    scan = {k: v for k, v in fields.items() if k not in _NOT_IN["scan"]}
+    scan |= {"trained prompt": rundir.fingerprint(training), "validation data": data_hash(task.val)}
+    results = {k: v for k, v in fields.items() if k not in _NOT_IN["results"]}
+    results |= {"scan": rundir.fingerprint(scan)}
+    return {"training": training, "scan": scan, "results": results}
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages that determine a result."""
     found = {"sklens": __version__}
@@ -113,11 +140,11 @@ def extremal_examples(
     return pd.DataFrame(rows)
 
 
-def _setting(result: Scan, key: str) -> Any:
-    """A scan's setting as the study compares it (training lives under "prompt")."""
-    if key == "training":
-        return (result.settings.get("prompt") or {}).get("training")
-    return result.settings.get(key, 0 if key == "n_permutations" else None)
+# Written after the scan, every run anew: what an earlier attempt left is removed first, so a
+# table that this run's settings did not ask for can never end up in its directory.
+_RESULT_FILES = sorted(
+    rundir.RESULT_NAMES - {"checkpoint", "prompt", "scan.safetensors", rundir.MANIFEST}
+)
 
 
 def _split(text: str) -> list[str]:
@@ -231,11 +258,21 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def run_study(
     config: StudyConfig, out: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Run a study into ``out`` and return its summary."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    """Run a study into ``out`` and return its summary.
+
+    ``out`` is replaced as a whole when the run has finished; until then the previous results
+    stay as they were. With ``resume`` the training, the scan or both are reused from a failed or
+    killed run, or from the finished one, when the settings that determine them are the same.
+    """
+    final = Path(out)
+    with rundir.staged(final, resume=resume) as staging:
+        return _study(config, staging, final, resume=resume, progress=progress)
+
+
+def _study(
+    config: StudyConfig, out: Path, final: Path, *, resume: bool, progress: bool
+) -> dict[str, Any]:
+    """The study itself, written into the staging directory ``out`` (see ``run_study``)."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -252,9 +289,13 @@ def run_study(
     if metric_spec is None:
         raise ValueError(f"task {config.task!r} has no default metric: pass --metric")
     metric = parse_metric(metric_spec)
+    stages = stage_settings(config, metric_spec, task)
     lap("data")
     model = load_model(config.model, backend=config.backend, device=config.device)
     lap("load_model")
+    rundir.prepare(
+        out, final, "training", stages["training"], ["checkpoint", "prompt"], resume=resume
+    )
     prompt = train_soft_prompt(
         model,
         task.train,
@@ -271,15 +312,14 @@ def run_study(
     prompt.save(out / "prompt")
     lap("train")
     scan_path = out / "scan.safetensors"
-    result = Scan.load(scan_path) if resume and scan_path.exists() else None
-    expected = {
-        "data_hash": data_hash(task.val),
-        "metric": metric.name,
-        "training": prompt.config.training,
-        "n_permutations": config.permutations,
-        "permutation_groups": config.permutation_groups,
-    }
-    if result is None or {k: _setting(result, k) for k in expected} != expected:
+    result = None
+    reused = rundir.prepare(out, final, "scan", stages["scan"], [scan_path.name], resume=resume)
+    if reused and scan_path.exists():
+        try:
+            result = Scan.load(scan_path)
+        except ValueError as err:
+            logger.warning("%s; scanning again", err)
+    if result is None:
         result = scan(
             model,
             prompt,
@@ -293,6 +333,7 @@ def run_study(
         )
         result.save(scan_path)
     lap("scan")
+    rundir.prepare(out, final, "results", stages["results"], _RESULT_FILES, resume=False)
     neurons = result.top_k(config.top_k, reduce=config.reduce)
     _write_csv(neurons, out / "neurons.csv")
     examples = extremal_examples(
@@ -348,9 +389,12 @@ def run_study(
         "top_neurons": neurons.to_dict(orient="records"),
         "causal": causal_summary(out / "causal.csv") if config.ablate else None,
         **extras,
+        "fingerprints": {stage: rundir.fingerprint(settings) for stage, settings in stages.items()},
         "timings_s": timings,
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    manifest = rundir.read_manifest(out)
+    rundir.write_manifest(out, {**manifest, "files": rundir.file_hashes(out)})
     return summary
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sklens
-from sklens import study
+from sklens import rundir, study
 from sklens.cli import main
 
 
@@ -82,11 +82,11 @@ def test_killed_run_resumes_without_corruption(qwen_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(study, "scan", killed)
     with pytest.raises(KeyboardInterrupt):
         main(_args(qwen_dir, out))
-    assert (out / "checkpoint" / "train_state.json").exists() and not (
-        out / "scan.safetensors"
-    ).exists()
-    assert _no_partial_files(out)
-    trained = sklens.SoftPrompt.load(out / "prompt")
+    staging = rundir.staging_dir(out)  # the killed run's work waits there; out is untouched
+    assert not out.exists() and (staging / "checkpoint" / "checkpoint.pt").exists()
+    assert not (staging / "scan.safetensors").exists()
+    assert _no_partial_files(staging)
+    trained = sklens.SoftPrompt.load(staging / "prompt")
     monkeypatch.undo()
 
     steps = {"n": 0}
@@ -105,7 +105,7 @@ def test_killed_run_resumes_without_corruption(qwen_dir, tmp_path, monkeypatch):
     assert (out / "scan.safetensors").stat().st_mtime_ns == stamp  # the finished scan is reused
     assert main(_args(qwen_dir, out, "--resume", "--metric", "label:skill=metaphor")) == 0
     assert (out / "scan.safetensors").stat().st_mtime_ns != stamp  # ... unless its settings changed
-    assert _no_partial_files(out)
+    assert _no_partial_files(out) and not staging.exists()
 
 
 def test_jsonl_task_and_errors(qwen_dir, tmp_path, capsys):
