@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
             run.add_argument(flag, action="store_true", help=text)
             continue
         kind = type(default) if default is not None else str
+        kind = _finite_float if kind is float else kind
         run.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
     run.add_argument("--out", default="sklens-out", help="output directory (default: sklens-out)")
     run.add_argument(
@@ -78,6 +80,17 @@ def _parser() -> argparse.ArgumentParser:
         help="a directory that already holds the downloaded archives",
     )
     return parser
+
+
+def _finite_float(text: str) -> float:
+    """A float flag's value; nan and inf are refused when parsed, not after training."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

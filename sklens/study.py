@@ -264,6 +264,8 @@ def run_study(
     stay as they were. With ``resume`` the training, the scan or both are reused from a failed or
     killed run, or from the finished one, when the settings that determine them are the same.
     """
+    if config.n_extremal < 1:
+        raise ValueError(f"n_extremal (--n-extremal) must be at least 1, got {config.n_extremal}")
     final = Path(out)
     with rundir.staged(final, resume=resume) as staging:
         return _study(config, staging, final, resume=resume, progress=progress)
@@ -402,7 +404,8 @@ def format_table(out: str | Path, width: int = 60) -> str:
     """A readable table of the top neurons with their most and least activating examples."""
     out = Path(out)
     neurons = pd.read_csv(out / "neurons.csv")
-    examples = pd.read_csv(out / "examples.csv")
+    # completions such as "31" stay text, as they were written
+    examples = pd.read_csv(out / "examples.csv", dtype={"instruction": str, "completion": str})
     lines = [
         f"{'#':>2} {'layer':>5} {'neuron':>6} {'pos':>3} {'score':>7}  most / least activating example"
     ]
