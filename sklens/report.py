@@ -82,10 +82,22 @@ def _check_consistent(run: Path) -> None:
         )
 
 
+def _from_run_cwd(config: StudyConfig, cwd: str | None) -> StudyConfig:
+    """``config`` with relative --task/--data/--model paths made relative to the directory the
+    run was started in, so the report works from any working directory."""
+    if cwd is None:
+        return config
+    for name in ("task", "data", "model"):
+        value = getattr(config, name)
+        if value and not Path(value).exists() and (Path(cwd) / value).exists():
+            setattr(config, name, str(Path(cwd) / value))
+    return config
+
+
 def _build(run: Path, model: Any, n: int) -> Path:
     _check_consistent(run)
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    config = StudyConfig(**summary["config"])
+    config = _from_run_cwd(StudyConfig(**summary["config"]), summary.get("cwd"))
     task = load_task(
         config.task, n_train=config.n_train, n_val=config.n_val, seed=config.seed, data=config.data
     )

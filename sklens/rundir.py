@@ -67,6 +67,7 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
 
 
 def _sibling(out: Path, kind: str) -> Path:
+    out = Path(os.path.abspath(out))  # "." and "run/" have a name this way
     return out.with_name(f".{out.name}.sklens-{kind}")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -363,6 +364,7 @@ def _study(
     values = result.metric_values
     summary = {
         "config": asdict(config),
+        "cwd": os.getcwd(),  # where relative --task/--data/--model paths are (for the report)
         "metric": metric.name,
         "versions": versions(),
         "data": {

@@ -167,3 +167,40 @@ def test_out_that_is_a_file_or_holds_other_files_is_refused(qwen_dir, tmp_path, 
     assert main(_args(qwen_dir, tmp_path / "mine")) == 2
     assert "holds files that sklens did not write (notes.md)" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.md").read_text() == "keep me"
+
+
+def test_an_unwritable_out_fails_before_any_work(qwen_dir, tmp_path, monkeypatch, capsys):
+    """#91: a read-only --out gave an OSError traceback (after training, for a new run)."""
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(rundir.os, "open", read_only)
+    monkeypatch.setattr(sklens.study, "load_model", None)  # would fail loudly if reached
+    assert main(_args(qwen_dir, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "cannot write beside" in err and "(Read-only file system); sklens run needs a" in err
+
+
+def test_report_works_from_another_working_directory(qwen_dir, tmp_path, monkeypatch):
+    """#82: summary.json kept a relative --task path, so report failed from elsewhere."""
+    start = tmp_path / "project"
+    start.mkdir()
+    rows = [
+        {
+            "instruction": f"Is {i} even?",
+            "completion": "yes" if i % 2 == 0 else "no",
+            "even": i % 2 == 0,
+        }
+        for i in range(30)
+    ]
+    (start / "task.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    monkeypatch.chdir(start)
+    args = _args(qwen_dir, "run", "--metric", "label:even=true")
+    args[args.index("skillmix")] = "task.jsonl"
+    assert main(args) == 0
+    monkeypatch.chdir(tmp_path)
+    assert build_report(start / "run").exists()
