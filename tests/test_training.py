@@ -138,7 +138,7 @@ def test_training_argument_errors(qwen, examples):
         sklens.train_soft_prompt(qwen, [], steps=2, progress=False)
 
 
-def _child(checkpoint_dir, steps, delay=0.15):
+def _child(checkpoint_dir, steps, delay=0.3):
     """``tests/train_child.py`` in a new process (the same environment, this checkout first)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -176,7 +176,8 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_prompt(tmp_path):
     kills = [{"marker": "half 3"}, {"marker": "full 5"}, {"after": rng.uniform(0.2, 1.0)}]
     for kill in kills:
         _kill_when(_child(run, steps), **kill)
-        assert list(run.glob(".*.tmp")), "the kill should have left a temporary file"
+        if "marker" in kill:  # inside the write: its temporary is left behind
+            assert list(run.glob(".*.tmp"))
     finished = _child(run, steps)
     finished.communicate()
     assert finished.returncode == 0
