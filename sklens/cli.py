@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -70,9 +71,15 @@ def _parser() -> argparse.ArgumentParser:
             )
             continue
         kind = type(default) if default is not None else str
+        kind = _finite_float if kind is float else kind
         run.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
     run.add_argument("--out", default="sklens-out", help="output directory (default: sklens-out)")
-    run.add_argument("--resume", action="store_true", help="reuse finished steps in --out")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the training and scan of an earlier run into --out (finished, failed or "
+        "killed) where the settings that determine them are the same",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--report", action="store_true", help="also write report.html")
     report = sub.add_parser("report", help="write a self-contained report.html for a run directory")
@@ -86,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
         help="a directory that already holds the downloaded archives",
     )
     return parser
+
+
+def _finite_float(text: str) -> float:
+    """A float flag's value; nan and inf are refused when parsed, not after training."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

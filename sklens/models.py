@@ -19,9 +19,7 @@ import difflib
 import json
 import logging
 import os
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -30,6 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from sklens import _compat, validate
+from sklens.atomic import partial_dir
 from sklens.cache import SMOLLM2, fetch, home, repair_hint, sha256_of
 from sklens.config import BACKENDS, DEFAULT_MODEL
 from sklens.hook_check import check_neuron_hooks
@@ -252,7 +251,8 @@ def gguf_to_checkpoint(path: Path, cache_dir: Path | None = None) -> Path:
     """Dequantise a GGUF file once into a cached HF checkpoint directory and return its path.
 
     The directory is keyed by the file's sha256 and appears only when complete (built in a
-    temporary directory, then renamed), so an interrupted conversion is never reused.
+    temporary directory, then renamed), so an interrupted conversion is never reused; its
+    partial directory is removed by the next conversion.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -261,10 +261,8 @@ def gguf_to_checkpoint(path: Path, cache_dir: Path | None = None) -> Path:
     target = root / f"{path.stem}-{sha256_of(path)[:16]}"
     if (target / "config.json").exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
     logger.info("dequantising %s into %s (once)", path, target)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
-    try:
+    with partial_dir(root) as tmp:
         try:
             hf_model = AutoModelForCausalLM.from_pretrained(
                 path.parent, gguf_file=path.name, dtype=torch.float32
@@ -290,6 +288,4 @@ def gguf_to_checkpoint(path: Path, cache_dir: Path | None = None) -> Path:
         except OSError:  # another process finished first
             if not (target / "config.json").exists():
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -92,10 +92,13 @@ class Moments:
         return (self.m2_a / max(self.n, 1)).sqrt()
 
     def tensors(self) -> dict[str, Tensor]:
-        """All state as tensors (for safetensors)."""
+        """All state as tensors (for safetensors); float scalars stay float64, so a saved scan
+        reloads to exactly the same correlations."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, float):
+                value = torch.tensor(value, dtype=torch.float64)
             out[f.name] = value if isinstance(value, Tensor) else torch.tensor(value)
         return out
 

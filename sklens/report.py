@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from sklens import figures, validate
+from sklens import figures, rundir, validate
 from sklens.activations import slot_activations
 from sklens.atomic import write_text
 from sklens.config import StudyConfig
@@ -105,16 +105,55 @@ def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
 
 
 def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -> Path:
-    """Write ``RUN_DIR/report.html`` from the outputs of ``sklens run`` and return its path."""
+    """Write ``RUN_DIR/report.html`` from the outputs of ``sklens run`` and return its path.
+
+    Refuses a directory whose files are not the ones its manifest lists (files from different
+    runs, or changed since), and one that a run is writing at the moment.
+    """
     run = Path(run_dir)
-    summary, config = read_summary(run)
+    read_summary(run)  # a missing, damaged or foreign summary.json names itself and the fix
     validate.output_dir(run, "the run directory")  # before the model loads: report.html goes here
+    with rundir.locked(run, "sklens report"):
+        return _build(run, model, n)
+
+
+def _check_consistent(run: Path) -> None:
+    mismatched = rundir.mismatched_files(run)
+    if mismatched == [rundir.MANIFEST]:
+        raise rundir.RunDirError(
+            f"{run} has no valid {rundir.MANIFEST}, so nothing shows that its files come from one "
+            f"run; run `sklens run --out {run}` again"
+        )
+    if mismatched:
+        raise rundir.RunDirError(
+            f"{run} mixes files from different runs: {', '.join(mismatched)} "
+            f"{'is' if len(mismatched) == 1 else 'are'} not what its {rundir.MANIFEST} lists "
+            f"(written by another run, or changed since); run `sklens run --out {run}` again"
+        )
+
+
+def _from_run_cwd(config: StudyConfig, cwd: str | None) -> StudyConfig:
+    """``config`` with relative --task/--data/--model paths made relative to the directory the
+    run was started in, so the report works from any working directory."""
+    if cwd is None:
+        return config
+    for name in ("task", "data", "model"):
+        value = getattr(config, name)
+        if value and not Path(value).exists() and (Path(cwd) / value).exists():
+            setattr(config, name, str(Path(cwd) / value))
+    return config
+
+
+def _build(run: Path, model: Any, n: int) -> Path:
+    _check_consistent(run)
+    summary, config = read_summary(run)
+    config = _from_run_cwd(config, summary.get("cwd"))
     task = study_task(config)
     model = model or load_model(config.model, backend=config.backend, device=config.device)
     prompt = SoftPrompt.load(run / "prompt", model)
     result = Scan.load(run / "scan.safetensors")
     neurons = pd.read_csv(run / "neurons.csv")
-    extremal = pd.read_csv(run / "examples.csv")
+    extremal = pd.read_csv(run / "examples.csv", dtype={"instruction": str, "completion": str})
     val = task.val
     group = _group_field(config, task)
 
@@ -146,23 +185,18 @@ def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -
     ):
         if summary.get(key):
             parts += [f"<h2>{title}</h2>", _table(pd.DataFrame([summary[key]]))]
-    for name, title, asked in (
-        (
-            "heldout.csv",
-            "Held-out r (95% per neuron; _adj: Bonferroni over the K) and measures",
-            config.n_confirm,
-        ),
+    for name, title in (
+        ("heldout.csv", "Held-out r (95% per neuron; _adj: Bonferroni over the K) and measures"),
         (
             "causal.csv",
             f"Causal check on a third split ({len(task.causal)} examples): selected vs random "
             f"neurons ({'scale-matched' if config.match_scale else 'not scale-matched'})",
-            config.ablate,
         ),
-        ("consensus.csv", "Consensus neurons across seeds", config.seeds),
+        ("consensus.csv", "Consensus neurons across seeds"),
     ):
-        # Only what this run's settings asked for: an earlier run in the same directory may have
-        # left other tables, which do not describe these neurons.
-        if asked and (run / name).exists():
+        # A run replaces the whole directory and the manifest was checked above, so a table that
+        # is here was written by this run's settings.
+        if (run / name).exists():
             parts += [f"<h3>{title}</h3>", _table(pd.read_csv(run / name))]
 
     acts = slot_activations(model, prompt, val, neurons, batch_size=config.batch_size)

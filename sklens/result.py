@@ -29,16 +29,17 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from sklens import validate
-from sklens.atomic import atomic_path
+from sklens.atomic import write_bytes
 from sklens.moments import GroupedMoments, Moments
 from sklens.permutation import PermutationNull
 from sklens.stats import q_values
 
 Reduce = Literal["max", "absmax"]
+RULES = ("max", "absmax")
 
 
 class Scan:
@@ -199,13 +200,12 @@ class Scan:
             tensors["null_perms"] = self.null.perms.contiguous()
             for rule, scores in self.null.scores.items():
                 tensors[f"null_scores_{rule}"] = scores.contiguous()
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"sklens": json.dumps(self.settings)})
+        write_bytes(path, save(tensors, metadata={"sklens": json.dumps(self.settings)}))
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Scan:
-        """Read a scan written by ``save``."""
+        """Read a scan written by ``save``, checking every tensor against the saved settings."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: expected a file written by Scan.save")
@@ -218,6 +218,7 @@ class Scan:
                     "a safetensors file without sklens settings: not written by Scan.save"
                 )
             settings = json.loads(metadata["sklens"])
+            _check_tensors(tensors, settings)
             values = tensors.pop("metric_values")
             null = None
             if "null_perms" in tensors:
@@ -231,7 +232,7 @@ class Scan:
                 moments = GroupedMoments.from_tensors(tensors)
             else:
                 moments = Moments.from_tensors(tensors)
-        except (SafetensorError, KeyError, ValueError, OSError) as err:
+        except (SafetensorError, KeyError, TypeError, ValueError, OSError) as err:
             raise ValueError(
                 f"{path} is not a readable sklens scan ({type(err).__name__}: {err}); "
                 "re-run the scan to recreate it"
@@ -249,3 +250,51 @@ class Scan:
         table = self.top_k(10).to_html(index=False, float_format=lambda x: f"{x:.3f}")
         title = "<p>Top 10 neurons (paper's rule):</p>"
         return f"<div><p><code>{html.escape(repr(self))}</code></p>{title}{table}</div>"
+
+
+def _check_tensors(tensors: dict[str, Tensor], settings: dict[str, Any]) -> None:
+    """Raise ValueError unless the tensors have the shapes and dtypes the settings imply.
+
+    A file whose framing is intact but whose tensors disagree would otherwise broadcast into
+    plausible-looking correlations.
+    """
+    n = int(settings["n_examples"])
+    grid = (len(settings["layers"]), int(settings["d_mlp"]), int(settings["n_tokens"]))
+    moments: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+        "n": ((), torch.int64),
+        "mean_a": (grid, torch.float64),
+        "m2_a": (grid, torch.float64),
+        "c_am": (grid, torch.float64),
+        "mean_m": ((), torch.float64),
+        "m2_m": ((), torch.float64),
+    }
+    expected = {"metric_values": ((n,), torch.float64)}
+    counts = ["n"]
+    codes = tensors.get("group_codes")
+    if codes is None:
+        expected |= moments
+    else:  # a within-group scan: one set of moments per group (GroupedMoments)
+        n_groups = int(codes.max()) + 1 if codes.numel() else 0
+        expected["group_codes"] = ((n,), torch.int64)
+        expected |= {f"group{g}.{k}": v for g in range(n_groups) for k, v in moments.items()}
+        counts = [f"group{g}.n" for g in range(n_groups)]
+    if "null_perms" in tensors:
+        b = int(settings["n_permutations"])
+        expected["null_perms"] = ((b, n), torch.int64)
+        expected |= {f"null_scores_{rule}": ((b, *grid[:2]), torch.float32) for rule in RULES}
+    problems = [
+        f"{name} is missing"
+        if name not in tensors
+        else f"{name} has shape "
+        f"{tuple(tensors[name].shape)} and dtype {tensors[name].dtype}, expected {shape} {dtype}"
+        for name, (shape, dtype) in expected.items()
+        if name not in tensors
+        or tuple(tensors[name].shape) != shape
+        or tensors[name].dtype != dtype
+    ]
+    problems += [f"{name} is not a scan tensor" for name in tensors.keys() - expected.keys()]
+    total = sum(int(tensors[c]) for c in counts) if not problems else n
+    if total != n:
+        problems.append(f"n is {total} but the settings say {n} examples")
+    if problems:
+        raise ValueError("; ".join(problems))

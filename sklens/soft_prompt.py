@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from sklens import _compat, validate
-from sklens.atomic import atomic_path, write_text
+from sklens.atomic import write_bytes, write_text
 from sklens.version import __version__
 
 WEIGHTS_FILE = "soft_prompt.safetensors"
@@ -194,8 +194,10 @@ class SoftPrompt(HookedRootModule):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``soft_prompt.safetensors`` and ``soft_prompt.json`` (atomically) into a directory."""
         directory = Path(directory)
-        with atomic_path(directory / WEIGHTS_FILE) as tmp:
-            save_file({"embedding": self.embedding.detach().cpu().contiguous()}, str(tmp))
+        write_bytes(
+            directory / WEIGHTS_FILE,
+            save({"embedding": self.embedding.detach().cpu().contiguous()}),
+        )
         config = asdict(self.config)
         config["init"] = self.config.init.value
         write_text(
@@ -227,6 +229,11 @@ class SoftPrompt(HookedRootModule):
                 "it or train it again"
             ) from err
         prompt.history = history
+        if not torch.isfinite(prompt.embedding).all():
+            raise ValueError(
+                f"{weights} holds NaN or infinite values: the prompt is unusable (its training "
+                "diverged or the file is damaged); train it again"
+            )
         if model is not None:
             prompt.check_fits(model)
             prompt = prompt.to(_compat.embedding_matrix(model).device)

@@ -9,17 +9,20 @@ examples — are **in-sample** and say so in the summary and the report.
 
 The output directory holds ``prompt/`` (safetensors + JSON), ``checkpoint/`` (resumable training),
 ``scan.safetensors``, ``neurons.csv`` (the top-K), ``examples.csv`` (each top neuron's most and
-least activating selection-set examples), ``heldout.csv`` (the confirmation), ``causal.csv``
-and ``summary.json`` (settings, splits, versions, data hashes, training plateau, timings). Every
-file is written atomically; with ``resume=True`` finished steps are reused.
+least activating selection-set examples), ``heldout.csv`` (the confirmation), ``causal.csv``,
+``summary.json`` (settings, splits, versions, data hashes, training plateau, timings) and
+``manifest.json`` (the fingerprint of each stage and the sha256 of every file). A run writes into
+a staging directory beside ``out`` and replaces ``out`` as a whole when it has finished, under a
+lock (``sklens.rundir``); with ``resume=True`` a stage's earlier work (from a failed or killed
+run, or from the finished one) is reused only when its fingerprint matches.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
-import shutil
 import time
 from dataclasses import asdict
 from importlib import metadata
@@ -29,7 +32,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sklens import validate
+from sklens import rundir, validate
 from sklens.activations import example_record, slot_activations
 from sklens.atomic import atomic_path, write_text
 from sklens.causal import causal_check
@@ -46,6 +49,30 @@ from sklens.training import plateau, train_soft_prompt
 from sklens.version import __version__
 
 logger = logging.getLogger("sklens")
+
+
+# StudyConfig fields that do not change a stage's output. Every other field, including any added
+# later, is taken to change it, so a new setting can never let stale work be reused. The device
+# only says where the work runs: a run may be resumed on another one.
+_AFTER_SCAN = {"top_k", "n_extremal", "reduce", "ablate", "ablate_modes", "n_random", "n_causal"}
+_AFTER_SCAN |= {"match_scale", "n_confirm", "seeds", "measures", "covariates"}
+_NOT_IN = {
+    "training": _AFTER_SCAN | {"metric", "permutations", "permutation_groups", "device"},
+    "scan": _AFTER_SCAN | {"device"},
+    "results": {"device"},
+}
+
+
+def stage_settings(config: StudyConfig, metric: str, task: Any) -> dict[str, dict[str, Any]]:
+    """What determines each stage's output: its settings and its inputs' fingerprints."""
+    fields = {**asdict(config), "metric": metric, "sklens version": __version__}
+    training = {k: v for k, v in fields.items() if k not in _NOT_IN["training"]}
+    training |= {"train data": data_hash(task.train), "validation data": data_hash(task.val)}
+    scan = {k: v for k, v in fields.items() if k not in _NOT_IN["scan"]}
+    scan |= {"trained prompt": rundir.fingerprint(training), "validation data": data_hash(task.val)}
+    results = {k: v for k, v in fields.items() if k not in _NOT_IN["results"]}
+    results |= {"scan": rundir.fingerprint(scan)}
+    return {"training": training, "scan": scan, "results": results}
 
 
 def versions() -> dict[str, str]:
@@ -91,11 +118,11 @@ def extremal_examples(
     return pd.DataFrame(rows)
 
 
-def _setting(result: Scan, key: str) -> Any:
-    """A scan's setting as the study compares it (training lives under "prompt")."""
-    if key == "training":
-        return (result.settings.get("prompt") or {}).get("training")
-    return result.settings.get(key, 0 if key == "n_permutations" else None)
+# Written after the scan, every run anew: what an earlier attempt left is removed first, so a
+# table that this run's settings did not ask for can never end up in its directory.
+_RESULT_FILES = sorted(
+    rundir.RESULT_NAMES - {"checkpoint", "prompt", "scan.safetensors", rundir.MANIFEST}
+)
 
 
 def _statistics(config, out, model, prompt, task, metric, result, neurons, progress, lap) -> dict:
@@ -228,12 +255,21 @@ def run_study(
     """Run a study into ``out`` and return its summary.
 
     Every setting is checked first (``sklens.validate``), and against the task's examples before
-    the model loads, so a bad one fails in seconds instead of after training.
+    the model loads, so a bad one fails in seconds instead of after training. ``out`` is replaced
+    as a whole when the run has finished; until then the previous results stay as they were.
+    With ``resume`` the training, the scan or both are reused from a failed or killed run, or from
+    the finished one, when the settings that determine them are the same.
     """
     validate.study(config)
-    out = validate.output_dir(out)
-    if not resume:
-        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    final = validate.output_dir(out)
+    with rundir.staged(final, resume=resume) as staging:
+        return _study(config, staging, final, resume=resume, progress=progress)
+
+
+def _study(
+    config: StudyConfig, out: Path, final: Path, *, resume: bool, progress: bool
+) -> dict[str, Any]:
+    """The study itself, written into the staging directory ``out`` (see ``run_study``)."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -245,10 +281,15 @@ def run_study(
 
     task = study_task(config)
     fit, plateau_kwargs = _training_kwargs(config, task)
-    metric = parse_metric(validate.study_data(config, task))
+    metric_spec = validate.study_data(config, task)
+    metric = parse_metric(metric_spec)
+    stages = stage_settings(config, metric_spec, task)
     lap("data")
     model = load_model(config.model, backend=config.backend, device=config.device)
     lap("load_model")
+    rundir.prepare(
+        out, final, "training", stages["training"], ["checkpoint", "prompt"], resume=resume
+    )
     prompt = train_soft_prompt(
         model,
         fit,
@@ -263,15 +304,14 @@ def run_study(
     prompt.save(out / "prompt")
     lap("train")
     scan_path = out / "scan.safetensors"
-    result = Scan.load(scan_path) if resume and scan_path.exists() else None
-    expected = {
-        "data_hash": data_hash(task.val),
-        "metric": metric.name,
-        "training": prompt.config.training,
-        "n_permutations": config.permutations,
-        "permutation_groups": config.permutation_groups,
-    }
-    if result is None or {k: _setting(result, k) for k in expected} != expected:
+    result = None
+    reused = rundir.prepare(out, final, "scan", stages["scan"], [scan_path.name], resume=resume)
+    if reused and scan_path.exists():
+        try:
+            result = Scan.load(scan_path)
+        except ValueError as err:
+            logger.warning("%s; scanning again", err)
+    if result is None:
         result = scan(
             model,
             prompt,
@@ -285,6 +325,7 @@ def run_study(
         )
         result.save(scan_path)
     lap("scan")
+    rundir.prepare(out, final, "results", stages["results"], _RESULT_FILES, resume=False)
     neurons = result.top_k(config.top_k, reduce=config.reduce)
     _write_csv(neurons, out / "neurons.csv")
     examples = extremal_examples(
@@ -313,6 +354,7 @@ def run_study(
     values = result.metric_values
     summary = {
         "config": asdict(config),
+        "cwd": os.getcwd(),  # where relative --task/--data/--model paths are (for the report)
         "metric": metric.name,
         "versions": versions(),
         "data": {
@@ -352,9 +394,12 @@ def run_study(
         "top_neurons": neurons.to_dict(orient="records"),
         "causal": causal_summary(out / "causal.csv") if config.ablate else None,
         **extras,
+        "fingerprints": {stage: rundir.fingerprint(settings) for stage, settings in stages.items()},
         "timings_s": timings,
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
+    manifest = rundir.read_manifest(out)
+    rundir.write_manifest(out, {**manifest, "files": rundir.file_hashes(out)})
     return summary
 
 
@@ -362,7 +407,8 @@ def format_table(out: str | Path, width: int = 60) -> str:
     """A readable table of the top neurons with their most and least activating examples."""
     out = Path(out)
     neurons = pd.read_csv(out / "neurons.csv")
-    examples = pd.read_csv(out / "examples.csv")
+    # completions such as "31" stay text, as they were written
+    examples = pd.read_csv(out / "examples.csv", dtype={"instruction": str, "completion": str})
     lines = [
         f"{'#':>2} {'layer':>5} {'neuron':>6} {'pos':>3} {'score':>7}  most / least activating example"
     ]

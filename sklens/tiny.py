@@ -10,13 +10,12 @@ a BOS token, which exercises the plain layout.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from sklens.atomic import partial_dir
 from sklens.cache import home
 from sklens.models import load_model
 
@@ -118,9 +117,7 @@ def tiny_checkpoint(arch: str = "qwen2", seed: int = 0, n_layers: int = 2) -> Pa
     target = root / f"{arch}-seed{seed}-layers{n_layers}-{_VERSION}"
     if (target / "config.json").exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
-    try:
+    with partial_dir(root) as tmp:
         tokenizer = _tokenizer(arch)
         _hf_model(arch, len(tokenizer), seed, n_layers).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -129,8 +126,6 @@ def tiny_checkpoint(arch: str = "qwen2", seed: int = 0, n_layers: int = 2) -> Pa
         except OSError:
             if not (target / "config.json").exists():
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -5,13 +5,20 @@ The loss is the mean over examples of the per-example mean cross-entropy of the 
 (the paper's objective), computed from logits at completion positions only. The batch order is a
 pure function of ``seed`` and the step, so a run resumed from a checkpoint takes exactly the same
 steps as an uninterrupted one.
+
+A checkpoint is one file (``checkpoint.pt``: prompt, optimizer state, history, step, settings)
+replaced in one rename, so a kill at any moment leaves the previous checkpoint or the new one,
+never a prompt from one step beside optimizer state from another. Resuming checks that its parts
+agree (step, history, optimizer step count) and that it was made with the same settings.
+Training stops at the first non-finite loss or prompt instead of saving a NaN prompt.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import os
+import pickle
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sklens import _compat, validate
-from sklens.atomic import atomic_path, write_text
+from sklens.atomic import write_bytes
 from sklens.data.example import Example, data_hash
 from sklens.data.format import Encoded, encode, iter_batches, split_batch
 from sklens.forward import CompletionLogprobs, completion_logprobs, prefill
@@ -29,8 +36,7 @@ from sklens.soft_prompt import InitMode, SlotWriter, SoftPrompt
 
 logger = logging.getLogger("sklens")
 
-STATE_FILE = "train_state.json"
-OPTIMIZER_FILE = "optimizer.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @contextmanager
@@ -149,7 +155,12 @@ def train_soft_prompt(
     if val_examples:
         val_encoded = encode(model, list(val_examples), n_tokens, chat_template=chat_template)
     eval_every = eval_every or max(1, total_steps // 10)
-    settings = {
+    settings = {  # everything that changes the trained prompt or its history
+        "model": getattr(model.cfg, "model_name", None),
+        "d_model": model.cfg.d_model,
+        "n_tokens": n_tokens,
+        "init": InitMode(init).value,
+        "init_text": init_text,
         "lr": lr,
         "steps": total_steps,
         "batch_size": batch_size,
@@ -158,11 +169,11 @@ def train_soft_prompt(
         "n_train": len(examples),
         "train_hash": data_hash(examples),
         "n_val": len(val_examples or []),
-        "chat_template": chat_template,
+        "val_hash": data_hash(list(val_examples)) if val_examples else None,
         "eval_every": eval_every,
+        "chat_template": chat_template,
         "patience": patience,
         "min_delta": min_delta,
-        "val_hash": data_hash(list(val_examples)) if val_examples else None,
     }
 
     prompt = SoftPrompt.init_for(model, n_tokens, init=init, init_text=init_text, seed=seed)
@@ -170,7 +181,7 @@ def train_soft_prompt(
     optimizer = torch.optim.AdamW(prompt.parameters(), lr=lr, weight_decay=weight_decay)
     start = 0
     if checkpoint_dir is not None:
-        start = _resume(Path(checkpoint_dir), prompt, optimizer, settings, model)
+        start = _resume(Path(checkpoint_dir), prompt, optimizer, settings)
 
     writer = prompt.writer()
     bar = tqdm(total=total_steps, initial=start, desc="train soft prompt", disable=not progress)
@@ -184,9 +195,19 @@ def train_soft_prompt(
                 break
             order = batch_order(len(examples), batch_size, step, seed)
             loss = train_logprobs(model, writer, encoded, order).mean_loss.mean()
+            if not torch.isfinite(loss):
+                raise RuntimeError(
+                    f"training diverged: the loss is {loss.item()} at step {step + 1} (lr={lr}); "
+                    "lower the learning rate"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if not torch.isfinite(prompt.embedding).all():
+                raise RuntimeError(
+                    f"training diverged: the prompt is not finite after step {step + 1} "
+                    f"(lr={lr}); lower the learning rate"
+                )
             record: dict[str, float | int] = {"step": step + 1, "train_loss": loss.item()}
             done = step + 1
             if val_encoded is not None and (done % eval_every == 0 or done == total_steps):
@@ -236,11 +257,51 @@ def _checkpoint(
     step: int,
     settings: dict[str, Any],
 ) -> None:
-    prompt.save(directory)
-    with atomic_path(directory / OPTIMIZER_FILE) as tmp:
-        torch.save(optimizer.state_dict(), tmp)
-    write_text(directory / STATE_FILE, json.dumps({"step": step, "settings": settings}))
+    """Write the whole training state as one file, replaced in one rename."""
+    payload = {
+        "step": step,
+        "settings": settings,
+        "embedding": prompt.embedding.detach().cpu(),
+        "history": prompt.history,
+        "optimizer": optimizer.state_dict(),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(directory / CHECKPOINT_FILE, buffer.getvalue())
     logger.info("checkpoint at step %d in %s", step, directory)
+
+
+def _read_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint in ``path``, after checking its settings and that its parts agree."""
+    fix = f"delete {path} to start training over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        step, saved, embedding = state["step"], state["settings"], state["embedding"]
+        adam_steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+        trained = [h["step"] for h in state["history"] if "train_loss" in h]
+    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is corrupted ({type(err).__name__}: {err}); {fix}") from err
+    if saved != settings:
+        changed = sorted(
+            k for k in settings.keys() | saved.keys() if saved.get(k) != settings.get(k)
+        )
+        raise ValueError(
+            f"the checkpoint in {path.parent} was made with other settings ({', '.join(changed)}); "
+            "use a fresh checkpoint_dir or the same settings to resume"
+        )
+    problems = []
+    if trained != list(range(1, step + 1)):
+        problems.append(f"its history ends at step {trained[-1] if trained else 0}")
+    if adam_steps != {step}:
+        problems.append(f"its optimizer state is at step {sorted(adam_steps)}")
+    shape = (settings["n_tokens"], settings["d_model"])
+    if tuple(embedding.shape) != shape or not torch.isfinite(embedding).all():
+        problems.append(f"its prompt is not a finite {shape} tensor")
+    if problems:
+        raise ValueError(
+            f"{path} is inconsistent: it says step {step} but {'; '.join(problems)}; {fix}"
+        )
+    return state
 
 
 def _resume(
@@ -248,29 +309,15 @@ def _resume(
     prompt: SoftPrompt,
     optimizer: torch.optim.Optimizer,
     settings: dict[str, Any],
-    model: Any,
 ) -> int:
     """Load the last checkpoint in ``directory`` into ``prompt`` and ``optimizer``; return its step."""
-    state_path = directory / STATE_FILE
-    if not state_path.exists():
+    path = directory / CHECKPOINT_FILE
+    if not path.exists():
         return 0
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        step, saved = int(state["step"]), state["settings"]
-    except (json.JSONDecodeError, KeyError, ValueError) as err:
-        raise ValueError(
-            f"{state_path} is corrupted ({err}); delete {directory} to start over"
-        ) from err
-    if saved != settings:
-        changed = sorted(k for k in settings if saved.get(k) != settings[k])
-        raise ValueError(
-            f"the checkpoint in {directory} was made with other settings ({', '.join(changed)}); "
-            "use a fresh checkpoint_dir or the same settings to resume"
-        )
-    loaded = SoftPrompt.load(directory, model)
+    state = _read_checkpoint(path, settings)
     with torch.no_grad():
-        prompt.embedding.copy_(loaded.embedding)
-    prompt.history = loaded.history
-    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True))
-    logger.info("resuming from step %d in %s", step, directory)
-    return step
+        prompt.embedding.copy_(state["embedding"])
+    prompt.history = list(state["history"])
+    optimizer.load_state_dict(state["optimizer"])
+    logger.info("resuming from step %d in %s", state["step"], directory)
+    return state["step"]

@@ -28,7 +28,9 @@ def test_top_examples_are_the_extremes(qwen, examples):
     least = sklens.top_examples(qwen, prompt, examples, layer=1, neuron=9, n=5, largest=False)
     assert list(most.example) == list(np.argsort(-ref[:, 2])[:5])
     assert list(least.example) == list(np.argsort(ref.mean(-1))[:5])
-    assert {"rank", "activation", "instruction", "completion", "op", "big"} <= set(most.columns)
+    assert {"rank", "activation", "instruction", "completion", "meta.op", "meta.big"} <= set(
+        most.columns
+    )
     assert most.instruction.iloc[0] == examples[int(most.example.iloc[0])].instruction
 
 
@@ -38,3 +40,5 @@ def test_neuron_errors(qwen, examples):
         sklens.neuron_activations(qwen, prompt, examples, [(5, 0)])
     with pytest.raises(ValueError, match="position must be in 0..2"):
         sklens.top_examples(qwen, prompt, examples, layer=0, neuron=0, position=3)
+    with pytest.raises(ValueError, match="n must be at least 1, got -1"):
+        sklens.top_examples(qwen, prompt, examples, layer=0, neuron=0, n=-1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sklens
-from sklens import study
+from sklens import rundir, study
 from sklens.cli import main
 
 
@@ -96,11 +96,11 @@ def test_killed_run_resumes_without_corruption(qwen_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(study, "scan", killed)
     with pytest.raises(KeyboardInterrupt):
         main(_args(qwen_dir, out))
-    assert (out / "checkpoint" / "train_state.json").exists() and not (
-        out / "scan.safetensors"
-    ).exists()
-    assert _no_partial_files(out)
-    trained = sklens.SoftPrompt.load(out / "prompt")
+    staging = rundir.staging_dir(out)  # the killed run's work waits there; out is untouched
+    assert not out.exists() and (staging / "checkpoint" / "checkpoint.pt").exists()
+    assert not (staging / "scan.safetensors").exists()
+    assert _no_partial_files(staging)
+    trained = sklens.SoftPrompt.load(staging / "prompt")
     monkeypatch.undo()
 
     steps = {"n": 0}
@@ -119,7 +119,7 @@ def test_killed_run_resumes_without_corruption(qwen_dir, tmp_path, monkeypatch):
     assert (out / "scan.safetensors").stat().st_mtime_ns == stamp  # the finished scan is reused
     assert main(_args(qwen_dir, out, "--resume", "--metric", "label:skill=metaphor")) == 0
     assert (out / "scan.safetensors").stat().st_mtime_ns != stamp  # ... unless its settings changed
-    assert _no_partial_files(out)
+    assert _no_partial_files(out) and not staging.exists()
 
 
 def test_jsonl_task_and_errors(qwen_dir, tmp_path, capsys):
@@ -215,3 +215,38 @@ def test_run_with_statistics(qwen_dir, tmp_path):
     assert {"p_fwer", "p_neuron", "q_bh"} <= set(neurons.columns)
     for name in ("heldout.csv", "consensus.csv", "stability_jaccard.csv"):
         assert (out / name).exists()
+
+
+def test_bad_values_fail_before_anything_is_written(qwen_dir, tmp_path, capsys):
+    """#59 (--n-extremal -1 was accepted) and #53 (--lr inf trained a NaN prompt)."""
+    out = tmp_path / "run"
+    assert main(_args(qwen_dir, out, "--n-extremal", "-1")) == 2
+    assert "n_extremal (--n-extremal) must be at least 1, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(_args(qwen_dir, out, "--lr", "inf"))
+    assert "argument --lr: must be a finite number, got 'inf'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_meta_fields_named_like_sklens_columns_are_kept_apart(qwen_dir, tmp_path):
+    """#69: meta fields position/activation/rank overwrote examples.csv's own columns."""
+    task = tmp_path / "task.jsonl"
+    rows = [
+        {
+            "instruction": f"The cup is {side} of the box. What is {i} plus 3?",
+            "completion": str(i + 3),
+            "position": side,
+            "activation": 1.0,
+            "rank": 7,
+            "big": i > 15,
+        }
+        for i, side in zip(range(30), ["left", "right"] * 15, strict=True)
+    ]
+    task.write_text("\n".join(json.dumps(r) for r in rows))
+    args = _args(qwen_dir, tmp_path / "run", "--metric", "label:big")
+    args[args.index("skillmix")] = str(task)
+    assert main(args) == 0
+    examples = pd.read_csv(tmp_path / "run" / "examples.csv")
+    assert {"meta.position", "meta.activation", "meta.rank"} <= set(examples.columns)
+    assert set(examples.position) <= {0, 1, 2} and set(examples["rank"]) == {0, 1}
+    assert examples.activation.nunique() > 1

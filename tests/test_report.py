@@ -19,6 +19,7 @@ import sklens
 from sklens import figures, metrics, viz
 from sklens.cli import main
 from sklens.report import build_report
+from sklens.rundir import RunDirError
 from tests.test_cli import _args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,19 +96,21 @@ def test_report_is_self_contained(qwen_dir, tmp_path):
     assert "Top neurons (in-sample: the selection set of 16 examples)" in page
     assert "Held-out confirmation (confirm split, 8 examples)" in page
 
-    # A table left in the directory by an earlier run with other settings describes other
-    # neurons: the report shows only the analyses in this run's settings.
+    # A table that this run did not write describes other neurons: the report refuses the
+    # directory rather than show it (a run replaces the whole directory, so only a hand-made
+    # change can put it there), and likewise an edited summary.
     run = tmp_path / "run"
     pd.DataFrame({"layer": [0], "neuron": [0], "stale_marker": [1.0]}).to_csv(
         run / "consensus.csv", index=False
     )
-    page = build_report(run).read_text()
-    assert "Consensus neurons across seeds" not in page
-    assert "stale_marker" not in page
+    with pytest.raises(RunDirError, match="mixes files from different runs: consensus.csv is not"):
+        build_report(run)
+    (run / "consensus.csv").unlink()
     summary = json.loads((run / "summary.json").read_text())
-    summary["config"]["seeds"] = "0,1"  # as if this run had asked for it
+    summary["config"]["seeds"] = "0,1"
     (run / "summary.json").write_text(json.dumps(summary))
-    assert "stale_marker" in build_report(run).read_text()
+    with pytest.raises(RunDirError, match="summary.json is not what its manifest.json lists"):
+        build_report(run)
 
 
 def _chromium() -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import sklens
 from sklens import metrics
@@ -111,7 +113,7 @@ def test_save_load_roundtrip_and_corruption(qwen, prompt, examples, tmp_path):
     )
     path = result.save(tmp_path / "scan.safetensors")
     loaded = sklens.Scan.load(path)
-    torch.testing.assert_close(loaded.corr, result.corr, equal_nan=True)
+    assert torch.equal(loaded.corr.nan_to_num(9.0), result.corr.nan_to_num(9.0))  # bit for bit
     assert loaded.settings == result.settings and loaded.n == len(examples)
     assert loaded.top_k(5).equals(result.top_k(5))
     assert "Top 10 neurons" in loaded._repr_html_()
@@ -157,3 +159,26 @@ def test_scan_memory_does_not_hold_activations(qwen, prompt, examples):
     result = sklens.scan(qwen, prompt, examples, metrics.loss(), batch_size=4, progress=False)
     held = sum(t.numel() for t in result.moments.tensors().values())
     assert held == 3 * 2 * qwen.cfg.d_mlp * 4 + 3  # moments only, independent of N
+
+
+def test_load_refuses_tensors_that_disagree_with_the_settings(qwen, prompt, examples, tmp_path):
+    """A file with intact framing but mis-shaped tensors (or no scan at all) is refused, naming
+    the file, instead of broadcasting into r = 1.0."""
+    path = sklens.scan(
+        qwen, prompt, examples, metrics.label("a"), n_permutations=3, progress=False
+    ).save(tmp_path / "scan.safetensors")
+    tensors = load_file(path)
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    for name, bad in (
+        ("c_am", tensors["c_am"][:1].contiguous()),  # the probe's case: one layer of two
+        ("metric_values", tensors["metric_values"][:-1].contiguous()),
+        ("null_perms", tensors["null_perms"][:, :-1].contiguous()),
+        ("mean_m", tensors["mean_m"].float()),
+    ):
+        save_file({**tensors, name: bad}, str(tmp_path / "bad.safetensors"), metadata=meta)
+        with pytest.raises(ValueError, match=rf"bad.safetensors is not a readable .*{name} has"):
+            sklens.Scan.load(tmp_path / "bad.safetensors")
+    save_file(tensors, str(tmp_path / "nometa.safetensors"))
+    with pytest.raises(ValueError, match="nometa.safetensors .* no sklens settings"):
+        sklens.Scan.load(tmp_path / "nometa.safetensors")

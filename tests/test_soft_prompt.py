@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import sklens
 from sklens.soft_prompt import SoftPrompt, SoftPromptConfig
@@ -66,6 +67,29 @@ def test_corrupted_or_missing_files(qwen, tmp_path):
         SoftPrompt.load(tmp_path / "p")
     with pytest.raises(FileNotFoundError, match="saved SoftPrompt"):
         SoftPrompt.load(tmp_path / "nothing")
+
+
+def test_non_finite_or_edited_prompt_files_are_refused(qwen, tmp_path):
+    prompt = SoftPrompt.init_for(qwen, 4)
+    prompt.save(tmp_path / "p")
+    weights, config = (
+        tmp_path / "p" / "soft_prompt.safetensors",
+        tmp_path / "p" / "soft_prompt.json",
+    )
+    original = config.read_text()
+    save_file({"embedding": torch.full((4, qwen.cfg.d_model), float("nan"))}, str(weights))
+    with pytest.raises(ValueError, match="soft_prompt.safetensors holds NaN or infinite values"):
+        SoftPrompt.load(tmp_path / "p")
+    prompt.save(tmp_path / "p")
+    for edit in ({"d_model": 32}, {"n_tokens": 0}):
+        saved = json.loads(original)
+        saved["config"].update(edit)
+        config.write_text(json.dumps(saved))
+        with pytest.raises(ValueError, match="corrupted soft prompt .* in soft_prompt.json"):
+            SoftPrompt.load(tmp_path / "p")
+    config.write_text(json.dumps({**json.loads(original), "history": 5}))
+    with pytest.raises(ValueError, match="corrupted soft prompt"):
+        SoftPrompt.load(tmp_path / "p")
 
 
 def test_prompt_hook_point_can_patch_the_prompt(qwen, examples):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +18,8 @@ from sklens.data.format import encode, iter_batches, split_batch
 from sklens.forward import completion_logprobs, prefill
 from sklens.training import frozen, plateau, train_logprobs
 from tests.helpers import reference_cache
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_gradient_reaches_only_the_prompt(qwen, examples):
@@ -109,7 +117,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(qwen, examples, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         sklens.train_soft_prompt(qwen, examples[:16], checkpoint_dir=tmp_path, **kw)
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 4
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4
 
     resumed = sklens.train_soft_prompt(qwen, examples[:16], checkpoint_dir=tmp_path, **kw)
     torch.testing.assert_close(resumed.embedding, full.embedding, rtol=0, atol=1e-6)
@@ -171,3 +179,86 @@ def test_training_stops_on_a_plateau_and_a_resume_stops_there_too(qwen, examples
 def test_patience_needs_held_out_examples(qwen, examples):
     with pytest.raises(ValueError, match="patience must be at least 1 and needs val_examples"):
         sklens.train_soft_prompt(qwen, examples, steps=5, patience=2, progress=False)
+
+
+def _child(checkpoint_dir, steps, delay=0.3):
+    """``tests/train_child.py`` in a new process (the same environment, this checkout first)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.train_child", str(checkpoint_dir), str(steps), str(delay)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill_when(proc, marker=None, after=None):
+    """SIGKILL ``proc`` when it prints ``marker``, or ``after`` seconds after it started."""
+    for line in proc.stdout:
+        if line.strip() == marker or (after is not None and line.strip() == "started"):
+            if after is not None:
+                time.sleep(after)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the child ended by itself ({proc.returncode})"
+
+
+def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_prompt(tmp_path):
+    """Real kill -9 inside a checkpoint write (half written; written but not renamed) and at
+    random moments, then resume: the prompt and history equal an uninterrupted run bit for bit."""
+    steps = 10
+    reference = _child(tmp_path / "reference", steps, delay=0)
+    reference.communicate()
+    assert reference.returncode == 0
+    expected = torch.load(tmp_path / "reference" / "checkpoint.pt", weights_only=True)
+
+    run = tmp_path / "killed"
+    rng = random.Random(7)
+    kills = [{"marker": "half 3"}, {"marker": "full 5"}, {"after": rng.uniform(0.2, 1.0)}]
+    for kill in kills:
+        _kill_when(_child(run, steps), **kill)
+        if "marker" in kill:  # inside the write: its temporary is left behind
+            assert list(run.glob(".*.tmp"))
+    finished = _child(run, steps)
+    finished.communicate()
+    assert finished.returncode == 0
+    got = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert got["step"] == steps and torch.equal(got["embedding"], expected["embedding"])
+    assert got["history"] == expected["history"]
+    assert not list(run.glob(".*.tmp"))  # the stale temporaries were removed by later writes
+
+
+def test_a_corrupted_or_inconsistent_checkpoint_is_refused(qwen, examples, tmp_path):
+    kw = dict(n_tokens=3, batch_size=4, steps=2, progress=False, checkpoint_dir=tmp_path)
+    sklens.train_soft_prompt(qwen, examples[:8], **kw)
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["optimizer"]["state"][0]["step"] = torch.tensor(1.0)  # optimizer one step behind
+    torch.save(state, path)
+    with pytest.raises(
+        ValueError, match=r"checkpoint.pt is inconsistent: it says step 2 but its opt"
+    ):
+        sklens.train_soft_prompt(qwen, examples[:8], **kw)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"checkpoint.pt is corrupted .*delete .* to start"):
+        sklens.train_soft_prompt(qwen, examples[:8], **kw)
+
+
+def test_resume_refuses_another_model_or_prompt_length(qwen, llama, examples, tmp_path):
+    kw = dict(batch_size=4, steps=2, progress=False, checkpoint_dir=tmp_path)
+    sklens.train_soft_prompt(qwen, examples[:8], n_tokens=3, **kw)
+    with pytest.raises(
+        ValueError, match=r"other settings \(d_model, model\)|other settings \(model\)"
+    ):
+        sklens.train_soft_prompt(llama, examples[:8], n_tokens=3, **kw)
+    with pytest.raises(ValueError, match=r"other settings \(n_tokens\)"):
+        sklens.train_soft_prompt(qwen, examples[:8], n_tokens=4, **kw)
+
+
+def test_non_finite_training_is_refused(qwen, examples):
+    with pytest.raises(ValueError, match="finite lr > 0"):
+        sklens.train_soft_prompt(qwen, examples[:8], steps=2, lr=float("inf"), progress=False)
+    with pytest.raises(RuntimeError, match=r"training diverged: .* step \d+ .*lower the learning"):
+        sklens.train_soft_prompt(qwen, examples[:8], n_tokens=3, steps=5, lr=1e30, progress=False)
