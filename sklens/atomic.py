@@ -94,6 +94,8 @@ def _nearly_full(directory: Path) -> bool:
         return shutil.disk_usage(directory).free < FULL_BELOW
     except OSError:
         return False
+
+
 @contextmanager
 def partial_dir(root: str | os.PathLike, prefix: str = ".partial-") -> Iterator[Path]:
     """A temporary directory in ``root`` for building something that is renamed into place.

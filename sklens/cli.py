@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -71,7 +70,6 @@ def _parser() -> argparse.ArgumentParser:
             )
             continue
         kind = type(default) if default is not None else str
-        kind = _finite_float if kind is float else kind
         run.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
     run.add_argument("--out", default="sklens-out", help="output directory (default: sklens-out)")
     run.add_argument(
@@ -95,22 +93,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _finite_float(text: str) -> float:
-    """A float flag's value; nan and inf are refused when parsed, not after training."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is logged (a caller, or pytest, may
+    have replaced it since the handler was made)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log = logging.getLogger("sklens")  # only ours: other libraries' INFO chatter stays quiet
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("sklens: %(message)s"))
         log.addHandler(handler)
         log.propagate = False  # another library may have configured the root logger too
@@ -153,7 +149,7 @@ def _for_the_user(err: Exception) -> bool:
 def _run(args: argparse.Namespace) -> int:
     config = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
     validate.study(config)  # before importing torch: a bad flag fails in a fraction of a second
-    validate.output_dir(args.out)
+    validate.output_dir(args.out, create=False)  # a finished run creates it
     from sklens.study import format_table, run_study
 
     summary = run_study(config, args.out, resume=args.resume, progress=not args.quiet)

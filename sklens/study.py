@@ -165,9 +165,10 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
         }
         lap("confirm")
     if config.seeds:
+        fit, plateau_kwargs = _training_kwargs(config, task)  # never train on the plateau slice
         stability = seed_stability(
             model,
-            task.train,
+            fit,
             task.val,
             metric,
             seeds=[int(x) for x in validate.items(config.seeds)],
@@ -177,7 +178,7 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
             progress=progress,
             n_tokens=config.n_tokens,
             lr=config.lr,
-            **_training_kwargs(config, task)[1],
+            **plateau_kwargs,
         )
         _write_csv(stability.jaccard.reset_index(names="run"), out / "stability_jaccard.csv")
         _write_csv(stability.rank_corr.reset_index(names="run"), out / "stability_rank_corr.csv")
@@ -261,7 +262,7 @@ def run_study(
     the finished one, when the settings that determine them are the same.
     """
     validate.study(config)
-    final = validate.output_dir(out)
+    final = validate.output_dir(out, create=False)  # a finished run creates it
     with rundir.staged(final, resume=resume) as staging:
         return _study(config, staging, final, resume=resume, progress=progress)
 

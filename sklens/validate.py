@@ -132,10 +132,12 @@ def device(value: Any) -> None:
         raise ValueError(f"{name('device')} {value}: {why}; use {assign('device', 'cpu')}")
 
 
-def output_dir(path: str | os.PathLike, what: str | None = None) -> Path:
+def output_dir(path: str | os.PathLike, what: str | None = None, *, create: bool = True) -> Path:
     """Create ``path`` if needed and prove it writable, before any work goes into it.
 
-    ``what`` names the directory in errors (default: the ``out`` setting).
+    ``what`` names the directory in errors (default: the ``out`` setting). With ``create=False``
+    a missing ``path`` is not made: its parent (where a run stages its work beside it) is proved
+    writable instead.
     """
     path = Path(path)
     what = what or name("out")
@@ -143,9 +145,10 @@ def output_dir(path: str | os.PathLike, what: str | None = None) -> Path:
         raise ValueError(
             f"{what} {path} is a file, not a directory; pass a directory (it is created if missing)"
         )
+    where = path if create or path.is_dir() else path.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".sklens-write-test-", dir=path)
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".sklens-write-test-", dir=where)
         os.close(fd)
         os.remove(probe)
     except OSError as err:

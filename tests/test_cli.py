@@ -221,10 +221,9 @@ def test_bad_values_fail_before_anything_is_written(qwen_dir, tmp_path, capsys):
     """#59 (--n-extremal -1 was accepted) and #53 (--lr inf trained a NaN prompt)."""
     out = tmp_path / "run"
     assert main(_args(qwen_dir, out, "--n-extremal", "-1")) == 2
-    assert "n_extremal (--n-extremal) must be at least 1, got -1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(_args(qwen_dir, out, "--lr", "inf"))
-    assert "argument --lr: must be a finite number, got 'inf'" in capsys.readouterr().err
+    assert "--n-extremal must be at least 1" in capsys.readouterr().err
+    assert main(_args(qwen_dir, out, "--lr", "inf")) == 2
+    assert "--lr must be a finite number above 0, got inf" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
@@ -240,7 +239,7 @@ def test_meta_fields_named_like_sklens_columns_are_kept_apart(qwen_dir, tmp_path
             "rank": 7,
             "big": i > 15,
         }
-        for i, side in zip(range(30), ["left", "right"] * 15, strict=True)
+        for i, side in zip(range(40), ["left", "right"] * 20, strict=True)
     ]
     task.write_text("\n".join(json.dumps(r) for r in rows))
     args = _args(qwen_dir, tmp_path / "run", "--metric", "label:big")

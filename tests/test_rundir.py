@@ -74,7 +74,12 @@ def test_a_failed_rerun_leaves_the_previous_results_intact(qwen_dir, tmp_path, m
     out = tmp_path / "run"
     assert main(_args(qwen_dir, out)) == 0
     before = _hashes(out)
-    assert main(_args(qwen_dir, out, "--seed", "1", "--metric", "label:nonexistent")) == 2
+    def failing(*args, **kwargs):  # a failure after training (bad settings fail before it)
+        raise RuntimeError("the scan failed")
+
+    with monkeypatch.context() as m, pytest.raises(RuntimeError, match="the scan failed"):
+        m.setattr(sklens.study, "scan", failing)
+        main(_args(qwen_dir, out, "--seed", "1"))
     assert _hashes(out) == before
     steps = _Steps(monkeypatch)  # the failed run's training waits in staging for --resume
     assert main(_args(qwen_dir, out, "--seed", "1", "--resume")) == 0
@@ -161,7 +166,7 @@ def test_out_that_is_a_file_or_holds_other_files_is_refused(qwen_dir, tmp_path, 
     directory, so one holding the user's own files is refused rather than replaced."""
     (tmp_path / "file").write_text("x")
     assert main(_args(qwen_dir, tmp_path / "file")) == 2
-    assert "is a file; pass a directory" in capsys.readouterr().err
+    assert "is a file, not a directory; pass a directory" in capsys.readouterr().err
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.md").write_text("keep me")
     assert main(_args(qwen_dir, tmp_path / "mine")) == 2
@@ -182,7 +187,7 @@ def test_an_unwritable_out_fails_before_any_work(qwen_dir, tmp_path, monkeypatch
     monkeypatch.setattr(sklens.study, "load_model", None)  # would fail loudly if reached
     assert main(_args(qwen_dir, tmp_path / "run")) == 2
     err = capsys.readouterr().err
-    assert "cannot write beside" in err and "(Read-only file system); sklens run needs a" in err
+    assert "cannot write in --out" in err and "(Read-only file system)" in err
 
 
 def test_report_works_from_another_working_directory(qwen_dir, tmp_path, monkeypatch):
@@ -195,7 +200,7 @@ def test_report_works_from_another_working_directory(qwen_dir, tmp_path, monkeyp
             "completion": "yes" if i % 2 == 0 else "no",
             "even": i % 2 == 0,
         }
-        for i in range(30)
+        for i in range(40)
     ]
     (start / "task.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     monkeypatch.chdir(start)

@@ -180,5 +180,5 @@ def test_load_refuses_tensors_that_disagree_with_the_settings(qwen, prompt, exam
         with pytest.raises(ValueError, match=rf"bad.safetensors is not a readable .*{name} has"):
             sklens.Scan.load(tmp_path / "bad.safetensors")
     save_file(tensors, str(tmp_path / "nometa.safetensors"))
-    with pytest.raises(ValueError, match="nometa.safetensors .* no sklens settings"):
+    with pytest.raises(ValueError, match="nometa.safetensors .*without sklens settings"):
         sklens.Scan.load(tmp_path / "nometa.safetensors")

@@ -258,7 +258,7 @@ def test_resume_refuses_another_model_or_prompt_length(qwen, llama, examples, tm
 
 
 def test_non_finite_training_is_refused(qwen, examples):
-    with pytest.raises(ValueError, match="finite lr > 0"):
+    with pytest.raises(ValueError, match="lr must be a finite number above 0"):
         sklens.train_soft_prompt(qwen, examples[:8], steps=2, lr=float("inf"), progress=False)
     with pytest.raises(RuntimeError, match=r"training diverged: .* step \d+ .*lower the learning"):
         sklens.train_soft_prompt(qwen, examples[:8], n_tokens=3, steps=5, lr=1e30, progress=False)
