@@ -156,6 +156,7 @@ def parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--n-random", type=int, default=None, help="random sets in the causal check")
     p.add_argument("--modes", default=None, help="ablation modes, e.g. zero,mean")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue the seeds' training checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -206,6 +207,9 @@ def train(ctx: Context) -> dict[str, Any]:
     fit, held = ctx.task.train[: -s.n_plateau], ctx.task.train[-s.n_plateau :]
     records = {}
     for seed in s.seeds:
+        checkpoint = ctx.out / f"seed{seed}" / "checkpoint"
+        if not ctx.args.resume:  # as `sklens run`: a checkpoint of other settings is an error
+            shutil.rmtree(checkpoint, ignore_errors=True)
         prompt = sklens.train_soft_prompt(
             ctx.model,
             fit,
@@ -217,7 +221,7 @@ def train(ctx: Context) -> dict[str, Any]:
             val_examples=held,
             eval_every=s.eval_every,
             patience=s.patience,
-            checkpoint_dir=ctx.out / f"seed{seed}" / "checkpoint",
+            checkpoint_dir=checkpoint,
             progress=not ctx.args.quiet,
         )
         prompt.save(ctx.out / f"seed{seed}" / "prompt")
@@ -347,7 +351,7 @@ def draw(ctx: Context) -> dict[str, str]:
     study, s = ctx.study, ctx.sizes
     prompt = ctx.prompts[s.seeds[0]]
     first = ctx.top.iloc[0]
-    where = f"L{first.layer} N{first.neuron} slot {first.position}"
+    where = f"L{int(first.layer)} N{int(first.neuron)} slot {int(first.position)}"
     made = {}
 
     def save(fig: Any, name: str) -> None:
@@ -369,7 +373,18 @@ def draw(ctx: Context) -> dict[str, str]:
                 title=f"top neuron ({where}) by {grouping.name}, {split_name} split",
             )
             save(fig, f"kde_{grouping.name.replace(' ', '_')}_{split_name}")
-    save(figures.score_histogram(ctx.scans[f"seed{s.seeds[0]}"], k=s.top_k), "scores")
+    main_scan = ctx.scans[f"seed{s.seeds[0]}"]
+    hist = figures.score_histogram(main_scan, k=s.top_k)
+    max_95 = float(np.quantile(main_scan.null.max_null().numpy(), 0.95))
+    for sign in (1, -1):  # where a neuron passes the max-statistic null (family-wise 0.05)
+        hist.axes[0].axvline(
+            sign * max_95,
+            color="black",
+            linestyle=":",
+            label=f"null's max |score|, 95% = {max_95:.2f}" if sign == 1 else None,
+        )
+    hist.axes[0].legend(fontsize=8)
+    save(hist, "scores")
     save(figures.training_curve(prompt.history), "training")
     return made
 
