@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         "task": "arithmetic | hans | skillmix | FILE.jsonl",
         "model": "embedded default, official TransformerLens name, HF directory or .gguf",
         "metric": "loss | confidence | choice_confidence | label:KEY | label:KEY=VALUE (default: the task's)",
-        "data": "a HANS .txt or Skill-Mix .jsonl file instead of the generator",
+        "data": "a HANS .txt or Skill-Mix .jsonl file instead of the generator, or for arithmetic "
+        "a BigBench task.json or a folder of */task.json",
         "n_tokens": "soft-prompt length",
         "n_extremal": "most/least activating examples per neuron",
         "reduce": "max (the paper's rule) or absmax (symmetric)",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TASKS = ("arithmetic", "hans", "skillmix")
-DATA_TASKS = ("hans", "skillmix")  # the tasks that read --data instead of generating examples
+DATA_TASKS = ("hans", "skillmix", "arithmetic")  # the tasks that read --data instead of their own
 BACKENDS = ("hooked", "bridge")
 REDUCE_RULES = ("max", "absmax")
 ABLATION_MODES = ("zero", "mean", "resample", "noise", "scale", "shift")

@@ -85,6 +85,19 @@ def seed_stability(
         scans["last_token"] = scan(
             model, None, val, metric, batch_size=batch_size, progress=progress
         )
+    return compare_scans(scans, k=k, reduce=reduce)
+
+
+def compare_scans(scans: dict[str, Scan], *, k: int = 10, reduce: str = "max") -> Stability:
+    """Compare finished scans of the same examples: top-K Jaccard, rank correlation of all
+    neuron scores, and the consensus of the runs named ``seed*`` (baselines under other names).
+
+    ``seed_stability`` trains and scans, then calls this; a caller that already has one scan per
+    seed (a study that trained them for other reasons) compares them without training again.
+    """
+    seed_names = [n for n in scans if n.startswith("seed")]
+    if len(seed_names) < 2:
+        raise ValueError(f"need at least two scans named 'seed*', got {list(scans)}")
     tops = {name: s.top_k(k, reduce) for name, s in scans.items()}
     names = list(scans)
     scores = torch.stack(
@@ -110,7 +123,6 @@ def seed_stability(
         index=names,
         columns=names,
     )
-    seed_names = [f"seed{s}" for s in seeds]
     per_seed = torch.stack([scans[n].scores(reduce)[0].abs() for n in seed_names])  # (S, L, d)
     mean, least = per_seed.nanmean(0), per_seed.amin(0)
     flat = mean.nan_to_num(-1.0).flatten().topk(k).indices

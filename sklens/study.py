@@ -202,9 +202,11 @@ def _training_kwargs(config: StudyConfig, task: Any) -> tuple[list, dict[str, An
     }
 
 
-def causal_summary(path: Path) -> list[dict[str, Any]]:
-    """The selected set's overall rows of a causal check, with the random sets' mean change."""
-    table = pd.read_csv(path)
+def causal_summary(table: pd.DataFrame | str | Path) -> list[dict[str, Any]]:
+    """The selected set's overall rows of a causal check (a ``causal_check`` table or its CSV),
+    with the random sets' mean and median change."""
+    if not isinstance(table, pd.DataFrame):
+        table = pd.read_csv(table)
     overall = table[table.group == "all"]
     rows = []
     for mode, part in overall.groupby("mode"):
@@ -213,6 +215,8 @@ def causal_summary(path: Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "mode": mode,
+                "n": int(selected["n"]),
+                "n_random": len(randoms),
                 **{
                     f"{k}": selected[k]
                     for k in (
@@ -223,9 +227,13 @@ def causal_summary(path: Path) -> list[dict[str, Any]]:
                         "d_accuracy",
                         "p_accuracy",
                         "accuracy_base",
+                        "d_accuracy_per_token",
+                        "p_accuracy_per_token",
+                        "accuracy_per_token_base",
                     )
                 },
                 "random_d_loss_mean": float(randoms.d_loss.mean()),
+                "random_d_loss_median": float(randoms.d_loss.median()),
                 "random_d_accuracy_mean": float(randoms.d_accuracy.mean()),
             }
         )

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from sklens import metrics, validate
-from sklens.data.bigbench import bigbench_arithmetic
+from sklens.data.bigbench import bigbench_arithmetic, load_bigbench
 from sklens.data.example import Example
 from sklens.data.hans import generate_hans, load_hans
 from sklens.data.jsonl import load_jsonl
@@ -61,11 +61,14 @@ def load_task(
     n_causal: int = 0,
 ) -> TaskData:
     """The examples of a named task (or a .jsonl file), shuffled with ``seed`` and cut into
-    disjoint splits (``confirm`` and ``causal`` from the examples after ``train`` and ``val``)."""
+    disjoint splits (``confirm`` and ``causal`` from the examples after ``train`` and ``val``).
+
+    ``data`` replaces the built-in data: a HANS ``.txt``, a Skill-Mix ``.jsonl``, or for
+    arithmetic a BigBench ``task.json`` or a folder of ``*/task.json`` files."""
     validate.task(task, data)
     n = n_train + n_val + n_confirm + n_causal
     if task == "arithmetic":
-        pool = bigbench_arithmetic(seed=seed)
+        pool = load_bigbench(data, seed=seed) if data else bigbench_arithmetic(seed=seed)
     elif task == "hans":
         pool = load_hans(data) if data else generate_hans(n, seed=seed)
     elif task == "skillmix":

@@ -206,10 +206,12 @@ def task(value: str, data: str | None = None) -> None:
     if data is not None:
         if value not in DATA_TASKS:
             raise ValueError(
-                f"{name('data')} is only read by the {' and '.join(DATA_TASKS)} tasks; "
+                f"{name('data')} is only read by the {', '.join(DATA_TASKS[:-1])} and "
+                f"{DATA_TASKS[-1]} tasks; "
                 f"task {value!r} would ignore it: drop {name('data')}"
             )
-        _existing_file("data", data)
+        if not (value == "arithmetic" and Path(data).is_dir()):  # a folder of */task.json
+            _existing_file("data", data)
 
 
 def study(config: Any) -> None:

@@ -1,6 +1,6 @@
 """Examples, their token layout, and the paper's three task families."""
 
-from sklens.data.bigbench import bigbench_arithmetic, load_task, task_examples
+from sklens.data.bigbench import bigbench_arithmetic, load_bigbench, load_task, task_examples
 from sklens.data.example import Example, data_hash
 from sklens.data.format import Batch, Encoded, collate, encode, iter_batches
 from sklens.data.hans import generate_hans, load_hans
@@ -19,6 +19,7 @@ __all__ = [
     "generate_hans",
     "generate_skillmix",
     "iter_batches",
+    "load_bigbench",
     "load_hans",
     "load_jsonl",
     "load_skillmix",

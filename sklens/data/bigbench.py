@@ -231,6 +231,17 @@ def task_examples(
     return out
 
 
+def load_bigbench(path: str | os.PathLike, *, seed: int = 0) -> list[Example]:
+    """Examples from a BigBench ``task.json``, or from every ``*/task.json`` under a directory
+    (each subtask named by its folder, in sorted order), e.g. other arithmetic subtasks or a
+    generated pool in the same shape."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.glob("*/task.json"))
+    if not files:
+        raise ValueError(f"{path} is neither a BigBench task.json nor a folder of */task.json")
+    return [e for file in files for e in task_examples(file, seed=seed)]
+
+
 def bigbench_arithmetic(
     subtasks: Sequence[str] = DEFAULT_SUBTASKS,
     *,

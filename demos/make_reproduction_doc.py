@@ -1,0 +1,114 @@
+"""Writes docs/reproduction.md from the three studies' results.json files.
+
+    python demos/rq1_skillmix.py --docs && python demos/rq2_hans.py --docs \\
+        && python demos/rq3_arithmetic.py --docs
+    python demos/make_reproduction_doc.py demo-out/rq1 demo-out/rq2 demo-out/rq3
+
+The doc has one table with the paper beside sklens, study by study, each number next to the
+command and results.json key that regenerate it; the figures; and a plain account filled from
+the numbers, with a marked place for the part a person writes after reading the full runs.
+Runs of ``--size tiny`` are labelled as smoke runs at the top of the doc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from reproduction_text import account, get, table
+
+REPO = Path(__file__).resolve().parent.parent
+
+INTRO = """\
+# Reproducing arXiv 2511.21610 with sklens
+
+The paper finds skill neurons in Qwen1.5-1.8B-Chat with three studies: Skill-Mix with a skill
+label (RQ1), HANS with a heuristic label (RQ2) and BigBench arithmetic with the model's own
+per-example loss (RQ3). The demos in `demos/` run each study end to end on {models}: a
+{n_tokens}-token prompt trained with AdamW 3e-3 to the plateau of a held-out validation loss, the paper's metric
+scanned with a max-statistic permutation null, the top-10 neurons re-measured on a disjoint
+split, ablated on a third split against scale-matched random neurons, and the whole pipeline
+repeated for {n_seeds} training seeds.
+"""
+
+TO_FINISH = """\
+### To be written after the full runs
+
+_What reproduces on this model and what does not, with the evidence: read the table and the
+figures above, compare the KDEs with the paper's Figures 2, 3 and 5, and say where the
+paper's description ("sparse", "distinct", "the shortcut") matches the numbers._
+"""
+
+
+def figure_link(results: dict[str, Any], run: Path, name: str, rel: str, doc_dir: Path) -> str:
+    """A link to the figure, preferring its copy in docs/ when the run made one."""
+    target = run / rel
+    for copied in results.get("docs_figures") or []:
+        if Path(copied).name == Path(rel).name and (REPO / copied).exists():
+            target = REPO / copied
+    return f"![{results['study']} {name}]({os.path.relpath(target.resolve(), doc_dir.resolve())})"
+
+
+def render(runs: list[Path], doc: Path) -> str:
+    all_results = [json.loads((run / "results.json").read_text()) for run in runs]
+    models = sorted({get(r, "model.name") for r in all_results})
+    sizes = sorted({r["size"] for r in all_results})
+    lines = [
+        INTRO.format(
+            models=", ".join(f"`{m}`" for m in models),
+            n_seeds=max(len(get(r, "settings.seeds") or []) for r in all_results),
+            n_tokens="/".join(sorted({str(get(r, "settings.n_tokens")) for r in all_results})),
+        )
+    ]
+    if sizes != ["full"]:
+        lines += [
+            f"**Generated from `--size {'/'.join(sizes)}` runs: smoke-test numbers, not a "
+            "reproduction.**",
+            "",
+        ]
+    lines += ["## The paper beside sklens", "", table(all_results), ""]
+    lines += ["## Figures", ""]
+    for results, run in zip(all_results, runs, strict=True):
+        lines += [f"### {results['title']}", ""]
+        lines += [
+            figure_link(results, run, name, rel, doc.parent)
+            for name, rel in (results.get("figures") or {}).items()
+        ]
+        lines.append("")
+    lines += ["## A plain account", ""]
+    for results in all_results:
+        lines += [f"**{results['title']}**", ""]
+        lines += [f"- {sentence}" for sentence in account(results)]
+        lines.append("")
+    lines += [TO_FINISH, "## Regenerate", ""]
+    lines += [f"    {r['command']}" for r in all_results]
+    lines += [f"    python demos/make_reproduction_doc.py {' '.join(str(r) for r in runs)}", ""]
+    lines += ["Wall time per phase (s):", ""]
+    for results in all_results:
+        timings = ", ".join(f"{k} {v:.0f}" for k, v in (results.get("timings_s") or {}).items())
+        lines.append(f"- {results['study'].upper()}: {timings}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="*", default=["demo-out/rq1", "demo-out/rq2", "demo-out/rq3"])
+    p.add_argument("--out", default=str(REPO / "docs" / "reproduction.md"))
+    args = p.parse_args(argv)
+    runs = [Path(r) for r in args.runs]
+    missing = [str(r) for r in runs if not (r / "results.json").exists()]
+    if missing:
+        raise SystemExit(f"no results.json in {missing}: run the demos first (see the docstring)")
+    doc = Path(args.out)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(render(runs, doc))
+    print(f"wrote {doc}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""RQ3 of arXiv 2511.21610: skill neurons without a label, from the model's own per-example loss.
+
+BigBench arithmetic (5-digit +, −, ×, ÷; fetched once from the ``bigbench`` sdist; ``--data``
+takes a ``task.json`` or a folder of them, ``--data generated`` a small offline pool in the same
+shape); metric ``loss``; the top neuron's activation on multiplications with vs without the
+last-digit shortcut (the paper's Figure 5) and by operation; the score histogram (Figure 7,
+top-10 threshold 0.93 in the paper). Then the questions the paper's claim rests on
+(``shortcut_check``): does the model use the shortcut at all, what do the ten least activating
+questions share, and which property of a question explains the top loss neurons best.
+
+    python demos/rq3_arithmetic.py                     # full size, embedded model, CPU
+    python demos/rq3_arithmetic.py --size tiny --data generated --out /tmp/rq3
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import shortcut_check
+from arithmetic_pool import write_pool
+from reproduce import Context, Grouping, Study, main
+
+
+def shortcut_group(example: Any) -> str | None:
+    """Figure 5's groups: multiplications with and without the shortcut; others left out."""
+    if example.meta["operation"] != "multiplication":
+        return None
+    return "shortcut" if example.meta["last_digit_decides"] else "no shortcut"
+
+
+def extras(ctx: Context) -> dict[str, Any]:
+    """Behaviour (on every question the prompt never trained on), the manual step (selection
+    split, as the paper) and the property ranking (confirm split, held out from selection)."""
+    prompt = ctx.prompts[ctx.sizes.seeds[0]]
+    task, batch = ctx.task, ctx.sizes.batch_size
+    unseen = task.val + task.confirm
+    out: dict[str, Any] = {
+        "behaviour": shortcut_check.behaviour(ctx.model, prompt, unseen, batch_size=batch),
+        "behaviour_no_prompt": shortcut_check.behaviour(ctx.model, None, unseen, batch_size=batch),
+    }
+    least, out["manual_step"] = shortcut_check.manual_step(ctx.model, prompt, task.val, ctx.top)
+    least.to_csv(ctx.out / "least_activating.csv", index=False)
+    rows = shortcut_check.property_ranking(
+        ctx.model, prompt, task.confirm, ctx.top, batch_size=batch
+    )
+    rows.to_csv(ctx.out / "properties.csv", index=False)
+    out["properties"] = shortcut_check.rank_properties(rows)
+    return out
+
+
+def generated_pool(folder: Path, total: int) -> Path:
+    """``--data generated``: enough 2-digit questions for every split (a quarter per operation)."""
+    return write_pool(folder, total // 4 + 1, digits=2)
+
+
+STUDY = Study(
+    key="rq3",
+    title="RQ3: BigBench arithmetic, per-example loss",
+    task="arithmetic",
+    metric="loss",
+    group_by="operation",
+    paper_threshold=0.93,
+    paper_claim="the top neuron's 10 lowest-activating questions are multiplications decided by "
+    "the last digit; activations separate shortcut from no shortcut (Fig. 5, Fig. 7)",
+    groupings=(
+        Grouping("shortcut", shortcut_group),
+        Grouping("operation", lambda e: e.meta["operation"]),
+    ),
+    extras=extras,
+    generate=generated_pool,
+    data_note="BigBench arithmetic 5-digit +, −, ×, ÷ (bigbench==1.0.0) unless --data says otherwise",
+)
+
+if __name__ == "__main__":
+    main(STUDY, "rq3_arithmetic.py")
