@@ -134,12 +134,13 @@ def manual_step(
         n=n,
         largest=False,
     )
-    shortcut = least.last_digit_decides.astype(bool)
+    shortcut = least["meta.last_digit_decides"].astype(bool)  # meta fields are meta.* columns
+    operation = least["meta.operation"]
     counts = {
         "n": len(least),
-        "n_multiplication": int((least.operation == "multiplication").sum()),
+        "n_multiplication": int((operation == "multiplication").sum()),
         "n_last_digit_decides": int(shortcut.sum()),
-        "operations": least.operation.value_counts().to_dict(),
+        "operations": operation.value_counts().to_dict(),
         "base_rate_last_digit_decides": float(
             np.mean([bool(e.meta["last_digit_decides"]) for e in examples])
         ),
