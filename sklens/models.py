@@ -162,17 +162,7 @@ def checkpoint_architecture(path: Path) -> str:
     config_path = path / "config.json"
     if not config_path.exists():
         raise ValueError(f"{path} has no config.json: it is not a HuggingFace checkpoint directory")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{config_path}:{err.lineno}: not valid JSON ({err.msg}): the file is truncated or "
-            f"damaged; {repair_hint(path)}"
-        ) from err
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"{config_path} is not UTF-8 text ({err.reason}); {repair_hint(path)}"
-        ) from err
+    config = validate.json_file(config_path, repair_hint(path))
     arch = (config.get("architectures") or ["<none>"])[0]
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -81,15 +80,7 @@ def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
     if not path.exists():
         raise FileNotFoundError(f"{run} has no summary.json: run `sklens run --out {run}` first")
     rerun = f"run `sklens run --out {run}` again with the run's settings to rewrite it"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}:{err.lineno}: not valid JSON ({err.msg}): the file is truncated or was "
-            f"edited; {rerun}"
-        ) from err
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err.reason}); {rerun}") from err
+    summary = validate.json_file(path, rerun)
     saved = summary.get("config") if isinstance(summary, dict) else None
     if not isinstance(saved, dict):
         raise ValueError(f"{path} has no 'config' object: not a sklens summary; {rerun}")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sklens.atomic import write_text
+from sklens.cache import sha256_of
 
 logger = logging.getLogger("sklens")
 
@@ -185,14 +186,6 @@ def _disk_error(err: BaseException, staging: Path) -> bool:
         return True
     inside = err.filename is not None and str(err.filename).startswith(str(staging))
     return err.errno in (errno.EACCES, errno.EPERM) and inside
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_hashes(directory: Path, names: list[str] | None = None) -> dict[str, str]:

@@ -9,6 +9,7 @@ model is.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -369,3 +370,17 @@ def _label_values(spec: str, examples: Sequence[Any]) -> None:
 def _short(text: str, width: int = 50) -> str:
     text = " ".join(text.split())
     return repr(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def json_file(path: Path, fix: str) -> Any:
+    """The parsed JSON of ``path``; a damaged file is a ValueError naming the file, the line and
+    ``fix`` (what to do about it)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}:{err.lineno}: not valid JSON ({err.msg}): the file is truncated or damaged "
+            f"(or was edited); {fix}"
+        ) from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason}); {fix}") from err
