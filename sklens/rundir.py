@@ -291,13 +291,20 @@ def prepare(
     if resume and theirs.get("fingerprint") == fp:
         present = [name for name in paths if (out / name).exists()]
         listed = done.get("files", {})
-        if all(listed.get(k) == v for k, v in file_hashes(out, present).items()):
+        hashes = file_hashes(out, present)
+        damaged = sorted(k for k, v in hashes.items() if listed.get(k) != v)
+        if not damaged:
             for name in present:
                 link_or_copy(out / name, staging / name)
             stages[stage] = theirs
             write_manifest(staging, manifest)
             return True
-        logger.info("%s: the files in %s changed since that run; recomputing", stage, out)
+        logger.warning(
+            "%s: %s in %s changed since that run (damaged or edited); recomputing this stage",
+            stage,
+            ", ".join(damaged),
+            out,
+        )
     elif resume and (mine or theirs):
         changed = describe((mine or theirs).get("settings", {}), settings)
         logger.info("%s: recomputing, because %s changed since the previous run", stage, changed)

@@ -183,12 +183,18 @@ class SoftPrompt(HookedRootModule):
             yield writer
 
     def check_fits(self, model: Any) -> None:
-        """Raise if this prompt's width is not the model's ``d_model``."""
+        """Raise if this prompt's width is not the model's ``d_model``, or if it holds NaN or
+        infinite values (which would make every activation NaN and every score silently drop)."""
         if self.config.d_model != model.cfg.d_model:
             raise ValueError(
                 f"this soft prompt has width d_model={self.config.d_model} (trained for "
                 f"{self.config.model_name!r}) but the model has d_model={model.cfg.d_model}; "
                 "train a prompt for this model"
+            )
+        if not torch.isfinite(self.embedding).all():
+            raise ValueError(
+                "this soft prompt holds NaN or infinite values: every activation after it would "
+                "be NaN; train it again (a lower lr if training diverged) or load a saved prompt"
             )
 
     def save(self, directory: str | os.PathLike) -> Path:

@@ -246,6 +246,10 @@ def test_hans_truncated_line_names_file_and_line(tmp_path):
     # a quote is text, not the start of a quoted field running over the next lines
     path.write_text(HANS_HEADER + good.replace("The judge", '"The judge') + good)
     assert [e.meta["pair_id"] for e in load_hans(path)] == ["ex1", "ex1"]
+    # a file in another encoding: an error naming the file and line, not a codec traceback
+    path.write_bytes((HANS_HEADER + good + good.replace("judge", "juge été")).encode("latin-1"))
+    with pytest.raises(ValueError, match=r"txt:3: not UTF-8 text \(byte 0xe9\)"):
+        load_hans(path)
 
 
 def test_hans_generator_covers_every_heuristic_and_label():

@@ -100,17 +100,27 @@ def test_report_refuses_a_directory_that_mixes_runs(qwen_dir, tmp_path):
         build_report(b)
 
 
-def test_resume_rescans_a_damaged_scan(qwen_dir, tmp_path):
-    """#83, #84: a truncated or foreign scan.safetensors made every --resume fail."""
+def test_resume_rescans_a_damaged_scan(qwen_dir, tmp_path, capsys):
+    """#83, #84: a truncated or foreign scan.safetensors made every --resume fail; #85 through
+    the CLI: a damaged checkpoint.pt of a finished run is retrained, with a warning naming it."""
     out = tmp_path / "run"
     assert main(_args(qwen_dir, out)) == 0
     corr = sklens.Scan.load(out / "scan.safetensors").corr
-    for damage in (b"truncated", (out / "prompt" / "soft_prompt.safetensors").read_bytes()):
+    prompt = (out / "prompt" / "soft_prompt.safetensors").read_bytes()
+    for damage in (b"truncated", prompt):
         (out / "scan.safetensors").write_bytes(damage)
+        capsys.readouterr()
         assert main(_args(qwen_dir, out, "--resume")) == 0
+        assert "scan.safetensors in" in capsys.readouterr().err
         assert torch.equal(
             sklens.Scan.load(out / "scan.safetensors").corr.nan_to_num(), corr.nan_to_num()
         )
+    checkpoint = next(out.rglob("checkpoint.pt"))
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    assert main(_args(qwen_dir, out, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert f"{checkpoint.relative_to(out)} in {out} changed since that run" in err
+    assert (out / "prompt" / "soft_prompt.safetensors").read_bytes() == prompt
 
 
 def test_a_full_disk_keeps_the_previous_results_and_the_finished_steps(

@@ -92,6 +92,20 @@ def test_non_finite_or_edited_prompt_files_are_refused(qwen, tmp_path):
         SoftPrompt.load(tmp_path / "p")
 
 
+def test_non_finite_prompt_in_memory_is_refused_before_a_pass(qwen, examples):
+    """Reliability case #20: a prompt built or edited in memory with NaN (never saved, so
+    ``load`` cannot catch it) used to scan without error and return an empty top-K."""
+    prompt = SoftPrompt.init_for(qwen, 4)
+    with torch.no_grad():
+        prompt.embedding[2, 7] = float("inf")
+    for call in (
+        lambda: sklens.scan(qwen, prompt, examples, sklens.metrics.loss(), progress=False),
+        lambda: sklens.slot_activations(qwen, prompt, examples, [(0, 0)]),
+    ):
+        with pytest.raises(ValueError, match="soft prompt holds NaN or infinite values"):
+            call()
+
+
 def test_prompt_hook_point_can_patch_the_prompt(qwen, examples):
     prompt = SoftPrompt.init_for(qwen, 3, seed=0)
     assert "hook_prompt" in prompt.hook_dict

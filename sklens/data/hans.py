@@ -20,6 +20,7 @@ completion is ``"entailment"`` or ``"non-entailment"``.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import random
 from pathlib import Path
@@ -45,7 +46,15 @@ def load_hans(path: str | os.PathLike) -> list[Example]:
     that names the file and line.
     """
     path = Path(path)
-    with open(path, encoding="utf-8", newline="") as fh:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte {err.object[err.start]:#04x}); the official "
+            "HANS file is UTF-8: download it again or save the file as UTF-8"
+        ) from err
+    with io.StringIO(text, newline="") as fh:
         lines = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(lines, [])
         missing = [f for f in _FIELDS if f not in header]
