@@ -180,8 +180,11 @@ def test_case_73_truncated_gguf(llama_dir, task_file, tmp_path, capsys, monkeypa
     data = (tmp_path / "full.gguf").read_bytes()
     (tmp_path / "trunc.gguf").write_bytes(data[: len(data) // 2])
     converted = sklens.cache.home() / "converted"
+
     def leftovers() -> set:  # the conversions' shared lock file is not a leftover
-        return {p for p in converted.iterdir() if p.name != ".lock"} if converted.exists() else set()
+        return (
+            {p for p in converted.iterdir() if p.name != ".lock"} if converted.exists() else set()
+        )
 
     before = leftovers()
     assert (

@@ -74,6 +74,7 @@ def test_a_failed_rerun_leaves_the_previous_results_intact(qwen_dir, tmp_path, m
     out = tmp_path / "run"
     assert main(_args(qwen_dir, out)) == 0
     before = _hashes(out)
+
     def failing(*args, **kwargs):  # a failure after training (bad settings fail before it)
         raise RuntimeError("the scan failed")
 
