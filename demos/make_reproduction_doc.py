@@ -5,8 +5,8 @@
     python demos/make_reproduction_doc.py demo-out/rq1 demo-out/rq2 demo-out/rq3
 
 The doc has one table with the paper beside sklens, study by study, each number next to the
-command and results.json key that regenerate it; the figures; and a plain account filled from
-the numbers, with a marked place for the part a person writes after reading the full runs.
+command and results.json key that regenerate it; the figures; a plain account filled from the
+numbers; and what a person wrote after reading the full runs (``reproduction_account.md``).
 Runs of ``--size tiny`` are labelled as smoke runs at the top of the doc.
 """
 
@@ -34,12 +34,14 @@ split, ablated on a third split against scale-matched random neurons, and the wh
 repeated for {n_seeds} training seeds.
 """
 
-TO_FINISH = """\
-### To be written after the full runs
+# what a person wrote after reading the full runs' numbers and figures (quoted, with commands)
+ACCOUNT = Path(__file__).resolve().parent / "reproduction_account.md"
 
-_What reproduces on this model and what does not, with the evidence: read the table and the
-figures above, compare the KDEs with the paper's Figures 2, 3 and 5, and say where the
-paper's description ("sparse", "distinct", "the shortcut") matches the numbers._
+SMOKE_ACCOUNT = """\
+### What reproduces
+
+_Smoke runs carry no evidence about the paper; the account of the full runs is written in
+`demos/reproduction_account.md` and included when every run is `--size full`._
 """
 
 
@@ -83,7 +85,7 @@ def render(runs: list[Path], doc: Path) -> str:
         lines += [f"**{results['title']}**", ""]
         lines += [f"- {sentence}" for sentence in account(results)]
         lines.append("")
-    lines += [TO_FINISH, "## Regenerate", ""]
+    lines += [ACCOUNT.read_text() if sizes == ["full"] else SMOKE_ACCOUNT, "## Regenerate", ""]
     lines += [f"    {r['command']}" for r in all_results]
     lines += [f"    python demos/make_reproduction_doc.py {' '.join(str(r) for r in runs)}", ""]
     lines += ["Wall time per phase (s):", ""]

@@ -233,6 +233,13 @@ def train(ctx: Context) -> dict[str, Any]:
             "plateau": sklens.plateau(history, s.patience),
             "first_val_loss": next((h["val_loss"] for h in history if "val_loss" in h), None),
         }
+        done = records[f"seed{seed}"]["plateau"]
+        print(
+            f"[train seed{seed}] {done['steps']} steps (plateau: {done['stopped']}), held-out "
+            f"loss {records[f'seed{seed}']['first_val_loss']:.3f} → {done['best_val_loss']:.3f} "
+            f"at step {done['best_step']}",
+            flush=True,
+        )
     return {"n_fit": len(fit), "n_plateau": len(held), "seeds": records}
 
 

@@ -124,7 +124,7 @@ def test_reproduction_doc_has_the_table_figures_and_account(runs, tmp_path):
     for key, threshold in (("RQ1", "0.83"), ("RQ2", "0.43"), ("RQ3", "0.93")):
         assert f"| {key} | top-10 threshold of \\|score\\| | {threshold} |" in text
     assert "smoke-test numbers, not a reproduction" in text
-    assert "To be written after the full runs" in text and "python demos/rq3_arithmetic.py" in text
+    assert "Smoke runs carry no evidence" in text and "python demos/rq3_arithmetic.py" in text
     links = [line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")]
     assert len(links) >= 8 and all((doc.parent / link).resolve().exists() for link in links)
 
