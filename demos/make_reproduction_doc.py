@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ INTRO = """\
 The paper finds skill neurons in Qwen1.5-1.8B-Chat with three studies: Skill-Mix with a skill
 label (RQ1), HANS with a heuristic label (RQ2) and BigBench arithmetic with the model's own
 per-example loss (RQ3). The demos in `demos/` run each study end to end on {models}: a
-{n_tokens}-token prompt trained with AdamW 3e-3 to the plateau of a held-out validation loss, the paper's metric
+{n_tokens}-token prompt trained with AdamW 3e-3 until its held-out loss reaches a plateau or a step
+cap (the table says which), the paper's metric
 scanned with a max-statistic permutation null, the top-10 neurons re-measured on a disjoint
 split, ablated on a third split against scale-matched random neurons, and the whole pipeline
 repeated for {n_seeds} training seeds.
@@ -41,7 +43,7 @@ SMOKE_ACCOUNT = """\
 ### What reproduces
 
 _Smoke runs carry no evidence about the paper; the account of the full runs is written in
-`demos/reproduction_account.md` and included when every run is `--size full`._
+`demos/reproduction_account.md` and included when no run is `--size tiny`._
 """
 
 
@@ -65,13 +67,21 @@ def render(runs: list[Path], doc: Path) -> str:
             n_tokens="/".join(sorted({str(get(r, "settings.n_tokens")) for r in all_results})),
         )
     ]
-    if sizes != ["full"]:
+    if "tiny" in sizes:
         lines += [
             f"**Generated from `--size {'/'.join(sizes)}` runs: smoke-test numbers, not a "
             "reproduction.**",
             "",
         ]
-    lines += ["## The paper beside sklens", "", table(all_results), ""]
+    lines += [
+        "## The paper beside sklens",
+        "",
+        "Each run's `results.json`, `summary.md` and CSV tables are kept in "
+        f"`{os.path.relpath(doc.parent / 'reproduction', doc.parent)}/<study>/`.",
+        "",
+        table(all_results),
+        "",
+    ]
     lines += ["## Figures", ""]
     for results, run in zip(all_results, runs, strict=True):
         lines += [f"### {results['title']}", ""]
@@ -85,7 +95,7 @@ def render(runs: list[Path], doc: Path) -> str:
         lines += [f"**{results['title']}**", ""]
         lines += [f"- {sentence}" for sentence in account(results)]
         lines.append("")
-    lines += [ACCOUNT.read_text() if sizes == ["full"] else SMOKE_ACCOUNT, "## Regenerate", ""]
+    lines += [SMOKE_ACCOUNT if "tiny" in sizes else ACCOUNT.read_text(), "## Regenerate", ""]
     lines += [f"    {r['command']}" for r in all_results]
     lines += [f"    python demos/make_reproduction_doc.py {' '.join(str(r) for r in runs)}", ""]
     lines += ["Wall time per phase (s):", ""]
@@ -107,6 +117,12 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"no results.json in {missing}: run the demos first (see the docstring)")
     doc = Path(args.out)
     doc.parent.mkdir(parents=True, exist_ok=True)
+    for run in runs:  # the numbers behind the doc, kept beside it
+        study = json.loads((run / "results.json").read_text())["study"]
+        keep = doc.parent / "reproduction" / study
+        keep.mkdir(parents=True, exist_ok=True)
+        for source in [run / "results.json", run / "summary.md", *sorted(run.glob("*.csv"))]:
+            shutil.copyfile(source, keep / source.name)
     doc.write_text(render(runs, doc))
     print(f"wrote {doc}")
     return doc

@@ -121,11 +121,32 @@ def _rq3_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _training_row(results: dict[str, Any]) -> tuple[str, str, str, str]:
+    """Each seed's steps, whether its held-out loss reached a plateau, and that loss."""
+    seeds = get(results, "training.seeds") or {}
+    parts = []
+    for name, record in seeds.items():
+        plateau = record["plateau"]
+        parts.append(
+            f"{name}: {plateau['steps']} steps, {fmt(record['first_val_loss'], 2)} → "
+            f"{fmt(plateau['best_val_loss'], 2)}"
+            + ("" if plateau["stopped"] else " (the cap, before a plateau)")
+        )
+    return (
+        f"prompt training (max {get(results, 'settings.max_steps')} steps): held-out loss "
+        "first → best, per seed",
+        "trained to convergence",
+        "; ".join(parts) or "n/a",
+        "training.seeds",
+    )
+
+
 def study_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(quantity, paper, sklens, results.json key) for one study."""
     s = results.get("sparsity", {})
     paper_thr = fmt(get(results, "paper.threshold"), 2)
     rows = [
+        _training_row(results),
         (
             "top-10 threshold of \\|score\\|",
             paper_thr,
@@ -196,6 +217,23 @@ def study_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "stability",
         )
     )
+    thresholds = get(results, "stability.top_k_threshold")
+    if thresholds:
+        rows.append(
+            (
+                "top-10 threshold without training: trained seeds / an untrained (random) prompt "
+                "/ the last instruction token, no prompt",
+                NOT_REPORTED,
+                " / ".join(
+                    [
+                        ", ".join(fmt(v) for k, v in thresholds.items() if k.startswith("seed")),
+                        fmt(thresholds.get("untrained")),
+                        fmt(thresholds.get("last_token")),
+                    ]
+                ),
+                "stability.top_k_threshold",
+            )
+        )
     rows += _causal_rows(results)
     rows += _rq3_rows(results)
     return rows
@@ -286,7 +324,7 @@ def study_markdown(results: dict[str, Any]) -> str:
         f"# {results['title']} — sklens on {get(results, 'model.name')} ({results['size']})",
         "",
     ]
-    if results.get("size") != "full":
+    if results.get("size") == "tiny":
         lines += ["**A smoke run (size {}), not a reproduction.**".format(results.get("size")), ""]
     lines += [table([results]), "", "## Account", ""]
     lines += [f"- {sentence}" for sentence in account(results)]

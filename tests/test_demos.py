@@ -127,6 +127,10 @@ def test_reproduction_doc_has_the_table_figures_and_account(runs, tmp_path):
     assert "Smoke runs carry no evidence" in text and "python demos/rq3_arithmetic.py" in text
     links = [line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")]
     assert len(links) >= 8 and all((doc.parent / link).resolve().exists() for link in links)
+    for key in ("rq1", "rq2", "rq3"):  # the numbers behind the doc are kept beside it
+        kept = json.loads((tmp_path / "reproduction" / key / "results.json").read_text())
+        assert kept == json.loads((runs[key] / "results.json").read_text())
+        assert (tmp_path / "reproduction" / key / "heldout.csv").exists()
 
 
 @pytest.mark.parametrize(
