@@ -80,8 +80,8 @@ class Sizes:
 SIZES = {
     # the reproduction: 680 examples in four disjoint splits, 3 seeds each trained to the plateau
     # of its held-out loss (≤ 300 steps), a 200-permutation null, 19 random sets (smallest causal
-    # p 0.05). On 2 CPU cores a training step of the embedded model takes ~5 s, so this runs
-    # about an hour per study there (a GPU run takes minutes).
+    # p 0.05). On 2 CPU cores a training step of the embedded model takes ~5.4 s, so this runs
+    # up to ~1.5 hours per study there; it is meant for a GPU.
     "full": Sizes(240, 32, 240, 160, 40, 20, 300, 10, 2, 8, 200, (0, 1, 2), 19, ("mean",)),
     # the same within 30 minutes per study on 2 CPU cores: training capped at 60 steps, which on
     # the embedded model is before the plateau (docs/reproduction.md gives the losses)
@@ -161,6 +161,12 @@ def parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--permutations", type=int, default=None, help="B of the null (≥ 200)")
     p.add_argument("--n-random", type=int, default=None, help="random sets in the causal check")
     p.add_argument("--modes", default=None, help="ablation modes, e.g. zero,mean")
+    p.add_argument(
+        "--no-causal-accuracy",
+        action="store_true",
+        help="the causal check measures the loss only, without scoring every choice (RQ3 has "
+        "seven per question: about 7x less work)",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue the seeds' training checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -317,10 +323,19 @@ def confirm(ctx: Context) -> dict[str, Any]:
 def causal(ctx: Context) -> dict[str, Any]:
     """The top-K ablated on the causal split against scale-matched random sets."""
     s = ctx.sizes
+    examples = ctx.task.causal
+    if ctx.args.no_causal_accuracy:  # loss only: no choice is scored (see --no-causal-accuracy)
+        strip = ("choices", "answer")
+        examples = [
+            sklens.Example(
+                e.instruction, e.completion, {k: v for k, v in e.meta.items() if k not in strip}
+            )
+            for e in examples
+        ]
     table = sklens.causal_check(
         ctx.model,
         ctx.prompts[s.seeds[0]],
-        ctx.task.causal,
+        examples,
         ctx.top,
         metric=ctx.metric,
         modes=s.modes,
@@ -333,7 +348,7 @@ def causal(ctx: Context) -> dict[str, Any]:
         progress=not ctx.args.quiet,
     )
     table.to_csv(ctx.out / "causal.csv", index=False)
-    return {"modes": causal_summary(table)}
+    return {"modes": causal_summary(table), "choices_scored": not ctx.args.no_causal_accuracy}
 
 
 def stability(ctx: Context) -> dict[str, Any]:
