@@ -359,6 +359,7 @@ def stability(ctx: Context) -> dict[str, Any]:
     seeds = [f"seed{s}" for s in ctx.sizes.seeds]
     tops = {n: set(zip(result.tops[n].layer, result.tops[n].neuron, strict=True)) for n in seeds}
     pairs = [(a, b) for i, a in enumerate(seeds) for b in seeds[i + 1 :]]
+    per_scan = {name: sparsity(scan, k=ctx.sizes.top_k) for name, scan in ctx.scans.items()}
     consensus = result.consensus.copy()
     consensus["in_n_seed_top_k"] = [
         sum((L, i) in tops[n] for n in seeds)
@@ -371,14 +372,8 @@ def stability(ctx: Context) -> dict[str, Any]:
         "jaccard_vs_untrained": float(result.jaccard.loc[seeds[0], "untrained"]),
         "jaccard_vs_last_token": float(result.jaccard.loc[seeds[0], "last_token"]),
         # is the high top-10 threshold made by the trained prompt, or there without it?
-        "top_k_threshold": {
-            name: sparsity(scan, k=ctx.sizes.top_k)["top_k_threshold"]
-            for name, scan in ctx.scans.items()
-        },
-        "median_abs_score": {
-            name: sparsity(scan, k=ctx.sizes.top_k)["median_abs_score"]
-            for name, scan in ctx.scans.items()
-        },
+        "top_k_threshold": {name: s["top_k_threshold"] for name, s in per_scan.items()},
+        "median_abs_score": {name: s["median_abs_score"] for name, s in per_scan.items()},
         "consensus": consensus.to_dict(orient="records"),
     }
 
