@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import sklens
-from sklens.study import versions
+from sklens.app.study import versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -46,7 +46,7 @@ def main() -> None:
     from peft import PromptTuningConfig, get_peft_model
 
     checkpoint = (
-        sklens.gguf_to_checkpoint(sklens.models.embedded_model_path())
+        sklens.gguf_to_checkpoint(sklens.models.load.embedded_model_path())
         if args.model == sklens.DEFAULT_MODEL
         else args.model
     )

@@ -28,7 +28,7 @@ def main() -> None:
     def bare() -> None:  # the model on the same batches, prompt written in, nothing else
         with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", writer)]):
             for batch in iter_batches(model, encoded, args.n_tokens, args.batch_size):
-                writer.slot_start = batch.slot_start
+                writer.start(batch)
                 model(batch.tokens, attention_mask=batch.attention_mask)
 
     def scan_loss() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
         per_example = []
         with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", writer)]):
             for batch in iter_batches(model, small_encoded, args.n_tokens, args.batch_size):
-                writer.slot_start = batch.slot_start
+                writer.start(batch)
                 _, cache = model.run_with_cache(
                     batch.tokens, attention_mask=batch.attention_mask, names_filter=names
                 )

@@ -24,7 +24,7 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     model = sklens.load_model(args.model, device=args.device)
     checkpoint = (
-        sklens.gguf_to_checkpoint(sklens.models.embedded_model_path())
+        sklens.gguf_to_checkpoint(sklens.models.load.embedded_model_path())
         if args.model == sklens.DEFAULT_MODEL
         else args.model
     )
@@ -53,7 +53,7 @@ def main() -> None:
         return per_example.mean()
 
     def sklens_step(loss_fn) -> None:
-        writer.slot_start = batch.slot_start
+        writer.start(batch)
         with frozen(model), model.hooks(fwd_hooks=[("hook_embed", writer)]):
             loss = loss_fn()
             opt.zero_grad()

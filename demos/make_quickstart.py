@@ -12,7 +12,7 @@ cells = [
         "%matplotlib inline\n"
         "import os\n\n"
         "import sklens\n"
-        "from sklens import figures, metrics, viz\n"
+        "from sklens import figures, metrics\n"
         "from sklens.data import bigbench_arithmetic, train_val_split\n\n"
         "SMALL = os.environ.get('SKLENS_DEMO_SIZE') == 'small'\n"
         "STEPS, N_TRAIN, N_VAL, N_TOKENS = (2, 16, 24, 4) if SMALL else (30, 240, 160, 20)"
@@ -40,15 +40,15 @@ cells = [
     nbf.v4.new_code_cell("top = scan.top_k(5)\ntop"),
     nbf.v4.new_code_cell("figures.score_histogram(scan, k=5)"),
     nbf.v4.new_code_cell(
-        "acts = sklens.slot_activations(model, prompt, val, top.head(1))[:, 0, int(top.position[0])]\n"
+        "acts = sklens.slot_activations(model, prompt, val, top.head(1))[:, 0, int(top.slot[0])]\n"
         "figures.kde_by_group(acts.numpy(), [e.meta['operation'] for e in val], title='top neuron by operation')"
     ),
     nbf.v4.new_markdown_cell(
         "Token-level activations of the top neurons over their most and least activating questions (soft slots appear as `<soft0>`...), rendered offline:"
     ),
-    nbf.v4.new_code_cell("viz.neuron_text_view(model, prompt, val, top, n=3)"),
+    nbf.v4.new_code_cell("sklens.neuron_text_view(model, prompt, val, top, n=3)"),
     nbf.v4.new_code_cell(
-        "sklens.top_examples(model, prompt, val, layer=int(top.layer[0]), neuron=int(top.neuron[0]), position=int(top.position[0]), n=5)"
+        "sklens.top_examples(model, prompt, val, layer=int(top.layer[0]), neuron=int(top.neuron[0]), slot=int(top.slot[0]), n=5)"
     ),
     nbf.v4.new_markdown_cell(
         "Do they matter causally? Zero them on the soft slots, against random neurons of the same layers:"

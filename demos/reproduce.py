@@ -3,7 +3,7 @@
 Each ``demos/rqN_*.py`` script describes its study (``Study``: task, metric, the paper's
 threshold, how to group the KDE) and calls ``main``. The phases, each timed:
 
-1. **data** — the task's examples cut into disjoint splits (``sklens.tasks.load_task``): train
+1. **data** — the task's examples cut into disjoint splits (``sklens.app.tasks.load_task``): train
    (the prompt, less a held-out *plateau* slice), *select* (the scan that picks the top-K),
    *confirm* (re-measures them) and *causal* (the causal check).
 2. **train** — one 20-token prompt per seed, AdamW 3e-3 as the paper, each trained to the plateau
@@ -16,7 +16,7 @@ threshold, how to group the KDE) and calls ``main``. The phases, each timed:
 5. **causal** — the top-K ablated on the causal split against scale-matched random sets of the
    same layers (``sklens.causal_check``; two-sided rank p).
 6. **stability** — top-K overlap and consensus neurons across seeds
-   (``sklens.stability.compare_scans`` on the scans of phase 3).
+   (``sklens.stats.stability.compare_scans`` on the scans of phase 3).
 7. **figures** — the top neuron's activation KDE by group, the score histogram with the top-10
    threshold and the null, the training curve (``sklens.figures``).
 8. **extras** — the study's own questions (RQ3: ``shortcut_check``).
@@ -46,9 +46,10 @@ from sparsity import sparsity
 
 import sklens
 from sklens import figures
-from sklens.stability import compare_scans
-from sklens.study import causal_summary, versions
-from sklens.tasks import load_task, parse_metric
+from sklens.app.study import causal_summary, versions
+from sklens.app.tasks import load_task
+from sklens.metrics import from_spec
+from sklens.stats.stability import compare_scans
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -210,7 +211,7 @@ def load_data(ctx: Context) -> None:
         for split in ("train", "val", "confirm", "causal"):
             setattr(task, split, study.prepare(getattr(task, split)))
     ctx.task = task
-    ctx.metric = parse_metric(study.metric)
+    ctx.metric = from_spec(study.metric)
 
 
 def train(ctx: Context) -> dict[str, Any]:
@@ -383,7 +384,7 @@ def draw(ctx: Context) -> dict[str, str]:
     study, s = ctx.study, ctx.sizes
     prompt = ctx.prompts[s.seeds[0]]
     first = ctx.top.iloc[0]
-    where = f"L{int(first.layer)} N{int(first.neuron)} slot {int(first.position)}"
+    where = f"L{int(first.layer)} N{int(first.neuron)} slot {int(first.slot)}"
     made = {}
 
     def save(fig: Any, name: str) -> None:
@@ -393,7 +394,7 @@ def draw(ctx: Context) -> dict[str, str]:
     for split_name, examples in (("select", ctx.task.val), ("heldout", ctx.task.confirm)):
         acts = sklens.slot_activations(
             ctx.model, prompt, examples, ctx.top.head(1), batch_size=s.batch_size
-        )[:, 0, int(first.position)].numpy()
+        )[:, 0, int(first.slot)].numpy()
         for grouping in study.groupings:
             labels = [grouping.label(e) for e in examples]
             keep = [i for i, g in enumerate(labels) if g is not None]

@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 
 import sklens
-from sklens.measures import auroc, eta_squared, spearman
 from sklens.stats import bootstrap_ci
+from sklens.stats.measures import auroc, eta_squared, spearman
 
 
 def _numbers(example: sklens.Example) -> list[int]:
@@ -130,7 +130,7 @@ def manual_step(
         examples,
         layer=int(first.layer),
         neuron=int(first.neuron),
-        position=int(first.position),
+        slot=int(first.slot),
         n=n,
         largest=False,
     )
@@ -159,7 +159,7 @@ def property_ranking(
     """One row per (property, neuron): the measure and the variance it explains; see module doc."""
     examples = list(examples)
     acts = sklens.slot_activations(model, prompt, examples, top, batch_size=batch_size)
-    picked = acts[:, torch.arange(len(top)), torch.tensor(top.position.to_numpy())].double()
+    picked = acts[:, torch.arange(len(top)), torch.tensor(top.slot.to_numpy())].double()
     rows = []
     for name, (kind, value, applies) in PROPERTIES.items():
         keep = [i for i, e in enumerate(examples) if applies(e)]
@@ -185,7 +185,7 @@ def property_ranking(
                     "n": len(keep),
                     "layer": neuron.layer,
                     "neuron": neuron.neuron,
-                    "position": neuron.position,
+                    "slot": neuron.slot,
                     "measure": {"number": "spearman", "binary": "auroc", "groups": "eta_squared"}[
                         kind
                     ],

@@ -16,7 +16,18 @@ from typing import Any
 
 from sklens.version import __version__
 
-_SUBMODULES = ("confirm", "data", "figures", "measures", "metrics", "stability", "viz")
+# public submodules by attribute name; measures, stability and confirm keep their old names
+_SUBMODULES = {
+    "data": "sklens.data",
+    "figures": "sklens.figures",
+    "metrics": "sklens.metrics",
+    "viz": "sklens.viz",
+    "stats": "sklens.stats",
+    "models": "sklens.models",
+    "measures": "sklens.stats.measures",
+    "stability": "sklens.stats.stability",
+    "confirm": "sklens.stats.held_out",
+}
 _EXPORTS = {
     "NeuronIntervention": "sklens.ablate",
     "ablated": "sklens.ablate",
@@ -28,29 +39,35 @@ _EXPORTS = {
     "dose_response": "sklens.causal",
     "evaluate": "sklens.causal",
     "neuron_stats": "sklens.causal",
+    "NeuronEvidence": "sklens.evidence",
+    "collect_evidence": "sklens.evidence",
+    "neuron_text_view": "sklens.evidence",
+    "neuron_topk_view": "sklens.evidence",
     "random_sets": "sklens.causal",
     "DEFAULT_MODEL": "sklens.config",
     "StudyConfig": "sklens.config",
-    "confirm_neurons": "sklens.confirm",
-    "held_out": "sklens.confirm",
+    "confirm_neurons": "sklens.stats.held_out",
+    "held_out": "sklens.stats.held_out",
     "Example": "sklens.data.example",
-    "HookMeaningError": "sklens.hook_check",
-    "check_neuron_hooks": "sklens.hook_check",
-    "SUPPORTED_ARCHITECTURES": "sklens.models",
-    "gguf_to_checkpoint": "sklens.models",
-    "load_model": "sklens.models",
+    "HookMeaningError": "sklens.models.hook_check",
+    "check_neuron_hooks": "sklens.models.hook_check",
+    "SUPPORTED_ARCHITECTURES": "sklens.models.load",
+    "gguf_to_checkpoint": "sklens.models.load",
+    "load_model": "sklens.models.load",
+    "Model": "sklens.models.protocol",
     "GroupedMoments": "sklens.moments",
     "Moments": "sklens.moments",
     "scan_activations": "sklens.precomputed",
     "Scan": "sklens.result",
     "scan": "sklens.scan",
+    "NeuronSet": "sklens.neurons",
     "InitMode": "sklens.soft_prompt",
     "SoftPrompt": "sklens.soft_prompt",
     "SoftPromptConfig": "sklens.soft_prompt",
-    "seed_stability": "sklens.stability",
-    "run_study": "sklens.study",
-    "tiny_checkpoint": "sklens.tiny",
-    "tiny_model": "sklens.tiny",
+    "seed_stability": "sklens.stats.stability",
+    "run_study": "sklens.app.study",
+    "tiny_checkpoint": "sklens.models.tiny",
+    "tiny_model": "sklens.models.tiny",
     "plateau": "sklens.training",
     "train_soft_prompt": "sklens.training",
 }
@@ -60,7 +77,7 @@ __all__ = [*_SUBMODULES, *_EXPORTS, "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        return importlib.import_module(f"sklens.{name}")
+        return importlib.import_module(_SUBMODULES[name])
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # later lookups skip this function

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from sklens.models.protocol import Model
+
 
 @contextmanager
 def hooked_transformer_deprecation_silenced() -> Iterator[None]:
@@ -34,12 +36,12 @@ def hooked_transformer_deprecation_silenced() -> Iterator[None]:
         yield
 
 
-def is_bridge(model: Any) -> bool:
+def is_bridge(model: Model) -> bool:
     """True for a TransformerBridge (which has no ``stop_at_layer`` and unembeds every position)."""
     return hasattr(model, "enable_compatibility_mode")
 
 
-def embedding_matrix(model: Any) -> torch.Tensor:
+def embedding_matrix(model: Model) -> torch.Tensor:
     """The token embedding matrix ``[d_vocab, d_model]`` of either backend."""
     w_e = getattr(model, "W_E", None)
     if w_e is None:
@@ -47,7 +49,7 @@ def embedding_matrix(model: Any) -> torch.Tensor:
     return w_e
 
 
-def mlp_weights(model: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def mlp_weights(model: Model, layer: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """``(W_in, W_gate or None, b_in)`` of one MLP in TransformerLens's layout ``[d_model, d_mlp]``."""
     mlp = model.blocks[layer].mlp
     w_gate = getattr(mlp, "W_gate", None) if model.cfg.gated_mlp else None

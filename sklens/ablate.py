@@ -1,7 +1,7 @@
 """Interventions on selected neurons: TransformerLens forward hooks on ``blocks.L.mlp.hook_post``.
 
-A neuron set is a ``top_k`` DataFrame, a list of ``(layer, neuron)`` pairs, or a boolean mask
-``[n_layers, d_mlp]``. Modes:
+Neurons are anything ``sklens.NeuronSet.of`` reads (a ``top_k`` DataFrame, ``(layer, neuron)``
+pairs, a boolean mask ``[n_layers, d_mlp]``, a ``{layer: ids}`` dict). Modes:
 
 * ``zero`` — set to 0;  ``mean`` — set to a mean over a reference set (``means``, from
   ``sklens.neuron_stats``): per (neuron, slot) ``[d_mlp, n_slots]`` at the slots (each slot
@@ -23,56 +23,29 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sklens.config import ABLATION_MODES as MODES
+from sklens.config import AblationMode, Positions
 from sklens.data.format import Batch
-
-
-def neuron_index(model: Any, neurons: Any) -> dict[int, Tensor]:
-    """``{layer: neuron ids}`` from a DataFrame, ``(layer, neuron)`` pairs, a bool mask, or an
-    index of this form."""
-    cfg = model.cfg
-    if isinstance(neurons, dict):
-        neurons = [(L, int(i)) for L, ids in neurons.items() for i in ids]
-    if isinstance(neurons, Tensor):
-        if neurons.dtype != torch.bool or tuple(neurons.shape) != (cfg.n_layers, cfg.d_mlp):
-            raise ValueError(
-                f"a neuron mask must be bool [{cfg.n_layers}, {cfg.d_mlp}], got "
-                f"{neurons.dtype} {tuple(neurons.shape)}"
-            )
-        pairs = [tuple(p) for p in neurons.nonzero().tolist()]
-    elif isinstance(neurons, pd.DataFrame):
-        if not {"layer", "neuron"} <= set(neurons.columns):
-            raise ValueError("a neuron table needs 'layer' and 'neuron' columns")
-        pairs = list(zip(neurons["layer"].astype(int), neurons["neuron"].astype(int), strict=True))
-    else:
-        pairs = [(int(L), int(i)) for L, i in neurons]
-    out: dict[int, list[int]] = {}
-    for L, i in pairs:
-        if not (0 <= L < cfg.n_layers and 0 <= i < cfg.d_mlp):
-            raise ValueError(
-                f"neuron ({L}, {i}) is outside the model (n_layers={cfg.n_layers}, d_mlp={cfg.d_mlp})"
-            )
-        out.setdefault(L, [])
-        if i not in out[L]:
-            out[L].append(i)
-    return {L: torch.tensor(sorted(ids)) for L, ids in sorted(out.items())}
+from sklens.models.protocol import Model
+from sklens.neurons import NeuronSet
 
 
 class NeuronIntervention:
-    """Hooks that edit selected neurons; ``set_batch`` tells them where the slots are."""
+    """Hooks that edit selected neurons. A part of the batched pass
+    (``sklens.forward.BatchPart``): ``start(batch)`` tells them where the slots are and, with
+    ``owners`` set, which rows belong to one example."""
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         neurons: Any,
-        mode: str = "zero",
+        mode: AblationMode = "zero",
         *,
-        positions: str | Tensor = "all",
+        positions: Positions | Tensor = "all",
         means: dict[int, Tensor] | Tensor | None = None,
         noise_std: float = 1.0,
         factor: float = 0.0,
@@ -83,7 +56,7 @@ class NeuronIntervention:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(positions, str) and positions not in ("slots", "all"):
             raise ValueError(f"positions must be 'slots', 'all' or a bool mask, got {positions!r}")
-        self.index = neuron_index(model, neurons)
+        self.index = NeuronSet.of(neurons, model).by_layer()
         if mode == "mean":
             if means is None:
                 raise ValueError("mode='mean' needs means (see sklens.ablate.neuron_means)")
@@ -94,12 +67,15 @@ class NeuronIntervention:
         self.noise_std, self.factor, self.shift, self.seed = noise_std, factor, shift, seed
         self.batch: Batch | None = None
         self.row_groups: Tensor | None = None
+        self.owners: Sequence[int] | None = None  # example id of each encoded row, if shared
         self._calls = 0
 
-    def set_batch(self, batch: Batch | None, row_groups: Sequence[int] | None = None) -> None:
-        """The batch the next forward pass runs on; ``row_groups`` marks rows of one example."""
+    def start(self, batch: Batch) -> None:
+        """The batch the next forward pass runs on (rows grouped by ``owners`` when set)."""
         self.batch = batch
-        self.row_groups = None if row_groups is None else torch.tensor(list(row_groups))
+        self.row_groups = (
+            None if self.owners is None else torch.tensor([self.owners[i] for i in batch.indices])
+        )
 
     def hooks(self) -> list[tuple[str, Any]]:
         """A plain ``fwd_hooks`` list."""
@@ -113,7 +89,7 @@ class NeuronIntervention:
         if self.positions == "all":
             return torch.ones(B, T, dtype=torch.bool, device=act.device)
         if self.batch is None:
-            raise RuntimeError("positions='slots' needs set_batch(batch) before each forward pass")
+            raise RuntimeError("positions='slots' needs start(batch) before each forward pass")
         mask = torch.zeros(B, T, dtype=torch.bool, device=act.device)
         mask.scatter_(1, self.batch.slot_positions.to(act.device), True)
         return mask
@@ -155,7 +131,7 @@ class NeuronIntervention:
         if self.batch is None or self.positions != "slots":
             raise ValueError(
                 "per-slot means [d_mlp, n_slots] apply at the slots only: pass positions='slots' "
-                "(and set_batch), or per-neuron means [d_mlp] for other positions"
+                "(and start(batch)), or per-neuron means [d_mlp] for other positions"
             )
         slots = self.batch.slot_positions.to(current.device)  # (B, k)
         if means.shape[1] != slots.shape[1]:
@@ -193,14 +169,14 @@ class NeuronIntervention:
         return edit
 
     @contextmanager
-    def applied(self, model: Any) -> Iterator[NeuronIntervention]:
+    def applied(self, model: Model) -> Iterator[NeuronIntervention]:
         """Attach the hooks for the ``with`` block; they are removed even on an exception."""
         with model.hooks(fwd_hooks=self.hooks()):
             yield self
 
 
 def ablation_hooks(
-    model: Any, neurons: Any, mode: str = "zero", **kwargs: Any
+    model: Model, neurons: Any, mode: AblationMode = "zero", **kwargs: Any
 ) -> list[tuple[str, Any]]:
     """``fwd_hooks`` that apply ``mode`` to ``neurons`` (see ``NeuronIntervention`` for options)."""
     return NeuronIntervention(model, neurons, mode, **kwargs).hooks()
@@ -208,7 +184,7 @@ def ablation_hooks(
 
 @contextmanager
 def ablated(
-    model: Any, neurons: Any, mode: str = "zero", **kwargs: Any
+    model: Model, neurons: Any, mode: AblationMode = "zero", **kwargs: Any
 ) -> Iterator[NeuronIntervention]:
     """``with ablated(model, neurons, "zero"): ...`` — the hooks live only inside the block."""
     intervention = NeuronIntervention(model, neurons, mode, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,37 +10,45 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sklens.data.example import Example
-from sklens.data.format import encode, iter_batches
+from sklens.data.format import Batch, encode
 from sklens.display import token_texts
-from sklens.forward import gather_slots, run_until_stopped, stop_hook
+from sklens.forward import BatchPart, batched_pass, gather_slots
+from sklens.models.protocol import Model
+from sklens.neurons import NeuronLike, NeuronSet
 from sklens.soft_prompt import SoftPrompt
 
-NeuronSpec = pd.DataFrame | Sequence[tuple[int, int]]
 
+class NeuronReader:
+    """Reads ``neurons``' activations at ``mlp.hook_post`` — at each row's slots
+    (``values``: ``[batch, slot, n_neurons]``) or at every position (``[batch, pos,
+    n_neurons]``) — for the current batch of a ``batched_pass``."""
 
-def as_neuron_list(neurons: NeuronSpec) -> list[tuple[int, int]]:
-    """``(layer, neuron)`` pairs from a ``top_k`` DataFrame or a list of pairs."""
-    if isinstance(neurons, pd.DataFrame):
-        missing = {"layer", "neuron"} - set(neurons.columns)
-        if missing:
-            raise ValueError(
-                f"the neuron table needs columns 'layer' and 'neuron'; missing {missing}"
-            )
-        return [(int(L), int(i)) for L, i in zip(neurons["layer"], neurons["neuron"], strict=False)]
-    return [(int(L), int(i)) for L, i in neurons]
+    def __init__(self, neurons: NeuronSet, *, slots_only: bool):
+        self.columns = neurons.columns()
+        self.n, self.slots_only = len(neurons), slots_only
+        self.last_hook = f"blocks.{max(self.columns)}.mlp.hook_post"
+        self.batch: Batch | None = None
+        self.values = torch.empty(0)
 
+    def start(self, batch: Batch) -> None:
+        self.batch = batch
+        width = batch.read_positions.shape[1] if self.slots_only else batch.tokens.shape[1]
+        self.values = torch.zeros(len(batch.indices), width, self.n)
 
-def layer_columns(pairs: list[tuple[int, int]]) -> dict[int, tuple[list[int], Tensor]]:
-    """``{layer: (output columns, neuron ids)}`` so one hook per layer reads all its neurons."""
-    out: dict[int, tuple[list[int], list[int]]] = {}
-    for col, (L, i) in enumerate(pairs):
-        cols, ids = out.setdefault(L, ([], []))
-        cols.append(col)
-        ids.append(i)
-    return {L: (cols, torch.tensor(ids)) for L, (cols, ids) in sorted(out.items())}
+    def hooks(self) -> list[tuple[str, Any]]:
+        return [(f"blocks.{L}.mlp.hook_post", self._reader(L)) for L in self.columns]
+
+    def _reader(self, layer: int) -> Any:
+        cols, ids = self.columns[layer]
+
+        def read(activation: Float[Tensor, "batch pos d_mlp"], hook: Any) -> None:
+            if self.slots_only:
+                activation = gather_slots(activation, self.batch)  # (B, k, d_mlp)
+            self.values[:, :, cols] = activation[..., ids.to(activation.device)].float().cpu()
+
+        return read
 
 
 def example_record(example: Example, index: int, activation: float) -> dict[str, Any]:
@@ -59,85 +68,106 @@ def example_record(example: Example, index: int, activation: float) -> dict[str,
 
 
 def slot_activations(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
-    neurons: NeuronSpec,
+    neurons: NeuronLike,
     *,
     batch_size: int = 8,
     chat_template: bool | None = None,
     progress: bool = False,
-) -> Float[Tensor, "n_examples n_neurons n_tokens"]:
-    """Activations of ``neurons`` at every soft-prompt slot, for every example (float32, CPU)."""
-    pairs = as_neuron_list(neurons)
-    if not pairs:
+) -> Float[Tensor, "n_examples n_neurons slot"]:
+    """Activations of ``neurons`` at every soft-prompt slot, for every example (float32, CPU).
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prompt: the soft prompt written into the slots.
+        examples: the examples to run.
+        neurons: any ``NeuronSet`` form (a ``top_k`` table, pairs, a mask, a dict); the output's
+            neuron axis follows its order.
+        batch_size: examples per forward pass (each stops after the last layer needed).
+        chat_template: use the tokenizer's chat template (default: when it has one).
+        progress: show a tqdm bar.
+
+    Returns:
+        ``[n_examples, n_neurons, slot]``.
+    """
+    neurons = NeuronSet.of(neurons, model)
+    if not neurons:
         raise ValueError("no neurons were given")
-    for L, i in pairs:
-        if not (0 <= L < model.cfg.n_layers and 0 <= i < model.cfg.d_mlp):
-            raise ValueError(
-                f"neuron ({L}, {i}) is outside the model (n_layers={model.cfg.n_layers}, "
-                f"d_mlp={model.cfg.d_mlp})"
-            )
     examples = list(examples)
     prompt.check_fits(model)
     encoded = encode(model, examples, prompt.n_tokens, chat_template=chat_template)
-    out = torch.empty(len(examples), len(pairs), prompt.n_tokens)
-    columns = layer_columns(pairs)
-    current: dict[str, Any] = {}
+    reader = NeuronReader(neurons, slots_only=True)
+    out = torch.empty(len(examples), len(neurons), prompt.n_tokens)
+    for batch, _ in batched_pass(
+        model,
+        encoded,
+        prompt.n_tokens,
+        [prompt.writer(), reader],
+        batch_size=batch_size,
+        stop_after=reader.last_hook,
+        progress=progress,
+        desc="activations",
+    ):
+        out[torch.tensor(batch.indices)] = reader.values.permute(0, 2, 1)  # (B, n, k)
+    return out
 
-    def reader(L: int) -> Any:
-        cols, ids = columns[L]
 
-        def read(activation: Tensor, hook: Any) -> None:
-            slots = gather_slots(activation, current["batch"])  # (B, k, d_mlp)
-            values = slots[..., ids.to(slots.device)].permute(0, 2, 1).float().cpu()  # (B, n, k)
-            out[torch.tensor(current["batch"].indices)[:, None], torch.tensor(cols)] = values
+def at_selected_slot(
+    acts: Float[Tensor, "n_examples n_neurons slot"], neurons: pd.DataFrame
+) -> Float[Tensor, "n_examples n_neurons"]:
+    """Each neuron's activation at the slot its ``top_k`` row selected (its ``slot`` column)."""
+    slots = torch.tensor(neurons["slot"].to_numpy(), dtype=torch.long)
+    return acts[:, torch.arange(len(neurons)), slots]
 
-        return read
 
-    writer = prompt.writer()
-    hooks = [("hook_embed", writer)]
-    hooks += [(f"blocks.{L}.mlp.hook_post", reader(L)) for L in columns]
-    hooks.append(stop_hook(f"blocks.{max(columns)}.mlp.hook_post"))
-    batches = iter_batches(model, encoded, prompt.n_tokens, batch_size, with_completion=False)
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for batch in tqdm(batches, desc="activations", disable=not progress, leave=False):
-            writer.slot_start = batch.slot_start
-            current["batch"] = batch
-            run_until_stopped(model, batch)
+def extremal_indices(
+    acts: Float[Tensor, "n_examples n_neurons slot"], neurons: pd.DataFrame, n: int
+) -> list[tuple[list[int], list[int]]]:
+    """For each neuron row, its ``n`` most and ``n`` least activating examples at its selected
+    slot (the least leave out any already among the most, when there are fewer than ``2n``
+    examples) — from ``slot_activations`` of those neurons, so a caller that has them pays no
+    extra pass. The examples table, the report and the views all take them from here."""
+    picked = at_selected_slot(acts, neurons)
+    out = []
+    for j in range(len(neurons)):
+        most = picked[:, j].argsort(descending=True)[:n].tolist()
+        least = [i for i in picked[:, j].argsort()[:n].tolist() if i not in most]
+        out.append((most, least))
     return out
 
 
 def neuron_activations(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
-    neurons: NeuronSpec,
+    neurons: NeuronLike,
     *,
     batch_size: int = 8,
     chat_template: bool | None = None,
 ) -> pd.DataFrame:
-    """A long table (example, layer, neuron, position, activation) for the selected neurons."""
-    pairs = as_neuron_list(neurons)
+    """A long table (example, layer, neuron, slot, activation) for the selected neurons."""
+    neurons = NeuronSet.of(neurons, model)
     acts = slot_activations(
-        model, prompt, examples, pairs, batch_size=batch_size, chat_template=chat_template
+        model, prompt, examples, neurons, batch_size=batch_size, chat_template=chat_template
     )
     n_ex, n_neurons, k = acts.shape
     grid = torch.cartesian_prod(torch.arange(n_ex), torch.arange(n_neurons), torch.arange(k))
-    pair_t = torch.tensor(pairs)
+    pair_t = torch.tensor(neurons.pairs)
     return pd.DataFrame(
         {
             "example": grid[:, 0].numpy(),
             "layer": pair_t[grid[:, 1], 0].numpy(),
             "neuron": pair_t[grid[:, 1], 1].numpy(),
-            "position": grid[:, 2].numpy(),
+            "slot": grid[:, 2].numpy(),
             "activation": acts.flatten().numpy(),
         }
     )
 
 
 def top_examples(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
     *,
@@ -145,15 +175,40 @@ def top_examples(
     neuron: int,
     n: int = 10,
     largest: bool = True,
-    position: int | None = None,
+    slot: int | None = None,
     batch_size: int = 8,
     chat_template: bool | None = None,
+    position: int | None = None,
 ) -> pd.DataFrame:
     """The ``n`` examples that activate a neuron most (``largest=False``: least).
 
-    The activation is read at soft-prompt slot ``position`` (pass the ``position`` column of a
+    The activation is read at soft-prompt slot ``slot`` (pass the ``slot`` column of a
     ``top_k`` row to use the slot the scan selected); ``None`` averages over all slots.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prompt: the soft prompt.
+        examples: the examples to rank.
+        layer: the neuron's layer.
+        neuron: the neuron's index in ``blocks.{layer}.mlp.hook_post``.
+        n: how many examples.
+        largest: the most activating (True) or the least (False).
+        slot: the slot to read, or None for the mean over slots.
+        batch_size: examples per forward pass.
+        chat_template: use the tokenizer's chat template (default: when it has one).
+        position: deprecated name of ``slot``.
+
+    Returns:
+        One row per example, ranked: ``rank``, ``example``, ``activation``, ``instruction``,
+        ``completion`` and the scalar meta fields as ``meta.<field>``.
     """
+    if position is not None:
+        warnings.warn(
+            "top_examples(position=) is now top_examples(slot=): the soft-prompt slot",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        slot = position if slot is None else slot
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     examples = list(examples)
@@ -165,12 +220,12 @@ def top_examples(
         batch_size=batch_size,
         chat_template=chat_template,
     )[:, 0]  # (N, k)
-    if position is None:
+    if slot is None:
         values = acts.mean(-1)
-    elif 0 <= position < prompt.n_tokens:
-        values = acts[:, position]
+    elif 0 <= slot < prompt.n_tokens:
+        values = acts[:, slot]
     else:
-        raise ValueError(f"position must be in 0..{prompt.n_tokens - 1} or None, got {position}")
+        raise ValueError(f"slot must be in 0..{prompt.n_tokens - 1} or None, got {slot}")
     order = values.argsort(descending=largest)[: min(n, len(examples))]
     rows = [
         {"rank": rank, **example_record(examples[idx], idx, float(values[idx]))}
@@ -180,10 +235,10 @@ def top_examples(
 
 
 def token_activations(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
-    neurons: NeuronSpec,
+    neurons: NeuronLike,
     *,
     batch_size: int = 8,
     chat_template: bool | None = None,
@@ -194,37 +249,27 @@ def token_activations(
     as ``<soft0>``, ``<soft1>``, ... so a view shows where the scanned activation lives. A
     character split across tokens is shown whole at its last token (``sklens.display``).
     """
-    pairs = as_neuron_list(neurons)
+    neurons = NeuronSet.of(neurons, model)
     examples = list(examples)
     n_slots = prompt.n_tokens if prompt is not None else 0
     encoded = encode(model, examples, n_slots, chat_template=chat_template)
-    columns = layer_columns(pairs)
-    current: dict[str, Any] = {}
-
-    def reader(L: int) -> Any:
-        cols, ids = columns[L]
-
-        def read(activation: Tensor, hook: Any) -> None:
-            current["acts"][:, :, cols] = activation[..., ids.to(activation.device)].float().cpu()
-
-        return read
-
-    hooks = [(f"blocks.{L}.mlp.hook_post", reader(L)) for L in columns]
-    writer = prompt.writer() if prompt is not None else None
-    if writer is not None:
-        hooks.insert(0, ("hook_embed", writer))
+    reader = NeuronReader(neurons, slots_only=False)
+    parts: list[BatchPart] = [prompt.writer(), reader] if prompt is not None else [reader]
     out: list[tuple[list[str], Tensor]] = [None] * len(examples)  # type: ignore[list-item]
     decode = model.tokenizer.decode
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for batch in iter_batches(model, encoded, n_slots, batch_size):
-            if writer is not None:
-                writer.slot_start = batch.slot_start
-            current["acts"] = torch.zeros(*batch.tokens.shape, len(pairs))
-            run_until_stopped(model, batch)
-            for row, idx in enumerate(batch.indices):
-                length = int(batch.attention_mask[row].sum())
-                start = int(batch.slot_start[row])
-                tokens = token_texts(decode, batch.tokens[row, :length].tolist())
-                tokens[start : start + n_slots] = [f"<soft{k}>" for k in range(n_slots)]
-                out[idx] = (tokens, current["acts"][row, :length].clone())
+    for batch, _ in batched_pass(
+        model,
+        encoded,
+        n_slots,
+        parts,
+        batch_size=batch_size,
+        with_completion=True,
+        stop_after=reader.last_hook,
+    ):
+        for row, idx in enumerate(batch.indices):
+            length = int(batch.attention_mask[row].sum())
+            start = int(batch.slot_start[row])
+            tokens = token_texts(decode, batch.tokens[row, :length].tolist())
+            tokens[start : start + n_slots] = [f"<soft{k}>" for k in range(n_slots)]
+            out[idx] = (tokens, reader.values[row, :length].clone())
     return out

@@ -21,20 +21,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from sklens import metrics as metrics_mod
-from sklens.ablate import NeuronIntervention, neuron_index
+from sklens.ablate import NeuronIntervention
 from sklens.choices import score_examples
+from sklens.config import AblationMode, Positions
 from sklens.data.example import Example
-from sklens.data.format import encode, iter_batches
-from sklens.forward import gather_slots
+from sklens.data.format import Batch, encode
+from sklens.forward import BatchPart, batched_pass, gather_slots
+from sklens.models.protocol import Model
+from sklens.neurons import NeuronSet
 from sklens.soft_prompt import SoftPrompt
-from sklens.stats import rank_p
+from sklens.stats import bootstrap_ci, rank_p
 
 
 def evaluate(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
     *,
@@ -47,7 +52,7 @@ def evaluate(
     ``choice_confidence`` (NaN otherwise), under an optional intervention (``sklens.choices``).
     ``metric`` is a sklens metric, a callable, or ``"loss"``/``"confidence"``."""
     examples = list(examples)
-    metric = _metric(metric, len(examples))
+    metric = metrics_mod.resolve(metric, len(examples))
     metric.check(examples)
     scores = score_examples(
         model, prompt, examples, intervention=intervention, batch_size=batch_size
@@ -61,21 +66,48 @@ def evaluate(
     return out
 
 
-def _metric(metric: Any, n: int) -> metrics_mod.Metric:
-    if metric == "loss":
-        return metrics_mod.loss()
-    if metric == "confidence":
-        return metrics_mod.confidence()
-    return metrics_mod.resolve(metric, n)
+class _Sums:
+    """Sums of activations (per neuron and slot, or per neuron) and of |activation| over the
+    batches of a ``batched_pass``, for ``neuron_stats``."""
+
+    def __init__(self, layers: Sequence[int], d_mlp: int, n_slots: int, *, slots: bool):
+        self.slots, self.d_mlp, self.n_slots = slots, d_mlp, n_slots
+        shape = (d_mlp, n_slots) if slots else (d_mlp,)
+        self.sums = {L: torch.zeros(shape, dtype=torch.float64) for L in layers}
+        self.abs_sums = {L: torch.zeros(d_mlp, dtype=torch.float64) for L in layers}
+        self.rows = self.positions = 0
+        self.batch: Batch | None = None
+
+    def start(self, batch: Batch) -> None:
+        self.batch = batch
+        self.rows += len(batch.indices)
+        n = int(batch.attention_mask.sum())
+        self.positions += len(batch.indices) * self.n_slots if self.slots else n
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        return [(f"blocks.{L}.mlp.hook_post", self._reader(L)) for L in self.sums]
+
+    def _reader(self, layer: int) -> Any:
+        def read(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> None:
+            if self.slots:
+                picked = gather_slots(act, self.batch).double().cpu()  # (B, k, d_mlp)
+                self.sums[layer] += picked.sum(0).T
+            else:
+                mask = self.batch.attention_mask.bool().to(act.device)
+                picked = act[mask].double().cpu()  # (n_pos, d_mlp)
+                self.sums[layer] += picked.sum(0)
+            self.abs_sums[layer] += picked.abs().reshape(-1, self.d_mlp).sum(0)
+
+        return read
 
 
 def neuron_stats(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
     layers: Sequence[int],
     *,
-    positions: str = "slots",
+    positions: Positions = "slots",
     batch_size: int = 8,
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Per-neuron means over ``examples`` and mean |activation|, at ``positions``.
@@ -92,50 +124,25 @@ def neuron_stats(
         )
     n_slots = prompt.n_tokens if prompt is not None else 0
     encoded = encode(model, list(examples), n_slots)
-    d_mlp = model.cfg.d_mlp
-    shape = (d_mlp, n_slots) if positions == "slots" else (d_mlp,)
-    sums = {L: torch.zeros(shape, dtype=torch.float64) for L in layers}
-    abs_sums = {L: torch.zeros(d_mlp, dtype=torch.float64) for L in layers}
-    count = {"rows": 0, "positions": 0}
-    state: dict[str, Any] = {}
-
-    def reader(L: int) -> Any:
-        def read(act: torch.Tensor, hook: Any) -> None:
-            if positions == "slots":
-                picked = gather_slots(act, state["batch"]).double().cpu()  # (B, k, d_mlp)
-                sums[L] += picked.sum(0).T
-            else:
-                picked = act[state["mask"].to(act.device)].double().cpu()  # (n_pos, d_mlp)
-                sums[L] += picked.sum(0)
-            abs_sums[L] += picked.abs().reshape(-1, d_mlp).sum(0)
-
-        return read
-
-    hooks = [(f"blocks.{L}.mlp.hook_post", reader(L)) for L in layers]
-    writer = prompt.writer() if prompt is not None else None
-    if writer is not None:
-        hooks.insert(0, ("hook_embed", writer))
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for batch in iter_batches(
-            model, encoded, n_slots, batch_size, with_completion=positions == "all"
-        ):
-            state["batch"], state["mask"] = batch, batch.attention_mask.bool()
-            if writer is not None:
-                writer.slot_start = batch.slot_start
-            model(batch.tokens, attention_mask=batch.attention_mask)
-            count["rows"] += len(batch.indices)
-            count["positions"] += (
-                len(batch.indices) * n_slots
-                if positions == "slots"
-                else int(batch.attention_mask.sum())
-            )
-    per_mean = count["rows"] if positions == "slots" else count["positions"]
-    means = {L: s / per_mean for L, s in sums.items()}
-    return means, {L: s / count["positions"] for L, s in abs_sums.items()}
+    acc = _Sums(layers, model.cfg.d_mlp, n_slots, slots=positions == "slots")
+    parts: list[BatchPart] = [prompt.writer(), acc] if prompt is not None else [acc]
+    for _ in batched_pass(
+        model,
+        encoded,
+        n_slots,
+        parts,
+        batch_size=batch_size,
+        with_completion=positions == "all",
+        stop_after=f"blocks.{max(layers)}.mlp.hook_post",
+    ):
+        pass
+    per_mean = acc.rows if positions == "slots" else acc.positions
+    means = {L: s / per_mean for L, s in acc.sums.items()}
+    return means, {L: s / acc.positions for L, s in acc.abs_sums.items()}
 
 
 def random_sets(
-    model: Any,
+    model: Model,
     neurons: Any,
     n_random: int,
     *,
@@ -146,7 +153,7 @@ def random_sets(
     """``n_random`` sets with the same number of neurons per layer as ``neurons``, never
     containing a selected neuron. With ``scale`` (per-neuron mean |activation|), each selected
     neuron is replaced by one of the ``pool`` neurons of its layer closest to it in scale."""
-    index = neuron_index(model, neurons)
+    index = NeuronSet.of(neurons, model).by_layer()
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n_random):
@@ -169,16 +176,8 @@ def random_sets(
     return out
 
 
-def _bootstrap(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
-    values = values[~np.isnan(values)]
-    if len(values) < 2:
-        return (np.nan, np.nan)
-    means = values[rng.integers(0, len(values), (n_boot, len(values)))].mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
 def causal_check(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
     neurons: Any,
@@ -218,7 +217,7 @@ def causal_check(
     if len(examples) < 2:
         raise ValueError("a causal check needs at least 2 examples")
     positions = positions or ("slots" if prompt is not None else "all")
-    index = neuron_index(model, neurons)
+    index = NeuronSet.of(neurons, model).by_layer()
     layers = list(index)
     reference = list(reference) if reference is not None else examples
     means = scale = None
@@ -274,7 +273,9 @@ def causal_check(
                 for k, key in _CHANGES.items():
                     d = deltas[k][mask]
                     row[f"d_{key}"] = _mean(d)
-                    row[f"d_{key}_lo"], row[f"d_{key}_hi"] = _bootstrap(d, n_boot, rng)
+                    row[f"d_{key}_lo"], row[f"d_{key}_hi"] = bootstrap_ci(
+                        np.mean, d[~np.isnan(d)], n_boot=n_boot, seed=rng
+                    )
                 records.append(row)
             bar.update(1)
     bar.close()
@@ -304,17 +305,31 @@ def _mean(values: np.ndarray) -> float:
 
 
 def dose_response(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
     ranked: pd.DataFrame,
     *,
     ks: Sequence[int] = (1, 2, 5, 10),
-    mode: str = "zero",
+    mode: AblationMode = "zero",
     n_random: int = 5,
     **kwargs: Any,
 ) -> pd.DataFrame:
-    """The causal check of the top-``k`` neurons of ``ranked`` (a ``top_k`` table) for each k."""
+    """The causal check of the top-``k`` neurons of ``ranked`` (a ``top_k`` table) for each k.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prompt: the soft prompt (None: no prompt).
+        examples: examples that neither trained the prompt nor selected the neurons.
+        ranked: a ``Scan.top_k`` table with at least ``max(ks)`` rows, best first.
+        ks: the set sizes to ablate.
+        mode: the ablation mode (``sklens.ablate``).
+        n_random: random sets per k, matched in layers (and scale, by default).
+        **kwargs: passed to ``causal_check`` (``metric``, ``reference``, ``match_scale``, ...).
+
+    Returns:
+        ``causal_check``'s table for every k, with a ``k`` column.
+    """
     parts = []
     for k in ks:
         if k > len(ranked):

@@ -28,8 +28,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sklens.data.example import Example
-from sklens.data.format import encode, iter_batches
-from sklens.forward import completion_logprobs
+from sklens.data.format import encode
+from sklens.forward import BatchPart, batched_pass
+from sklens.models.protocol import Model
 
 
 def is_multiple_choice(examples: Sequence[Example]) -> bool:
@@ -71,7 +72,7 @@ class ChoiceScores:
 
 
 def score_examples(
-    model: Any,
+    model: Model,
     prompt: Any,
     examples: Sequence[Example],
     *,
@@ -79,7 +80,7 @@ def score_examples(
     batch_size: int = 8,
 ) -> ChoiceScores:
     """Score each example's completion — and every choice of multiple-choice examples — with
-    ``prompt`` written in and an optional ``NeuronIntervention`` applied (its ``set_batch`` learns
+    ``prompt`` written in and an optional ``NeuronIntervention`` applied (its ``owners`` say
     which rows share an example, so resampling never takes a donor from the same question)."""
     examples = list(examples)
     choice = is_multiple_choice(examples)
@@ -91,21 +92,19 @@ def score_examples(
     encoded = encode(model, rows, n_slots)
     total = torch.empty(len(rows), dtype=torch.float64)
     mean_loss = torch.empty(len(rows), dtype=torch.float64)
-    hooks = []
-    writer = prompt.writer() if prompt is not None else None
-    if writer is not None:
-        hooks.append(("hook_embed", writer))
+    parts: list[BatchPart] = [prompt.writer()] if prompt is not None else []
     if intervention is not None:
-        hooks.extend(intervention.hooks())
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for batch in iter_batches(model, encoded, n_slots, batch_size):
-            if writer is not None:
-                writer.slot_start = batch.slot_start
-            if intervention is not None:
-                intervention.set_batch(batch, [owner[i] for i in batch.indices])
-            scores = completion_logprobs(model, batch)
+        intervention.owners = owner
+        parts.append(intervention)
+    try:
+        for batch, scores in batched_pass(
+            model, encoded, n_slots, parts, batch_size=batch_size, logprobs=True
+        ):
             total[batch.indices] = scores.total_logprob.double().cpu()
             mean_loss[batch.indices] = scores.mean_loss.double().cpu()
+    finally:
+        if intervention is not None:
+            intervention.owners = None
     owner_t = torch.tensor(owner)
     correct_t = torch.tensor(correct_rows)
     n = len(examples)

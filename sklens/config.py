@@ -8,13 +8,18 @@ before it imports a model library.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TASKS = ("arithmetic", "hans", "skillmix")
 DATA_TASKS = ("hans", "skillmix", "arithmetic")  # the tasks that read --data instead of their own
-BACKENDS = ("hooked", "bridge")
-REDUCE_RULES = ("max", "absmax")
-ABLATION_MODES = ("zero", "mean", "resample", "noise", "scale", "shift")
+Backend = Literal["hooked", "bridge"]
+Reduce = Literal["max", "absmax"]  # the ranking rules, defined in sklens.ranking
+AblationMode = Literal["zero", "mean", "resample", "noise", "scale", "shift"]
+Positions = Literal["slots", "all"]  # where an ablation or a mean applies
+BACKENDS: tuple[str, ...] = get_args(Backend)
+REDUCE_RULES: tuple[str, ...] = get_args(Reduce)
+ABLATION_MODES: tuple[str, ...] = get_args(AblationMode)
 MEASURES = (
     "pearson",
     "spearman",
@@ -29,7 +34,11 @@ GROUP_MEASURES = ("eta_squared", "kruskal_wallis")  # need the task's groups
 
 @dataclass
 class StudyConfig:
-    """Settings of one study (the README's first command uses the defaults)."""
+    """Settings of one study (the README's first command uses the defaults).
+
+    Fields hold what the user typed (``str`` where a ``Literal`` names the accepted values,
+    e.g. ``reduce`` and ``Reduce``): ``sklens.validate`` checks them and names the fix.
+    """
 
     task: str = "arithmetic"
     model: str = DEFAULT_MODEL

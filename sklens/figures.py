@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sklens.atomic import atomic_path
+from sklens.ranking import Reduce
 
 
 def plain(text: str) -> str:
@@ -67,7 +68,7 @@ def kde_by_group(
     return fig
 
 
-def score_histogram(scan: Any, k: int = 10, reduce: str = "max", bins: int = 100) -> Figure:
+def score_histogram(scan: Any, k: int = 10, reduce: Reduce = "max", bins: int = 100) -> Figure:
     """Histogram of all neuron scores, the top-``k`` |score| threshold, and the null if any."""
     score, _ = scan.scores(reduce)
     values = score[~score.isnan()].numpy()
@@ -96,7 +97,7 @@ def score_histogram(scan: Any, k: int = 10, reduce: str = "max", bins: int = 100
     ax.set(
         xlabel=f"neuron score ({reduce} over slots)",
         ylabel="density",
-        title=plain(f"score distribution, metric {scan.settings.get('metric')}"),
+        title=plain(f"score distribution, metric {scan.settings.metric}"),
     )
     ax.legend(fontsize=8)
     return fig

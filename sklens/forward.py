@@ -1,4 +1,12 @@
-"""One forward pass over a batch, doing only the work its caller needs.
+"""The batched pass, written once, and one forward pass over a batch doing only the work its
+caller needs.
+
+Every pass in sklens — scan, activations, scoring, causal edits, reference statistics, training
+evaluation — is the same loop: encode → right-padded batches → the prompt written at
+``hook_embed`` → hooks that read or edit → per-batch state. ``batched_pass`` is that loop; what
+differs is the list of *parts* (``BatchPart``: the prompt's ``SlotWriter``, a reader, a
+``NeuronIntervention``), each of which gives its hooks once and is told every batch before the
+model runs (``start``). Nothing else pushes batch state into a hook.
 
 Training and loss metrics need log-probabilities at the completion positions only. Unembedding
 every position of a small model with a large vocabulary costs most of its time, so on a
@@ -11,16 +19,31 @@ hook after the last layer they read.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from sklens import _compat
-from sklens.data.format import Batch
+from sklens.data.format import Batch, Encoded, iter_batches
+from sklens.models.protocol import Model
+
+Hook = tuple[str, Callable[..., Any]]
+
+
+@runtime_checkable
+class BatchPart(Protocol):
+    """One participant of a batched pass: its forward hooks, and the batch before each run."""
+
+    def hooks(self) -> list[Hook]: ...
+
+    def start(self, batch: Batch) -> None: ...
 
 
 class _StopForward(Exception):
@@ -36,12 +59,79 @@ def stop_hook(hook_name: str) -> tuple[str, Any]:
     return (hook_name, _raise_stop)
 
 
-def run_until_stopped(model: Any, batch: Batch) -> None:
+def run_until_stopped(model: Model, batch: Batch) -> None:
     """Run ``model`` on ``batch`` for its hooks' side effects, up to a ``stop_hook``."""
     try:
         model(batch.tokens, attention_mask=batch.attention_mask)
     except _StopForward:
         return
+
+
+@contextmanager
+def attached(
+    model: Model, parts: Sequence[BatchPart], *, stop_after: str | None = None
+) -> Iterator[Callable[[Batch], None]]:
+    """Attach every part's hooks (and a stop after ``stop_after``) for the ``with`` block.
+
+    Yields ``begin(batch)``, which tells each part the batch the next forward pass runs on. The
+    hooks are removed on exit, also on an exception (TransformerLens's ``model.hooks``).
+    """
+    hooks = [hook for part in parts for hook in part.hooks()]
+    if stop_after is not None:
+        hooks.append(stop_hook(stop_after))
+
+    def begin(batch: Batch) -> None:
+        for part in parts:
+            part.start(batch)
+
+    with model.hooks(fwd_hooks=hooks):
+        yield begin
+
+
+def batched_pass(
+    model: Model,
+    encoded: Sequence[Encoded],
+    n_slots: int,
+    parts: Sequence[BatchPart],
+    *,
+    batch_size: int,
+    order: Sequence[int] | None = None,
+    logprobs: bool = False,
+    with_completion: bool | None = None,
+    stop_after: str | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+) -> Iterator[tuple[Batch, CompletionLogprobs | None]]:
+    """The batched pass: yields each batch, after the model ran on it with ``parts`` attached.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        encoded: the examples in the slot layout (``sklens.data.format.encode``).
+        n_slots: the soft prompt's length (0: no prompt).
+        parts: what takes part (``BatchPart``), e.g. ``[prompt.writer(), reader]``.
+        batch_size: examples per forward pass.
+        order: which examples, in which order (default all, as given).
+        logprobs: score the completion (``CompletionLogprobs``, yielded with the batch).
+        with_completion: keep the completion tokens in the rows (default: only when scoring;
+            a causal model's slot activations do not depend on anything after the slots).
+        stop_after: a hook name after which the pass stops (the last hook a reader needs);
+            not with ``logprobs``.
+        progress: show a tqdm bar labelled ``desc``.
+    """
+    if logprobs and stop_after is not None:
+        raise ValueError("a pass that scores the completion cannot stop early (stop_after)")
+    order = list(range(len(encoded))) if order is None else list(order)
+    whole = logprobs if with_completion is None else with_completion
+    batches = iter_batches(model, encoded, n_slots, batch_size, order=order, with_completion=whole)
+    total = -(-len(order) // batch_size)
+    with torch.no_grad(), attached(model, parts, stop_after=stop_after) as begin:
+        for batch in tqdm(batches, total=total, desc=desc, disable=not progress):
+            begin(batch)
+            if logprobs:
+                yield batch, completion_logprobs(model, batch)
+            else:
+                run_until_stopped(model, batch)
+                yield batch, None
 
 
 @dataclass
@@ -63,7 +153,7 @@ class CompletionLogprobs:
 
 
 def completion_logprobs(
-    model: Any, batch: Batch, *, past_kv_cache: TransformerLensKeyValueCache | None = None
+    model: Model, batch: Batch, *, past_kv_cache: TransformerLensKeyValueCache | None = None
 ) -> CompletionLogprobs:
     """Run ``model`` (with whatever hooks are attached) and score the completion tokens.
 
@@ -92,7 +182,7 @@ def completion_logprobs(
 
 
 def prefill(
-    model: Any, tokens: Int[Tensor, "batch prefix"], attention_mask: Int[Tensor, "batch prefix"]
+    model: Model, tokens: Int[Tensor, "batch prefix"], attention_mask: Int[Tensor, "batch prefix"]
 ) -> TransformerLensKeyValueCache:
     """The keys and values of ``tokens`` at every layer, computed without autograd.
 
@@ -112,7 +202,7 @@ def prefill(
 
 def gather_slots(
     activation: Float[Tensor, "batch pos d"], batch: Batch
-) -> Float[Tensor, "batch n_slots d"]:
+) -> Float[Tensor, "batch slot d"]:
     """The activations at each row's soft-prompt slots (no prompt: its last instruction token)."""
     rows = torch.arange(activation.shape[0], device=activation.device)[:, None]
     return activation[rows, batch.read_positions.to(activation.device)]

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sklens import validate
 from sklens.data.example import Example
 from sklens.forward import CompletionLogprobs
 
@@ -210,20 +211,37 @@ def values(numbers: Sequence[float] | Tensor | np.ndarray, name: str = "values")
     return _Values(numbers, name)
 
 
+def from_spec(spec: str) -> Metric:
+    """The metric a spec string names, as ``sklens run --metric`` takes it: ``loss`` |
+    ``confidence`` | ``choice_confidence`` | ``label:KEY`` | ``label:KEY=VALUE``."""
+    validate.metric_spec(spec)
+    if spec == "loss":
+        return loss()
+    if spec == "confidence":
+        return confidence()
+    if spec == "choice_confidence":
+        return choice_confidence()
+    return label(*validate.label_spec(spec))
+
+
 def resolve(
-    metric: Metric | Callable[[Example], float] | Sequence[float] | Tensor | np.ndarray, n: int
+    metric: Metric | str | Callable[[Example], float] | Sequence[float] | Tensor | np.ndarray,
+    n: int,
 ) -> Metric:
-    """Turn what the user passed into a Metric, checking precomputed values against ``n``."""
+    """Turn what the user passed into a Metric (a spec string: ``from_spec``), checking
+    precomputed values against ``n``."""
     if isinstance(metric, Metric):
         resolved = metric
+    elif isinstance(metric, str):
+        resolved = from_spec(metric)
     elif callable(metric):
         resolved = from_callable(metric)
     elif isinstance(metric, (Sequence, np.ndarray, Tensor)) and not isinstance(metric, str):
         resolved = values(metric)
     else:
         raise TypeError(
-            f"metric must be a sklens.metrics.Metric, a callable Example -> float, or one number "
-            f"per example; got {type(metric).__name__}"
+            f"metric must be a sklens.metrics.Metric, a spec such as 'loss' or 'label:KEY=VALUE', "
+            f"a callable Example -> float, or one number per example; got {type(metric).__name__}"
         )
     if isinstance(resolved, _Values) and len(resolved.values) != n:
         raise ValueError(

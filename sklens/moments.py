@@ -21,9 +21,9 @@ class Moments:
     """Running statistics for ``[layers, d_mlp, n_slots]`` activation series and one metric."""
 
     n: int
-    mean_a: Float[Tensor, "layers d_mlp slots"]
-    m2_a: Float[Tensor, "layers d_mlp slots"]
-    c_am: Float[Tensor, "layers d_mlp slots"]
+    mean_a: Float[Tensor, "layers d_mlp slot"]
+    m2_a: Float[Tensor, "layers d_mlp slot"]
+    c_am: Float[Tensor, "layers d_mlp slot"]
     mean_m: float
     m2_m: float
 
@@ -81,14 +81,14 @@ class Moments:
             m2_m=self.m2_m + other.m2_m + delta_m**2 * w,
         )
 
-    def corr(self) -> Float[Tensor, "layers d_mlp slots"]:
+    def corr(self) -> Float[Tensor, "layers d_mlp slot"]:
         """Pearson r; NaN where an activation series has zero variance (a dead neuron)."""
         denom = (self.m2_a * self.m2_m).sqrt()
         r = self.c_am / denom
         r = torch.where(self.m2_a > 0, r, torch.nan)
         return r.clamp(-1.0, 1.0)
 
-    def std_a(self) -> Float[Tensor, "layers d_mlp slots"]:
+    def std_a(self) -> Float[Tensor, "layers d_mlp slot"]:
         return (self.m2_a / max(self.n, 1)).sqrt()
 
     def tensors(self) -> dict[str, Tensor]:
@@ -167,29 +167,29 @@ class GroupedMoments:
         return sum(g.n for g in self.groups)
 
     @property
-    def mean_a(self) -> Float[Tensor, "layers d_mlp slots"]:
+    def mean_a(self) -> Float[Tensor, "layers d_mlp slot"]:
         return self.marginal().mean_a
 
     @property
-    def m2_a(self) -> Float[Tensor, "layers d_mlp slots"]:
+    def m2_a(self) -> Float[Tensor, "layers d_mlp slot"]:
         """Within-group sum of squared activation deviations (the null's denominator too)."""
         return sum(g.m2_a for g in self.groups)
 
     @property
-    def c_am(self) -> Float[Tensor, "layers d_mlp slots"]:
+    def c_am(self) -> Float[Tensor, "layers d_mlp slot"]:
         return sum(g.c_am for g in self.groups)
 
     @property
     def m2_m(self) -> float:
         return sum(g.m2_m for g in self.groups)
 
-    def corr(self) -> Float[Tensor, "layers d_mlp slots"]:
+    def corr(self) -> Float[Tensor, "layers d_mlp slot"]:
         """Pooled within-group r; NaN where activations do not vary within groups."""
         m2_a = self.m2_a
         r = self.c_am / (m2_a * self.m2_m).sqrt()
         return torch.where(m2_a > 0, r, torch.nan).clamp(-1.0, 1.0)
 
-    def std_a(self) -> Float[Tensor, "layers d_mlp slots"]:
+    def std_a(self) -> Float[Tensor, "layers d_mlp slot"]:
         return self.marginal().std_a()
 
     def tensors(self) -> dict[str, Tensor]:

@@ -15,9 +15,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sklens.moments import GroupedMoments, Moments, group_codes
-from sklens.permutation import PermutationAccumulator
-from sklens.result import Scan
+from sklens.result import Scan, ScanSettings
 from sklens.scan import check_varies_within
+from sklens.stats.permutation import PermutationAccumulator
 
 
 def scan_activations(
@@ -71,19 +71,18 @@ def scan_activations(
             moments.fold_metric(m)
         else:
             moments.fold_metric(m, rows)
-    settings = {
-        "model_name": None,
-        "n_layers": n_layers,
-        "d_mlp": d,
-        "layers": list(range(n_layers)),
-        "n_tokens": k,
-        "metric": "values",
-        "n_examples": n,
-        "n_permutations": n_permutations,
-        "statistic": "pearson" if codes is None else "within-group pearson (groups)",
-        "permutation_seed": permutation_seed,
-        "positions": "precomputed",
-    }
+    settings = ScanSettings(
+        n_layers=n_layers,
+        d_mlp=d,
+        layers=tuple(range(n_layers)),
+        n_tokens=k,
+        metric="values",
+        n_examples=n,
+        n_permutations=n_permutations,
+        statistic="pearson" if codes is None else "within-group pearson (groups)",
+        permutation_seed=permutation_seed,
+        positions="precomputed",
+    )
     null = None
     if perm is not None:
         perm.rebase(moments.mean_a)

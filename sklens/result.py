@@ -1,20 +1,15 @@
 """The result of a scan: streaming moments, metric values, the permutation null if any, and the
 settings that made them; ranking rules, significance, and persistence.
 
-Ranking rules (``Scan.scores``):
-
-* ``"max"`` (the paper's): ``score = max_k corr[L, i, k]``, neurons ranked by ``|score|``. A
-  neuron negatively correlated at every position gets its least negative r, so strongly
-  anti-correlated neurons can rank below weaker positive ones.
-* ``"absmax"`` (symmetric): ``score = corr[L, i, k*]`` with ``k* = argmax_k |corr[L, i, k]|``,
-  treating both signs alike.
+Ranking rules (``Scan.scores``): ``"max"`` (the paper's) and ``"absmax"``, defined once in
+``sklens.ranking`` for the scan and its null.
 
 Significance (with a permutation null, ``scan(..., n_permutations=B)``): ``p_values("fwer")`` is
 family-wise adjusted over all scanned neurons; ``p_values("neuron")`` is each neuron's own
 permutation p-value (valid per neuron, at least ``1/(B+1)``), and ``q_values`` applies BH/BY to
 it. ``p_values("pooled")`` pools every neuron's null: finer, but not a valid per-neuron p, and BH
 on it is only an approximate marginal FDR that assumes the neurons' nulls are alike
-(``sklens.permutation``). A permutation test checks independence, not ρ = 0.
+(``sklens.stats.permutation``). A permutation test checks independence, not ρ = 0.
 """
 
 from __future__ import annotations
@@ -22,6 +17,8 @@ from __future__ import annotations
 import html
 import json
 import os
+import warnings
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,26 +32,100 @@ from torch import Tensor
 from sklens import validate
 from sklens.atomic import write_bytes
 from sklens.moments import GroupedMoments, Moments
-from sklens.permutation import PermutationNull
+from sklens.ranking import RULES, Reduce, slot_scores
 from sklens.stats import q_values
+from sklens.stats.inference import QMethod
+from sklens.stats.permutation import PermutationNull
 
-Reduce = Literal["max", "absmax"]
-RULES = ("max", "absmax")
+PMethod = Literal["fwer", "neuron", "pooled"]
+Correction = Literal["fwer", "fdr_bh", "fdr_by"]
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """What made a scan: the model's shape, what was read, the metric, the data and the null.
+
+    Saved with the scan (``Scan.save``, as JSON in the safetensors header) and compared on
+    ``--resume``; reads as attributes (``settings.n_tokens``). ``n_tokens`` is the number of
+    slots read per example (1 for the last-instruction-token baseline).
+    """
+
+    n_layers: int
+    d_mlp: int
+    layers: tuple[int, ...]
+    n_tokens: int
+    metric: str
+    n_examples: int
+    positions: str  # soft_prompt | last_instruction_token | precomputed
+    statistic: str = "pearson"
+    n_permutations: int = 0
+    permutation_seed: int = 0
+    permutation_groups: str | None = None
+    model_name: str | None = None
+    prompt: dict[str, Any] | None = None  # the prompt's seed, init and training settings
+    batch_size: int | None = None
+    data_hash: str | None = None
+    backend: str | None = None
+    sklens_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["layers"] = list(self.layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> ScanSettings:
+        """Read saved settings; an unknown or missing field is a ValueError naming it."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(saved.keys() - names)
+        if unknown:
+            raise ValueError(f"settings this sklens does not know: {unknown}")
+        try:
+            return cls(**{**saved, "layers": tuple(int(L) for L in saved["layers"])})
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"incomplete settings ({err})") from err
+
+    def __getitem__(self, name: str) -> Any:
+        """Deprecated: scan settings used to be a dict; use the attribute (``settings.metric``)."""
+        warnings.warn(
+            f"scan.settings[{name!r}] is deprecated; use scan.settings.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise KeyError(name) from None
 
 
 class Scan:
     """The result of a scan: streaming moments, metric values, and the settings that made them.
 
-    ``corr`` is float64 ``[len(layers), d_mlp, n_tokens]``; ``layers`` maps its first axis to model
-    layer indices (all layers by default). With ``permutation_groups`` it is the within-group r
-    and ``marginal_corr`` the ordinary one.
+    ``corr`` is float64 ``[len(layers), d_mlp, slot]``: its first axis runs over the *scanned*
+    layers, ``layers`` maps it to model layer indices (all layers by default), and
+    ``layer_corr(L)`` indexes by model layer. With ``permutation_groups`` it is the within-group
+    r and ``marginal_corr`` the ordinary one.
+
+    A neuron planted to track the metric at one slot comes out on top, with a permutation p
+    at its floor ``1/(B+1)``:
+
+    >>> import torch, sklens
+    >>> g = torch.Generator().manual_seed(0)
+    >>> acts = torch.randn(60, 2, 3, 8, generator=g)  # examples, layers, slots, neurons
+    >>> metric = acts[:, 1, 2, 5] + 0.3 * torch.randn(60, generator=g)
+    >>> result = sklens.scan_activations(acts, metric, n_permutations=99)
+    >>> top = result.top_k(1)
+    >>> int(top.layer[0]), int(top.neuron[0]), int(top.slot[0])
+    (1, 5, 2)
+    >>> round(float(result.p_values(method="fwer")[1, 5]), 4)
+    0.01
     """
 
     def __init__(
         self,
         moments: Moments | GroupedMoments,
         metric_values: Tensor,
-        settings: dict[str, Any],
+        settings: ScanSettings,
         null: PermutationNull | None = None,
     ):
         self.moments = moments
@@ -64,19 +135,25 @@ class Scan:
 
     @property
     def layers(self) -> list[int]:
-        return list(self.settings["layers"])
+        return list(self.settings.layers)
 
     @property
     def n(self) -> int:
         return self.moments.n
 
     @property
-    def corr(self) -> Float[Tensor, "layers d_mlp n_tokens"]:
+    def corr(self) -> Float[Tensor, "layers d_mlp slot"]:
         """The scan's statistic: Pearson r, or the pooled within-group r when grouped."""
         return self.moments.corr().cpu()
 
+    def layer_corr(self, layer: int) -> Float[Tensor, "d_mlp slot"]:
+        """``corr`` of model layer ``layer`` (``corr[i]`` is the i-th *scanned* layer)."""
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not scanned; this scan has layers {self.layers}")
+        return self.corr[self.layers.index(layer)]
+
     @property
-    def marginal_corr(self) -> Float[Tensor, "layers d_mlp n_tokens"]:
+    def marginal_corr(self) -> Float[Tensor, "layers d_mlp slot"]:
         """Pearson r over all examples (equal to ``corr`` unless the scan was grouped)."""
         if isinstance(self.moments, GroupedMoments):
             return self.moments.marginal().corr().cpu()
@@ -85,30 +162,28 @@ class Scan:
     def scores(
         self, reduce: Reduce = "max"
     ) -> tuple[Float[Tensor, "layers d_mlp"], Int[Tensor, "layers d_mlp"]]:
-        """Per-neuron score and the slot position it comes from (see the module doc for rules)."""
-        corr = self.corr
-        if reduce == "max":
-            filled = torch.where(corr.isnan(), -torch.inf, corr)
-            score, position = filled.max(-1)
-        elif reduce == "absmax":
-            position = torch.where(corr.isnan(), -1.0, corr.abs()).argmax(-1)
-            score = corr.gather(-1, position[..., None]).squeeze(-1)
-        else:
-            raise ValueError(f"reduce must be 'max' (the paper's rule) or 'absmax', got {reduce!r}")
-        score = torch.where(torch.isinf(score), torch.nan, score)  # all-NaN (dead) neurons
-        return score, position
+        """Per-neuron score and the slot it comes from (rules: ``sklens.ranking``)."""
+        return slot_scores(self.corr, reduce)
 
     def top_k(self, k: int = 10, reduce: Reduce = "max") -> pd.DataFrame:
-        """The ``k`` neurons with the largest ``|score|``: layer, neuron, position, corr, score.
+        """The ``k`` neurons with the largest ``|score|``: layer, neuron, slot, corr, score.
 
         ``corr`` is r at ``position``; ``corr_min``/``corr_max`` span r over all positions, which
         shows where the two ranking rules can disagree. Every number here is **in-sample**: it
         comes from the examples that selected the neurons, so |r| is inflated by the selection
         (``attrs["sample"]`` says so); re-measure on other examples with
         ``sklens.confirm_neurons``.
+
+        Args:
+            k: how many neurons (fewer when fewer have a score).
+            reduce: the ranking rule: ``"max"`` (the paper's) or ``"absmax"``.
+
+        Returns:
+            One row per neuron, best first; with a permutation null also ``p_fwer``,
+            ``p_neuron`` and ``q_bh``.
         """
         validate.integer("k", k, minimum=0, meaning="how many neurons")
-        score, position = self.scores(reduce)
+        score, slot = self.scores(reduce)
         ranked = torch.where(score.isnan(), -1.0, score.abs()).flatten()
         k = min(k, int((~score.isnan()).sum()))
         top = ranked.topk(k).indices
@@ -116,7 +191,7 @@ class Scan:
         rows, neurons = top // d_mlp, top % d_mlp
         corr = self.corr
         layers = self.layers
-        pos = position[rows, neurons]
+        pos = slot[rows, neurons]
         extra = {}
         if self.null is not None:
             extra["p_fwer"] = self.p_values(reduce, "fwer")[rows, neurons].tolist()
@@ -126,7 +201,7 @@ class Scan:
             {
                 "layer": [layers[r] for r in rows.tolist()],
                 "neuron": neurons.tolist(),
-                "position": pos.tolist(),
+                "slot": pos.tolist(),
                 "corr": corr[rows, neurons, pos].tolist(),
                 "score": score[rows, neurons].tolist(),
                 "corr_min": corr[rows, neurons].nan_to_num(nan=torch.inf).amin(-1).tolist(),
@@ -143,7 +218,7 @@ class Scan:
         return self.null
 
     def p_values(
-        self, reduce: Reduce = "max", method: str = "fwer"
+        self, reduce: Reduce = "max", method: PMethod = "fwer"
     ) -> Float[Tensor, "layers d_mlp"]:
         """Per-neuron p-values from the permutation null.
 
@@ -166,7 +241,7 @@ class Scan:
         raise ValueError(f"method must be 'fwer', 'neuron' or 'pooled', got {method!r}")
 
     def q_values(
-        self, reduce: Reduce = "max", method: str = "bh", p: str = "neuron"
+        self, reduce: Reduce = "max", method: QMethod = "bh", p: PMethod = "neuron"
     ) -> Float[Tensor, "layers d_mlp"]:
         """Benjamini–Hochberg (``"bh"``) or –Yekutieli (``"by"``) q-values.
 
@@ -178,7 +253,7 @@ class Scan:
         return torch.from_numpy(q_values(self.p_values(reduce, p).numpy(), method))
 
     def significant(
-        self, alpha: float = 0.05, method: str = "fwer", reduce: Reduce = "max"
+        self, alpha: float = 0.05, method: Correction = "fwer", reduce: Reduce = "max"
     ) -> pd.DataFrame:
         """The neurons that pass ``alpha`` under ``"fwer"``, ``"fdr_bh"`` or ``"fdr_by"``,
         as a ``top_k``-style table with ``p_fwer`` and ``q`` columns, sorted by ``|score|``."""
@@ -200,7 +275,8 @@ class Scan:
             tensors["null_perms"] = self.null.perms.contiguous()
             for rule, scores in self.null.scores.items():
                 tensors[f"null_scores_{rule}"] = scores.contiguous()
-        write_bytes(path, save(tensors, metadata={"sklens": json.dumps(self.settings)}))
+        metadata = {"sklens": json.dumps(self.settings.to_dict())}
+        write_bytes(path, save(tensors, metadata=metadata))
         return path
 
     @classmethod
@@ -217,7 +293,7 @@ class Scan:
                 raise ValueError(
                     "a safetensors file without sklens settings: not written by Scan.save"
                 )
-            settings = json.loads(metadata["sklens"])
+            settings = ScanSettings.from_dict(json.loads(metadata["sklens"]))
             _check_tensors(tensors, settings)
             values = tensors.pop("metric_values")
             null = None
@@ -242,8 +318,8 @@ class Scan:
     def __repr__(self) -> str:
         s = self.settings
         return (
-            f"Scan(metric={s['metric']!r}, n={self.n}, layers={len(self.layers)}, "
-            f"d_mlp={s['d_mlp']}, n_tokens={s['n_tokens']}, model={s['model_name']!r})"
+            f"Scan(metric={s.metric!r}, n={self.n}, layers={len(self.layers)}, "
+            f"d_mlp={s.d_mlp}, n_tokens={s.n_tokens}, model={s.model_name!r})"
         )
 
     def _repr_html_(self) -> str:
@@ -252,14 +328,14 @@ class Scan:
         return f"<div><p><code>{html.escape(repr(self))}</code></p>{title}{table}</div>"
 
 
-def _check_tensors(tensors: dict[str, Tensor], settings: dict[str, Any]) -> None:
+def _check_tensors(tensors: dict[str, Tensor], settings: ScanSettings) -> None:
     """Raise ValueError unless the tensors have the shapes and dtypes the settings imply.
 
     A file whose framing is intact but whose tensors disagree would otherwise broadcast into
     plausible-looking correlations.
     """
-    n = int(settings["n_examples"])
-    grid = (len(settings["layers"]), int(settings["d_mlp"]), int(settings["n_tokens"]))
+    n = settings.n_examples
+    grid = (len(settings.layers), settings.d_mlp, settings.n_tokens)
     moments: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
         "n": ((), torch.int64),
         "mean_a": (grid, torch.float64),
@@ -279,7 +355,7 @@ def _check_tensors(tensors: dict[str, Tensor], settings: dict[str, Any]) -> None
         expected |= {f"group{g}.{k}": v for g in range(n_groups) for k, v in moments.items()}
         counts = [f"group{g}.n" for g in range(n_groups)]
     if "null_perms" in tensors:
-        b = int(settings["n_permutations"])
+        b = settings.n_permutations
         expected["null_perms"] = ((b, n), torch.int64)
         expected |= {f"null_scores_{rule}": ((b, *grid[:2]), torch.float32) for rule in RULES}
     problems = [

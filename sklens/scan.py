@@ -17,23 +17,23 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sklens import distributed, validate
 from sklens import metrics as metrics_mod
 from sklens.choices import score_examples
 from sklens.data.example import Example, data_hash
-from sklens.data.format import Batch, encode, iter_batches
-from sklens.forward import completion_logprobs, gather_slots, run_until_stopped, stop_hook
+from sklens.data.format import Batch, encode
+from sklens.forward import BatchPart, batched_pass, gather_slots
 from sklens.metrics import Metric
+from sklens.models.protocol import Model
 from sklens.moments import GroupedMoments, Moments, centre_within, group_codes
-from sklens.permutation import PermutationAccumulator
-from sklens.result import Scan
+from sklens.result import Scan, ScanSettings
 from sklens.soft_prompt import SoftPrompt
+from sklens.stats.permutation import PermutationAccumulator
 from sklens.version import __version__
 
 
-def resolve_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+def resolve_layers(model: Model, layers: Sequence[int] | None) -> list[int]:
     """Validated, sorted layer indices (all layers when ``None``)."""
     n_layers = model.cfg.n_layers
     if layers is None:
@@ -58,12 +58,14 @@ class _Folder:
         moments: Moments | GroupedMoments | None,
         layers: list[int],
         perm: PermutationAccumulator | None = None,
+        known: Tensor | None = None,
     ):
-        self.moments, self.layers, self.perm = moments, layers, perm
+        self.moments, self.layers, self.perm, self.known = moments, layers, perm, known
         self.grouped = isinstance(moments, GroupedMoments)
         self.batch: Batch | None = None
         self.m: Tensor | None = None
         self.pending: dict[int, Tensor] = {}
+        self.last_hook = f"blocks.{layers[-1]}.mlp.hook_post"
 
     def hooks(self) -> list[tuple[str, Any]]:
         return [
@@ -90,7 +92,9 @@ class _Folder:
         else:
             self.moments.fold_layer(j, slots, m)
 
-    def start(self, batch: Batch, m: Tensor | None) -> None:
+    def start(self, batch: Batch) -> None:
+        """The next batch; its metric values when they are known before the pass."""
+        m = None if self.known is None else self.known[batch.indices].to(batch.tokens.device)
         self.batch, self.m, self.pending = batch, m, {}
 
     def finish(self, m: Tensor) -> None:
@@ -134,12 +138,11 @@ def check_slots_vary(moments: Moments | GroupedMoments) -> None:
 
 
 def _pass(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt | None,
     examples: list[Example],
     encoded: list,
     metric: Metric,
-    known: Tensor | None,
     folder: _Folder,
     batch_size: int,
     progress: bool,
@@ -147,42 +150,39 @@ def _pass(
     order: list[int],
 ) -> Tensor:
     """One pass over ``examples[order]`` with the folder's hooks; returns the metric values
-    (NaN for examples outside ``order``, which other ranks scan)."""
-    device = model.cfg.device
-    writer = prompt.writer() if prompt is not None else None
-    fwd_hooks = [("hook_embed", writer)] if writer is not None else []
-    fwd_hooks += folder.hooks()
-    if known is not None:
-        fwd_hooks.append(stop_hook(f"blocks.{folder.layers[-1]}.mlp.hook_post"))
+    (NaN for examples outside ``order``, which other ranks scan). With the values known before
+    the pass (``folder.known``) it stops after the last scanned layer."""
     values = torch.full((len(examples),), torch.nan, dtype=torch.float64)
-    n_slots = prompt.n_tokens if prompt is not None else 0
-    batches = iter_batches(
-        model, encoded, n_slots, batch_size, order=order, with_completion=known is None
-    )
-    total = -(-len(order) // batch_size)
+    known = folder.known is not None
+    parts: list[BatchPart] = [prompt.writer(), folder] if prompt is not None else [folder]
     checked = folder.moments is None
-    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
-        for batch in tqdm(batches, total=total, desc=desc, disable=not progress):
-            if writer is not None:
-                writer.slot_start = batch.slot_start
-            if known is not None:
-                m = known[batch.indices]
-                folder.start(batch, m.to(device))
-                run_until_stopped(model, batch)
-            else:
-                folder.start(batch, None)
-                scores = completion_logprobs(model, batch)
-                m = metric([examples[i] for i in batch.indices], batch.indices, scores)
-            folder.finish(m.to(device))
-            values[batch.indices] = m.cpu()
-            if not checked and folder.moments.n >= 2:
-                check_slots_vary(folder.moments)
-                checked = True
+    for batch, scores in batched_pass(
+        model,
+        encoded,
+        prompt.n_tokens if prompt is not None else 0,
+        parts,
+        batch_size=batch_size,
+        order=order,
+        logprobs=not known,
+        stop_after=folder.last_hook if known else None,
+        progress=progress,
+        desc=desc,
+    ):
+        m = (
+            folder.m
+            if known
+            else metric([examples[i] for i in batch.indices], batch.indices, scores)
+        )
+        folder.finish(m.to(model.cfg.device))
+        values[batch.indices] = m.cpu()
+        if not checked and folder.moments.n >= 2:
+            check_slots_vary(folder.moments)
+            checked = True
     return values
 
 
 def scan(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
     metric: Metric | Any,
@@ -266,9 +266,9 @@ def scan(
 
     perm = accumulator(known) if n_permutations and known is not None else None
     order = distributed.shard(len(examples))
-    folder = _Folder(moments, layer_ids, perm)
+    folder = _Folder(moments, layer_ids, perm, known)
     values = _pass(
-        model, prompt, examples, encoded, metric, known, folder, batch_size, progress, "scan", order
+        model, prompt, examples, encoded, metric, folder, batch_size, progress, "scan", order
     )
     values = distributed.sum_values(values, ~values.isnan())
     moments = distributed.merge_moments(moments)
@@ -277,14 +277,13 @@ def scan(
         check_varies_within(values, codes, metric.name, permutation_groups)
     if n_permutations and perm is None:  # model-based metric: a second pass with known values
         perm = accumulator(values)
-        second = _Folder(None, layer_ids, perm)
+        second = _Folder(None, layer_ids, perm, values)
         _pass(
             model,
             prompt,
             examples,
             encoded,
             metric,
-            values,
             second,
             batch_size,
             progress,
@@ -294,30 +293,30 @@ def scan(
     if perm is not None:  # shards used different shifts: move to the merged mean, then add up
         perm.rebase(moments.mean_a)
         distributed.sum_tensor(perm.sums)
-    settings = {
-        "model_name": getattr(model.cfg, "model_name", None),
-        "n_layers": model.cfg.n_layers,
-        "d_mlp": model.cfg.d_mlp,
-        "layers": layer_ids,
-        "n_tokens": max(n_slots, 1),
-        "prompt": None
+    settings = ScanSettings(
+        model_name=getattr(model.cfg, "model_name", None),
+        n_layers=model.cfg.n_layers,
+        d_mlp=model.cfg.d_mlp,
+        layers=tuple(layer_ids),
+        n_tokens=max(n_slots, 1),
+        prompt=None
         if prompt is None
         else {
             "seed": prompt.config.seed,
             "init": prompt.config.init.value,
             "training": prompt.config.training,
         },
-        "positions": "soft_prompt" if prompt is not None else "last_instruction_token",
-        "metric": metric.name,
-        "n_examples": len(examples),
-        "batch_size": batch_size,
-        "n_permutations": n_permutations,
-        "permutation_groups": permutation_groups,
-        "statistic": "pearson" if codes is None else f"within-group pearson ({permutation_groups})",
-        "permutation_seed": permutation_seed,
-        "data_hash": data_hash(examples),
-        "backend": type(model).__name__,
-        "sklens_version": __version__,
-    }
+        positions="soft_prompt" if prompt is not None else "last_instruction_token",
+        metric=metric.name,
+        n_examples=len(examples),
+        batch_size=batch_size,
+        n_permutations=n_permutations,
+        permutation_groups=permutation_groups,
+        statistic="pearson" if codes is None else f"within-group pearson ({permutation_groups})",
+        permutation_seed=permutation_seed,
+        data_hash=data_hash(examples),
+        backend=type(model).__name__,
+        sklens_version=__version__,
+    )
     null = perm.reduce(moments.m2_a) if perm is not None else None
     return Scan(moments, values, settings, null)

@@ -26,6 +26,8 @@ from transformer_lens.hook_points import HookPoint
 
 from sklens import _compat, validate
 from sklens.atomic import write_bytes, write_text
+from sklens.data.format import Batch
+from sklens.models.protocol import Model
 from sklens.version import __version__
 
 WEIGHTS_FILE = "soft_prompt.safetensors"
@@ -74,14 +76,22 @@ class SoftPromptConfig:
 class SlotWriter:
     """The ``hook_embed`` hook: writes the prompt into each row's slots.
 
-    ``slot_start`` is set per batch, so one writer serves a whole scan or training run inside a
-    single ``model.hooks(...)`` context.
+    A part of the batched pass (``sklens.forward.BatchPart``): ``start(batch)`` tells it where
+    each row's slots begin, so one writer serves a whole scan or training run inside a single
+    ``model.hooks(...)`` context.
     """
 
     def __init__(self, prompt: SoftPrompt):
         self.prompt = prompt
         self.slot_start: Int[Tensor, " batch"] | None = None
         self.active = True
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        return [("hook_embed", self)]
+
+    def start(self, batch: Batch) -> None:
+        """The batch the next forward pass runs on (its rows' slot positions)."""
+        self.slot_start = batch.slot_start
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -135,7 +145,7 @@ class SoftPrompt(HookedRootModule):
     @classmethod
     def init_for(
         cls,
-        model: Any,
+        model: Model,
         n_tokens: int = 20,
         *,
         init: InitMode | str = InitMode.RANDOM,
@@ -174,15 +184,15 @@ class SoftPrompt(HookedRootModule):
         return SlotWriter(self)
 
     @contextmanager
-    def attached(self, model: Any, slot_start: Tensor) -> Iterator[SlotWriter]:
-        """Attach to ``model`` for rows whose slots start at ``slot_start``; removed on exit."""
+    def attached(self, model: Model) -> Iterator[SlotWriter]:
+        """Attach to ``model`` for the ``with`` block (removed on exit, also on an exception);
+        yields the writer: call ``writer.start(batch)`` before each forward pass."""
         self.check_fits(model)
         writer = self.writer()
-        writer.slot_start = slot_start
-        with model.hooks(fwd_hooks=[("hook_embed", writer)]):
+        with model.hooks(fwd_hooks=writer.hooks()):
             yield writer
 
-    def check_fits(self, model: Any) -> None:
+    def check_fits(self, model: Model) -> None:
         """Raise if this prompt's width is not the model's ``d_model``, or if it holds NaN or
         infinite values (which would make every activation NaN and every score silently drop)."""
         if self.config.d_model != model.cfg.d_model:
@@ -213,7 +223,7 @@ class SoftPrompt(HookedRootModule):
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, model: Any | None = None) -> SoftPrompt:
+    def load(cls, directory: str | os.PathLike, model: Model | None = None) -> SoftPrompt:
         """Load a saved prompt; with ``model``, check it fits and move it to the model's device."""
         directory = Path(directory)
         weights, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE

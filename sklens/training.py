@@ -31,7 +31,8 @@ from sklens import _compat, validate
 from sklens.atomic import write_bytes
 from sklens.data.example import Example, data_hash
 from sklens.data.format import Encoded, encode, iter_batches, split_batch
-from sklens.forward import CompletionLogprobs, completion_logprobs, prefill
+from sklens.forward import CompletionLogprobs, batched_pass, completion_logprobs, prefill
+from sklens.models.protocol import Model
 from sklens.soft_prompt import InitMode, SlotWriter, SoftPrompt
 
 logger = logging.getLogger("sklens")
@@ -40,7 +41,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @contextmanager
-def frozen(model: Any) -> Iterator[None]:
+def frozen(model: Model) -> Iterator[None]:
     """Set ``requires_grad=False`` on every model parameter; restore the flags on exit."""
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
@@ -62,7 +63,7 @@ def batch_order(n: int, batch_size: int, step: int, seed: int) -> list[int]:
 
 
 def train_logprobs(
-    model: Any, writer: SlotWriter, encoded: Sequence[Encoded], order: Sequence[int]
+    model: Model, writer: SlotWriter, encoded: Sequence[Encoded], order: Sequence[int]
 ) -> CompletionLogprobs:
     """Completion log-probabilities of examples ``order`` for a gradient step on the prompt.
 
@@ -73,31 +74,30 @@ def train_logprobs(
     """
     if _compat.is_bridge(model):
         batch = next(iter_batches(model, encoded, writer.prompt.n_tokens, len(order), order=order))
-        writer.slot_start = batch.slot_start
+        writer.start(batch)
         return completion_logprobs(model, batch)
     prefix, prefix_mask, rest = split_batch(model, encoded, writer.prompt.n_tokens, order)
     with writer.paused():
         cache = prefill(model, prefix, prefix_mask)
-    writer.slot_start = rest.slot_start
+    writer.start(rest)
     return completion_logprobs(model, rest, past_kv_cache=cache)
 
 
 def _mean_loss(
-    model: Any, writer: SlotWriter, encoded: Sequence[Encoded], batch_size: int
+    model: Model, prompt: SoftPrompt, encoded: Sequence[Encoded], batch_size: int
 ) -> float:
-    """Mean per-example completion loss over ``encoded``; ``writer`` must be attached."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in iter_batches(model, encoded, writer.prompt.n_tokens, batch_size):
-            writer.slot_start = batch.slot_start
-            losses = completion_logprobs(model, batch).mean_loss
-            total += float(losses.sum())
-            count += len(losses)
-    return total / count
+    """Mean per-example completion loss over ``encoded`` (no gradient)."""
+    losses = [
+        scores.mean_loss
+        for _, scores in batched_pass(
+            model, encoded, prompt.n_tokens, [prompt.writer()], batch_size=batch_size, logprobs=True
+        )
+    ]
+    return float(torch.cat(losses).mean())
 
 
 def train_soft_prompt(
-    model: Any,
+    model: Model,
     examples: Sequence[Example],
     *,
     n_tokens: int = 20,
@@ -132,6 +132,31 @@ def train_soft_prompt(
     ``checkpoint_every`` steps, and a later call with the same directory and settings resumes
     from the last checkpoint. ``prompt.history`` holds the training loss of every step and the
     validation loss every ``eval_every`` steps.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge; frozen while training, restored after.
+        examples: the training examples (``Example``: instruction, completion, meta).
+        n_tokens: soft-prompt length (the paper: 20).
+        lr: AdamW learning rate (the paper: 3e-3).
+        steps: optimizer steps, or the maximum with ``patience``; not with ``epochs``.
+        epochs: passes over ``examples`` instead of ``steps``.
+        batch_size: examples per step; the order is a pure function of ``seed`` and the step.
+        seed: seeds the prompt's initialisation and the batch order.
+        weight_decay: AdamW weight decay.
+        init: ``"random"`` (scaled like the embeddings), ``"text"`` (the embeddings of
+            ``init_text``) or ``"sample_vocab"`` (random vocabulary embeddings).
+        init_text: the text for ``init="text"``.
+        val_examples: held-out examples whose mean loss is recorded every ``eval_every`` steps.
+        eval_every: steps between validation losses (default: a tenth of the steps).
+        patience: stop after this many evaluations without a new best (needs ``val_examples``).
+        min_delta: how much lower a validation loss must be to count as a new best.
+        checkpoint_dir: a directory for the one-file checkpoint; resumes from it when present.
+        checkpoint_every: steps between checkpoints (and one at the end).
+        chat_template: use the tokenizer's chat template (default: when it has one).
+        progress: show a tqdm bar with the losses.
+
+    Returns:
+        The trained ``SoftPrompt``; ``prompt.history`` and ``prompt.config.training`` say how.
     """
     examples = list(examples)
     if steps is not None and epochs is not None:
@@ -183,18 +208,18 @@ def train_soft_prompt(
     if checkpoint_dir is not None:
         start = _resume(Path(checkpoint_dir), prompt, optimizer, settings)
 
-    writer = prompt.writer()
     bar = tqdm(total=total_steps, initial=start, desc="train soft prompt", disable=not progress)
-    with frozen(model), model.hooks(fwd_hooks=[("hook_embed", writer)]):
+    with frozen(model):
         if val_encoded is not None and start == 0:
             prompt.history.append(
-                {"step": 0, "val_loss": _mean_loss(model, writer, val_encoded, batch_size)}
+                {"step": 0, "val_loss": _mean_loss(model, prompt, val_encoded, batch_size)}
             )
         for step in range(start, total_steps):
             if patience is not None and plateau(prompt.history, patience, min_delta)["stopped"]:
                 break
             order = batch_order(len(examples), batch_size, step, seed)
-            loss = train_logprobs(model, writer, encoded, order).mean_loss.mean()
+            with prompt.attached(model) as writer:
+                loss = train_logprobs(model, writer, encoded, order).mean_loss.mean()
             if not torch.isfinite(loss):
                 raise RuntimeError(
                     f"training diverged: the loss is {loss.item()} at step {step + 1} (lr={lr}); "
@@ -211,7 +236,7 @@ def train_soft_prompt(
             record: dict[str, float | int] = {"step": step + 1, "train_loss": loss.item()}
             done = step + 1
             if val_encoded is not None and (done % eval_every == 0 or done == total_steps):
-                record["val_loss"] = _mean_loss(model, writer, val_encoded, batch_size)
+                record["val_loss"] = _mean_loss(model, prompt, val_encoded, batch_size)
             prompt.history.append(record)
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})

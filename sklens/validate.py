@@ -290,7 +290,7 @@ def study_data(config: Any, task: Any) -> str:
     """Check the settings that refer to the task's examples; return the metric spec to use.
 
     ``task`` has ``name``, ``val`` (the examples the metric is computed on), ``default_metric``
-    and ``group_by``, as ``sklens.tasks.TaskData``.
+    and ``group_by``, as ``sklens.app.tasks.TaskData``.
     """
     spec = config.metric or task.default_metric
     if spec is None:

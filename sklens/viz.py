@@ -4,8 +4,10 @@ circuitsvis's default HTML imports its JavaScript from a CDN and probes the inte
 render; an offline notebook or a shared report then shows a blank box. Every view here is an
 ``OfflineHTML``: it renders from the JavaScript bundle that ships inside the circuitsvis package.
 
-Axis order everywhere: examples → tokens → neurons; neurons are labelled ``L{layer} N{neuron}``
-(with the scan's slot as ``@soft{k}``) so the real ids survive circuitsvis's renumbering.
+Views render only: like circuitsvis's own functions they take token strings and arrays
+(``[pos, neurons]`` per example) and never run a model — ``sklens.evidence`` computes what they
+show. Neurons are labelled ``L{layer} N{neuron}`` (with the scan's slot as ``@soft{k}``) so the
+real ids survive circuitsvis's renumbering.
 """
 
 from __future__ import annotations
@@ -22,12 +24,9 @@ import pandas as pd
 from circuitsvis.activations import text_neuron_activations
 from circuitsvis.topk_samples import topk_samples
 from circuitsvis.utils.render import RenderedHTML
-from jaxtyping import Float
-from torch import Tensor
 
-from sklens.activations import as_neuron_list, slot_activations, token_activations
 from sklens.atomic import write_text
-from sklens.data.example import Example
+from sklens.neurons import NeuronSet
 
 _RENDER = re.compile(r"\n\s*CircuitsVis\.render\(")
 
@@ -68,12 +67,12 @@ class OfflineHTML:
 
 
 def neuron_labels(neurons: pd.DataFrame | Sequence[tuple[int, int]]) -> list[str]:
-    if isinstance(neurons, pd.DataFrame) and "position" in neurons:
+    if isinstance(neurons, pd.DataFrame) and "slot" in neurons:
         return [
             f"L{L} N{i} @soft{p}"
-            for L, i, p in zip(neurons.layer, neurons.neuron, neurons.position, strict=True)
+            for L, i, p in zip(neurons.layer, neurons.neuron, neurons.slot, strict=True)
         ]
-    return [f"L{L} N{i}" for L, i in as_neuron_list(neurons)]
+    return NeuronSet.of(neurons).labels()
 
 
 def _display(tokens: list[str], acts: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -87,100 +86,71 @@ def _display(tokens: list[str], acts: np.ndarray) -> tuple[list[str], np.ndarray
     return [html.escape(t, quote=False) for t in tokens[1:]], acts[1:]
 
 
-def extremal_indices(
-    acts: Float[Tensor, "n_examples n_neurons n_slots"], neurons: pd.DataFrame, n: int
-) -> list[list[int]]:
-    """For each neuron row, its ``n`` most then ``n`` least activating examples at its slot,
-    from ``slot_activations`` of those neurons (so a caller that has them pays no extra pass)."""
-    out = []
-    for j, position in enumerate(neurons["position"].tolist()):
-        values = acts[:, j, position]
-        most = values.argsort(descending=True)[:n].tolist()
-        least = [i for i in values.argsort()[:n].tolist() if i not in most]
-        out.append(most + least)
-    return out
-
-
-def _chosen(
-    model: Any,
-    prompt: Any,
-    examples: Sequence[Example],
-    neurons: pd.DataFrame,
-    n: int,
-    batch_size: int,
-) -> list[list[int]]:
-    acts = slot_activations(model, prompt, examples, neurons, batch_size=batch_size)
-    return extremal_indices(acts, neurons, n)
-
-
 def text_view(
-    model: Any,
-    prompt: Any,
-    examples: Sequence[Example],
-    neurons: pd.DataFrame,
-    *,
-    batch_size: int = 8,
+    tokens: Sequence[Sequence[str]],
+    activations: Sequence[np.ndarray],
+    labels: Sequence[str],
 ) -> OfflineHTML:
-    """Token-level activations of ``neurons`` over ``examples`` (a neuron selector; soft slots
-    shown as ``<soft0>``...)."""
-    tokens, acts = [], []
-    for toks, a in token_activations(model, prompt, examples, neurons, batch_size=batch_size):
-        toks, a = _display(toks, a.numpy())
-        tokens.append(toks)
-        acts.append(a[:, None, :])  # (tokens, 1, neurons)
+    """Token-level activations, one text per example and a selector over neurons.
+
+    Args:
+        tokens: each example's token strings (soft slots as ``<soft0>``...).
+        activations: each example's ``[pos, n_neurons]`` activations.
+        labels: one label per neuron (``neuron_labels``).
+    """
+    shown = [_display(list(t), np.asarray(a)) for t, a in zip(tokens, activations, strict=True)]
     return OfflineHTML(
         text_neuron_activations(
-            tokens,
-            acts,
+            [t for t, _ in shown],
+            [a[:, None, :] for _, a in shown],  # (tokens, 1 set, neurons)
             first_dimension_name="Set",
             second_dimension_name="Neuron",
             first_dimension_labels=["selected neurons"],
-            second_dimension_labels=neuron_labels(neurons),
+            second_dimension_labels=list(labels),
         )
     )
 
 
-def neuron_text_view(
-    model: Any,
-    prompt: Any,
-    examples: Sequence[Example],
-    neurons: pd.DataFrame,
-    *,
-    n: int = 5,
-    batch_size: int = 8,
+def topk_view(
+    tokens: Sequence[Sequence[Sequence[str]]],
+    activations: Sequence[Sequence[np.ndarray]],
+    labels: Sequence[str],
 ) -> OfflineHTML:
-    """``text_view`` over the selected neurons' most and least activating examples."""
-    chosen = _chosen(model, prompt, examples, neurons, n, batch_size)
-    union = sorted({i for ids in chosen for i in ids})
-    return text_view(model, prompt, [examples[i] for i in union], neurons, batch_size=batch_size)
+    """Each neuron's chosen examples, token by token (circuitsvis ``topk_samples``).
 
-
-def neuron_topk_view(
-    model: Any,
-    prompt: Any,
-    examples: Sequence[Example],
-    neurons: pd.DataFrame,
-    *,
-    n: int = 5,
-    batch_size: int = 8,
-) -> OfflineHTML:
-    """For each neuron, its ``n`` most activating examples, token by token (circuitsvis TopkSamples)."""
-    chosen = _chosen(model, prompt, examples, neurons, n, batch_size)
-    tokens, acts = [], []
-    for j, ids in enumerate(chosen):
-        per_example = token_activations(
-            model, prompt, [examples[i] for i in ids[:n]], neurons.iloc[[j]], batch_size=batch_size
-        )
-        pairs = [_display(t, a.numpy()[:, 0]) for t, a in per_example]
-        tokens.append([t for t, _ in pairs])
-        acts.append([a.tolist() for _, a in pairs])
+    Args:
+        tokens: per neuron, each example's token strings.
+        activations: per neuron, each example's ``[pos]`` activations of that neuron.
+        labels: one label per neuron.
+    """
+    shown = [
+        [_display(list(t), np.asarray(a)) for t, a in zip(ts, acts, strict=True)]
+        for ts, acts in zip(tokens, activations, strict=True)
+    ]
     return OfflineHTML(
         topk_samples(
-            [tokens],
-            [acts],
+            [[[t for t, _ in pairs] for pairs in shown]],
+            [[[a.tolist() for _, a in pairs] for pairs in shown]],
             zeroth_dimension_name="Set",
             first_dimension_name="Neuron",
             zeroth_dimension_labels=["selected neurons"],
-            first_dimension_labels=neuron_labels(neurons),
+            first_dimension_labels=list(labels),
         )
     )
+
+
+def __getattr__(name: str) -> Any:
+    """``viz.neuron_text_view`` / ``viz.neuron_topk_view`` moved to ``sklens.evidence`` (views
+    here render only; those run the model first)."""
+    if name in ("neuron_text_view", "neuron_topk_view"):
+        import warnings
+
+        from sklens import evidence
+
+        warnings.warn(
+            f"sklens.viz.{name} is now sklens.{name} (sklens.evidence)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(evidence, name)
+    raise AttributeError(f"module 'sklens.viz' has no attribute {name!r}")

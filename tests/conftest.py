@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import random
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-
-def pytest_configure(config):
-    # PEFT-style: an upstream deprecation that reaches our calls fails the test, so removals upstream
-    # show up in CI before they reach users.
-    warnings.filterwarnings("error", category=DeprecationWarning, module="sklens")
+# A DeprecationWarning raised from sklens's calls fails the test (pyproject.toml filterwarnings,
+# PEFT-style): removals upstream show up in CI before they reach users.
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,18 +46,30 @@ def llama_dir(sklens_home):
     return tiny_checkpoint("llama", seed=1)
 
 
-@pytest.fixture
-def qwen(qwen_dir):
+@pytest.fixture(scope="session")
+def _qwen_once(qwen_dir):
     from sklens import load_model
 
     return load_model(qwen_dir, device="cpu")
 
 
-@pytest.fixture
-def llama(llama_dir):
+@pytest.fixture(scope="session")
+def _llama_once(llama_dir):
     from sklens import load_model
 
     return load_model(llama_dir, device="cpu")
+
+
+@pytest.fixture
+def qwen(_qwen_once):
+    """The tiny Qwen2 model, loaded once per session and deep-copied per test (as SAELens's
+    tests do), so a test that edits or hooks it cannot leak into the next."""
+    return copy.deepcopy(_qwen_once)
+
+
+@pytest.fixture
+def llama(_llama_once):
+    return copy.deepcopy(_llama_once)
 
 
 @pytest.fixture

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import jaxtyping
 import numpy as np
 import torch
 
 import sklens
+
+
+@contextmanager
+def without_type_checks() -> Iterator[None]:
+    """Call sklens as a user does: without the suite's jaxtyping + beartype checks, which refuse a
+    value outside a ``Literal`` before sklens's own check can name the accepted values."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
 
 
 def arithmetic_examples(n: int, seed: int = 0) -> list[sklens.Example]:
@@ -84,7 +98,7 @@ def probe_args(model, task, out, *extra) -> list[str]:
 def forbid_work(monkeypatch, names=("load_task", "load_model", "train_soft_prompt", "scan")):
     """Make the study's steps fail the test if reached: an AssertionError is not an error the
     CLI turns into a message, so it surfaces."""
-    from sklens import study
+    from sklens.app import study
 
     def forbidden(*args, **kwargs):
         raise AssertionError("work started before the settings were checked")

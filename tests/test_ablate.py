@@ -7,12 +7,13 @@ import pytest
 import torch
 
 import sklens
-from sklens.ablate import NeuronIntervention, ablated, ablation_hooks, neuron_index
+from sklens.ablate import NeuronIntervention, ablated, ablation_hooks
 from sklens.causal import causal_check, dose_response, evaluate, neuron_stats, random_sets
 from sklens.data.format import encode, iter_batches
 from sklens.forward import gather_slots
+from sklens.neurons import NeuronSet
 from sklens.stats import rank_p
-from tests.helpers import reference_cache, reference_slot_acts
+from tests.helpers import reference_cache, reference_slot_acts, without_type_checks
 
 NAMES = ["blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
 
@@ -32,7 +33,7 @@ def _run(model, batch, hooks=()):
 def test_empty_set_and_empty_mask_change_nothing_bitwise(qwen, examples):
     batch = _batch(qwen, examples[:4])
     base, _ = _run(qwen, batch)
-    assert neuron_index(qwen, []) == {}
+    assert NeuronSet.of([], qwen).by_layer() == {}
     empty, _ = _run(qwen, batch, ablation_hooks(qwen, []))
     assert torch.equal(empty, base)
     nowhere = torch.zeros(batch.tokens.shape, dtype=torch.bool)
@@ -84,11 +85,11 @@ def test_slots_only_and_resample_take_another_examples_slots(qwen, examples):
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
     batch = _batch(qwen, examples[:4], 3)
     writer = prompt.writer()
-    writer.slot_start = batch.slot_start
+    writer.start(batch)
     _, base = _run(qwen, batch, [("hook_embed", writer)])
     ids = [5, 9]
     iv = NeuronIntervention(qwen, [(1, i) for i in ids], "resample", positions="slots", seed=3)
-    iv.set_batch(batch)
+    iv.start(batch)
     _, cache = _run(qwen, batch, [("hook_embed", writer), *iv.hooks()])
     post0, post = base["blocks.1.mlp.hook_post"], cache["blocks.1.mlp.hook_post"]
     slots = batch.slot_positions
@@ -120,10 +121,10 @@ def test_context_manager_removes_hooks_even_on_error(qwen):
 
 def test_neuron_set_errors(qwen):
     with pytest.raises(ValueError, match="outside the model"):
-        neuron_index(qwen, [(9, 0)])
+        NeuronSet.of([(9, 0)], qwen)
     with pytest.raises(ValueError, match="bool"):
-        neuron_index(qwen, torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="mode must be one of"):
+        NeuronSet.of(torch.zeros(2, 3), qwen)
+    with without_type_checks(), pytest.raises(ValueError, match="mode must be one of"):
         NeuronIntervention(qwen, [(0, 1)], "delete")
     with pytest.raises(ValueError, match="needs means"):
         NeuronIntervention(qwen, [(0, 1)], "mean")
@@ -228,9 +229,9 @@ def test_mean_ablation_is_position_matched_at_the_slots(qwen, examples):
         ),
     ):
         batch = next(iter_batches(qwen, encode(qwen, examples[10:14], 3), 3, 4))
-        intervention.set_batch(batch)
+        intervention.start(batch)
         writer = prompt.writer()
-        writer.slot_start = batch.slot_start
+        writer.start(batch)
         with qwen.hooks(fwd_hooks=[("hook_embed", writer)]):
             qwen(batch.tokens, attention_mask=batch.attention_mask)
     slots = gather_slots(seen["a"], batch)  # (B, k, d)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 import sklens
 from tests.helpers import reference_slot_acts
@@ -17,14 +19,14 @@ def test_neuron_activations_match_run_with_cache(qwen, examples):
     assert len(table) == 10 * 3 * 3
     for row in table.itertuples():
         assert row.activation == pytest.approx(
-            ref[row.example, row.layer, row.neuron, row.position], abs=1e-5
+            ref[row.example, row.layer, row.neuron, row.slot], abs=1e-5
         )
 
 
 def test_top_examples_are_the_extremes(qwen, examples):
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=4)
     ref = reference_slot_acts(qwen, prompt, examples, [1])[:, 0, 9]  # (N, k)
-    most = sklens.top_examples(qwen, prompt, examples, layer=1, neuron=9, n=5, position=2)
+    most = sklens.top_examples(qwen, prompt, examples, layer=1, neuron=9, n=5, slot=2)
     least = sklens.top_examples(qwen, prompt, examples, layer=1, neuron=9, n=5, largest=False)
     assert list(most.example) == list(np.argsort(-ref[:, 2])[:5])
     assert list(least.example) == list(np.argsort(ref.mean(-1))[:5])
@@ -38,7 +40,36 @@ def test_neuron_errors(qwen, examples):
     prompt = sklens.SoftPrompt.init_for(qwen, 3)
     with pytest.raises(ValueError, match=r"neuron \(5, 0\) is outside the model"):
         sklens.neuron_activations(qwen, prompt, examples, [(5, 0)])
-    with pytest.raises(ValueError, match="position must be in 0..2"):
-        sklens.top_examples(qwen, prompt, examples, layer=0, neuron=0, position=3)
+    with pytest.raises(ValueError, match="slot must be in 0..2"):
+        sklens.top_examples(qwen, prompt, examples, layer=0, neuron=0, slot=3)
     with pytest.raises(ValueError, match="n must be at least 1, got -1"):
         sklens.top_examples(qwen, prompt, examples, layer=0, neuron=0, n=-1)
+
+
+def test_every_neuron_form_is_one_neuron_set(qwen, examples):
+    """A top_k table, pairs, a {layer: ids} dict, a bool mask and a NeuronSet name the same
+    neurons everywhere (a mask used to work for interventions only); order follows the input."""
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=4)
+    pairs = [(0, 17), (1, 5), (1, 100)]
+    mask = torch.zeros(qwen.cfg.n_layers, qwen.cfg.d_mlp, dtype=torch.bool)
+    mask[0, 17] = mask[1, 5] = mask[1, 100] = True
+    forms = [
+        pairs,
+        pd.DataFrame({"layer": [0, 1, 1], "neuron": [17, 5, 100], "corr": [0.1, 0.2, 0.3]}),
+        {0: [17], 1: [5, 100]},
+        mask,
+        sklens.NeuronSet(tuple(pairs)),
+    ]
+    ref = reference_slot_acts(qwen, prompt, examples[:6], [0, 1])  # (N, L, d, k)
+    expected = torch.stack([torch.as_tensor(ref[:, L, i]) for L, i in pairs], 1).float()
+    for form in forms:
+        assert sklens.NeuronSet.of(form, qwen).pairs == tuple(pairs)
+        acts = sklens.slot_activations(qwen, prompt, examples[:6], form)
+        torch.testing.assert_close(acts, expected, atol=1e-5, rtol=0)
+    flipped = sklens.NeuronSet.of([(1, 100), (0, 17), (1, 100)])
+    assert flipped.labels() == ["L1 N100", "L0 N17", "L1 N100"]
+    assert {L: ids.tolist() for L, ids in flipped.by_layer().items()} == {0: [17], 1: [100]}
+    with pytest.raises(ValueError, match=r"a neuron mask must be bool \[2, "):
+        sklens.NeuronSet.of(mask.float(), qwen)
+    with pytest.raises(ValueError, match="missing \\['neuron'\\]"):
+        sklens.NeuronSet.of(pd.DataFrame({"layer": [0]}))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import sklens
 from sklens.atomic import atomic_path, partial_dir, write_text
 
@@ -30,6 +32,7 @@ def _killed_inside(code: str) -> None:
     proc.wait()
 
 
+@pytest.mark.multiprocess
 def test_a_killed_write_leaves_a_temporary_that_the_next_write_removes(tmp_path):
     target = tmp_path / "report.html"
     hold = (
@@ -53,6 +56,7 @@ def test_a_killed_write_leaves_a_temporary_that_the_next_write_removes(tmp_path)
     assert target.read_text() == "again" and not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.multiprocess
 def test_a_killed_partial_directory_is_removed_by_the_next_one(tmp_path):
     _killed_inside(
         "import time; from sklens.atomic import partial_dir\n"

@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from sklens import cache
-from sklens.cache import Artifact, FetchError, fetch, sha256_of
+from sklens.models import artifacts as cache
+from sklens.models.artifacts import Artifact, FetchError, fetch, sha256_of
 
 
 def _wheel(tmp_path, name="pkg_a-1.0-py3-none-any.whl"):

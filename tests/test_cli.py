@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import sklens
-from sklens import rundir, study
-from sklens.cli import main
+from sklens.app import rundir, study
+from sklens.app.cli import main
 
 
 def _args(model_dir, out, *extra):
@@ -62,7 +62,7 @@ def test_run_writes_every_output(qwen_dir, tmp_path, capsys):
     )
     neurons = pd.read_csv(out / "neurons.csv")
     assert (
-        list(neurons.columns[:5]) == ["layer", "neuron", "position", "corr", "score"]
+        list(neurons.columns[:5]) == ["layer", "neuron", "slot", "corr", "score"]
         and len(neurons) == 3
     )
     examples = pd.read_csv(out / "examples.csv")
@@ -228,13 +228,14 @@ def test_bad_values_fail_before_anything_is_written(qwen_dir, tmp_path, capsys):
 
 
 def test_meta_fields_named_like_sklens_columns_are_kept_apart(qwen_dir, tmp_path):
-    """#69: meta fields position/activation/rank overwrote examples.csv's own columns."""
+    """#69: meta fields named like examples.csv's own columns (then position, now slot;
+    activation; rank) overwrote them."""
     task = tmp_path / "task.jsonl"
     rows = [
         {
             "instruction": f"The cup is {side} of the box. What is {i} plus 3?",
             "completion": str(i + 3),
-            "position": side,
+            "slot": side,
             "activation": 1.0,
             "rank": 7,
             "big": i > 15,
@@ -246,6 +247,6 @@ def test_meta_fields_named_like_sklens_columns_are_kept_apart(qwen_dir, tmp_path
     args[args.index("skillmix")] = str(task)
     assert main(args) == 0
     examples = pd.read_csv(tmp_path / "run" / "examples.csv")
-    assert {"meta.position", "meta.activation", "meta.rank"} <= set(examples.columns)
-    assert set(examples.position) <= {0, 1, 2} and set(examples["rank"]) == {0, 1}
+    assert {"meta.slot", "meta.activation", "meta.rank"} <= set(examples.columns)
+    assert set(examples.slot) <= {0, 1, 2} and set(examples["rank"]) == {0, 1}
     assert examples.activation.nunique() > 1

@@ -9,7 +9,10 @@ import os
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "demos" / "quickstart.ipynb"
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = [pytest.mark.slow]
+
 DEMOS = Path(__file__).resolve().parent.parent / "demos"
 SCRIPTS = {"rq1": "rq1_skillmix", "rq2": "rq2_hans", "rq3": "rq3_arithmetic"}
 PHASES = {"data", "load_model", "train", "scan", "confirm", "causal", "stability", "figures"}
@@ -160,7 +162,7 @@ def test_load_bigbench_refuses_a_folder_without_tasks(tmp_path):
 
 
 def test_compare_scans_needs_two_seed_scans():
-    from sklens.stability import compare_scans
+    from sklens.stats.stability import compare_scans
 
     with pytest.raises(ValueError, match="at least two scans named 'seed"):
         compare_scans({})

@@ -14,9 +14,9 @@ import pandas as pd
 import sklens
 from sklens import figures, metrics
 from sklens.activations import token_activations
+from sklens.app.study import format_table
 from sklens.display import token_texts, visible
 from sklens.soft_prompt import SoftPrompt
-from sklens.study import format_table
 
 TEXT = "Grüße, Straße ö 😀👩‍👩‍👧 مرحبا עברית"
 
@@ -36,7 +36,7 @@ def test_case_106_views_keep_every_character(qwen, examples):
 
 
 def test_case_106_terminal_table_shows_bidi_controls(tmp_path):
-    pd.DataFrame([{"layer": 0, "neuron": 1, "position": 0, "score": 0.5}]).to_csv(
+    pd.DataFrame([{"layer": 0, "neuron": 1, "slot": 0, "score": 0.5}]).to_csv(
         tmp_path / "neurons.csv", index=False
     )
     rows = [
@@ -52,6 +52,9 @@ def test_case_106_terminal_table_shows_bidi_controls(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "examples.csv", index=False)
     table = format_table(tmp_path)
     assert "\u202e" not in table and "abc<U+202E>def" in table
+    header, most, least = table.splitlines()
+    assert header.split()[:5] == ["#", "layer", "neuron", "slot", "score"]
+    assert most.index("+ abc") == least.index("- abc")  # the two examples line up
     assert visible("a\u2066b\u200fc") == "a<U+2066>b<U+200F>c"
 
 

@@ -13,6 +13,8 @@ import torch
 import sklens
 from tests.helpers import arithmetic_examples
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

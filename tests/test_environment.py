@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 import sklens
-from sklens import atomic, cache, validate
-from sklens.cli import main
+from sklens import atomic, validate
+from sklens.app.cli import main
+from sklens.models import artifacts as cache
 from tests.helpers import forbid_work, probe_args, write_probe_task
 
 
@@ -67,12 +68,12 @@ def test_case_91_read_only_run_directory_for_report(tmp_path, capsys, monkeypatc
     (run / "summary.json").write_text(json.dumps(summary))
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("the model was loaded for a report that cannot be written")
+        raise AssertionError("the run was read for a report that cannot be written")
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("sklens.report.load_model", forbidden)
+    monkeypatch.setattr("sklens.app.report.NeuronEvidence.load", forbidden)
     monkeypatch.setattr(validate.tempfile, "mkstemp", read_only)
     assert main(["report", str(run)]) == 2
     assert "cannot write in the run directory" in one_line_error(capsys)
@@ -179,7 +180,7 @@ def test_case_73_truncated_gguf(llama_dir, task_file, tmp_path, capsys, monkeypa
     write_llama_gguf(llama_dir, tmp_path / "full.gguf")
     data = (tmp_path / "full.gguf").read_bytes()
     (tmp_path / "trunc.gguf").write_bytes(data[: len(data) // 2])
-    converted = sklens.cache.home() / "converted"
+    converted = sklens.models.artifacts.home() / "converted"
 
     def leftovers() -> set:  # the conversions' shared lock file is not a leftover
         return (

@@ -60,7 +60,7 @@ def test_results_do_not_depend_on_batch_or_padding(model_name, request, examples
         for bs in (1, 4):
             lp, sl = [], []
             for current in iter_batches(model, encoded, 4, bs):
-                writer.slot_start = current.slot_start
+                writer.start(current)
                 out = completion_logprobs(model, current)
                 lp.extend(
                     out.logprobs[i, : int(out.mask[i].sum())] for i in range(len(current.indices))

@@ -6,11 +6,14 @@ its sha256, converts the GGUF once and loads it into a HookedTransformer.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import sklens
 from sklens.data.format import encode, iter_batches
 from sklens.forward import completion_logprobs
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
 def test_embedded_model_fetches_loads_and_answers():

@@ -8,9 +8,10 @@ import torch
 from scipy import stats as sps
 
 import sklens
-from sklens import measures, metrics
-from sklens.confirm import held_out
-from sklens.stability import seed_stability
+from sklens import metrics
+from sklens.stats import measures
+from sklens.stats.held_out import held_out
+from sklens.stats.stability import seed_stability
 from tests.helpers import corrcoef_rows
 
 
@@ -112,7 +113,7 @@ def test_neuron_measures_for_a_top_k_table(qwen, examples):
 def test_last_token_baseline_scan(qwen, examples):
     result = sklens.scan(qwen, None, examples, metrics.label("a"), progress=False)
     assert result.corr.shape == (2, qwen.cfg.d_mlp, 1)
-    assert result.settings["positions"] == "last_instruction_token"
+    assert result.settings.positions == "last_instruction_token"
     acts = []
     for e in examples:
         ids = qwen.tokenizer.apply_chat_template(

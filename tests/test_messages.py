@@ -11,7 +11,7 @@ from dataclasses import asdict
 import pytest
 
 import sklens
-from sklens.cli import main
+from sklens.app.cli import main
 from sklens.data.bigbench import task_examples
 from sklens.soft_prompt import SoftPrompt
 from tests.helpers import forbid_work, probe_args, write_probe_task

@@ -10,8 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import sklens
-from sklens import models
-from sklens.hook_check import HookMeaningError, check_neuron_hooks
+from sklens.models import load as models
+from sklens.models.hook_check import HookMeaningError, check_neuron_hooks
+from tests.helpers import without_type_checks
 
 LOGIT_TOL = 1e-4  # measured: 1.8e-7 (qwen2) and ~2e-7 (llama) on the tiny checkpoints
 
@@ -99,7 +100,7 @@ def test_tiny_models_are_deterministic_per_seed():
     b = sklens.tiny_model("llama", seed=3, device="cpu")
     c = sklens.tiny_model("llama", seed=4, device="cpu")
     assert torch.equal(a.W_E, b.W_E) and not torch.equal(a.W_E, c.W_E)
-    with pytest.raises(ValueError, match="'qwen2' or 'llama'"):
+    with without_type_checks(), pytest.raises(ValueError, match="'qwen2' or 'llama'"):
         sklens.tiny_model("gpt2")
 
 
@@ -137,3 +138,12 @@ def test_official_names_load_unprocessed_through_transformer_lens(monkeypatch, q
     assert model is qwen and calls == [
         ("Qwen/Qwen1.5-1.8B-Chat", {"device": "cpu", "dtype": torch.float32})
     ]
+
+
+@pytest.mark.parametrize("backend", ["hooked", "bridge"])
+def test_both_backends_are_the_model_type(qwen_dir, backend):
+    """``sklens.Model`` names what sklens uses; HookedTransformer and TransformerBridge both
+    have it, and something without ``hooks``/``cfg``/``tokenizer`` does not."""
+    model = sklens.load_model(qwen_dir, backend=backend)
+    assert isinstance(model, sklens.Model)
+    assert not isinstance(torch.nn.Linear(2, 2), sklens.Model)

@@ -7,7 +7,7 @@ import torch
 
 import sklens
 from sklens.moments import Moments
-from sklens.permutation import PermutationAccumulator
+from sklens.stats.permutation import PermutationAccumulator
 from tests.helpers import corrcoef_rows
 
 

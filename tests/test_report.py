@@ -17,9 +17,9 @@ from matplotlib.figure import Figure
 
 import sklens
 from sklens import figures, metrics, viz
-from sklens.cli import main
-from sklens.report import build_report
-from sklens.rundir import RunDirError
+from sklens.app.cli import main
+from sklens.app.report import build_report
+from sklens.app.rundir import RunDirError
 from tests.test_cli import _args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,8 +67,8 @@ def test_views_render_offline_with_soft_slots(qwen, examples, monkeypatch):
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
     top = sklens.scan(qwen, prompt, examples, metrics.label("a"), progress=False).top_k(2)
     for view in (
-        viz.neuron_text_view(qwen, prompt, examples, top, n=2),
-        viz.neuron_topk_view(qwen, prompt, examples, top, n=2),
+        sklens.neuron_text_view(qwen, prompt, examples, top, n=2),
+        sklens.neuron_topk_view(qwen, prompt, examples, top, n=2),
     ):
         page = view._repr_html_()
         assert "unpkg.com" not in page and "var CircuitsVis" in page
@@ -79,6 +79,51 @@ def test_views_render_offline_with_soft_slots(qwen, examples, monkeypatch):
         )
 
 
+def test_views_render_only_from_tokens_and_arrays(monkeypatch):
+    """A view takes token strings and arrays, as circuitsvis does: no model anywhere. The
+    attention-sink position 0 is left out and tokens are escaped."""
+    _, mount = viz.text_view(
+        [["<bos>", "a", "<soft0>"], ["<bos>", "b&c"]],
+        [np.array([[900.0, 1.0], [0.5, -0.5], [2.0, 0.0]]), np.array([[800.0, 0.0], [1.5, 3.0]])],
+        ["L0 N1", "L1 N2"],
+    ).split()
+    assert '"tokens": [["a", "&lt;soft0&gt;"], ["b&amp;c"]]' in mount  # position 0 left out
+    assert '"activations": [[[[0.5, -0.5]], [[2.0, 0.0]]], [[[1.5, 3.0]]]]' in mount
+    assert '"secondDimensionLabels": ["L0 N1", "L1 N2"]' in mount
+    _, mount = viz.topk_view(
+        [[["<bos>", "x", "y"]]], [[np.array([9.0, 0.25, 0.75])]], ["L0 N3"]
+    ).split()
+    assert '[[[["x", "y"]]]]' in mount and "[[[[0.25, 0.75]]]]" in mount and "L0 N3" in mount
+    with pytest.warns(DeprecationWarning, match="sklens.neuron_text_view"):
+        assert viz.neuron_text_view is sklens.neuron_text_view
+
+
+def test_evidence_equals_the_activations_it_summarises(qwen, examples):
+    """``collect_evidence``: the slot activations are ``slot_activations`` at each neuron's
+    selected slot, the extremes are the arg-sorted ends of them, and each view's token
+    activations are ``token_activations`` of those examples — so the report drawn from it
+    shows what a model pass shows."""
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
+    top = sklens.scan(qwen, prompt, examples, metrics.label("a"), progress=False).top_k(3)
+    evidence, table = sklens.collect_evidence(qwen, prompt, examples, top, n=2, group_field="a")
+    acts = sklens.slot_activations(qwen, prompt, examples, top)
+    for j, row in enumerate(top.itertuples()):
+        column = acts[:, j, row.slot].numpy()
+        np.testing.assert_allclose(evidence.at_slot()[:, j], column, atol=1e-6)
+        assert evidence.most[j] == list(np.argsort(-column, kind="stable")[:2])
+        tokens, per_token = evidence.view_data(j)
+        chosen = evidence.most[j] + evidence.least[j]
+        direct = sklens.activations.token_activations(
+            qwen, prompt, [examples[i] for i in chosen], top.iloc[[j]]
+        )
+        assert tokens == [t for t, _ in direct]
+        for got, (_, want) in zip(per_token, direct, strict=True):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+        mine = table[table.neuron_rank == j]
+        assert list(mine[mine.direction == "most"].example) == evidence.most[j]
+    assert evidence.groups == [e.meta["a"] for e in examples]
+
+
 def _tiny_report(qwen_dir, out) -> Path:
     args = _args(qwen_dir, out, "--permutations", "19", "--report")
     args[args.index("--n-val") + 1] = "16"
@@ -86,8 +131,18 @@ def _tiny_report(qwen_dir, out) -> Path:
     return out / "report.html"
 
 
-def test_report_is_self_contained(qwen_dir, tmp_path):
+def test_report_is_self_contained(qwen_dir, tmp_path, monkeypatch):
     page = _tiny_report(qwen_dir, tmp_path / "run").read_text()
+    # the report is drawn from the run's files alone: rebuilding it loads no model and no task
+    import sklens.app.study
+    import sklens.models.load
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report must not load a model or a task")
+
+    monkeypatch.setattr(sklens.models.load, "load_model", refuse)
+    monkeypatch.setattr(sklens.app.study, "load_task", refuse)
+    assert build_report(tmp_path / "run", n=1).read_text().count("CircuitsVis.render(") == 3
     assert page.count("var CircuitsVis") == 1 and page.count("CircuitsVis.render(") == 3
     assert page.count("data:image/png;base64") == 3 + 3  # curve, histogram, heat map + 3 KDEs
     # nothing is loaded from elsewhere: no remote src/href, no remote module import
@@ -129,6 +184,8 @@ def _chromium() -> str | None:
     return "Debian's chromium and chromium-driver are not installed and could not be installed"
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium_without_network(qwen_dir, tmp_path):
     reason = _chromium()
     if reason:

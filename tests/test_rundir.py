@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import sklens
-from sklens import rundir
-from sklens.cli import main
-from sklens.report import build_report
+from sklens.app import rundir
+from sklens.app.cli import main
+from sklens.app.report import build_report
 from tests.test_cli import _args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,12 +60,12 @@ def test_resume_recomputes_what_another_model_or_prompt_length_changes(
     llama_name = sklens.load_model(llama_dir, device="cpu").cfg.model_name
     assert sklens.SoftPrompt.load(out / "prompt").config.training["model"] == llama_name
     scan = sklens.Scan.load(out / "scan.safetensors")
-    assert scan.settings["model_name"] == llama_name != qwen_scan.settings["model_name"]
+    assert scan.settings.model_name == llama_name != qwen_scan.settings.model_name
     assert json.loads((out / "summary.json").read_text())["model"]["name"] == llama_name
 
     assert main(_args(llama_dir, out, "--resume", "--n-tokens", "4")) == 0
     assert sklens.SoftPrompt.load(out / "prompt").n_tokens == 4
-    assert sklens.Scan.load(out / "scan.safetensors").settings["n_tokens"] == 4
+    assert sklens.Scan.load(out / "scan.safetensors").settings.n_tokens == 4
     assert rundir.mismatched_files(out) == []
 
 
@@ -79,7 +79,7 @@ def test_a_failed_rerun_leaves_the_previous_results_intact(qwen_dir, tmp_path, m
         raise RuntimeError("the scan failed")
 
     with monkeypatch.context() as m, pytest.raises(RuntimeError, match="the scan failed"):
-        m.setattr(sklens.study, "scan", failing)
+        m.setattr(sklens.app.study, "scan", failing)
         main(_args(qwen_dir, out, "--seed", "1"))
     assert _hashes(out) == before
     steps = _Steps(monkeypatch)  # the failed run's training waits in staging for --resume
@@ -151,7 +151,7 @@ def test_a_second_run_into_the_same_out_fails_at_once_naming_the_holder(qwen_dir
     """#97: two runs into one --out both exited 0 and left a mixed directory."""
     out = tmp_path / "run"
     code = (
-        "import sys, time; from sklens import study; from sklens.cli import main\n"
+        "import sys, time; from sklens.app import study; from sklens.app.cli import main\n"
         "def train(*a, **k): print('training', flush=True); time.sleep(120)\n"
         "study.train_soft_prompt = train\n"
         f"main({_args(qwen_dir, out)!r})\n"
@@ -195,7 +195,7 @@ def test_an_unwritable_out_fails_before_any_work(qwen_dir, tmp_path, monkeypatch
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(rundir.os, "open", read_only)
-    monkeypatch.setattr(sklens.study, "load_model", None)  # would fail loudly if reached
+    monkeypatch.setattr(sklens.app.study, "load_model", None)  # would fail loudly if reached
     assert main(_args(qwen_dir, tmp_path / "run")) == 2
     err = capsys.readouterr().err
     assert "cannot write in --out" in err and "(Read-only file system)" in err

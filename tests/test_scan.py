@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -60,7 +62,7 @@ def test_planted_neuron_ranks_first(qwen, examples, trial):
     result = sklens.scan(qwen, prompt, examples, planted, progress=False)
     for reduce in ("max", "absmax"):
         top = result.top_k(1, reduce=reduce).iloc[0]
-        assert (top.layer, top.neuron, top.position) == (layer, neuron, pos)
+        assert (top.layer, top.neuron, top.slot) == (layer, neuron, pos)
         assert top.score > 0.9
 
 
@@ -74,12 +76,12 @@ def test_ranking_rules_differ_as_documented(qwen, prompt, examples):
     top = result.top_k(10, reduce="absmax")
     assert list(top.score.abs()) == sorted(top.score.abs(), reverse=True)
     for row in top.itertuples():
-        assert row.corr == pytest.approx(corr[row.layer, row.neuron, row.position].item())
+        assert row.corr == pytest.approx(corr[row.layer, row.neuron, row.slot].item())
     # a planted anti-correlated neuron: the symmetric rule ranks it first, the paper's rule need not
     planted = (-sklens.slot_activations(qwen, prompt, examples, [(1, 7)])[:, 0, 2]).tolist()
     anti = sklens.scan(qwen, prompt, examples, planted, progress=False)
     top_abs = anti.top_k(1, reduce="absmax").iloc[0]
-    assert (top_abs.layer, top_abs.neuron, top_abs.position) == (1, 7, 2)
+    assert (top_abs.layer, top_abs.neuron, top_abs.slot) == (1, 7, 2)
     assert top_abs.score == pytest.approx(-1.0, abs=1e-6)
     paper = anti.scores("max")[0][1, 7]
     assert paper > -1.0 + 1e-3  # the max over positions is the least negative r
@@ -117,6 +119,15 @@ def test_save_load_roundtrip_and_corruption(qwen, prompt, examples, tmp_path):
     assert loaded.settings == result.settings and loaded.n == len(examples)
     assert loaded.top_k(5).equals(result.top_k(5))
     assert "Top 10 neurons" in loaded._repr_html_()
+    assert loaded.settings.metric == result.settings.metric and loaded.layers == [0, 1]
+    with pytest.warns(DeprecationWarning, match=r"use scan.settings.metric"):
+        assert loaded.settings["metric"] == result.settings.metric
+    with safe_open(str(path), "pt") as fh:
+        header = json.loads(fh.metadata()["sklens"])
+    edited = tmp_path / "edited.safetensors"
+    save_file(load_file(str(path)), str(edited), {"sklens": json.dumps({**header, "bogus": 1})})
+    with pytest.raises(ValueError, match=r"settings this sklens does not know: \['bogus'\]"):
+        sklens.Scan.load(edited)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="not a readable sklens scan"):
         sklens.Scan.load(path)
@@ -182,3 +193,28 @@ def test_load_refuses_tensors_that_disagree_with_the_settings(qwen, prompt, exam
     save_file(tensors, str(tmp_path / "nometa.safetensors"))
     with pytest.raises(ValueError, match="nometa.safetensors .*without sklens settings"):
         sklens.Scan.load(tmp_path / "nometa.safetensors")
+
+
+def test_a_metric_spec_string_is_the_metric_it_names(qwen, prompt, examples):
+    """One parser for metric specs: scan, causal_check and the CLI read 'loss' and
+    'label:KEY=VALUE' alike (scan used to raise a TypeError on a string)."""
+    by_spec = sklens.scan(qwen, prompt, examples, "label:op=plus", progress=False)
+    by_object = sklens.scan(
+        qwen, prompt, examples, metrics.label("op", positive="plus"), progress=False
+    )
+    assert torch.equal(by_spec.corr.nan_to_num(), by_object.corr.nan_to_num())
+    assert metrics.from_spec("loss").name == metrics.loss().name
+    with pytest.raises(ValueError, match="unknown metric 'los'"):
+        sklens.scan(qwen, prompt, examples, "los", progress=False)
+
+
+def test_layer_corr_indexes_by_model_layer(qwen, examples):
+    """A scan of layer 1 only: ``corr[0]`` is model layer 1, and ``layer_corr(1)`` says so."""
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
+    full = sklens.scan(qwen, prompt, examples, metrics.label("a"), progress=False)
+    one = sklens.scan(qwen, prompt, examples, metrics.label("a"), layers=[1], progress=False)
+    assert one.corr.shape[0] == 1
+    torch.testing.assert_close(one.layer_corr(1), full.corr[1], equal_nan=True)
+    torch.testing.assert_close(full.layer_corr(1), full.corr[1], equal_nan=True)
+    with pytest.raises(KeyError, match=r"layer 0 was not scanned; this scan has layers \[1\]"):
+        one.layer_corr(0)

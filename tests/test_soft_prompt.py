@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 import sklens
+from sklens.data.format import Batch
 from sklens.soft_prompt import SoftPrompt, SoftPromptConfig
 
 
@@ -118,12 +119,14 @@ def test_attached_writes_slots_and_is_removed_even_on_error(qwen):
     prompt = SoftPrompt.init_for(qwen, 3, seed=0)
     tokens = torch.randint(0, qwen.cfg.d_vocab, (2, 10))
     start = torch.tensor([2, 5])
-    with torch.no_grad(), prompt.attached(qwen, start):
+    batch = Batch(tokens, torch.ones_like(tokens), start, torch.tensor([0, 0]), 3, [0, 1])
+    with torch.no_grad(), prompt.attached(qwen) as writer:
+        writer.start(batch)
         _, cache = qwen.run_with_cache(tokens, names_filter="hook_embed")
     embed = cache["hook_embed"]
     for b, s in enumerate(start.tolist()):
         torch.testing.assert_close(embed[b, s : s + 3], prompt.embedding.detach())
         torch.testing.assert_close(embed[b, :s], qwen.W_E[tokens[b, :s]])
-    with pytest.raises(RuntimeError, match="boom"), prompt.attached(qwen, start):
+    with pytest.raises(RuntimeError, match="boom"), prompt.attached(qwen):
         raise RuntimeError("boom")
     assert all(len(hp.fwd_hooks) == 0 for hp in qwen.hook_dict.values())

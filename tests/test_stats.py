@@ -9,10 +9,10 @@ from statsmodels.stats.multitest import multipletests
 
 import sklens
 from sklens import metrics
-from sklens.permutation import permutations
 from sklens.precomputed import scan_activations
 from sklens.stats import fisher_ci, q_values
-from tests.helpers import corrcoef_rows, reference_slot_acts
+from sklens.stats.permutation import permutations
+from tests.helpers import corrcoef_rows, reference_slot_acts, without_type_checks
 
 
 def _direct_scores(acts: np.ndarray, metric: np.ndarray) -> np.ndarray:
@@ -122,3 +122,21 @@ def test_fisher_interval_covers():
     lo, hi = fisher_ci(0.5, 100)
     assert lo < 0.5 < hi and hi - lo == pytest.approx(0.30, abs=0.02)
     assert np.isnan(fisher_ci(0.5, 3)[0])
+
+
+def test_slot_scores_are_the_documented_rules():
+    """``ranking.slot_scores`` (the scan's and the null's one rule function) against a direct
+    numpy reading of the two rules, with a neuron NaN at every slot and one NaN at one slot."""
+    from sklens.ranking import slot_scores
+
+    corr = torch.tensor(
+        [[0.2, -0.9, 0.5], [-0.3, -0.1, -0.6], [float("nan")] * 3, [0.4, float("nan"), -0.7]],
+        dtype=torch.float64,
+    )
+    score, slot = slot_scores(corr, "max")
+    assert score[:2].tolist() == [0.5, -0.1] and slot[[0, 1, 3]].tolist() == [2, 1, 0]
+    assert score[2].isnan() and score[3].item() == 0.4
+    score, slot = slot_scores(corr, "absmax")
+    assert score[[0, 1, 3]].tolist() == [-0.9, -0.6, -0.7] and score[2].isnan()
+    with without_type_checks(), pytest.raises(ValueError, match="reduce must be 'max'"):
+        slot_scores(corr, "mean")

@@ -27,7 +27,8 @@ def test_gradient_reaches_only_the_prompt(qwen, examples):
         p.requires_grad_(True)
     prompt = sklens.SoftPrompt.init_for(qwen, 4, seed=0)
     batch = next(iter_batches(qwen, encode(qwen, examples[:4], 4), 4, 4))
-    with frozen(qwen), prompt.attached(qwen, batch.slot_start):
+    with frozen(qwen), prompt.attached(qwen) as writer:
+        writer.start(batch)
         completion_logprobs(qwen, batch).mean_loss.mean().backward()
     assert prompt.embedding.grad is not None and prompt.embedding.grad.abs().sum() > 0
     assert all(p.grad is None for p in qwen.parameters())
@@ -46,7 +47,7 @@ def test_reusing_the_prefix_gives_the_one_pass_numbers(arch, request, examples):
     with frozen(model), model.hooks(fwd_hooks=[("hook_embed", writer)]):
         batch = next(iter_batches(model, encoded, 4, len(order), order=order))
         assert batch.slot_start.unique().numel() > 1  # rows of different length: padding matters
-        writer.slot_start = batch.slot_start
+        writer.start(batch)
         one = completion_logprobs(model, batch)
         (grad_one,) = torch.autograd.grad(one.mean_loss.mean(), prompt.embedding)
         split = train_logprobs(model, writer, encoded, order)
@@ -205,6 +206,8 @@ def _kill_when(proc, marker=None, after=None):
     assert proc.returncode == -signal.SIGKILL, f"the child ended by itself ({proc.returncode})"
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_prompt(tmp_path):
     """Real kill -9 inside a checkpoint write (half written; written but not renamed) and at
     random moments, then resume: the prompt and history equal an uninterrupted run bit for bit."""

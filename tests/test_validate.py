@@ -19,7 +19,7 @@ import torch
 
 import sklens
 from sklens import metrics
-from sklens.cli import main
+from sklens.app.cli import main
 from tests.helpers import forbid_work, probe_args, write_probe_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def test_case_64_cuda_without_a_gpu_names_the_cpu_fix(task_file, tmp_path, capsy
 def test_bad_flag_is_refused_without_importing_torch(task_file, tmp_path):
     # what makes it fast: the check runs before torch or TransformerLens is imported
     code = (
-        "import sys; from sklens.cli import main; "
+        "import sys; from sklens.app.cli import main; "
         f"rc = main({probe_args('unused', task_file, tmp_path / 'o', '--top-k', '-1')!r}); "
         "print(rc, 'torch' in sys.modules)"
     )

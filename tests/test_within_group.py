@@ -48,7 +48,7 @@ def test_grouped_scan_is_the_partial_correlation_on_the_group(qwen, examples):
         permuted = _residualise(values[perm], groups)
         direct = np.nanmax(corrcoef_rows(_residualise(acts, groups), permuted), axis=-1)
         assert np.nanmax(np.abs(result.null.scores["max"][b].numpy() - direct)) <= 1e-5
-    assert result.settings["statistic"] == "within-group pearson (op)"
+    assert result.settings.statistic == "within-group pearson (op)"
 
 
 def test_grouped_scan_saves_and_loads(qwen, examples, tmp_path):

@@ -1,6 +1,13 @@
 """Examples, their token layout, and the paper's three task families."""
 
-from sklens.data.bigbench import bigbench_arithmetic, load_bigbench, load_task, task_examples
+from typing import Any
+
+from sklens.data.bigbench import (
+    bigbench_arithmetic,
+    load_bigbench,
+    read_bigbench_records,
+    task_examples,
+)
 from sklens.data.example import Example, data_hash
 from sklens.data.format import Batch, Encoded, collate, encode, iter_batches
 from sklens.data.hans import generate_hans, load_hans
@@ -23,7 +30,22 @@ __all__ = [
     "load_hans",
     "load_jsonl",
     "load_skillmix",
-    "load_task",
+    "read_bigbench_records",
     "task_examples",
     "train_val_split",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``sklens.data.load_task`` (a BigBench file's records) is now ``read_bigbench_records``, so
+    that ``load_task`` names one thing: a task's splits (``sklens.app.tasks.load_task``)."""
+    if name == "load_task":
+        import warnings
+
+        warnings.warn(
+            "sklens.data.load_task is now sklens.data.read_bigbench_records",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return read_bigbench_records
+    raise AttributeError(f"module 'sklens.data' has no attribute {name!r}")

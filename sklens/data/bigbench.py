@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sklens.cache import BIGBENCH, fetch, repair_hint
 from sklens.data.example import Example
+from sklens.models.artifacts import BIGBENCH, fetch, repair_hint
 
 OPERATIONS = {
     "plus": "addition",
@@ -51,7 +51,7 @@ DEFAULT_SUBTASKS = (
 )
 
 
-def load_task(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_bigbench_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The ``examples`` of a BigBench JSON task file, checked for the fields sklens uses; a
     damaged file or example names its line."""
     path = Path(path)
@@ -208,7 +208,7 @@ def task_examples(
     """Examples from one BigBench task file, in the paper's multiple-choice shape."""
     name = subtask or Path(path).parent.name
     out = []
-    for i, ex in enumerate(load_task(path)):
+    for i, ex in enumerate(read_bigbench_records(path)):
         answer = _correct(ex)
         choices = list(ex.get("target_scores", {answer: 1.0}))
         if shuffle_choices:

@@ -26,6 +26,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from sklens.data.example import Example
+from sklens.models.protocol import Model
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Batch:
         return self.slot_start + self.n_slots
 
     @property
-    def slot_positions(self) -> Int[Tensor, "batch n_slots"]:
+    def slot_positions(self) -> Int[Tensor, "batch slot"]:
         offsets = torch.arange(self.n_slots, device=self.slot_start.device)
         return self.slot_start[:, None] + offsets
 
@@ -90,7 +91,7 @@ def uses_chat_template(tokenizer: Any, chat_template: bool | None) -> bool:
 
 
 def encode(
-    model: Any,
+    model: Model,
     examples: Sequence[Example],
     n_slots: int,
     *,
@@ -180,7 +181,7 @@ def pad_id(tokenizer: Any) -> int:
 
 
 def iter_batches(
-    model: Any,
+    model: Model,
     encoded: Sequence[Encoded],
     n_slots: int,
     batch_size: int,
@@ -203,7 +204,7 @@ def iter_batches(
 
 
 def split_batch(
-    model: Any, encoded: Sequence[Encoded], n_slots: int, order: Sequence[int]
+    model: Model, encoded: Sequence[Encoded], n_slots: int, order: Sequence[int]
 ) -> tuple[Int[Tensor, "batch prefix"], Int[Tensor, "batch prefix"], Batch]:
     """The examples ``order`` split at their slots, for a pass that reuses the prefix's keys/values.
 

@@ -16,8 +16,9 @@ from typing import Any, Literal
 import torch
 
 from sklens.atomic import partial_dir
-from sklens.cache import home
-from sklens.models import load_model
+from sklens.config import Backend
+from sklens.models.artifacts import home
+from sklens.models.load import load_model
 
 Arch = Literal["qwen2", "llama"]
 _VERSION = "v1"  # bump when the recipe changes, so cached checkpoints are rebuilt
@@ -109,7 +110,7 @@ def _hf_model(arch: Arch, vocab_size: int, seed: int, n_layers: int) -> Any:
     return model
 
 
-def tiny_checkpoint(arch: str = "qwen2", seed: int = 0, n_layers: int = 2) -> Path:
+def tiny_checkpoint(arch: Arch = "qwen2", seed: int = 0, n_layers: int = 2) -> Path:
     """The cached directory of a tiny HF checkpoint (built on first use)."""
     if arch not in ("qwen2", "llama"):
         raise ValueError(f"tiny_model arch must be 'qwen2' or 'llama', got {arch!r}")
@@ -130,10 +131,10 @@ def tiny_checkpoint(arch: str = "qwen2", seed: int = 0, n_layers: int = 2) -> Pa
 
 
 def tiny_model(
-    arch: str = "qwen2",
+    arch: Arch = "qwen2",
     seed: int = 0,
     *,
-    backend: str = "hooked",
+    backend: Backend = "hooked",
     n_layers: int = 2,
     device: str | None = None,
 ) -> Any:

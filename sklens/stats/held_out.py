@@ -12,31 +12,47 @@ import pandas as pd
 import torch
 
 from sklens import metrics
-from sklens.activations import as_neuron_list, slot_activations
+from sklens.activations import at_selected_slot, slot_activations
 from sklens.data.example import Example
 from sklens.data.split import train_val_split
-from sklens.measures import auroc, cohens_d, neuron_measures
+from sklens.models.protocol import Model
+from sklens.ranking import Reduce
 from sklens.scan import scan
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats import bootstrap_ci, fisher_ci
+from sklens.stats.measures import auroc, cohens_d, neuron_measures
 
 
 def held_out(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
     metric: Any,
     *,
     k: int = 10,
     select_fraction: float = 0.5,
-    reduce: str = "max",
+    reduce: Reduce = "max",
     seed: int = 0,
     n_boot: int = 1000,
     batch_size: int = 8,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Top-``k`` neurons chosen on a ``select_fraction`` split, re-measured on the rest
-    (``confirm_neurons``). ``n_select`` and ``n_heldout`` are in ``DataFrame.attrs``."""
+    (``confirm_neurons``). ``n_select`` and ``n_heldout`` are in ``DataFrame.attrs``.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prompt: the trained soft prompt.
+        examples: the examples to split (none used for training the prompt).
+        metric: the auxiliary metric, as ``scan`` takes it.
+        k: how many top neurons to select and confirm.
+        select_fraction: the share of ``examples`` that selects.
+        reduce: the ranking rule (``"max"``, the paper's, or ``"absmax"``).
+        seed: seeds the split and the bootstrap.
+        n_boot: bootstrap resamples.
+        batch_size: examples per forward pass.
+        progress: show tqdm bars.
+    """
     examples = list(examples)
     metric = metrics.resolve(metric, len(examples))
     confirm_idx, select_idx = train_val_split(
@@ -64,7 +80,7 @@ def held_out(
 
 
 def confirm_neurons(
-    model: Any,
+    model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
     metric: Any,
@@ -81,13 +97,27 @@ def confirm_neurons(
     """Re-measure selected neurons (a ``top_k`` table) on ``examples`` disjoint from the ones
     that selected them.
 
-    Columns: layer, neuron, position, ``r_select`` (the selection's in-sample r), ``r_heldout``
+    Columns: layer, neuron, slot, ``r_select`` (the selection's in-sample r), ``r_heldout``
     with its Fisher-z 95% interval (``r_lo``, ``r_hi``: per neuron, not adjusted for the K
     neurons) and the Bonferroni-adjusted interval at level ``1 − 0.05/K`` (``r_lo_adj``,
     ``r_hi_adj``: all K intervals hold together with ≥ 95% probability); for a binary metric
     also ``auroc`` and ``cohens_d`` with per-neuron bootstrap 95% intervals; and one column per
-    name in ``measures`` (``sklens.measures.neuron_measures``), computed on the same held-out
+    name in ``measures`` (``sklens.stats.measures.neuron_measures``), computed on the same held-out
     examples.
+
+    Args:
+        model: the model the neurons were selected on.
+        prompt: the soft prompt they were selected with.
+        examples: held-out examples (at least 4), none of them used for the selection.
+        metric: the selection's metric (a ``sklens.metrics`` metric, callable, or values).
+        neurons: a ``Scan.top_k`` table (its ``slot`` column is each neuron's slot).
+        measures: further measures by name (``sklens.config.MEASURES``).
+        group_by: the meta field with the groups, for eta_squared and kruskal_wallis.
+        covariates: numeric meta fields to control for, for partial_pearson.
+        seed: seeds the bootstrap.
+        n_boot: bootstrap resamples of the AUROC and Cohen's d intervals.
+        batch_size: examples per forward pass.
+        progress: show a tqdm bar.
     """
     examples = list(examples)
     metric = metrics.resolve(metric, len(examples))
@@ -97,11 +127,11 @@ def confirm_neurons(
     layer_row = {L: j for j, L in enumerate(second.layers)}
     corr = second.corr
     top = neurons
-    table = top[["layer", "neuron", "position"]].copy()
+    table = top[["layer", "neuron", "slot"]].copy()
     table["r_select"] = top["corr"].to_numpy()
     r = [
         float(corr[layer_row[L], i, p])
-        for L, i, p in zip(top.layer, top.neuron, top.position, strict=True)
+        for L, i, p in zip(top.layer, top.neuron, top.slot, strict=True)
     ]
     n = len(examples)
     level = 1 - 0.05 / max(len(top), 1)
@@ -110,8 +140,8 @@ def confirm_neurons(
     table["r_lo_adj"], table["r_hi_adj"] = zip(*(fisher_ci(x, n, level) for x in r), strict=True)
     values = second.metric_values
     if len(torch.unique(values)) == 2:
-        acts = slot_activations(model, prompt, examples, as_neuron_list(top), batch_size=batch_size)
-        picked = acts[:, torch.arange(len(top)), torch.tensor(top.position.to_numpy())].double()
+        acts = slot_activations(model, prompt, examples, top, batch_size=batch_size)
+        picked = at_selected_slot(acts, top).double()
         y = values.numpy()
         for name, fn in (("auroc", auroc), ("cohens_d", cohens_d)):
             table[name] = fn(picked, values).numpy()

@@ -9,11 +9,13 @@ examples — are **in-sample** and say so in the summary and the report.
 
 The output directory holds ``prompt/`` (safetensors + JSON), ``checkpoint/`` (resumable training),
 ``scan.safetensors``, ``neurons.csv`` (the top-K), ``examples.csv`` (each top neuron's most and
-least activating selection-set examples), ``heldout.csv`` (the confirmation), ``causal.csv``,
-``summary.json`` (settings, splits, versions, data hashes, training plateau, timings) and
+least activating selection-set examples), ``evidence.json`` (what the report draws: each top
+neuron's activations and its extremal examples' token-level activations), ``heldout.csv`` (the
+confirmation), ``causal.csv``, ``summary.json`` (settings, splits, versions, data hashes,
+training plateau, timings) and
 ``manifest.json`` (the fingerprint of each stage and the sha256 of every file). A run writes into
 a staging directory beside ``out`` and replaces ``out`` as a whole when it has finished, under a
-lock (``sklens.rundir``); with ``resume=True`` a stage's earlier work (from a failed or killed
+lock (``sklens.app.rundir``); with ``resume=True`` a stage's earlier work (from a failed or killed
 run, or from the finished one) is reused only when its fingerprint matches.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import asdict
@@ -32,19 +33,21 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sklens import rundir, validate
-from sklens.activations import example_record, slot_activations
+from sklens import validate
+from sklens.app import rundir
+from sklens.app.tasks import load_task
 from sklens.atomic import atomic_path, write_text
 from sklens.causal import causal_check
 from sklens.config import StudyConfig
-from sklens.confirm import confirm_neurons
 from sklens.data.example import data_hash
 from sklens.display import visible
-from sklens.models import load_model
+from sklens.evidence import collect_evidence
+from sklens.metrics import from_spec
+from sklens.models.load import load_model
 from sklens.result import Scan
 from sklens.scan import scan
-from sklens.stability import seed_stability
-from sklens.tasks import load_task, parse_metric
+from sklens.stats.held_out import confirm_neurons
+from sklens.stats.stability import seed_stability
 from sklens.training import plateau, train_soft_prompt
 from sklens.version import __version__
 
@@ -90,32 +93,13 @@ def versions() -> dict[str, str]:
     }
 
 
-def extremal_examples(
-    model: Any, prompt: Any, val: list, neurons: pd.DataFrame, n: int, batch_size: int
-) -> pd.DataFrame:
-    """For each top neuron, the ``n`` validation examples with the highest and lowest activation
-    at the slot the scan selected (one forward pass for all neurons)."""
-    acts = slot_activations(model, prompt, val, neurons, batch_size=batch_size)  # (N, K, k)
-    rows = []
-    for j, neuron in enumerate(neurons.itertuples()):
-        values = acts[:, j, neuron.position]
-        for direction, order in (
-            ("most", values.argsort(descending=True)),
-            ("least", values.argsort()),
-        ):
-            for rank, idx in enumerate(order[:n].tolist()):
-                rows.append(
-                    {
-                        "neuron_rank": j,
-                        "layer": neuron.layer,
-                        "neuron": neuron.neuron,
-                        "position": neuron.position,
-                        "direction": direction,
-                        "rank": rank,
-                        **example_record(val[idx], idx, float(values[idx])),
-                    }
-                )
-    return pd.DataFrame(rows)
+def group_field(config: StudyConfig, task: Any) -> str | None:
+    """The meta field the report groups activations by: the label metric's field, else the
+    task's grouping field."""
+    metric = config.metric or task.default_metric or ""
+    if metric.startswith("label:"):
+        return metric[len("label:") :].partition("=")[0]
+    return task.group_by
 
 
 # Written after the scan, every run anew: what an earlier attempt left is removed first, so a
@@ -131,7 +115,7 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
     if result.null is not None:
         extras["significance"] = {
             "n_permutations": result.null.n_permutations,
-            "statistic": result.settings.get("statistic", "pearson"),
+            "statistic": result.settings.statistic,
             "null_top_score_95": float(result.null.max_null(config.reduce).quantile(0.95)),
             **{
                 f"n_{m}_0.05": len(result.significant(0.05, m, config.reduce))
@@ -268,6 +252,15 @@ def run_study(
     as a whole when the run has finished; until then the previous results stay as they were.
     With ``resume`` the training, the scan or both are reused from a failed or killed run, or from
     the finished one, when the settings that determine them are the same.
+
+    Args:
+        config: every setting of the study (``StudyConfig``; the ``sklens run`` flags).
+        out: the run directory (created; refused if it holds files that are not a run's).
+        resume: reuse the stages of an earlier run whose fingerprints match.
+        progress: show tqdm bars.
+
+    Returns:
+        The summary also written to ``out/summary.json``.
     """
     validate.study(config)
     final = validate.output_dir(out, create=False)  # a finished run creates it
@@ -291,7 +284,7 @@ def _study(
     task = study_task(config)
     fit, plateau_kwargs = _training_kwargs(config, task)
     metric_spec = validate.study_data(config, task)
-    metric = parse_metric(metric_spec)
+    metric = from_spec(metric_spec)
     stages = stage_settings(config, metric_spec, task)
     lap("data")
     model = load_model(config.model, backend=config.backend, device=config.device)
@@ -337,10 +330,17 @@ def _study(
     rundir.prepare(out, final, "results", stages["results"], _RESULT_FILES, resume=False)
     neurons = result.top_k(config.top_k, reduce=config.reduce)
     _write_csv(neurons, out / "neurons.csv")
-    examples = extremal_examples(
-        model, prompt, task.val, neurons, config.n_extremal, config.batch_size
+    evidence, examples = collect_evidence(
+        model,
+        prompt,
+        task.val,
+        neurons,
+        n=config.n_extremal,
+        group_field=group_field(config, task),
+        batch_size=config.batch_size,
     )
     _write_csv(examples, out / "examples.csv")
+    evidence.save(out / "evidence.json")
     lap("examples")
     if config.ablate:
         causal = causal_check(
@@ -363,7 +363,6 @@ def _study(
     values = result.metric_values
     summary = {
         "config": asdict(config),
-        "cwd": os.getcwd(),  # where relative --task/--data/--model paths are (for the report)
         "metric": metric.name,
         "versions": versions(),
         "data": {
@@ -415,11 +414,11 @@ def _study(
 def format_table(out: str | Path, width: int = 60) -> str:
     """A readable table of the top neurons with their most and least activating examples."""
     out = Path(out)
-    neurons = pd.read_csv(out / "neurons.csv")
+    neurons = pd.read_csv(out / "neurons.csv").rename(columns={"position": "slot"})  # older runs
     # completions such as "31" stay text, as they were written
     examples = pd.read_csv(out / "examples.csv", dtype={"instruction": str, "completion": str})
     lines = [
-        f"{'#':>2} {'layer':>5} {'neuron':>6} {'pos':>3} {'score':>7}  most / least activating example"
+        f"{'#':>2} {'layer':>5} {'neuron':>6} {'slot':>4} {'score':>7}  most / least activating example"
     ]
     for j, row in enumerate(neurons.itertuples()):
         top = examples[(examples.neuron_rank == j) & (examples["rank"] == 0)]
@@ -431,8 +430,8 @@ def format_table(out: str | Path, width: int = 60) -> str:
             return text if len(text) <= width else text[: width - 1] + "…"
 
         lines.append(
-            f"{j:>2} {row.layer:>5} {row.neuron:>6} {row.position:>3} {row.score:>7.3f}  "
+            f"{j:>2} {row.layer:>5} {row.neuron:>6} {row.slot:>4} {row.score:>7.3f}  "
             f"+ {short(most.instruction)} → {short(most.completion)}"
         )
-        lines.append(f"{'':>27}  - {short(least.instruction)} → {short(least.completion)}")
+        lines.append(f"{'':>28}  - {short(least.instruction)} → {short(least.completion)}")
     return "\n".join(lines)

@@ -37,6 +37,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sklens.moments import centre_within, group_codes
+from sklens.ranking import RULES, Reduce, slot_scores
 
 
 def permutations(
@@ -96,7 +97,7 @@ class PermutationAccumulator:
         if j == 0:
             self.zsum += z.double().sum(0)
 
-    def rebase(self, shift: Float[Tensor, "layers d_mlp slots"]) -> None:
+    def rebase(self, shift: Float[Tensor, "layers d_mlp slot"]) -> None:
         """Move the sums to a common ``shift`` (so shards with different shifts add up)."""
         for j in range(self.sums.shape[0]):
             own = self.shift.get(j, shift[j])
@@ -104,17 +105,13 @@ class PermutationAccumulator:
             self.sums[j] += (delta[..., None] * self.zsum).float()
             self.shift[j] = shift[j]
 
-    def reduce(self, m2_a: Float[Tensor, "layers d_mlp slots"]) -> PermutationNull:
+    def reduce(self, m2_a: Float[Tensor, "layers d_mlp slot"]) -> PermutationNull:
         """Permuted correlations → per-permutation neuron scores under both ranking rules."""
         scale = m2_a.sqrt().to(self.sums.device, torch.float32)[..., None]
         r = torch.where(scale > 0, self.sums / scale, torch.nan).clamp(-1, 1)  # (L, d, k, B)
         r = r.permute(3, 0, 1, 2)  # (B, L, d, k)
-        filled = torch.where(r.isnan(), -torch.inf, r)
-        score_max = filled.amax(-1)
-        pos = torch.where(r.isnan(), -1.0, r.abs()).argmax(-1, keepdim=True)
-        score_abs = r.gather(-1, pos).squeeze(-1)
-        score_max = torch.where(torch.isinf(score_max), torch.nan, score_max)
-        return PermutationNull({"max": score_max.cpu(), "absmax": score_abs.cpu()}, self.perms)
+        scores = {rule: slot_scores(r, rule)[0].cpu() for rule in RULES}
+        return PermutationNull(scores, self.perms)
 
 
 @dataclass
@@ -128,24 +125,24 @@ class PermutationNull:
     def n_permutations(self) -> int:
         return self.perms.shape[0]
 
-    def max_null(self, reduce: str = "max") -> Float[Tensor, " B"]:
+    def max_null(self, reduce: Reduce = "max") -> Float[Tensor, " B"]:
         """The largest ``|score|`` over all neurons in each permutation: the max-statistic null."""
         return self.scores[reduce].abs().nan_to_num(nan=0.0).flatten(1).amax(1)
 
-    def fwer_p(self, score: Float[Tensor, "layers d_mlp"], reduce: str = "max") -> Tensor:
+    def fwer_p(self, score: Float[Tensor, "layers d_mlp"], reduce: Reduce = "max") -> Tensor:
         """Family-wise adjusted p-values: ``(1 + #{b: max_null_b ≥ |score|}) / (1 + B)``."""
         null = self.max_null(reduce).sort().values
         exceed = len(null) - torch.searchsorted(null, score.abs().float().contiguous(), right=False)
         return torch.where(score.isnan(), torch.nan, (1 + exceed) / (1 + len(null)))
 
-    def neuron_p(self, score: Float[Tensor, "layers d_mlp"], reduce: str = "max") -> Tensor:
+    def neuron_p(self, score: Float[Tensor, "layers d_mlp"], reduce: Reduce = "max") -> Tensor:
         """Per-neuron permutation p-values ``(1 + #{b: |s_b| ≥ |s|}) / (1 + B)``, each neuron
         against its own null (valid per neuron; a NaN permuted score counts as 0)."""
         null = self.scores[reduce].abs().nan_to_num(nan=0.0)  # (B, L, d)
         exceed = (null >= score.abs().float()).sum(0)
         return torch.where(score.isnan(), torch.nan, (1 + exceed) / (1 + len(null)))
 
-    def pooled_p(self, score: Float[Tensor, "layers d_mlp"], reduce: str = "max") -> Tensor:
+    def pooled_p(self, score: Float[Tensor, "layers d_mlp"], reduce: Reduce = "max") -> Tensor:
         """Against all neurons' permuted scores pooled: fine resolution, but **not** a valid
         per-neuron p-value (see the module doc); BH on it is an approximate marginal FDR."""
         pooled = self.scores[reduce].abs().flatten()

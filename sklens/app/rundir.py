@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sklens.atomic import write_text
-from sklens.cache import sha256_of
+from sklens.models.artifacts import sha256_of
 
 logger = logging.getLogger("sklens")
 
@@ -45,6 +45,7 @@ RESULT_NAMES = {
     "scan.safetensors",
     "neurons.csv",
     "examples.csv",
+    "evidence.json",
     "summary.json",
     "causal.csv",
     "heldout.csv",

@@ -16,10 +16,12 @@ import pandas as pd
 import torch
 
 from sklens.data.example import Example
-from sklens.measures import spearman
+from sklens.models.protocol import Model
+from sklens.ranking import Reduce
 from sklens.result import Scan
 from sklens.scan import scan
 from sklens.soft_prompt import SoftPrompt
+from sklens.stats.measures import spearman
 from sklens.training import train_soft_prompt
 
 
@@ -52,20 +54,38 @@ def _neuron_set(table: pd.DataFrame) -> set[tuple[int, int]]:
 
 
 def seed_stability(
-    model: Any,
+    model: Model,
     train: Sequence[Example],
     val: Sequence[Example],
     metric: Any,
     *,
     seeds: Sequence[int] = (0, 1, 2),
     k: int = 10,
-    reduce: str = "max",
+    reduce: Reduce = "max",
     baselines: bool = True,
     batch_size: int = 8,
     progress: bool = True,
     **train_kwargs: Any,
 ) -> Stability:
-    """Train a prompt per seed (``train_kwargs`` go to ``train_soft_prompt``) and compare."""
+    """Train a prompt per seed (``train_kwargs`` go to ``train_soft_prompt``) and compare.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        train: the training examples, the same for every seed.
+        val: the examples every seed's prompt is scanned on.
+        metric: the auxiliary metric, as ``scan`` takes it.
+        seeds: at least two training seeds.
+        k: the size of the top-K compared.
+        reduce: the ranking rule (``"max"`` or ``"absmax"``).
+        baselines: also scan an untrained prompt and the last instruction token.
+        batch_size: examples per forward pass.
+        progress: show tqdm bars.
+        **train_kwargs: passed to ``train_soft_prompt`` (``steps``, ``lr``, ``n_tokens``, ...).
+
+    Returns:
+        A ``Stability``: each scan's top-K, pairwise Jaccard overlap and rank correlation of all
+        scores, and the consensus neurons.
+    """
     if len(seeds) < 2:
         raise ValueError("seed stability needs at least two seeds")
     scans: dict[str, Scan] = {}
@@ -88,7 +108,7 @@ def seed_stability(
     return compare_scans(scans, k=k, reduce=reduce)
 
 
-def compare_scans(scans: dict[str, Scan], *, k: int = 10, reduce: str = "max") -> Stability:
+def compare_scans(scans: dict[str, Scan], *, k: int = 10, reduce: Reduce = "max") -> Stability:
     """Compare finished scans of the same examples: top-K Jaccard, rank correlation of all
     neuron scores, and the consensus of the runs named ``seed*`` (baselines under other names).
 

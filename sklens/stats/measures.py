@@ -23,9 +23,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sklens.activations import as_neuron_list, slot_activations
+from sklens.activations import at_selected_slot, slot_activations
 from sklens.config import GROUP_MEASURES, MEASURES
 from sklens.data.example import Example
+from sklens.models.protocol import Model
 
 
 def _ranks(x: Tensor) -> Tensor:
@@ -134,8 +135,12 @@ def partial_pearson(
     return pearson(residual(acts.double()), residual(metric.double()[:, None])[:, 0])
 
 
+# the measures of one neuron's activation against the metric, by the name ``measures=`` takes
+PAIRED = {"pearson": pearson, "spearman": spearman, "auroc": auroc, "cohens_d": cohens_d}
+
+
 def neuron_measures(
-    model: Any,
+    model: Model,
     prompt: Any,
     examples: Sequence[Example],
     neurons: pd.DataFrame,
@@ -146,7 +151,7 @@ def neuron_measures(
     covariates: Sequence[str] = (),
     batch_size: int = 8,
 ) -> pd.DataFrame:
-    """The measures for each neuron of a ``top_k`` table at its selected slot ``position``."""
+    """The measures for each neuron of a ``top_k`` table at its selected slot (its ``slot`` column)."""
     unknown = [m for m in measures if m not in MEASURES]
     if unknown:
         raise ValueError(f"unknown measures {unknown}; choose from {MEASURES}")
@@ -154,10 +159,9 @@ def neuron_measures(
     metric = torch.as_tensor(np.asarray(metric_values, dtype=np.float64))
     if len(metric) != len(examples):
         raise ValueError(f"{len(metric)} metric values for {len(examples)} examples")
-    acts = slot_activations(model, prompt, examples, as_neuron_list(neurons), batch_size=batch_size)
-    positions = torch.tensor(neurons["position"].to_numpy())
-    picked = acts[:, torch.arange(len(positions)), positions].double()  # (N, K)
-    out = neurons[["layer", "neuron", "position"]].copy()
+    acts = slot_activations(model, prompt, examples, neurons, batch_size=batch_size)
+    picked = at_selected_slot(acts, neurons).double()  # (N, K)
+    out = neurons[["layer", "neuron", "slot"]].copy()
     for name in measures:
         if name in GROUP_MEASURES:
             if group_by is None:
@@ -176,5 +180,5 @@ def neuron_measures(
             cov = torch.tensor([[float(e.meta[c]) for c in covariates] for e in examples])
             out[name] = partial_pearson(picked, metric, cov).numpy()
         else:
-            out[name] = globals()[name](picked, metric).numpy()
+            out[name] = PAIRED[name](picked, metric).numpy()
     return out

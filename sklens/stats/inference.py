@@ -4,14 +4,17 @@ bootstrap confidence intervals, and the rank p-value of a selected set among ran
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+QMethod = Literal["bh", "by"]  # Benjamini–Hochberg, Benjamini–Yekutieli
 
-def q_values(p: Tensor | np.ndarray, method: str = "bh") -> np.ndarray:
+
+def q_values(p: Tensor | np.ndarray, method: QMethod = "bh") -> np.ndarray:
     """BH (independent or positively dependent tests) or BY (any dependence) adjusted p-values.
 
     NaNs are ignored and stay NaN; the result has the input's shape.
@@ -50,14 +53,24 @@ def _normal_quantile(p: float) -> float:
 
 
 def bootstrap_ci(
-    statistic, *arrays: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+    statistic: Callable[..., float],
+    *arrays: np.ndarray,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int | np.random.Generator = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(*arrays)``, resampling rows jointly."""
+    """Percentile bootstrap interval of ``statistic(*arrays)``, resampling rows jointly.
+
+    The one bootstrap of sklens (held-out AUROC and Cohen's d, the causal changes, the demos).
+    ``seed`` may be a ``numpy`` Generator to draw many intervals from one stream. NaN if fewer
+    than two rows, or fewer than ten resamples give a number.
+    """
     rng = np.random.default_rng(seed)
     n = len(arrays[0])
+    if n < 2:
+        return (math.nan, math.nan)
     stats = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
+    for idx in rng.integers(0, n, (n_boot, n)):
         value = statistic(*(a[idx] for a in arrays))
         if not math.isnan(value):
             stats.append(value)

@@ -11,7 +11,7 @@ from pathlib import Path
 from sklens import validate
 from sklens.config import StudyConfig
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent  # sklens/, where every check of ours lives
 
 EPILOG = """examples:
   sklens run                                   # arithmetic on the embedded SmolLM2-135M, CPU
@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     config = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
     validate.study(config)  # before importing torch: a bad flag fails in a fraction of a second
     validate.output_dir(args.out, create=False)  # a finished run creates it
-    from sklens.study import format_table, run_study
+    from sklens.app.study import format_table, run_study
 
     summary = run_study(config, args.out, resume=args.resume, progress=not args.quiet)
     print(format_table(args.out))
@@ -166,15 +166,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(run_dir: Path) -> int:
-    from sklens.report import build_report
+    from sklens.app.report import build_report
 
     print(f"report: {build_report(run_dir)}")
     return 0
 
 
 def _fetch(source: Path | None) -> int:
-    from sklens.cache import ARTIFACTS, fetch
-    from sklens.models import embedded_model_path, gguf_to_checkpoint
+    from sklens.models.artifacts import ARTIFACTS, fetch
+    from sklens.models.load import embedded_model_path, gguf_to_checkpoint
 
     for name, artifact in ARTIFACTS.items():
         print(f"{name}: {fetch(artifact, source)}")

@@ -9,12 +9,12 @@ from the weights and the MLP input, and a model whose hook disagrees is refused.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from sklens import _compat
+from sklens.models.protocol import Model
 
 
 class HookMeaningError(RuntimeError):
@@ -32,7 +32,7 @@ _ACTIVATIONS = {
 
 
 def check_neuron_hooks(
-    model: Any, layers: Sequence[int] | None = None, n_tokens: int = 8, seed: int = 0
+    model: Model, layers: Sequence[int] | None = None, n_tokens: int = 8, seed: int = 0
 ) -> float:
     """Recompute neuron activations from the weights and compare with ``hook_post``.
 

@@ -12,22 +12,22 @@ import base64
 import html
 import io
 import os
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from sklens import figures, rundir, validate
-from sklens.activations import slot_activations
+from sklens import figures, validate
+from sklens.app import rundir
 from sklens.atomic import write_text
 from sklens.config import StudyConfig
-from sklens.models import load_model
+from sklens.evidence import NeuronEvidence
 from sklens.result import Scan
 from sklens.soft_prompt import SoftPrompt
-from sklens.study import study_task
 from sklens.version import __version__
-from sklens.viz import extremal_indices, neuron_labels, text_view
+from sklens.viz import text_view
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -46,13 +46,6 @@ def _png(fig: Any) -> str:
 
 def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", escape=True)
-
-
-def _group_field(config: StudyConfig, task: Any) -> str | None:
-    metric = config.metric or task.default_metric or ""
-    if metric.startswith("label:"):
-        return metric[len("label:") :].partition("=")[0]
-    return task.group_by
 
 
 def _training_line(summary: dict[str, Any]) -> str:
@@ -95,17 +88,25 @@ def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
     return summary, StudyConfig(**saved)
 
 
-def build_report(run_dir: str | os.PathLike, *, model: Any = None, n: int = 5) -> Path:
+def build_report(run_dir: str | os.PathLike, *, n: int = 5, model: Any = None) -> Path:
     """Write ``RUN_DIR/report.html`` from the outputs of ``sklens run`` and return its path.
 
-    Refuses a directory whose files are not the ones its manifest lists (files from different
-    runs, or changed since), and one that a run is writing at the moment.
+    Everything comes from the run's files (``evidence.json`` holds what the views draw), so no
+    model or task is loaded; ``n`` (at most the run's ``--n-extremal``) examples per direction
+    are shown. Refuses a directory whose files are not the ones its manifest lists (files from
+    different runs, or changed since), and one that a run is writing at the moment.
     """
+    if model is not None:
+        warnings.warn(
+            "build_report(model=) is ignored: the report is drawn from the run's files",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     run = Path(run_dir)
     read_summary(run)  # a missing, damaged or foreign summary.json names itself and the fix
     validate.output_dir(run, "the run directory")  # before the model loads: report.html goes here
     with rundir.locked(run, "sklens report"):
-        return _build(run, model, n)
+        return _build(run, n)
 
 
 def _check_consistent(run: Path) -> None:
@@ -123,30 +124,21 @@ def _check_consistent(run: Path) -> None:
         )
 
 
-def _from_run_cwd(config: StudyConfig, cwd: str | None) -> StudyConfig:
-    """``config`` with relative --task/--data/--model paths made relative to the directory the
-    run was started in, so the report works from any working directory."""
-    if cwd is None:
-        return config
-    for name in ("task", "data", "model"):
-        value = getattr(config, name)
-        if value and not Path(value).exists() and (Path(cwd) / value).exists():
-            setattr(config, name, str(Path(cwd) / value))
-    return config
-
-
-def _build(run: Path, model: Any, n: int) -> Path:
+def _build(run: Path, n: int) -> Path:
     _check_consistent(run)
     summary, config = read_summary(run)
-    config = _from_run_cwd(config, summary.get("cwd"))
-    task = study_task(config)
-    model = model or load_model(config.model, backend=config.backend, device=config.device)
-    prompt = SoftPrompt.load(run / "prompt", model)
+    if not (run / "evidence.json").exists():
+        raise rundir.RunDirError(
+            f"{run} has no evidence.json, which the report draws from (the run was written by "
+            f"an older sklens); run `sklens run --out {run}` again"
+        )
+    evidence = NeuronEvidence.load(run / "evidence.json")
+    prompt = SoftPrompt.load(run / "prompt")
     result = Scan.load(run / "scan.safetensors")
     neurons = pd.read_csv(run / "neurons.csv")
     extremal = pd.read_csv(run / "examples.csv", dtype={"instruction": str, "completion": str})
-    val = task.val
-    group = _group_field(config, task)
+    splits = summary.get("splits", {})
+    group = evidence.group_field
 
     parts = [
         f"<h1>sklens report: {html.escape(config.task)}</h1>",
@@ -163,7 +155,7 @@ def _build(run: Path, model: Any, n: int) -> Path:
         _png(figures.layer_position_heatmap(result)),
         "</div>",
         f"<p>{html.escape(_training_line(summary))}</p>",
-        f"<h2>Top neurons (in-sample: the selection set of {len(val)} examples)</h2>",
+        f"<h2>Top neurons (in-sample: the selection set of {summary['data']['n_val']} examples)</h2>",
         "<p>r, score and permutation p-values come from the examples that selected these "
         "neurons, so they are inflated by the selection (winner's curse); the held-out "
         "confirmation below is the honest estimate.</p>",
@@ -171,7 +163,7 @@ def _build(run: Path, model: Any, n: int) -> Path:
     ]
     for key, title in (
         ("significance", "Significance (permutation null; in-sample)"),
-        ("held_out", f"Held-out confirmation (confirm split, {len(task.confirm)} examples)"),
+        ("held_out", f"Held-out confirmation (confirm split, {splits.get('confirm')} examples)"),
         ("stability", "Seed stability"),
     ):
         if summary.get(key):
@@ -180,7 +172,7 @@ def _build(run: Path, model: Any, n: int) -> Path:
         ("heldout.csv", "Held-out r (95% per neuron; _adj: Bonferroni over the K) and measures"),
         (
             "causal.csv",
-            f"Causal check on a third split ({len(task.causal)} examples): selected vs random "
+            f"Causal check on a third split ({splits.get('causal')} examples): selected vs random "
             f"neurons ({'scale-matched' if config.match_scale else 'not scale-matched'})",
         ),
         ("consensus.csv", "Consensus neurons across seeds"),
@@ -190,30 +182,22 @@ def _build(run: Path, model: Any, n: int) -> Path:
         if (run / name).exists():
             parts += [f"<h3>{title}</h3>", _table(pd.read_csv(run / name))]
 
-    acts = slot_activations(model, prompt, val, neurons, batch_size=config.batch_size)
-    chosen = extremal_indices(acts, neurons, n)
-    labels = neuron_labels(neurons)
+    picked = evidence.at_slot()
+    labels = evidence.labels
+    groups = [g if group else "all" for g in evidence.groups]
     bundle = None
     for j, row in enumerate(neurons.itertuples()):
-        values = acts[:, j, row.position].numpy()
-        groups = [e.meta.get(group, "all") if group else "all" for e in val]
         kde = figures.kde_by_group(
-            values,
+            picked[:, j],
             groups,
             title=f"{labels[j]}  (score {row.score:.3f})",
-            xlabel=f"activation at <soft{row.position}>",
+            xlabel=f"activation at <soft{row.slot}>",
         )
-        view = text_view(
-            model,
-            prompt,
-            [val[i] for i in chosen[j]],
-            neurons.iloc[[j]],
-            batch_size=config.batch_size,
-        )
+        view = text_view(*evidence.view_data(j, n), [labels[j]])
         script, mount = view.split()
         bundle = bundle or script
-        rows = extremal[extremal.neuron_rank == j].drop(
-            columns=["neuron_rank", "layer", "neuron", "position"]
+        rows = extremal[(extremal.neuron_rank == j) & (extremal["rank"] < n)].drop(
+            columns=["neuron_rank", "layer", "neuron", "slot"]
         )
         parts += [
             f"<section class='neuron'><h3>#{j}: {html.escape(labels[j])}</h3>",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from sklens import metrics, validate
+from sklens import validate
 from sklens.data.bigbench import bigbench_arithmetic, load_bigbench
 from sklens.data.example import Example
 from sklens.data.hans import generate_hans, load_hans
@@ -35,19 +35,6 @@ class TaskData:
     group_by: str | None = None
     confirm: list[Example] = field(default_factory=list)
     causal: list[Example] = field(default_factory=list)
-
-
-def parse_metric(spec: str) -> metrics.Metric:
-    """``loss`` | ``confidence`` | ``choice_confidence`` | ``label:KEY`` | ``label:KEY=VALUE`` → a
-    Metric."""
-    validate.metric_spec(spec)
-    if spec == "loss":
-        return metrics.loss()
-    if spec == "confidence":
-        return metrics.confidence()
-    if spec == "choice_confidence":
-        return metrics.choice_confidence()
-    return metrics.label(*validate.label_spec(spec))
 
 
 def load_task(

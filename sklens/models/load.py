@@ -9,7 +9,7 @@
 
 Weights are left unprocessed (no LayerNorm folding, no centering), so logits and
 ``blocks.L.mlp.hook_post`` equal the HF model's. Every model is checked at load time by
-``sklens.hook_check.check_neuron_hooks``.
+``sklens.models.hook_check.check_neuron_hooks``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -29,14 +29,13 @@ from safetensors import SafetensorError, safe_open
 
 from sklens import _compat, validate
 from sklens.atomic import partial_dir
-from sklens.cache import SMOLLM2, fetch, home, repair_hint, sha256_of
-from sklens.config import BACKENDS, DEFAULT_MODEL
-from sklens.hook_check import check_neuron_hooks
+from sklens.config import BACKENDS, DEFAULT_MODEL, Backend
+from sklens.models.artifacts import SMOLLM2, fetch, home, repair_hint, sha256_of
+from sklens.models.hook_check import check_neuron_hooks
 
 logger = logging.getLogger("sklens")
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
-Backend = Literal["hooked", "bridge"]
 
 
 def default_device() -> str:
@@ -53,7 +52,7 @@ def embedded_model_path(name: str = DEFAULT_MODEL) -> Path:
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
-    backend: str = "hooked",
+    backend: Backend = "hooked",
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     check_hooks: bool = True,

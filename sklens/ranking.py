@@ -1,0 +1,42 @@
+"""The ranking rules: how a neuron's per-slot correlations become one score.
+
+One function serves the observed scan (``Scan.scores``) and every permutation of the null
+(``PermutationAccumulator.reduce``), so the null is always the null of the statistic that ranks.
+
+* ``"max"`` (the paper's): ``score = max_k corr[..., k]``; neurons are ranked by ``|score|``. A
+  neuron negatively correlated at every slot gets its least negative r, so strongly
+  anti-correlated neurons can rank below weaker positive ones.
+* ``"absmax"`` (symmetric): ``score = corr[..., k*]`` with ``k* = argmax_k |corr[..., k]|``,
+  treating both signs alike.
+
+A neuron whose correlation is NaN at every slot (it never varies) scores NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from sklens.config import REDUCE_RULES as RULES
+from sklens.config import Reduce
+
+
+def check_rule(reduce: str) -> None:
+    """Refuse an unknown ranking rule, naming the known ones."""
+    if reduce not in RULES:
+        raise ValueError(f"reduce must be 'max' (the paper's rule) or 'absmax', got {reduce!r}")
+
+
+def slot_scores(
+    corr: Float[Tensor, "*neurons slot"], reduce: Reduce = "max"
+) -> tuple[Float[Tensor, "*neurons"], Int[Tensor, "*neurons"]]:
+    """Each neuron's score under ``reduce`` and the slot it comes from (last axis = slot)."""
+    check_rule(reduce)
+    if reduce == "max":
+        score, slot = torch.where(corr.isnan(), -torch.inf, corr).max(-1)
+        score = torch.where(torch.isinf(score), torch.nan, score)
+    else:
+        slot = torch.where(corr.isnan(), -1.0, corr.abs()).argmax(-1)
+        score = corr.gather(-1, slot[..., None]).squeeze(-1)
+    return score, slot
