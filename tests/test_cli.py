@@ -153,32 +153,65 @@ def test_console_script_is_installed():
     assert "--metric" in result.stdout and "label:KEY=VALUE" in result.stdout
 
 
-def test_run_with_ablate_writes_the_causal_check(qwen_dir, tmp_path):
+def test_run_with_ablate_writes_the_causal_check(qwen_dir, tmp_path, monkeypatch):
+    """The causal check runs on the third split — disjoint from the examples that selected the
+    neurons and from the training ones (science review #9) — and ``--no-match-scale`` reaches it
+    (#10)."""
+    seen = {}
+    real = study.causal_check
+
+    def spy(model, prompt, examples, neurons, **kwargs):
+        seen.update(examples=list(examples), match_scale=kwargs["match_scale"])
+        return real(model, prompt, examples, neurons, **kwargs)
+
+    real_task = study.study_task
+
+    def keep_task(config):
+        seen["task"] = real_task(config)
+        return seen["task"]
+
+    monkeypatch.setattr(study, "causal_check", spy)
+    monkeypatch.setattr(study, "study_task", keep_task)
     out = tmp_path / "abl"
-    assert (
-        main(
-            _args(
-                qwen_dir,
-                out,
-                "--ablate",
-                "--n-random",
-                "2",
-                "--n-causal",
-                "6",
-                "--ablate-modes",
-                "zero",
-            )
-        )
-        == 0
-    )
+    args = ("--ablate", "--n-random", "2", "--n-causal", "6", "--ablate-modes", "zero")
+    assert main(_args(qwen_dir, out, *args, "--no-match-scale")) == 0
+    task = seen["task"]
+    texts = {e.instruction for e in seen["examples"]}
+    assert seen["examples"] == list(task.causal) and len(texts) == 6
+    assert not texts & {e.instruction for e in (*task.val, *task.confirm, *task.train)}
+    assert seen["match_scale"] is False
     causal = pd.read_csv(out / "causal.csv")
     assert set(causal.set) == {"selected", "random_0", "random_1"}
+    assert not causal.match_scale.any()
     assert set(causal.group) == {"all", "skill=spatial", "skill=metaphor"} & set(causal.group) | {
         "all"
     }
     summary = json.loads((out / "summary.json").read_text())
     assert summary["causal"][0]["mode"] == "zero" and "p_loss" in summary["causal"][0]
     assert "causal" in summary["timings_s"]
+
+
+def test_default_training_runs_to_a_plateau_of_at_most_150_steps(qwen_dir, tmp_path, monkeypatch):
+    """Science review #13: by default the prompt trains up to 150 steps and stops on a plateau
+    of a 32-question slice (evaluated every 10 steps, patience 2), not for a fixed 30 steps; the
+    CLI hands exactly that to the training."""
+    config = sklens.StudyConfig()
+    assert (config.steps, config.eval_every, config.patience, config.n_plateau) == (150, 10, 2, 32)
+    seen = {}
+    real = study.train_soft_prompt
+
+    def spy(model, fit, **kwargs):
+        seen.update(kwargs, n_fit=len(fit))
+        return real(model, fit, **{**kwargs, "steps": 2})  # the settings seen; a short run
+
+    monkeypatch.setattr(study, "train_soft_prompt", spy)
+    args = _args(qwen_dir, tmp_path / "run")
+    for flag in ("--steps", "--eval-every"):  # back to their defaults
+        i = args.index(flag)
+        del args[i : i + 2]
+    assert main(args) == 0
+    assert (seen["steps"], seen["eval_every"], seen["patience"]) == (150, 10, 2)
+    assert len(seen["val_examples"]) == 4 and seen["n_fit"] == 16 - 4  # --n-plateau 4 here
 
 
 def test_run_with_statistics(qwen_dir, tmp_path):

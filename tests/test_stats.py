@@ -140,3 +140,21 @@ def test_slot_scores_are_the_documented_rules():
     assert score[[0, 1, 3]].tolist() == [-0.9, -0.6, -0.7] and score[2].isnan()
     with without_type_checks(), pytest.raises(ValueError, match="reduce must be 'max'"):
         slot_scores(corr, "mean")
+
+
+def test_fdr_q_values_adjust_the_per_neuron_p_by_default():
+    """Science review #4: BH/BY adjust each neuron's own permutation p (valid per neuron), not
+    the pooled-null p, unless asked; ``top_k``'s ``q_bh`` is that same q."""
+    g = torch.Generator().manual_seed(1)
+    acts = torch.randn(40, 2, 3, 16, generator=g)
+    metric = acts[:, 0, 1, 4] + torch.randn(40, generator=g)
+    result = scan_activations(acts, metric, n_permutations=49)
+    neuron_p = result.p_values(method="neuron").numpy()
+    pooled_p = result.p_values(method="pooled").numpy()
+    assert not np.allclose(neuron_p, pooled_p)
+    np.testing.assert_allclose(result.q_values().numpy(), q_values(neuron_p, "bh"))
+    np.testing.assert_allclose(result.q_values(method="by").numpy(), q_values(neuron_p, "by"))
+    np.testing.assert_allclose(result.q_values(p="pooled").numpy(), q_values(pooled_p, "bh"))
+    top = result.top_k(5)
+    q = result.q_values().numpy()
+    assert top.q_bh.tolist() == [q[L, i] for L, i in zip(top.layer, top.neuron, strict=True)]
