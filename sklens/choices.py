@@ -27,9 +27,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sklens import _compat
 from sklens.data.example import Example
 from sklens.data.format import encode
-from sklens.forward import BatchPart, batched_pass
+from sklens.forward import BatchPart, batched_pass, shared_prefix_pass
 from sklens.models.protocol import Model
 
 
@@ -54,6 +55,15 @@ def expand_choices(examples: Sequence[Example]) -> tuple[list[Example], list[int
             rows.append(Example(e.instruction, c, e.meta))
             owner.append(i)
     return rows, owner, correct
+
+
+def shares_prefix(model: Model, n_slots: int, intervention: Any) -> bool:
+    """Whether a question's choices can share one pass over the text before the slots
+    (``forward.shared_prefix_pass``): a HookedTransformer, a soft prompt, and no edit before it."""
+    at_slots = intervention is None or (
+        isinstance(intervention.positions, str) and intervention.positions == "slots"
+    )
+    return n_slots >= 1 and not _compat.is_bridge(model) and at_slots
 
 
 @dataclass
@@ -96,10 +106,15 @@ def score_examples(
     if intervention is not None:
         intervention.owners = owner
         parts.append(intervention)
+    if choice and shares_prefix(model, n_slots, intervention):
+        groups: list[list[int]] = [[] for _ in examples]
+        for row, example in enumerate(owner):
+            groups[example].append(row)
+        passes = shared_prefix_pass(model, encoded, n_slots, parts, groups, batch_size=batch_size)
+    else:
+        passes = batched_pass(model, encoded, n_slots, parts, batch_size=batch_size, logprobs=True)
     try:
-        for batch, scores in batched_pass(
-            model, encoded, n_slots, parts, batch_size=batch_size, logprobs=True
-        ):
+        for batch, scores in passes:
             total[batch.indices] = scores.total_logprob.double().cpu()
             mean_loss[batch.indices] = scores.mean_loss.double().cpu()
     finally:

@@ -19,6 +19,7 @@ hook after the last layer they read.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from sklens import _compat
-from sklens.data.format import Batch, Encoded, iter_batches
+from sklens.data.format import Batch, Encoded, collate, iter_batches, pad_id
 from sklens.models.protocol import Model
 
 Hook = tuple[str, Callable[..., Any]]
@@ -198,6 +199,70 @@ def prefill(
             stop_at_layer=model.cfg.n_layers,
         )
     return cache
+
+
+def _repeat_cache(
+    cache: TransformerLensKeyValueCache, index: Int[Tensor, " rows"]
+) -> TransformerLensKeyValueCache:
+    """``cache`` with its batch rows taken as ``index`` says (a row may be taken many times)."""
+    entries = [
+        dataclasses.replace(
+            e,
+            past_keys=e.past_keys.index_select(0, index.to(e.past_keys.device)),
+            past_values=e.past_values.index_select(0, index.to(e.past_values.device)),
+        )
+        for e in cache.entries
+    ]
+    mask = cache.previous_attention_mask
+    return dataclasses.replace(
+        cache, entries=entries, previous_attention_mask=mask.index_select(0, index.to(mask.device))
+    )
+
+
+def shared_prefix_pass(
+    model: Model,
+    encoded: Sequence[Encoded],
+    n_slots: int,
+    parts: Sequence[BatchPart],
+    groups: Sequence[Sequence[int]],
+    *,
+    batch_size: int,
+) -> Iterator[tuple[Batch, CompletionLogprobs]]:
+    """Score rows whose text before the slots is shared within each of ``groups`` (the choices
+    of one question): that text runs once per group, with no hooks, and every row continues
+    from its keys and values with ``parts`` attached to the slots and completion.
+
+    The same numbers as ``batched_pass(..., logprobs=True)`` (tested) for parts that act only
+    at the slots or after them (the prompt writer; an intervention at ``positions="slots"``),
+    for a fraction of the work when the shared text is long. HookedTransformer only (a
+    TransformerBridge takes no key/value cache), and ``n_slots`` ≥ 1 (the last slot predicts
+    the first completion token). ``batch_size`` counts groups.
+    """
+    if n_slots < 1 or _compat.is_bridge(model):
+        raise ValueError("a shared-prefix pass needs a soft prompt and a HookedTransformer")
+    pid = pad_id(model.tokenizer)
+    device = model.cfg.device
+    for start in range(0, len(groups), batch_size):
+        chunk = groups[start : start + batch_size]
+        firsts = [group[0] for group in chunk]
+        for group in chunk:
+            if any(encoded[i].prefix != encoded[group[0]].prefix for i in group):
+                raise ValueError(f"rows {list(group)} do not share their text before the slots")
+        prefix = collate(
+            [Encoded(encoded[i].prefix, ()) for i in firsts], firsts, 0, pid, with_completion=False
+        )
+        rows = [i for group in chunk for i in group]
+        rest = collate([Encoded((), encoded[i].completion) for i in rows], rows, n_slots, pid)
+        owner = torch.tensor([g for g, group in enumerate(chunk) for _ in group])
+        with torch.no_grad():
+            cache = prefill(model, prefix.tokens.to(device), prefix.attention_mask.to(device))
+            rest = rest.to(device)
+            with attached(model, parts) as begin:
+                begin(rest)
+                yield (
+                    rest,
+                    completion_logprobs(model, rest, past_kv_cache=_repeat_cache(cache, owner)),
+                )
 
 
 def gather_slots(

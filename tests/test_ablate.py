@@ -9,11 +9,17 @@ import torch
 import sklens
 from sklens.ablate import NeuronIntervention, ablated, ablation_hooks
 from sklens.causal import causal_check, dose_response, evaluate, neuron_stats, random_sets
+from sklens.choices import score_examples
 from sklens.data.format import encode, iter_batches
 from sklens.forward import gather_slots
 from sklens.neurons import NeuronSet
 from sklens.stats import rank_p
-from tests.helpers import reference_cache, reference_slot_acts, without_type_checks
+from tests.helpers import (
+    reference_cache,
+    reference_slot_acts,
+    reference_tokens,
+    without_type_checks,
+)
 
 NAMES = ["blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
 
@@ -291,3 +297,67 @@ def test_causal_check_with_a_prompt_on_both_backends(qwen_dir, examples):
         hooked, prompt, examples[:8], ranked, ks=(1, 3), n_random=2, progress=False, n_boot=50
     )
     assert set(dose.k) == {1, 3} and set(dose[dose.set == "selected"].n_neurons) == {1, 3}
+
+
+def test_choices_share_one_pass_over_the_question_and_give_the_same_numbers(qwen, monkeypatch):
+    """A question's choices run the text before the slots once (``shared_prefix_pass``) and
+    continue from its keys and values; every choice's log-probability still equals an unpadded
+    ``run_with_cache`` of that choice alone, with the prompt written in and the neurons zeroed
+    at the slots by hooks made here."""
+    import sklens.choices as choices_module
+
+    calls = []
+    real = choices_module.shared_prefix_pass
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(choices_module, "shared_prefix_pass", spy)
+    ex = [
+        sklens.Example(
+            "Question: " + "what is " * (1 + a % 3) + f"{a} times 11?",
+            str(a * 11),
+            {
+                "choices": [str(a * 11), str(a * 11 + 10), "no", "1" + str(a) * 3],
+                "answer": str(a * 11),
+            },
+        )
+        for a in range(2, 7)
+    ]
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=1)
+    ablate = {0: [3, 9], 1: [7]}
+    edit = NeuronIntervention(
+        qwen, [(L, i) for L, ids in ablate.items() for i in ids], "zero", positions="slots"
+    )
+    got = score_examples(qwen, prompt, ex, intervention=edit, batch_size=2)
+    assert calls  # the shared pass was taken
+    n = prompt.n_tokens
+    for k, e in enumerate(ex):
+        totals, means = [], []
+        for c in e.meta["choices"]:
+            ids, start, _ = reference_tokens(qwen, sklens.Example(e.instruction, c), n)
+
+            def write(embed, hook, start=start):
+                embed = embed.clone()
+                embed[0, start : start + n] = prompt.embedding.detach().to(embed.dtype)
+                return embed
+
+            def zero(act, hook, start=start):
+                act = act.clone()
+                layer = int(hook.name.split(".")[1])
+                act[0, start : start + n, ablate[layer]] = 0.0
+                return act
+
+            hooks = [("hook_embed", write)]
+            hooks += [(f"blocks.{L}.mlp.hook_post", zero) for L in ablate]
+            with torch.no_grad(), qwen.hooks(fwd_hooks=hooks):
+                logits = qwen(torch.tensor([ids]))
+            logp = torch.log_softmax(logits[0].double(), -1)[start + n - 1 : len(ids) - 1]
+            token_logp = logp.gather(1, torch.tensor(ids[start + n :])[:, None])
+            totals.append(float(token_logp.sum()))
+            means.append(float(-token_logp.mean()))
+        assert got.total_logprob[k].item() == pytest.approx(totals[0], abs=1e-4)
+        assert got.mean_loss[k].item() == pytest.approx(means[0], abs=1e-4)
+        probs = np.exp(np.array(totals) - max(totals))
+        assert got.choice_confidence[k].item() == pytest.approx(probs[0] / probs.sum(), rel=1e-4)

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("train_step.py", ["--batch-size", "2"]),
         ("scan.py", ["--n", "6", "--naive-n", "4", "--batch-size", "3"]),
         ("memory.py", ["--sizes", "4,8", "--naive-max", "4", "--batch-size", "2"]),
+        ("choices.py", ["--n", "4", "--batch-size", "2"]),
     ],
 )
 def test_benchmark_runs(qwen_dir, tmp_path, script, extra):
