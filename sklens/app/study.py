@@ -400,7 +400,7 @@ def _study(
             "max": float(values.max()),
         },
         "top_neurons": neurons.to_dict(orient="records"),
-        "causal": causal_summary(out / "causal.csv") if config.ablate else None,
+        "causal": causal_summary(causal) if config.ablate else None,
         **extras,
         "fingerprints": {stage: rundir.fingerprint(settings) for stage, settings in stages.items()},
         "timings_s": timings,
