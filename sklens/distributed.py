@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from sklens.extremes import Extremes
 from sklens.moments import GroupedMoments, Moments
 
 
@@ -87,3 +88,22 @@ def sum_tensor(tensor: Tensor) -> Tensor:
     if active():
         dist.all_reduce(tensor)
     return tensor
+
+
+def merge_extremes(local: Extremes) -> Extremes:
+    """Every rank's kept extremes merged: the ``n`` largest and smallest over all ranks."""
+    if not active():
+        return local
+    world, n = dist.get_world_size(), local.n
+    gathered = {}
+    for name, tensor in local.tensors().items():
+        tensor = tensor.to(local.values.device)
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(parts, tensor)
+        gathered[name] = torch.cat(parts, -1)
+    merged = []
+    for kind, largest in (("", True), ("low_", False)):
+        values = gathered[f"extremes.{kind}values"]
+        best, where = values.topk(n, dim=-1, largest=largest, sorted=True)
+        merged += [best, gathered[f"extremes.{kind}rows"].gather(-1, where)]
+    return Extremes(*merged)

@@ -17,6 +17,7 @@ from torch import Tensor
 from sklens.moments import GroupedMoments, Moments, group_codes
 from sklens.result import Scan, ScanSettings
 from sklens.scan import check_varies_within
+from sklens.slot_buffer import SlotBuffer
 from sklens.stats.permutation import PermutationAccumulator
 
 
@@ -39,7 +40,8 @@ def scan_activations(
         groups: one group label per example: the statistic becomes the pooled within-group r and
             the permutations stay inside the groups (as ``scan(permutation_groups=...)``).
         permutation_seed: seed of the permutations.
-        chunk: examples folded at a time (the result does not depend on it beyond rounding).
+        chunk: examples folded at a time, and the permutation null's block (the result does
+            not depend on it beyond rounding).
     """
     n, n_layers, k, d = acts.shape
     values = torch.as_tensor(values, dtype=torch.float64)
@@ -52,11 +54,13 @@ def scan_activations(
     else:
         check_varies_within(values, codes, "values", "groups")
         moments = GroupedMoments.zeros(codes, *shape, "cpu")
-    perm = None
+    perm = buffer = None
     if n_permutations:
         perm = PermutationAccumulator(
-            values, shape, n_permutations, seed=permutation_seed, groups=groups
+            n, shape, n_permutations, seed=permutation_seed, groups=groups
         )
+        perm.set_values(values)
+        buffer = SlotBuffer(shape, chunk, [perm])
     for start in range(0, n, chunk):
         rows = list(range(start, min(n, start + chunk)))
         m = values[rows]
@@ -65,8 +69,8 @@ def scan_activations(
                 moments.fold_layer(j, acts[rows, j], m)
             else:
                 moments.fold_layer(j, acts[rows, j], m, rows)
-            if perm is not None:
-                perm.fold_layer(j, acts[rows, j], rows)
+            if buffer is not None:
+                buffer.fold_layer(j, acts[rows, j], rows)
         if codes is None:
             moments.fold_metric(m)
         else:
@@ -83,8 +87,5 @@ def scan_activations(
         permutation_seed=permutation_seed,
         positions="precomputed",
     )
-    null = None
-    if perm is not None:
-        perm.rebase(moments.mean_a)
-        null = perm.reduce(moments.m2_a)
+    null = perm.reduce(buffer, moments.mean_a, moments.m2_a) if perm is not None else None
     return Scan(moments, values, settings, null)

@@ -7,7 +7,7 @@ One function serves the observed scan (``Scan.scores``) and every permutation of
   neuron negatively correlated at every slot gets its least negative r, so strongly
   anti-correlated neurons can rank below weaker positive ones.
 * ``"absmax"`` (symmetric): ``score = corr[..., k*]`` with ``k* = argmax_k |corr[..., k]|``,
-  treating both signs alike.
+  treating both signs alike (on an exact tie, the positive one).
 
 A neuron whose correlation is NaN at every slot (it never varies) scores NaN.
 """
@@ -33,10 +33,11 @@ def slot_scores(
 ) -> tuple[Float[Tensor, "*neurons"], Int[Tensor, "*neurons"]]:
     """Each neuron's score under ``reduce`` and the slot it comes from (last axis = slot)."""
     check_rule(reduce)
+    hi, hi_slot = corr.nan_to_num(nan=-torch.inf).max(-1)
     if reduce == "max":
-        score, slot = torch.where(corr.isnan(), -torch.inf, corr).max(-1)
-        score = torch.where(torch.isinf(score), torch.nan, score)
-    else:
-        slot = torch.where(corr.isnan(), -1.0, corr.abs()).argmax(-1)
-        score = corr.gather(-1, slot[..., None]).squeeze(-1)
-    return score, slot
+        score, slot = hi, hi_slot
+    else:  # the extreme of larger magnitude; a tie goes to the positive one
+        lo, lo_slot = corr.nan_to_num(nan=torch.inf).min(-1)
+        low = lo.abs() > hi.abs()
+        score, slot = torch.where(low, lo, hi), torch.where(low, lo_slot, hi_slot)
+    return torch.where(torch.isinf(score), torch.nan, score), slot

@@ -18,6 +18,7 @@ import html
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +31,10 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from sklens import validate
+from sklens.activations import example_record
 from sklens.atomic import write_bytes
+from sklens.data.example import Example, data_hash
+from sklens.extremes import Extremes
 from sklens.moments import GroupedMoments, Moments
 from sklens.ranking import RULES, Reduce, slot_scores
 from sklens.stats import q_values
@@ -67,6 +71,7 @@ class ScanSettings:
     data_hash: str | None = None
     backend: str | None = None
     sklens_version: str | None = None
+    n_extremal: int = 0  # extremal examples kept per (layer, unit, slot): Scan.extremes
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -127,11 +132,13 @@ class Scan:
         metric_values: Tensor,
         settings: ScanSettings,
         null: PermutationNull | None = None,
+        extremes: Extremes | None = None,
     ):
         self.moments = moments
         self.metric_values = metric_values
         self.settings = settings
         self.null = null
+        self.extremes = extremes
 
     @property
     def layers(self) -> list[int]:
@@ -266,6 +273,61 @@ class Scan:
         table = self.top_k(int(passed.sum()), reduce)
         return table
 
+    def top_examples(
+        self,
+        examples: Sequence[Example],
+        *,
+        layer: int,
+        neuron: int,
+        slot: int,
+        n: int | None = None,
+        largest: bool = True,
+    ) -> pd.DataFrame:
+        """A neuron's most (``largest=False``: least) activating examples at ``slot``, from the
+        extremes the scan kept (``n_extremal``): no model, no pass. Same table as
+        ``sklens.top_examples`` (which runs the model, and can average over slots).
+
+        Args:
+            examples: the scan's own examples, in the scan's order (checked by their hash).
+            layer: the neuron's (model) layer; it must have been scanned.
+            neuron: its index in ``blocks.{layer}.mlp.hook_post``.
+            slot: the soft-prompt slot (a ``top_k`` row's ``slot``).
+            n: how many (default: all kept, ``settings.n_extremal``).
+            largest: the most activating (True) or the least (False).
+        """
+        if self.extremes is None:
+            raise ValueError(
+                "this scan kept no extremal examples: scan(..., n_extremal=5), or run "
+                "sklens.top_examples(model, prompt, examples, ...) to find them with the model"
+            )
+        examples = list(examples)
+        if self.settings.data_hash is not None and data_hash(examples) != self.settings.data_hash:
+            raise ValueError(
+                f"these {len(examples)} examples are not the ones this scan ran on (their hash "
+                "differs): pass the scan's own examples, in the same order"
+            )
+        j = self.layers.index(layer) if layer in self.layers else None
+        if j is None:
+            raise KeyError(f"layer {layer} was not scanned; this scan has layers {self.layers}")
+        if not 0 <= slot < self.settings.n_tokens or not 0 <= neuron < self.settings.d_mlp:
+            raise ValueError(
+                f"neuron must be in 0..{self.settings.d_mlp - 1} and slot in "
+                f"0..{self.settings.n_tokens - 1}, got neuron={neuron}, slot={slot}"
+            )
+        ex = self.extremes
+        values, rows = (ex.values, ex.rows) if largest else (ex.low_values, ex.low_rows)
+        kept = [
+            (int(i), float(v))
+            for i, v in zip(rows[j, neuron, slot, :n], values[j, neuron, slot, :n], strict=True)
+            if i >= 0
+        ]
+        return pd.DataFrame(
+            [
+                {"rank": rank, **example_record(examples[i], i, v)}
+                for rank, (i, v) in enumerate(kept)
+            ]
+        )
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the scan (moments, metric values, settings) to one safetensors file, atomically."""
         path = Path(path)
@@ -275,6 +337,8 @@ class Scan:
             tensors["null_perms"] = self.null.perms.contiguous()
             for rule, scores in self.null.scores.items():
                 tensors[f"null_scores_{rule}"] = scores.contiguous()
+        if self.extremes is not None:
+            tensors |= self.extremes.tensors()
         metadata = {"sklens": json.dumps(self.settings.to_dict())}
         write_bytes(path, save(tensors, metadata=metadata))
         return path
@@ -304,6 +368,7 @@ class Scan:
                     if k.startswith("null_scores_")
                 }
                 null = PermutationNull(rules, tensors.pop("null_perms"))
+            extremes = Extremes.from_tensors(tensors) if settings.n_extremal else None
             if "group_codes" in tensors:
                 moments = GroupedMoments.from_tensors(tensors)
             else:
@@ -313,7 +378,7 @@ class Scan:
                 f"{path} is not a readable sklens scan ({type(err).__name__}: {err}); "
                 "re-run the scan to recreate it"
             ) from err
-        return cls(moments, values, settings, null)
+        return cls(moments, values, settings, null, extremes)
 
     def __repr__(self) -> str:
         s = self.settings
@@ -358,6 +423,13 @@ def _check_tensors(tensors: dict[str, Tensor], settings: ScanSettings) -> None:
         b = settings.n_permutations
         expected["null_perms"] = ((b, n), torch.int64)
         expected |= {f"null_scores_{rule}": ((b, *grid[:2]), torch.float32) for rule in RULES}
+    if settings.n_extremal:
+        kept = (*grid, settings.n_extremal)
+        expected |= {
+            f"extremes.{k}{kind}": (kept, dtype)
+            for k in ("", "low_")
+            for kind, dtype in (("values", torch.float32), ("rows", torch.int64))
+        }
     problems = [
         f"{name} is missing"
         if name not in tensors

@@ -23,14 +23,18 @@ from sklens import metrics as metrics_mod
 from sklens.choices import score_examples
 from sklens.data.example import Example, data_hash
 from sklens.data.format import Batch, encode
+from sklens.extremes import Extremes
 from sklens.forward import BatchPart, batched_pass, gather_slots
 from sklens.metrics import Metric
 from sklens.models.protocol import Model
 from sklens.moments import GroupedMoments, Moments, centre_within, group_codes
 from sklens.result import Scan, ScanSettings
+from sklens.slot_buffer import SlotBuffer
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats.permutation import PermutationAccumulator
 from sklens.version import __version__
+
+_BLOCK = 128  # examples per SlotBuffer block when not all are held: the products' inner size
 
 
 def resolve_layers(model: Model, layers: Sequence[int] | None) -> list[int]:
@@ -46,21 +50,22 @@ def resolve_layers(model: Model, layers: Sequence[int] | None) -> list[int]:
 
 
 class _Folder:
-    """``mlp.hook_post`` hooks that fold slot activations into moments, batch by batch.
+    """``mlp.hook_post`` hooks that fold slot activations into moments, batch by batch, and
+    into the ``SlotBuffer`` the permutation null and the extremal examples are computed from.
 
-    With the batch's metric known before the pass (label metrics) each layer is folded inside its
-    hook, and so are the permuted correlations; otherwise the slot activations wait (one batch,
-    ``[B, slots, d_mlp]`` per layer) until the metric is computed from the same pass.
+    With the batch's metric known before the pass (label metrics) each layer's moments are
+    folded inside its hook; otherwise the slot activations wait (one batch, ``[B, slots, d_mlp]``
+    per layer) until the metric is computed from the same pass.
     """
 
     def __init__(
         self,
         moments: Moments | GroupedMoments | None,
         layers: list[int],
-        perm: PermutationAccumulator | None = None,
+        buffer: SlotBuffer | None = None,
         known: Tensor | None = None,
     ):
-        self.moments, self.layers, self.perm, self.known = moments, layers, perm, known
+        self.moments, self.layers, self.buffer, self.known = moments, layers, buffer, known
         self.grouped = isinstance(moments, GroupedMoments)
         self.batch: Batch | None = None
         self.m: Tensor | None = None
@@ -75,8 +80,8 @@ class _Folder:
     def _hook(self, j: int) -> Any:
         def fold(activation: Tensor, hook: Any) -> None:
             slots = gather_slots(activation, self.batch)  # (B, k, d_mlp)
-            if self.perm is not None:
-                self.perm.fold_layer(j, slots, self.batch.indices)
+            if self.buffer is not None:
+                self.buffer.fold_layer(j, slots, self.batch.indices)
             if self.moments is None:
                 return
             if self.m is None:
@@ -109,6 +114,24 @@ class _Folder:
         else:
             self.moments.fold_metric(m)
         self.pending = {}
+
+
+def values_before_pass(
+    model: Model,
+    prompt: SoftPrompt | None,
+    examples: list[Example],
+    metric: Metric,
+    batch_size: int,
+) -> Tensor | None:
+    """The metric's values when they are known before the pass that reads activations: a label
+    metric's from the examples, a choice metric's from every choice scored first
+    (``score_examples``); ``None`` for a metric computed from the pass itself (loss)."""
+    if metric.needs_choices:
+        scored = score_examples(model, prompt, examples, batch_size=batch_size)
+        return metric(examples, range(len(examples)), scored)
+    if not metric.needs_logprobs:
+        return metric(examples, range(len(examples)), None)
+    return None
 
 
 def check_varies_within(values: Tensor, codes: Tensor, name: str, field: str) -> None:
@@ -192,6 +215,7 @@ def scan(
     n_permutations: int = 0,
     permutation_groups: str | None = None,
     permutation_seed: int = 0,
+    n_extremal: int = 5,
     chat_template: bool | None = None,
     progress: bool = True,
 ) -> Scan:
@@ -207,15 +231,21 @@ def scan(
         batch_size: examples per forward pass.
         layers: the layers to scan (default all).
         n_permutations: B > 0 also builds the max-statistic permutation null (``scan.null``;
-            ``p_values``, ``q_values``, ``significant``). With a label metric it is accumulated in
-            the same pass; a model-based metric (loss, confidence) is only known after the pass,
-            so the null takes a second pass.
+            ``p_values``, ``q_values``, ``significant``), computed from the same pass: the
+            slot activations are held in blocks (``sklens.slot_buffer``). A model-based metric
+            (loss, confidence) is only known once the pass has run, so its null is computed
+            from the held activations when they all fit, i.e. when this process scans at most
+            B examples (memory ``4·B·layers·d_mlp·slots`` bytes at most); with more examples
+            than permutations it takes a second pass.
         permutation_groups: a meta field. The scan then asks whether neurons track the metric
             *within* its groups: ``corr`` is the pooled within-group r (the partial correlation
             on the group) and the permutations stay inside the groups (exchangeability blocks),
             so observed scores and null are the same statistic. ``Scan.marginal_corr`` keeps
             the ordinary r.
         permutation_seed: seed of the permutations.
+        n_extremal: keep each unit's ``n_extremal`` most and least activating examples at every
+            slot while scanning (``Scan.extremes``; 0: keep none), so the extremal examples of
+            any neuron need no second pass (``Scan.extremal_examples``, ``collect_evidence``).
         chat_template: use the tokenizer's chat template (default: if it has one).
         progress: show a tqdm bar.
     """
@@ -224,6 +254,7 @@ def scan(
         raise ValueError(f"a scan needs at least 3 examples for a correlation, got {len(examples)}")
     validate.integer("batch_size", batch_size, minimum=1)
     validate.integer("n_permutations", n_permutations, minimum=0)
+    validate.integer("n_extremal", n_extremal, minimum=0)
     metric = metrics_mod.resolve(metric, len(examples))
     metric.check(examples)
     layer_ids = resolve_layers(model, layers)
@@ -240,12 +271,7 @@ def scan(
         groups = [e.meta[permutation_groups] for e in examples]
     codes = group_codes(groups) if groups is not None else None
     encoded = encode(model, examples, n_slots, chat_template=chat_template)
-    known = None
-    if metric.needs_choices:  # every choice scored first; the scan then treats it as known
-        scored = score_examples(model, prompt, examples, batch_size=batch_size)
-        known = metric(examples, range(len(examples)), scored)
-    elif not metric.needs_logprobs:
-        known = metric(examples, range(len(examples)), None)
+    known = values_before_pass(model, prompt, examples, metric, batch_size)
     if known is not None:
         metrics_mod.check_values(known, metric.name)
         if codes is not None:
@@ -259,14 +285,29 @@ def scan(
         else GroupedMoments.zeros(codes, *shape, device)
     )
 
-    def accumulator(values: Tensor) -> PermutationAccumulator:
-        return PermutationAccumulator(
-            values, shape, n_permutations, seed=permutation_seed, groups=groups, device=device
-        )
-
-    perm = accumulator(known) if n_permutations and known is not None else None
     order = distributed.shard(len(examples))
-    folder = _Folder(moments, layer_ids, perm, known)
+    perm = extremes = buffer = None
+    if n_permutations:
+        perm = PermutationAccumulator(
+            len(examples),
+            shape,
+            n_permutations,
+            seed=permutation_seed,
+            groups=groups,
+            device=device,
+        )
+        if known is not None:
+            perm.set_values(known)
+    if n_extremal:
+        extremes = Extremes.empty(shape, n_extremal, device)
+    # all this process's examples held when the null would need as much memory for its sums
+    hold_all = perm is not None and len(order) <= n_permutations
+    in_pass = perm is not None and (known is not None or hold_all)
+    sinks = [s for s in (perm if in_pass else None, extremes) if s is not None]
+    if sinks:
+        capacity = len(order) if hold_all else min(len(order), max(batch_size, _BLOCK))
+        buffer = SlotBuffer(shape, capacity, sinks, device)
+    folder = _Folder(moments, layer_ids, buffer, known)
     values = _pass(
         model, prompt, examples, encoded, metric, folder, batch_size, progress, "scan", order
     )
@@ -275,24 +316,30 @@ def scan(
     metrics_mod.check_values(values, metric.name)
     if codes is not None:
         check_varies_within(values, codes, metric.name, permutation_groups)
-    if n_permutations and perm is None:  # model-based metric: a second pass with known values
-        perm = accumulator(values)
-        second = _Folder(None, layer_ids, perm, values)
-        _pass(
-            model,
-            prompt,
-            examples,
-            encoded,
-            metric,
-            second,
-            batch_size,
-            progress,
-            "permutation null",
-            order,
-        )
-    if perm is not None:  # shards used different shifts: move to the merged mean, then add up
-        perm.rebase(moments.mean_a)
-        distributed.sum_tensor(perm.sums)
+    if extremes is not None:
+        for j in range(len(layer_ids)):
+            extremes.take(buffer.held(j))
+        extremes = distributed.merge_extremes(extremes)
+    null = None
+    if perm is not None:
+        if known is None:
+            perm.set_values(values)
+        if not in_pass:  # a model-based metric over more examples than permutations
+            buffer = SlotBuffer(shape, min(len(order), max(batch_size, _BLOCK)), [perm], device)
+            second = _Folder(None, layer_ids, buffer, values)
+            _pass(
+                model,
+                prompt,
+                examples,
+                encoded,
+                metric,
+                second,
+                batch_size,
+                progress,
+                "permutation null",
+                order,
+            )
+        null = perm.reduce(buffer, moments.mean_a, moments.m2_a)
     settings = ScanSettings(
         model_name=getattr(model.cfg, "model_name", None),
         n_layers=model.cfg.n_layers,
@@ -317,6 +364,6 @@ def scan(
         data_hash=data_hash(examples),
         backend=type(model).__name__,
         sklens_version=__version__,
+        n_extremal=n_extremal,
     )
-    null = perm.reduce(moments.m2_a) if perm is not None else None
-    return Scan(moments, values, settings, null)
+    return Scan(moments, values, settings, null, extremes)

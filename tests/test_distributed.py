@@ -61,3 +61,9 @@ def test_two_process_gloo_scan_equals_single_process(qwen_dir, qwen, tmp_path, m
         diff = (parallel.null.scores[rule] - single.null.scores[rule]).abs().nan_to_num()
         assert diff.max() <= 1e-5  # float32 permutation sums, different summation order
     assert torch.equal(parallel.null.perms, single.null.perms)
+    # each rank kept its own examples' extremes; merged, they are the single process's
+    for name, tensor in single.extremes.tensors().items():
+        if "rows" in name:
+            assert torch.equal(parallel.extremes.tensors()[name], tensor), name
+        else:
+            assert (parallel.extremes.tensors()[name] - tensor).abs().max() <= 1e-5, name

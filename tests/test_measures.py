@@ -167,3 +167,30 @@ def test_seed_stability_reports_overlap_and_consensus(qwen, examples):
     assert len(result.consensus) == 5
     assert (result.consensus.min_abs_score <= result.consensus.mean_abs_score + 1e-12).all()
     assert set(result.summary()) == {"mean_jaccard", "mean_rank_corr"}
+
+
+def test_confirmation_reads_the_neurons_and_a_loss_in_one_pass(qwen, examples, monkeypatch):
+    """confirm_neurons: one pass gives each neuron's held-out r, equal to numpy.corrcoef of
+    run_with_cache's activations against the loss computed from full logits."""
+    from sklens.stats import held_out as held_out_module
+    from tests.helpers import reference_losses, reference_slot_acts
+
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=4)
+    select, confirm = examples[:24], examples[24:]
+    top = sklens.scan(qwen, prompt, select, metrics.loss(), progress=False).top_k(5)
+    passes = []
+    real = held_out_module.batched_pass
+    monkeypatch.setattr(
+        held_out_module, "batched_pass", lambda *a, **k: passes.append(1) or real(*a, **k)
+    )
+    table = sklens.confirm_neurons(
+        qwen, prompt, confirm, metrics.loss(), top, measures=("spearman",), progress=False
+    )
+    assert len(passes) == 1
+    acts = reference_slot_acts(qwen, prompt, confirm, [0, 1])  # (N, L, d, k)
+    picked = acts[:, top.layer, top.neuron, top.slot]  # (N, K)
+    losses = reference_losses(qwen, prompt, confirm)
+    expected = [np.corrcoef(picked[:, j], losses)[0, 1] for j in range(len(top))]
+    np.testing.assert_allclose(table.r_heldout, expected, atol=1e-4)
+    rho = [sps.spearmanr(picked[:, j], losses).statistic for j in range(len(top))]
+    np.testing.assert_allclose(table.spearman, rho, atol=1e-4)

@@ -7,6 +7,7 @@ import torch
 
 import sklens
 from sklens.moments import Moments
+from sklens.slot_buffer import SlotBuffer
 from sklens.stats.permutation import PermutationAccumulator
 from tests.helpers import corrcoef_rows
 
@@ -22,15 +23,18 @@ def test_bf16_activations_with_large_offsets_match_an_fp64_reference():
     metric = torch.from_numpy(signal[:, 0, 0] + rng.normal(size=n))
     reference = corrcoef_rows(acts.double().numpy()[:, None], metric.numpy())  # same bf16 values
     moments = Moments.zeros(1, d, k, "cpu")
-    perm = PermutationAccumulator(metric, (1, d, k), 5, seed=0)
+    perm = PermutationAccumulator(n, (1, d, k), 5, seed=0)
+    perm.set_values(metric)
+    buffer = SlotBuffer((1, d, k), 96, [perm])  # 5 full blocks, the rest held until the end
     for start in range(0, n, 32):
         idx = list(range(start, start + 32))
         batch = acts[idx].permute(0, 2, 1)  # (b, k, d) as hooks hand it over
         moments.fold_layer(0, batch, metric[idx])
-        perm.fold_layer(0, batch, idx)
+        buffer.fold_layer(0, batch, idx)
         moments.fold_metric(metric[idx])
+    assert buffer.n_flushed == [5] and len(buffer.rows[0]) == 32
     assert np.abs(moments.corr().numpy() - reference).max() <= 1e-4
-    null = perm.reduce(moments.m2_a)
+    null = perm.reduce(buffer, moments.mean_a, moments.m2_a)
     for b in range(5):
         direct = np.nanmax(
             corrcoef_rows(acts.double().numpy()[:, None], metric.numpy()[perm.perms[b]]), -1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -15,13 +17,26 @@ from sklens.stats.permutation import permutations
 from tests.helpers import corrcoef_rows, reference_slot_acts, without_type_checks
 
 
-def _direct_scores(acts: np.ndarray, metric: np.ndarray) -> np.ndarray:
-    """max over slots of numpy.corrcoef r: [layers, d_mlp]."""
-    return np.nanmax(corrcoef_rows(acts, metric), axis=-1)
+@pytest.mark.parametrize(
+    ("metric_kind", "n_permutations", "passes"),
+    [
+        ("label", 6, 1),  # blocks of 10 go to the null during the pass, the rest at the end
+        ("label", 60, 1),  # N ≤ B: every activation held, the null computed at the end
+        ("loss", 60, 1),  # a model-based metric, N ≤ B: the same pass, from held activations
+        ("loss", 6, 2),  # a model-based metric, N > B: a second pass
+    ],
+)
+def test_streaming_permuted_correlations_match_direct(
+    qwen, examples, metric_kind, n_permutations, passes, monkeypatch
+):
+    scan_module = importlib.import_module("sklens.scan")
 
-
-@pytest.mark.parametrize("metric_kind", ["label", "loss"])
-def test_streaming_permuted_correlations_match_direct(qwen, examples, metric_kind):
+    monkeypatch.setattr(scan_module, "_BLOCK", 10)
+    calls = []
+    real_pass = scan_module._pass
+    monkeypatch.setattr(
+        scan_module, "_pass", lambda *a, **k: calls.append(a[-2]) or real_pass(*a, **k)
+    )
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
     metric = metrics.label("a") if metric_kind == "label" else metrics.loss()
     result = sklens.scan(
@@ -29,18 +44,23 @@ def test_streaming_permuted_correlations_match_direct(qwen, examples, metric_kin
         prompt,
         examples,
         metric,
-        n_permutations=6,
+        n_permutations=n_permutations,
         permutation_seed=3,
         batch_size=5,
         progress=False,
     )
+    assert len(calls) == passes, calls
     acts = reference_slot_acts(qwen, prompt, examples, [0, 1])  # (N, L, d, k)
     values = result.metric_values.numpy()
-    for b in range(6):
+    for b in range(0, n_permutations, max(1, n_permutations // 6)):
         permuted = values[result.null.perms[b].numpy()]
-        direct = _direct_scores(acts, permuted)
-        got = result.null.scores["max"][b].numpy()
-        assert np.nanmax(np.abs(got - direct)) <= 1e-5
+        direct = np.nanmax(corrcoef_rows(acts, permuted), axis=-1)
+        assert np.nanmax(np.abs(result.null.scores["max"][b].numpy() - direct)) <= 1e-5
+        sym = corrcoef_rows(acts, permuted)
+        pick = np.nanargmax(np.abs(np.nan_to_num(sym, nan=-1.0)), axis=-1)
+        direct_abs = np.take_along_axis(sym, pick[..., None], -1)[..., 0]
+        got_abs = result.null.scores["absmax"][b].numpy()
+        assert np.nanmax(np.abs(got_abs - direct_abs)) <= 1e-5
 
 
 @pytest.fixture

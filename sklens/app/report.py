@@ -201,7 +201,8 @@ def _build(run: Path, n: int) -> Path:
         )
         parts += [
             f"<section class='neuron'><h3>#{j}: {html.escape(labels[j])}</h3>",
-            f"<p>Activation by <code>{html.escape(str(group))}</code>:</p>",
+            f"<p>Activation by <code>{html.escape(str(group))}</code> on "
+            f"{html.escape(evidence.sample)}:</p>",
             _png(kde),
             "<p>Most and least activating examples of the selection set (in-sample):</p>",
             _table(rows),

@@ -46,7 +46,7 @@ from sklens.metrics import from_spec
 from sklens.models.load import load_model
 from sklens.result import Scan
 from sklens.scan import scan
-from sklens.stats.held_out import confirm_neurons
+from sklens.stats.held_out import confirm_from, read_neurons
 from sklens.stats.stability import seed_stability
 from sklens.training import plateau, train_soft_prompt
 from sklens.version import __version__
@@ -109,7 +109,9 @@ _RESULT_FILES = sorted(
 )
 
 
-def _statistics(config, out, model, prompt, task, metric, result, neurons, progress, lap) -> dict:
+def _statistics(
+    config, out, model, prompt, task, metric, result, neurons, confirmed, progress, lap
+) -> dict:
     """The statistics of a study beyond the top-K, each written to its own file; their summary."""
     extras: dict[str, Any] = {}
     if result.null is not None:
@@ -123,19 +125,15 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
             },
             "sample": f"in-sample (selection set, n={len(task.val)})",
         }
-    if config.n_confirm > 0:
-        table = confirm_neurons(
-            model,
-            prompt,
-            task.confirm,
-            metric,
+    if confirmed is not None:
+        table = confirm_from(
+            *confirmed,
             neurons,
+            task.confirm,
             measures=validate.items(config.measures),
             group_by=task.group_by,
             covariates=validate.items(config.covariates),
             seed=config.seed,
-            batch_size=config.batch_size,
-            progress=progress,
         )
         _write_csv(table, out / "heldout.csv")
         extras["held_out"] = {
@@ -147,7 +145,6 @@ def _statistics(config, out, model, prompt, task, metric, result, neurons, progr
             "n_adjusted_ci_excludes_0": int(((table.r_lo_adj > 0) | (table.r_hi_adj < 0)).sum()),
             **({"mean_auroc": float(table.auroc.mean())} if "auroc" in table else {}),
         }
-        lap("confirm")
     if config.seeds:
         fit, plateau_kwargs = _training_kwargs(config, task)  # never train on the plateau slice
         stability = seed_stability(
@@ -323,6 +320,7 @@ def _study(
             n_permutations=config.permutations,
             permutation_groups=config.permutation_groups,
             permutation_seed=config.seed,
+            n_extremal=config.n_extremal,
             progress=progress,
         )
         result.save(scan_path)
@@ -330,6 +328,26 @@ def _study(
     rundir.prepare(out, final, "results", stages["results"], _RESULT_FILES, resume=False)
     neurons = result.top_k(config.top_k, reduce=config.reduce)
     _write_csv(neurons, out / "neurons.csv")
+    confirmed = spread = None
+    if config.n_confirm > 0:  # one pass: the held-out statistics and the evidence's figure
+        confirmed = read_neurons(
+            model,
+            prompt,
+            task.confirm,
+            neurons,
+            metric,
+            batch_size=config.batch_size,
+            progress=progress,
+        )
+        spread = (
+            task.confirm,
+            confirmed[0],
+            f"the confirmation split (held out, n={len(task.confirm)})",
+        )
+        lap("confirm")
+    kept = (
+        result if result.extremes is not None and result.extremes.n >= config.n_extremal else None
+    )
     evidence, examples = collect_evidence(
         model,
         prompt,
@@ -338,6 +356,8 @@ def _study(
         n=config.n_extremal,
         group_field=group_field(config, task),
         batch_size=config.batch_size,
+        kept=kept,
+        spread=spread,
     )
     _write_csv(examples, out / "examples.csv")
     evidence.save(out / "evidence.json")
@@ -359,7 +379,9 @@ def _study(
         )
         _write_csv(causal, out / "causal.csv")
         lap("causal")
-    extras = _statistics(config, out, model, prompt, task, metric, result, neurons, progress, lap)
+    extras = _statistics(
+        config, out, model, prompt, task, metric, result, neurons, confirmed, progress, lap
+    )
     values = result.metric_values
     summary = {
         "config": asdict(config),

@@ -10,17 +10,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from sklens import metrics
-from sklens.activations import at_selected_slot, slot_activations
+from sklens.activations import NeuronReader, at_selected_slot
 from sklens.data.example import Example
+from sklens.data.format import encode
 from sklens.data.split import train_val_split
+from sklens.forward import batched_pass
 from sklens.models.protocol import Model
+from sklens.neurons import NeuronSet
 from sklens.ranking import Reduce
-from sklens.scan import scan
+from sklens.scan import scan, values_before_pass
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats import bootstrap_ci, fisher_ci
-from sklens.stats.measures import auroc, cohens_d, neuron_measures
+from sklens.stats.measures import auroc, check_measures, cohens_d, measures_of, pearson
 
 
 def held_out(
@@ -103,7 +108,7 @@ def confirm_neurons(
     ``r_hi_adj``: all K intervals hold together with ≥ 95% probability); for a binary metric
     also ``auroc`` and ``cohens_d`` with per-neuron bootstrap 95% intervals; and one column per
     name in ``measures`` (``sklens.stats.measures.neuron_measures``), computed on the same held-out
-    examples.
+    examples. One pass over ``examples`` reads the K neurons and the metric (``read_neurons``).
 
     Args:
         model: the model the neurons were selected on.
@@ -120,28 +125,90 @@ def confirm_neurons(
         progress: show a tqdm bar.
     """
     examples = list(examples)
-    metric = metrics.resolve(metric, len(examples))
     if len(examples) < 4:
         raise ValueError(f"confirmation needs at least 4 held-out examples, got {len(examples)}")
-    second = scan(model, prompt, examples, metric, batch_size=batch_size, progress=progress)
-    layer_row = {L: j for j, L in enumerate(second.layers)}
-    corr = second.corr
+    check_measures(measures)
+    picked, values = read_neurons(
+        model, prompt, examples, neurons, metric, batch_size=batch_size, progress=progress
+    )
+    return confirm_from(
+        picked,
+        values,
+        neurons,
+        examples,
+        measures=measures,
+        group_by=group_by,
+        covariates=covariates,
+        seed=seed,
+        n_boot=n_boot,
+    )
+
+
+def read_neurons(
+    model: Model,
+    prompt: SoftPrompt,
+    examples: Sequence[Example],
+    neurons: pd.DataFrame,
+    metric: Any,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> tuple[Float[Tensor, "n_examples n_neurons"], Float[Tensor, " n_examples"]]:
+    """One pass: each neuron of a ``top_k`` table at its selected slot, and the metric, on every
+    example (a loss metric from the same pass; the pass stops after the neurons' last layer
+    when the metric is known before it)."""
+    examples = list(examples)
+    metric = metrics.resolve(metric, len(examples))
+    metric.check(examples)
+    chosen = NeuronSet.of(neurons, model)
+    known = values_before_pass(model, prompt, examples, metric, batch_size)
+    reader = NeuronReader(chosen, slots_only=True)
+    acts = torch.empty(len(examples), len(chosen), prompt.n_tokens)
+    values = torch.full((len(examples),), torch.nan, dtype=torch.float64)
+    for batch, scores in batched_pass(
+        model,
+        encode(model, examples, prompt.n_tokens),
+        prompt.n_tokens,
+        [prompt.writer(), reader],
+        batch_size=batch_size,
+        logprobs=known is None,
+        stop_after=reader.last_hook if known is not None else None,
+        progress=progress,
+        desc="confirm",
+    ):
+        acts[torch.tensor(batch.indices)] = reader.values.permute(0, 2, 1)
+        if known is None:
+            batch_values = metric([examples[i] for i in batch.indices], batch.indices, scores)
+            values[batch.indices] = batch_values.cpu().double()
+    values = known.cpu().double() if known is not None else values
+    metrics.check_values(values, metric.name)
+    return at_selected_slot(acts, neurons), values
+
+
+def confirm_from(
+    picked: Float[Tensor, "n_examples n_neurons"],
+    values: Float[Tensor, " n_examples"],
+    neurons: pd.DataFrame,
+    examples: Sequence[Example],
+    *,
+    measures: Sequence[str] = (),
+    group_by: str | None = None,
+    covariates: Sequence[str] = (),
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> pd.DataFrame:
+    """``confirm_neurons``'s table from activations already read (``read_neurons``)."""
     top = neurons
     table = top[["layer", "neuron", "slot"]].copy()
     table["r_select"] = top["corr"].to_numpy()
-    r = [
-        float(corr[layer_row[L], i, p])
-        for L, i, p in zip(top.layer, top.neuron, top.slot, strict=True)
-    ]
-    n = len(examples)
+    picked = picked.double()
+    r = pearson(picked, values).clamp(-1, 1).tolist()
+    n = len(values)
     level = 1 - 0.05 / max(len(top), 1)
     table["r_heldout"] = r
     table["r_lo"], table["r_hi"] = zip(*(fisher_ci(x, n) for x in r), strict=True)
     table["r_lo_adj"], table["r_hi_adj"] = zip(*(fisher_ci(x, n, level) for x in r), strict=True)
-    values = second.metric_values
     if len(torch.unique(values)) == 2:
-        acts = slot_activations(model, prompt, examples, top, batch_size=batch_size)
-        picked = at_selected_slot(acts, top).double()
         y = values.numpy()
         for name, fn in (("auroc", auroc), ("cohens_d", cohens_d)):
             table[name] = fn(picked, values).numpy()
@@ -161,16 +228,14 @@ def confirm_neurons(
             ]
             table[f"{name}_lo"], table[f"{name}_hi"] = zip(*intervals, strict=True)
     if measures:
-        extra = neuron_measures(
-            model,
-            prompt,
-            examples,
+        extra = measures_of(
+            picked,
             top,
+            examples,
             values,
             measures=measures,
             group_by=group_by,
             covariates=covariates,
-            batch_size=batch_size,
         )
         new = [c for c in extra.columns if c not in table.columns]  # auroc may be there already
         table = pd.concat([table, extra[new]], axis=1)

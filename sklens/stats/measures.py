@@ -139,6 +139,13 @@ def partial_pearson(
 PAIRED = {"pearson": pearson, "spearman": spearman, "auroc": auroc, "cohens_d": cohens_d}
 
 
+def check_measures(measures: Sequence[str]) -> None:
+    """Refuse a measure name sklens does not know, naming the known ones."""
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown:
+        raise ValueError(f"unknown measures {unknown}; choose from {MEASURES}")
+
+
 def neuron_measures(
     model: Model,
     prompt: Any,
@@ -152,15 +159,38 @@ def neuron_measures(
     batch_size: int = 8,
 ) -> pd.DataFrame:
     """The measures for each neuron of a ``top_k`` table at its selected slot (its ``slot`` column)."""
-    unknown = [m for m in measures if m not in MEASURES]
-    if unknown:
-        raise ValueError(f"unknown measures {unknown}; choose from {MEASURES}")
+    check_measures(measures)
+    examples = list(examples)
+    acts = slot_activations(model, prompt, examples, neurons, batch_size=batch_size)
+    return measures_of(
+        at_selected_slot(acts, neurons),
+        neurons,
+        examples,
+        metric_values,
+        measures=measures,
+        group_by=group_by,
+        covariates=covariates,
+    )
+
+
+def measures_of(
+    picked: Float[Tensor, "n_examples n_neurons"],
+    neurons: pd.DataFrame,
+    examples: Sequence[Example],
+    metric_values: Sequence[float] | Tensor | np.ndarray,
+    *,
+    measures: Sequence[str] = ("spearman",),
+    group_by: str | None = None,
+    covariates: Sequence[str] = (),
+) -> pd.DataFrame:
+    """``neuron_measures`` from activations already read: ``picked[i, j]`` is neuron ``j``'s
+    activation at its selected slot on example ``i``."""
+    check_measures(measures)
     examples = list(examples)
     metric = torch.as_tensor(np.asarray(metric_values, dtype=np.float64))
     if len(metric) != len(examples):
         raise ValueError(f"{len(metric)} metric values for {len(examples)} examples")
-    acts = slot_activations(model, prompt, examples, neurons, batch_size=batch_size)
-    picked = at_selected_slot(acts, neurons).double()  # (N, K)
+    picked = picked.double()
     out = neurons[["layer", "neuron", "slot"]].copy()
     for name in measures:
         if name in GROUP_MEASURES:
