@@ -10,10 +10,8 @@ scores: the script checks they agree before it times them.
 from __future__ import annotations
 
 import statistics
-import time
 
-import torch
-from common import examples, parser, write_results
+from common import examples, interleaved, parser, ratios, write_results
 
 import sklens
 from sklens import choices
@@ -45,27 +43,21 @@ def main() -> None:
     for field in ("total_logprob", "mean_loss"):
         diff = (getattr(a, field) - getattr(b, field)).abs().max().item()
         assert diff < 1e-3, f"{field} differs by {diff}"
-    times: dict[str, list[float]] = {"shared prefix (default)": [], "whole rows": []}
-    for _ in range(args.repeats):
-        for name, fn in (("shared prefix (default)", shared), ("whole rows", whole)):
-            start = time.perf_counter()
-            with torch.no_grad():
-                fn()
-            times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["whole rows"])
+    methods = {"shared prefix (default)": shared, "whole rows": whole}
+    times, _ = interleaved(methods, args.repeats, args.device)
     rows = [
         [
             name,
             args.n,
             n_choices,
             f"{statistics.median(t):.2f}",
-            f"{statistics.median(t) / base:.2f}",
+            ratios(t, times["whole rows"]),
         ]
         for name, t in times.items()
     ]
     write_results(
         "choices",
-        ["method", "questions", "choices", "s (median)", "× whole rows"],
+        ["method", "questions", "choices", "s (median)", "× whole rows, median (range) of rounds"],
         rows,
         args.device,
         args.results,

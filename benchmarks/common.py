@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import platform
 import random
+import re
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -42,19 +45,69 @@ def metric() -> sklens.metrics.Metric:
     return sklens.metrics.label("operation", positive="multiplication")
 
 
-def median_time(fn: Callable[[], object], repeats: int, device: str, warmup: int = 1) -> float:
-    """Median wall time in seconds of ``fn`` over ``repeats`` runs after ``warmup``."""
-    times = []
-    for i in range(warmup + repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+def reset_peak_rss() -> bool:
+    """Reset the process's peak-RSS mark (Linux ≥ 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _status_kb(field: str) -> int:
+    status = Path("/proc/self/status")
+    if status.exists():
+        return int(re.search(rf"{field}:\s+(\d+)", status.read_text()).group(1))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def rss_kb() -> int:
+    """The process's resident memory now (kB)."""
+    return _status_kb("VmRSS")
+
+
+def peak_rss_kb() -> int:
+    """The process's peak resident memory since the last ``reset_peak_rss`` (kB)."""
+    return _status_kb("VmHWM")
+
+
+def interleaved(
+    methods: dict[str, Callable[[], object]], rounds: int, device: str
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each method once per round, the order rotated every round, after one warm-up run each:
+    its wall times (s), and the most its peak memory rose above the memory before it (MB; CUDA
+    memory on a GPU, RSS on CPU). On a noisy machine a ratio *within* a round is what holds."""
+    cuda = device.startswith("cuda")
+    for fn in methods.values():
         fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    names = list(methods)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, float] = dict.fromkeys(names, 0.0)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            gc.collect()
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated() / 2**20
+            else:
+                reset_peak_rss()
+                before = rss_kb() / 1024
+            start = time.perf_counter()
+            methods[name]()
+            if cuda:
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_kb() / 1024
+            peaks[name] = max(peaks[name], peak - before)
+            print(f"round {r}: {name} {times[name][-1]:.2f} s", flush=True)
+    return times, peaks
+
+
+def ratios(times: list[float], base: list[float]) -> str:
+    """Median and range of the per-round ratios ``times[i] / base[i]``."""
+    r = [t / b for t, b in zip(times, base, strict=True)]
+    return f"{statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})"
 
 
 def machine(device: str) -> str:

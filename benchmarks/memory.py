@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import gc
 import json
-import re
-import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from common import examples, metric, parser, write_results
+from common import examples, metric, parser, peak_rss_kb, reset_peak_rss, rss_kb, write_results
 
 import sklens
 
@@ -33,8 +30,8 @@ def child(method: str, n: int, args) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     gc.collect()
-    reset = _reset_peak_rss()
-    before = _rss_kb()
+    reset = reset_peak_rss()
+    before = rss_kb()
     start = time.perf_counter()
     if method == "scan":
         sklens.scan(
@@ -53,7 +50,7 @@ def child(method: str, n: int, args) -> dict:
         # r of the first 2000 columns: computing all of them (scan.py times that) adds no memory
         np.corrcoef(flat[:, :2000].T.astype(np.float64), values[None])
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     cuda = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
     return {
         "rss_mb": peak / 1024,
@@ -63,22 +60,6 @@ def child(method: str, n: int, args) -> dict:
         "s": seconds,
         "n_neurons": model.cfg.n_layers * model.cfg.d_mlp,
     }
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the process's peak-RSS mark (Linux ≥ 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _rss_kb() -> int:
-    status = Path("/proc/self/status")
-    if status.exists():
-        return int(re.search(r"VmRSS:\s+(\d+)", status.read_text()).group(1))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def main() -> None:

@@ -1,97 +1,112 @@
-"""Scan speed: sklens.scan vs a bare forward pass over the same examples (no hooks) vs the naive
-alternative (run_with_cache of every mlp.hook_post, then numpy.corrcoef per neuron and slot)."""
+"""Scan speed against its floor: a bare forward pass that computes only what the metric needs.
+
+The floors run the same batches with the prompt written in and no other hooks:
+
+* **loss floor**: the rows with their completions, the residual stream through every layer, and
+  ``ln_final`` + unembedding only at the positions that predict completion tokens (what a loss
+  metric needs, ``sklens.forward.completion_logprobs``);
+* **label floor**: the rows cut after the slots (a causal model's slot activations cannot depend
+  on what follows), every layer, nothing unembedded.
+
+Every method is timed once per round, in interleaved rounds (``common.interleaved``); the table
+gives the median and range of the per-round ratios against the method's floor, and how far its
+peak memory rose above the memory before it. The methods: the scan with a loss and with a label
+metric (keeping 5 extremal examples per unit, the default, and keeping none), and with a
+max-statistic permutation null of B = 200 and 1,000 (label metric, and loss metric at B = 1,000,
+whose null comes from the held activations when N ≤ B).
+"""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from common import examples, median_time, metric, parser, write_results
+from common import examples, interleaved, metric, parser, ratios, write_results
 
 import sklens
 from sklens.data.format import encode, iter_batches
+from sklens.forward import completion_logprobs
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--n", type=int, default=64)
-    p.add_argument(
-        "--naive-n", type=int, default=32, help="the naive method holds every activation"
-    )
+    p.add_argument("--nulls", default="200,1000", help="permutation counts to time (label metric)")
     args = p.parse_args()
     model = sklens.load_model(args.model, device=args.device)
     data = examples(args.n)
     prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
     encoded = encode(model, data, args.n_tokens)
-    tokens_total = sum(len(e.prefix) + args.n_tokens + len(e.completion) for e in encoded)
     writer = prompt.writer()
 
-    def bare() -> None:  # the model on the same batches, prompt written in, nothing else
+    def floor(with_completion: bool) -> None:
+        batches = iter_batches(
+            model, encoded, args.n_tokens, args.batch_size, with_completion=with_completion
+        )
         with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", writer)]):
-            for batch in iter_batches(model, encoded, args.n_tokens, args.batch_size):
+            for batch in batches:
+                batch = batch.to(args.device)
                 writer.start(batch)
-                model(batch.tokens, attention_mask=batch.attention_mask)
+                if with_completion:
+                    completion_logprobs(model, batch)
+                else:
+                    model(
+                        batch.tokens,
+                        attention_mask=batch.attention_mask,
+                        stop_at_layer=model.cfg.n_layers,
+                    )
 
-    def scan_loss() -> None:
-        sklens.scan(
-            model, prompt, data, sklens.metrics.loss(), batch_size=args.batch_size, progress=False
+    def scan(chosen, **kwargs):
+        return lambda: sklens.scan(
+            model, prompt, data, chosen, batch_size=args.batch_size, progress=False, **kwargs
         )
 
-    def scan_label() -> None:
-        sklens.scan(
-            model,
-            prompt,
-            data,
-            metric(),
-            batch_size=args.batch_size,
-            progress=False,
-        )
-
-    small = data[: args.naive_n]
-    small_encoded = encode(model, small, args.n_tokens)
-
-    def naive() -> None:
-        names = lambda n: n.endswith("mlp.hook_post")  # noqa: E731
-        per_example = []
-        with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", writer)]):
-            for batch in iter_batches(model, small_encoded, args.n_tokens, args.batch_size):
-                writer.start(batch)
-                _, cache = model.run_with_cache(
-                    batch.tokens, attention_mask=batch.attention_mask, names_filter=names
-                )
-                stacked = torch.stack(
-                    [cache[f"blocks.{L}.mlp.hook_post"] for L in range(model.cfg.n_layers)], 1
-                )
-                rows = torch.arange(len(batch.indices))[:, None]
-                per_example.append(stacked[rows, :, batch.slot_positions].numpy())  # (B, k, L, d)
-        acts = np.concatenate(per_example).reshape(len(small), -1)
-        values = np.array([e.meta["operation"] == "multiplication" for e in small], dtype=float)
-        [np.corrcoef(acts[:, j], values)[0, 1] for j in range(acts.shape[1])]
-
-    timed = {
-        "bare forward": median_time(bare, args.repeats, args.device),
-        "sklens.scan (loss metric)": median_time(scan_loss, args.repeats, args.device),
-        "sklens.scan (label metric)": median_time(scan_label, args.repeats, args.device),
+    loss, label = sklens.metrics.loss(), metric()
+    nulls = [int(b) for b in args.nulls.split(",") if b]
+    methods = {
+        "loss floor": lambda: floor(True),
+        "label floor": lambda: floor(False),
+        "scan, loss metric": scan(loss),
+        "scan, loss metric, no extremes": scan(loss, n_extremal=0),
+        "scan, label metric": scan(label),
+        "scan, label metric, no extremes": scan(label, n_extremal=0),
+        **{f"scan, label metric, B={b}": scan(label, n_permutations=b) for b in nulls},
+        **(
+            {f"scan, loss metric, B={max(nulls)}": scan(loss, n_permutations=max(nulls))}
+            if nulls
+            else {}
+        ),
     }
-    naive_t = median_time(naive, 1, args.device, warmup=0) * args.n / args.naive_n
-    timed[f"naive run_with_cache + corrcoef (from N={args.naive_n}, scaled)"] = naive_t
-    base = timed["bare forward"]
-    rows = [
-        [
-            name,
-            args.n,
-            f"{t:.1f}",
-            f"{t / base:.2f}",
-            f"{args.n / t:.2f}",
-            f"{tokens_total / t:.0f}",
-        ]
-        for name, t in timed.items()
-    ]
+    times, peaks = interleaved(methods, args.repeats, args.device)
+    cfg = model.cfg
+    units = cfg.n_layers * cfg.d_mlp * args.n_tokens
+    rows = []
+    for name, t in times.items():
+        base = "loss floor" if "loss" in name else "label floor"
+        rows.append(
+            [
+                name,
+                args.n,
+                f"{sorted(t)[len(t) // 2]:.2f}",
+                ratios(t, times[base]),
+                f"{peaks[name]:.0f}",
+            ]
+        )
     write_results(
         "scan",
-        ["method", "N", "s", "× bare forward", "examples/s", "tokens/s"],
+        [
+            "method",
+            "N",
+            "median s",
+            "× its floor, median (range) of rounds",
+            "peak memory above before (MB)",
+        ],
         rows,
         args.device,
         args.results,
+    )
+    print(
+        f"units (layers·d_mlp·slots) D = {units:,}; held activations 4·D·N = "
+        f"{4 * units * args.n / 2**20:.0f} MB; kept extremes 2·D·5·12 = "
+        f"{2 * units * 5 * 12 / 2**20:.0f} MB"
     )
 
 

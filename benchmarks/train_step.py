@@ -5,13 +5,16 @@ written at hook_embed after the instruction; HF computes the loss from full logi
 its virtual tokens (its own placement). Each of sklens's savings is timed on its own: one pass
 with full logits, one pass with logits only at completion positions, and the training step as
 ``train_soft_prompt`` takes it (the text before the slots run once without autograd, the slots
-and completion continuing from its cached keys/values).
+and completion continuing from its cached keys/values). The methods run in interleaved rounds;
+ratios are the median and range of the per-round ratios.
 """
 
 from __future__ import annotations
 
+import statistics
+
 import torch
-from common import examples, median_time, parser, write_results
+from common import examples, interleaved, parser, ratios, write_results
 from transformers import AutoModelForCausalLM
 
 import sklens
@@ -106,28 +109,33 @@ def main() -> None:
         out.loss.backward()
         peft_opt.step()
 
-    timed = {
-        name: median_time(fn, args.repeats, args.device)
-        for name, fn in (
-            ("hf_inputs_embeds", hf_step),
-            ("hf_peft", peft_step),
-            *[(name, lambda fn=fn: sklens_step(fn)) for name, fn in sklens_variants],
-        )
+    methods = {
+        "hf_inputs_embeds": hf_step,
+        "hf_peft": peft_step,
+        **{name: (lambda fn=fn: sklens_step(fn)) for name, fn in sklens_variants},
     }
+    times, _ = interleaved(methods, args.repeats, args.device)
     rows = [
         [
             name,
-            f"{t * 1000:.0f}",
-            f"{t / timed['hf_inputs_embeds']:.2f}",
-            f"{t / timed['hf_peft']:.2f}",
-            f"{args.batch_size / t:.1f}",
-            f"{n_tokens_total / t:.0f}",
+            f"{statistics.median(t) * 1000:.0f}",
+            ratios(t, times["hf_inputs_embeds"]),
+            ratios(t, times["hf_peft"]),
+            f"{args.batch_size / statistics.median(t):.1f}",
+            f"{n_tokens_total / statistics.median(t):.0f}",
         ]
-        for name, t in timed.items()
+        for name, t in times.items()
     ]
     write_results(
         "train_step",
-        ["method", "ms/step", "× plain HF", "× PEFT", "examples/s", "tokens/s"],
+        [
+            "method",
+            "median ms/step",
+            "× plain HF, median (range) of rounds",
+            "× PEFT, median (range) of rounds",
+            "examples/s",
+            "tokens/s",
+        ],
         rows,
         args.device,
         args.results,

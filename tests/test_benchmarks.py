@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
     "script, extra",
     [
         ("train_step.py", ["--batch-size", "2"]),
-        ("scan.py", ["--n", "6", "--naive-n", "4", "--batch-size", "3"]),
+        ("scan.py", ["--n", "6", "--nulls", "7", "--batch-size", "3"]),
         ("memory.py", ["--sizes", "4,8", "--naive-max", "4", "--batch-size", "2"]),
         ("choices.py", ["--n", "4", "--batch-size", "2"]),
     ],
