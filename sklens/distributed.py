@@ -100,10 +100,10 @@ def merge_extremes(local: Extremes) -> Extremes:
         tensor = tensor.to(local.values.device)
         parts = [torch.empty_like(tensor) for _ in range(world)]
         dist.all_gather(parts, tensor)
-        gathered[name] = torch.cat(parts, -1)
+        gathered[name] = torch.cat(parts, 1)
     merged = []
     for kind, largest in (("", True), ("low_", False)):
         values = gathered[f"extremes.{kind}values"]
-        best, where = values.topk(n, dim=-1, largest=largest, sorted=True)
-        merged += [best, gathered[f"extremes.{kind}rows"].gather(-1, where)]
+        best, where = values.topk(n, dim=1, largest=largest, sorted=True)
+        merged += [best, gathered[f"extremes.{kind}rows"].gather(1, where)]
     return Extremes(*merged)

@@ -23,20 +23,22 @@ from sklens.slot_buffer import Block
 
 @dataclass
 class Extremes:
-    """``values``/``rows`` ``[layers, d_mlp, slot, n]``: the ``n`` largest activations of each
-    (layer, unit, slot), largest first, and their example ids; ``low_values``/``low_rows`` the
-    ``n`` smallest, smallest first. An id of -1 is an empty place (fewer than ``n`` examples)."""
+    """``values``/``rows`` ``[layers, n, d_mlp, slot]``: the ``n`` largest activations of each
+    (layer, unit, slot), largest first along the second axis, and their example ids;
+    ``low_values``/``low_rows`` the ``n`` smallest, smallest first. An id of -1 is an empty
+    place (fewer than ``n`` examples)."""
 
-    values: Float[Tensor, "layers d_mlp slot n"]
-    rows: Int[Tensor, "layers d_mlp slot n"]
-    low_values: Float[Tensor, "layers d_mlp slot n"]
-    low_rows: Int[Tensor, "layers d_mlp slot n"]
+    values: Float[Tensor, "layers n d_mlp slot"]
+    rows: Int[Tensor, "layers n d_mlp slot"]
+    low_values: Float[Tensor, "layers n d_mlp slot"]
+    low_rows: Int[Tensor, "layers n d_mlp slot"]
 
     @classmethod
     def empty(cls, shape: tuple[int, int, int], n: int, device: torch.device | str) -> Extremes:
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        full = (*shape, n)
+        n_layers, d_mlp, n_slots = shape
+        full = (n_layers, n, d_mlp, n_slots)
 
         def ids() -> Tensor:
             return torch.full(full, -1, dtype=torch.long, device=device)
@@ -50,31 +52,34 @@ class Extremes:
 
     @property
     def n(self) -> int:
-        return self.values.shape[-1]
+        return self.values.shape[1]
 
     def take(self, block: Block) -> None:
-        """Merge a block of layer ``block.layer``'s activations into the kept extremes."""
-        j = block.layer
-        n_layers, d_mlp, n_slots, n = self.values.shape
-        acts = (block.centred.double() + block.shift).float().T  # (units, rows)
-        ids = block.rows.to(acts.device).expand(len(acts), -1)
+        """Merge a block of layer ``block.layer``'s activations into the kept extremes: the
+        block's own top ``n`` per unit (a top-k down its rows), then the merge of two ``n``."""
+        j, n = block.layer, self.n
+        if not len(block.rows):
+            return
+        shift = block.shift.float()
+        ids = block.rows.to(block.centred.device)
         for values, rows, largest in (
             (self.values, self.rows, True),
             (self.low_values, self.low_rows, False),
         ):
-            kept_v = values[j].view(-1, n)
-            both_v = torch.cat([kept_v, acts], 1)
-            both_i = torch.cat([rows[j].view(-1, n), ids], 1)
-            best_v, where = both_v.topk(n, dim=1, largest=largest, sorted=True)
-            values[j] = best_v.view(d_mlp, n_slots, n)
-            rows[j] = both_i.gather(1, where).view(d_mlp, n_slots, n)
+            best, where = block.centred.topk(min(n, len(ids)), dim=0, largest=largest)
+            kept_v, kept_i = values[j].flatten(1), rows[j].flatten(1)  # (n, units)
+            both_v = torch.cat([kept_v, best + shift], 0)
+            both_i = torch.cat([kept_i, ids[where]], 0)
+            merged, pick = both_v.topk(n, dim=0, largest=largest)
+            values[j] = merged.view(values[j].shape)
+            rows[j] = both_i.gather(0, pick).view(rows[j].shape)
 
     def of(self, j: int, unit: int, slot: int, n: int | None = None) -> tuple[list[int], list[int]]:
         """The most and least activating example ids of (scanned layer ``j``, ``unit``, ``slot``),
         ``n`` of each at most; the least leave out any already among the most (as when there are
         fewer than ``2n`` examples)."""
-        most = [i for i in self.rows[j, unit, slot, :n].tolist() if i >= 0]
-        least = [i for i in self.low_rows[j, unit, slot, :n].tolist() if i >= 0 and i not in most]
+        most = [i for i in self.rows[j, :n, unit, slot].tolist() if i >= 0]
+        least = [i for i in self.low_rows[j, :n, unit, slot].tolist() if i >= 0 and i not in most]
         return most, least
 
     def tensors(self) -> dict[str, Tensor]:

@@ -215,7 +215,7 @@ def scan(
     n_permutations: int = 0,
     permutation_groups: str | None = None,
     permutation_seed: int = 0,
-    n_extremal: int = 5,
+    n_extremal: int = 0,
     chat_template: bool | None = None,
     progress: bool = True,
 ) -> Scan:
@@ -244,8 +244,10 @@ def scan(
             the ordinary r.
         permutation_seed: seed of the permutations.
         n_extremal: keep each unit's ``n_extremal`` most and least activating examples at every
-            slot while scanning (``Scan.extremes``; 0: keep none), so the extremal examples of
-            any neuron need no second pass (``Scan.extremal_examples``, ``collect_evidence``).
+            slot while scanning (``Scan.extremes``), so the extremal examples of any neuron need
+            no second pass (``Scan.top_examples``, ``collect_evidence(kept=...)``). A top-k per
+            block of examples: on CPU it adds a few percent to the scan (``benchmarks/scan.py``),
+            so it is off by default; ``sklens run`` keeps ``--n-extremal`` of them.
         chat_template: use the tokenizer's chat template (default: if it has one).
         progress: show a tqdm bar.
     """

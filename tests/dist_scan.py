@@ -24,6 +24,7 @@ def main(checkpoint: str, prompt_dir: str, metric: str, out: str) -> None:
         batch_size=4,
         n_permutations=7,
         permutation_seed=1,
+        n_extremal=3,
         progress=False,
     )
     if dist.get_rank() == 0:

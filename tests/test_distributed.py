@@ -52,6 +52,7 @@ def test_two_process_gloo_scan_equals_single_process(qwen_dir, qwen, tmp_path, m
         batch_size=4,
         n_permutations=7,
         permutation_seed=1,
+        n_extremal=3,
         progress=False,
     )
     assert parallel.n == single.n == 37
