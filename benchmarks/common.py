@@ -71,13 +71,33 @@ def peak_rss_kb() -> int:
     return _status_kb("VmHWM")
 
 
+def timed(fn: Callable[[], object], device: str) -> tuple[float, float]:
+    """``fn``'s wall time (s) and how far its peak memory rose above the memory before it (MB;
+    CUDA memory on a GPU, RSS on CPU)."""
+    cuda = device.startswith("cuda")
+    gc.collect()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**20
+    else:
+        reset_peak_rss()
+        before = rss_kb() / 1024
+    start = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_kb() / 1024
+    return seconds, peak - before
+
+
 def interleaved(
     methods: dict[str, Callable[[], object]], rounds: int, device: str
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Each method once per round, the order rotated every round, after one warm-up run each:
-    its wall times (s), and the most its peak memory rose above the memory before it (MB; CUDA
-    memory on a GPU, RSS on CPU). On a noisy machine a ratio *within* a round is what holds."""
-    cuda = device.startswith("cuda")
+    its wall times (s), and the most its peak memory rose (``timed``). On a noisy machine a
+    ratio *within* a round is what holds."""
     for fn in methods.values():
         fn()
     names = list(methods)
@@ -85,23 +105,41 @@ def interleaved(
     peaks: dict[str, float] = dict.fromkeys(names, 0.0)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            gc.collect()
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                before = torch.cuda.memory_allocated() / 2**20
-            else:
-                reset_peak_rss()
-                before = rss_kb() / 1024
-            start = time.perf_counter()
-            methods[name]()
-            if cuda:
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_kb() / 1024
-            peaks[name] = max(peaks[name], peak - before)
-            print(f"round {r}: {name} {times[name][-1]:.2f} s", flush=True)
+            seconds, peak = timed(methods[name], device)
+            times[name].append(seconds)
+            peaks[name] = max(peaks[name], peak)
+            print(f"round {r}: {name} {seconds:.2f} s", flush=True)
     return times, peaks
+
+
+def paired(
+    methods: dict[str, Callable[[], object]],
+    floors: dict[str, str],
+    rounds: int,
+    device: str,
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
+    """Each method timed next to its floor (``floors[name]``, a key of ``methods``), floor first
+    in even rounds and second in odd ones, the methods' order rotated every round, after one
+    warm-up run each. Returns each method's times, the times of the floor run beside it, and
+    the most its peak memory rose. A slow drift of the machine's speed cancels in the ratio of
+    a pair, which is what ``ratios`` takes."""
+    for fn in methods.values():
+        fn()
+    names = [name for name in methods if name in floors]
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    beside: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, float] = dict.fromkeys(methods, 0.0)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            pair = (floors[name], name) if r % 2 == 0 else (name, floors[name])
+            for which in pair:
+                seconds, peak = timed(methods[which], device)
+                times[which].append(seconds)
+                peaks[which] = max(peaks[which], peak)
+                if which != name:
+                    beside[name].append(seconds)
+            print(f"round {r}: {name} {times[name][-1]:.2f} s / floor {beside[name][-1]:.2f} s")
+    return times, beside, peaks
 
 
 def ratios(times: list[float], base: list[float]) -> str:

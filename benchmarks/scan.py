@@ -8,8 +8,9 @@ The floors run the same batches with the prompt written in and no other hooks:
 * **label floor**: the rows cut after the slots (a causal model's slot activations cannot depend
   on what follows), every layer, nothing unembedded.
 
-Every method is timed once per round, in interleaved rounds (``common.interleaved``); the table
-gives the median and range of the per-round ratios against the method's floor, and how far its
+Every method is timed once per round next to its floor (``common.paired``: floor first in even
+rounds, second in odd ones, the methods' order rotated), so the machine's drift cancels in each
+ratio; the table gives the median and range of the per-round ratios, and how far each method's
 peak memory rose above the memory before it. The methods: the scan with a loss and with a label
 metric (the default, and keeping 5 extremal examples per unit as ``sklens run`` does), and with a
 max-statistic permutation null of B = 200 and 1,000 (label metric, and loss metric at B = 1,000,
@@ -18,8 +19,10 @@ whose null comes from the held activations when N ≤ B).
 
 from __future__ import annotations
 
+import statistics
+
 import torch
-from common import examples, interleaved, metric, parser, ratios, write_results
+from common import examples, metric, paired, parser, ratios, write_results
 
 import sklens
 from sklens.data.format import encode, iter_batches
@@ -75,28 +78,31 @@ def main() -> None:
             else {}
         ),
     }
-    times, peaks = interleaved(methods, args.repeats, args.device)
+    floors = {
+        name: "loss floor" if "loss" in name else "label floor"
+        for name in methods
+        if "floor" not in name
+    }
+    times, beside, peaks = paired(methods, floors, args.repeats, args.device)
     cfg = model.cfg
     units = cfg.n_layers * cfg.d_mlp * args.n_tokens
-    rows = []
-    for name, t in times.items():
-        base = "loss floor" if "loss" in name else "label floor"
-        rows.append(
-            [
-                name,
-                args.n,
-                f"{sorted(t)[len(t) // 2]:.2f}",
-                ratios(t, times[base]),
-                f"{peaks[name]:.0f}",
-            ]
-        )
+    rows = [
+        [
+            name,
+            args.n,
+            f"{statistics.median(t):.2f}",
+            ratios(t, beside[name]) if name in floors else "1",
+            f"{peaks[name]:.0f}",
+        ]
+        for name, t in times.items()
+    ]
     write_results(
         "scan",
         [
             "method",
             "N",
             "median s",
-            "× its floor, median (range) of rounds",
+            "× its floor run beside it, median (range) of rounds",
             "peak memory above before (MB)",
         ],
         rows,

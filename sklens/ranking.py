@@ -36,8 +36,16 @@ def slot_scores(
     hi, hi_slot = corr.nan_to_num(nan=-torch.inf).max(-1)
     if reduce == "max":
         score, slot = hi, hi_slot
-    else:  # the extreme of larger magnitude; a tie goes to the positive one
+    else:
         lo, lo_slot = corr.nan_to_num(nan=torch.inf).min(-1)
-        low = lo.abs() > hi.abs()
-        score, slot = torch.where(low, lo, hi), torch.where(low, lo_slot, hi_slot)
+        score = from_extremes(hi, lo, reduce)
+        slot = torch.where(score == hi, hi_slot, lo_slot)
     return torch.where(torch.isinf(score), torch.nan, score), slot
+
+
+def from_extremes(
+    hi: Float[Tensor, "*neurons"], lo: Float[Tensor, "*neurons"], reduce: Reduce
+) -> Float[Tensor, "*neurons"]:
+    """A rule's score from a neuron's largest (``hi``) and smallest (``lo``) r over its slots:
+    ``"max"`` is ``hi``; ``"absmax"`` the one of larger magnitude (a tie goes to ``hi``)."""
+    return hi if reduce == "max" else torch.where(lo.abs() > hi.abs(), lo, hi)

@@ -178,3 +178,37 @@ def test_fdr_q_values_adjust_the_per_neuron_p_by_default():
     top = result.top_k(5)
     q = result.q_values().numpy()
     assert top.q_bh.tolist() == [q[L, i] for L, i in zip(top.layer, top.neuron, strict=True)]
+
+
+def test_null_leaves_out_slots_that_never_vary():
+    """A (unit, slot) whose activation is constant has no r: the null leaves it out of the
+    max over slots as the observed score does, for both rules (planted, against numpy)."""
+    rng = np.random.default_rng(5)
+    acts = torch.from_numpy(rng.normal(size=(40, 1, 3, 4)))  # examples, layers, slots, units
+    acts[:, 0, 1, 2] = 7.0  # unit 2 never varies at slot 1
+    acts[:, 0, :, 3] = -1.0  # unit 3 never varies at all
+    values = torch.from_numpy(rng.normal(size=40))
+    result = scan_activations(acts, values, n_permutations=30, chunk=16)
+    live = acts.numpy()[:, 0].transpose(0, 2, 1)  # (n, units, slots)
+    for b in range(30):
+        permuted = values.numpy()[result.null.perms[b].numpy()]
+        r = np.array(
+            [
+                [
+                    np.corrcoef(live[:, u, k], permuted)[0, 1]
+                    if u != 3 and (u, k) != (2, 1)
+                    else np.nan
+                    for k in range(3)
+                ]
+                for u in range(4)
+            ]
+        )
+        expected_max = np.nanmax(r[:3], -1)
+        pick = np.nanargmax(np.abs(np.nan_to_num(r[:3], nan=0.0)), -1)
+        expected_abs = r[np.arange(3), pick]
+        np.testing.assert_allclose(result.null.scores["max"][b, 0, :3], expected_max, atol=1e-5)
+        np.testing.assert_allclose(result.null.scores["absmax"][b, 0, :3], expected_abs, atol=1e-5)
+        assert (
+            result.null.scores["max"][b, 0, 3].isnan()
+            and result.null.scores["absmax"][b, 0, 3].isnan()
+        )
