@@ -23,22 +23,22 @@ from sklens.slot_buffer import Block
 
 @dataclass
 class Extremes:
-    """``values``/``rows`` ``[layers, n, d_mlp, slot]``: the ``n`` largest activations of each
-    (layer, unit, slot), largest first along the second axis, and their example ids;
+    """``values``/``rows`` ``[layers, n, slot, d_mlp]``: the ``n`` largest activations of each
+    (layer, slot, unit), largest first along the second axis, and their example ids;
     ``low_values``/``low_rows`` the ``n`` smallest, smallest first. An id of -1 is an empty
     place (fewer than ``n`` examples)."""
 
-    values: Float[Tensor, "layers n d_mlp slot"]
-    rows: Int[Tensor, "layers n d_mlp slot"]
-    low_values: Float[Tensor, "layers n d_mlp slot"]
-    low_rows: Int[Tensor, "layers n d_mlp slot"]
+    values: Float[Tensor, "layers n slot d_mlp"]
+    rows: Int[Tensor, "layers n slot d_mlp"]
+    low_values: Float[Tensor, "layers n slot d_mlp"]
+    low_rows: Int[Tensor, "layers n slot d_mlp"]
 
     @classmethod
     def empty(cls, shape: tuple[int, int, int], n: int, device: torch.device | str) -> Extremes:
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         n_layers, d_mlp, n_slots = shape
-        full = (n_layers, n, d_mlp, n_slots)
+        full = (n_layers, n, n_slots, d_mlp)
 
         def ids() -> Tensor:
             return torch.full(full, -1, dtype=torch.long, device=device)
@@ -78,8 +78,8 @@ class Extremes:
         """The most and least activating example ids of (scanned layer ``j``, ``unit``, ``slot``),
         ``n`` of each at most; the least leave out any already among the most (as when there are
         fewer than ``2n`` examples)."""
-        most = [i for i in self.rows[j, :n, unit, slot].tolist() if i >= 0]
-        least = [i for i in self.low_rows[j, :n, unit, slot].tolist() if i >= 0 and i not in most]
+        most = [i for i in self.rows[j, :n, slot, unit].tolist() if i >= 0]
+        least = [i for i in self.low_rows[j, :n, slot, unit].tolist() if i >= 0 and i not in most]
         return most, least
 
     def tensors(self) -> dict[str, Tensor]:

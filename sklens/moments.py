@@ -38,18 +38,18 @@ class Moments:
         self, j: int, acts: Float[Tensor, "batch slots d_mlp"], m: Float[Tensor, " batch"]
     ) -> None:
         """Merge one batch of layer ``j``'s slot activations; call ``fold_metric`` after all layers."""
-        a = acts.to(torch.float64).permute(0, 2, 1)  # (B, d_mlp, k)
+        a = acts.to(torch.float64)  # (B, k, d_mlp) as the hooks hand it over: contiguous ops
         m = m.to(a.device, torch.float64)
         nb, na = a.shape[0], self.n
         n = na + nb
         mean_b = a.mean(0)
         centred = a - mean_b
         mc = m - m.mean()
-        delta_a = mean_b - self.mean_a[j]
+        delta_a = mean_b.T - self.mean_a[j]  # (d_mlp, k), the state's layout
         delta_m = float(m.mean()) - self.mean_m
         w = na * nb / n
-        self.m2_a[j] += centred.pow(2).sum(0) + delta_a.pow(2) * w
-        self.c_am[j] += torch.einsum("b,bdk->dk", mc, centred) + delta_a * (delta_m * w)
+        self.m2_a[j] += centred.square().sum(0).T + delta_a.square() * w
+        self.c_am[j] += (mc @ centred.flatten(1)).view_as(mean_b).T + delta_a * (delta_m * w)
         self.mean_a[j] += delta_a * (nb / n)
 
     def fold_metric(self, m: Float[Tensor, " batch"]) -> None:

@@ -48,4 +48,4 @@ def from_extremes(
 ) -> Float[Tensor, "*neurons"]:
     """A rule's score from a neuron's largest (``hi``) and smallest (``lo``) r over its slots:
     ``"max"`` is ``hi``; ``"absmax"`` the one of larger magnitude (a tie goes to ``hi``)."""
-    return hi if reduce == "max" else torch.where(lo.abs() > hi.abs(), lo, hi)
+    return hi if reduce == "max" else torch.where(lo + hi < 0, lo, hi)  # |lo| > |hi|, lo ≤ hi

@@ -318,7 +318,7 @@ class Scan:
         values, rows = (ex.values, ex.rows) if largest else (ex.low_values, ex.low_rows)
         kept = [
             (int(i), float(v))
-            for i, v in zip(rows[j, :n, neuron, slot], values[j, :n, neuron, slot], strict=True)
+            for i, v in zip(rows[j, :n, slot, neuron], values[j, :n, slot, neuron], strict=True)
             if i >= 0
         ]
         return pd.DataFrame(
@@ -424,7 +424,7 @@ def _check_tensors(tensors: dict[str, Tensor], settings: ScanSettings) -> None:
         expected["null_perms"] = ((b, n), torch.int64)
         expected |= {f"null_scores_{rule}": ((b, *grid[:2]), torch.float32) for rule in RULES}
     if settings.n_extremal:
-        kept = (grid[0], settings.n_extremal, *grid[1:])
+        kept = (grid[0], settings.n_extremal, grid[2], grid[1])  # layers, n, slot, d_mlp
         expected |= {
             f"extremes.{k}{kind}": (kept, dtype)
             for k in ("", "low_")

@@ -8,7 +8,8 @@ for the null); folded once per block of ``capacity`` examples the null is one ma
 layer with ``capacity`` as its inner dimension, and the extremes one top-k.
 
 Each layer's activations are stored centred on a fixed per-layer ``shift`` (the first batch's
-mean, float64), as float32 ``[capacity, d_mlp · slots]`` in ``(unit, slot)`` order: the
+mean, float64), as float32 ``[capacity, slots · d_mlp]`` in ``(slot, unit)`` order, as the
+hooks hand them over (a max over the slots is then an element-wise max of contiguous rows): the
 centring keeps float32 accurate when activations carry a large offset. Memory is
 ``4 · layers · d_mlp · slots · capacity`` bytes.
 """
@@ -65,7 +66,7 @@ class SlotBuffer:
         """Hold one batch of layer ``j``; a full buffer goes to the sinks first."""
         if len(acts) > self.capacity:
             raise ValueError(f"a batch of {len(acts)} does not fit a buffer of {self.capacity}")
-        a = acts.to(self.data.device, torch.float64).permute(0, 2, 1).flatten(1)  # (b, d·k)
+        a = acts.to(self.data.device, torch.float64).flatten(1)  # (b, k·d), slot-major
         if self.shift[j] is None:
             self.shift[j] = a.mean(0)
         if len(self.rows[j]) + len(a) > self.capacity:

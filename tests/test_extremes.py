@@ -25,13 +25,17 @@ def test_kept_extremes_equal_the_second_pass(qwen, examples, block, monkeypatch)
     acts = reference_slot_acts(qwen, prompt, examples, [0, 1])  # (N, L, d, k), run_with_cache
     order = np.argsort(-acts, axis=0, kind="stable")
     ex = result.extremes
-    assert ex.rows.shape == (2, 4, qwen.cfg.d_mlp, 3)  # layers, rank, unit, slot
-    np.testing.assert_array_equal(ex.rows.numpy(), np.moveaxis(order[:4], 0, 1))
+    assert ex.rows.shape == (2, 4, 3, qwen.cfg.d_mlp)  # layers, rank, slot, unit
+
+    def layout(a):  # (rank, L, d, k) -> (L, rank, k, d)
+        return a.transpose(1, 0, 3, 2)
+
+    np.testing.assert_array_equal(ex.rows.numpy(), layout(order[:4]))
     np.testing.assert_allclose(
-        ex.values.numpy(), np.moveaxis(np.take_along_axis(acts, order[:4], 0), 0, 1), atol=1e-5
+        ex.values.numpy(), layout(np.take_along_axis(acts, order[:4], 0)), atol=1e-5
     )
     low = np.argsort(acts, axis=0, kind="stable")[:4]
-    np.testing.assert_array_equal(ex.low_rows.numpy(), np.moveaxis(low, 0, 1))
+    np.testing.assert_array_equal(ex.low_rows.numpy(), layout(low))
 
     # the table a second pass makes (sklens.top_examples) is the one the scan keeps
     top = result.top_k(3)
@@ -69,13 +73,13 @@ def test_extremes_survive_save_and_load_and_refuse_other_examples(qwen, examples
 
 
 def test_fewer_examples_than_places_leave_them_empty():
-    kept = Extremes.empty((1, 2, 1), 5, "cpu")
+    kept = Extremes.empty((1, 2, 1), 5, "cpu")  # one layer, two units, one slot
     kept.take(
         Block(0, torch.tensor([[1.0, -1.0], [3.0, 0.5]]), torch.tensor([7, 9]), torch.zeros(2))
     )
     assert kept.of(0, 0, 0) == ([9, 7], [])  # both are among the most; none left for the least
-    assert kept.rows[0, :, 1, 0].tolist() == [9, 7, -1, -1, -1]
-    assert kept.low_rows[0, :, 1, 0].tolist() == [7, 9, -1, -1, -1]
+    assert kept.rows[0, :, 0, 1].tolist() == [9, 7, -1, -1, -1]
+    assert kept.low_rows[0, :, 0, 1].tolist() == [7, 9, -1, -1, -1]
 
 
 def test_evidence_from_the_kept_extremes_equals_the_second_pass(qwen, examples):

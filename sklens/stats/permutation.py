@@ -150,10 +150,10 @@ class PermutationAccumulator:
         for j in range(n_layers):
             held = buffer.held(j)
             z_held = self._z(held.rows) if len(held.rows) else None
-            scale = m2_a[j].flatten().sqrt().to(held.centred.device, torch.float32)
+            scale = m2_a[j].T.flatten().sqrt().to(held.centred.device, torch.float32)  # (k·d)
             dead = scale == 0  # a slot that never varies has no r; left out as in slot_scores
             inv = torch.where(dead, 0.0, 1 / scale)
-            dead_units = dead.view(d_mlp, n_slots).any(-1).nonzero().flatten()
+            dead_units = dead.view(n_slots, d_mlp).any(0).nonzero().flatten()
             # r = Zᵀ(a − c)·inv: scaling the held activations (N rows) instead of the product
             # (B rows) saves a pass over [B, units]
             scaled = held.centred * inv if z_held is not None else None
@@ -171,16 +171,18 @@ class PermutationAccumulator:
                     zsum = self.zsum[j, b0:b1].clone()
                     if z_held is not None:
                         zsum += z_held[:, b0:b1].double().sum(0)
-                    delta = held.shift - mean_a[j].flatten().to(held.shift.device)
+                    delta = held.shift - mean_a[j].T.flatten().to(held.shift.device)
                     r.addr_(zsum.float(), delta.float() * inv)
                     distributed.sum_tensor(r)
-                r = r.view(b1 - b0, d_mlp, n_slots)
-                lo, hi = torch.aminmax(r, dim=-1)
+                r = r.view(b1 - b0, n_slots, d_mlp)
+                lo, hi = torch.aminmax(r, dim=1)  # element-wise over contiguous slot rows
                 for rule in RULES:
                     score = from_extremes(hi, lo, rule)
                     if len(dead_units):
-                        dead_slots = dead.view(d_mlp, n_slots)[dead_units]
-                        part = r[:, dead_units].masked_fill(dead_slots, torch.nan)
+                        dead_slots = dead.view(n_slots, d_mlp)[:, dead_units].T  # (units, k)
+                        part = (
+                            r[:, :, dead_units].transpose(1, 2).masked_fill(dead_slots, torch.nan)
+                        )
                         score[:, dead_units] = slot_scores(part, rule)[0]
                     scores[rule][b0:b1, j] = score.clamp(-1, 1).cpu()
         return PermutationNull(scores, self.perms)
