@@ -9,9 +9,10 @@ examples — are **in-sample** and say so in the summary and the report.
 
 The output directory holds ``prompt/`` (safetensors + JSON), ``checkpoint/`` (resumable training),
 ``scan.safetensors``, ``neurons.csv`` (the top-K), ``examples.csv`` (each top neuron's most and
-least activating selection-set examples), ``evidence.json`` (what the report draws: each top
-neuron's activations and its extremal examples' token-level activations), ``heldout.csv`` (the
-confirmation), ``causal.csv``, ``summary.json`` (settings, splits, versions, data hashes,
+least activating selection-set examples, kept by the scan itself: no second pass),
+``evidence.json`` (what the report draws: each top neuron's activations on the confirmation split,
+read in the confirmation's one pass, and its extremal examples' token-level activations),
+``heldout.csv`` (the confirmation), ``causal.csv``, ``summary.json`` (settings, splits, versions, data hashes,
 training plateau, timings) and
 ``manifest.json`` (the fingerprint of each stage and the sha256 of every file). A run writes into
 a staging directory beside ``out`` and replaces ``out`` as a whole when it has finished, under a
