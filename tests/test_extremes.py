@@ -66,6 +66,15 @@ def test_extremes_survive_save_and_load_and_refuse_other_examples(qwen, examples
         assert torch.equal(loaded.extremes.tensors()[name], tensor), name
     with pytest.raises(ValueError, match="not the ones this scan ran on"):
         loaded.top_examples(examples[::-1], layer=0, neuron=0, slot=0)
+    with pytest.raises(KeyError, match="layer 5 was not scanned"):
+        loaded.top_examples(examples, layer=5, neuron=0, slot=0)
+    d = qwen.cfg.d_mlp
+    with pytest.raises(
+        ValueError, match=f"neuron must be in 0..{d - 1} and slot in 0..2, got neuron={d}"
+    ):
+        loaded.top_examples(examples, layer=0, neuron=d, slot=0)
+    with pytest.raises(ValueError, match="n_extremal must be"):
+        sklens.scan(qwen, prompt, examples, metrics.label("a"), n_extremal=-1, progress=False)
     with pytest.raises(ValueError, match="kept no extremal examples: scan\\(..., n_extremal=5\\)"):
         sklens.scan(
             qwen, prompt, examples, metrics.label("a"), n_extremal=0, progress=False
