@@ -74,14 +74,6 @@ class Extremes:
             values[j] = merged.view(values[j].shape)
             rows[j] = both_i.gather(0, pick).view(rows[j].shape)
 
-    def of(self, j: int, unit: int, slot: int, n: int | None = None) -> tuple[list[int], list[int]]:
-        """The most and least activating example ids of (scanned layer ``j``, ``unit``, ``slot``),
-        ``n`` of each at most; the least leave out any already among the most (as when there are
-        fewer than ``2n`` examples)."""
-        most = [i for i in self.rows[j, :n, slot, unit].tolist() if i >= 0]
-        least = [i for i in self.low_rows[j, :n, slot, unit].tolist() if i >= 0 and i not in most]
-        return most, least
-
     def tensors(self) -> dict[str, Tensor]:
         return {f"extremes.{k}": getattr(self, k).cpu().contiguous() for k in self._names()}
 

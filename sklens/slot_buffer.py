@@ -92,7 +92,3 @@ class SlotBuffer:
             sink.take(block)
         self.n_flushed[j] += 1
         self.rows[j] = []
-
-    def flush_all(self) -> None:
-        for j in range(len(self.rows)):
-            self.flush(j)

@@ -86,7 +86,7 @@ def test_fewer_examples_than_places_leave_them_empty():
     kept.take(
         Block(0, torch.tensor([[1.0, -1.0], [3.0, 0.5]]), torch.tensor([7, 9]), torch.zeros(2))
     )
-    assert kept.of(0, 0, 0) == ([9, 7], [])  # both are among the most; none left for the least
+    assert kept.rows[0, :, 0, 0].tolist() == [9, 7, -1, -1, -1]
     assert kept.rows[0, :, 0, 1].tolist() == [9, 7, -1, -1, -1]
     assert kept.low_rows[0, :, 0, 1].tolist() == [7, 9, -1, -1, -1]
 
