@@ -217,6 +217,7 @@ class Scan:
             }
         )
         table.attrs["sample"] = f"in-sample: selected and measured on the same {self.n} examples"
+        table.attrs["selection_hash"] = self.settings.data_hash  # explain refuses these examples
         return table
 
     def _require_null(self) -> PermutationNull:

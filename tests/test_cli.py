@@ -77,6 +77,7 @@ def test_run_writes_every_output(qwen_dir, tmp_path, capsys):
         "scan",
         "examples",
         "confirm",
+        "explain",
     }
     assert (out / "heldout.csv").exists() and summary["held_out"]["n_heldout"] == 8
     scan = sklens.Scan.load(out / "scan.safetensors")

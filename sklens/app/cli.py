@@ -1,4 +1,5 @@
-"""The ``sklens`` command: ``sklens run`` (a study end to end) and ``sklens fetch`` (prefetch)."""
+"""The ``sklens`` command: ``sklens run`` (a study end to end), ``report`` and ``explain`` (read a
+run back) and ``fetch`` (prefetch)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ EPILOG = """examples:
   sklens run --task hans --metric label:heuristic=lexical_overlap --out hans-run
   sklens run --task my_task.jsonl --metric label:skill=spatial --model path/to/checkpoint
   sklens run --model Qwen/Qwen1.5-1.8B-Chat --device cuda --steps 300 --n-train 2000 --n-val 1000
+  sklens explain sklens-out                    # the top neurons' explanations, held out
   sklens fetch                                 # prefetch the embedded model and BigBench data
 """
 
@@ -83,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", action="store_true", help="also write report.html")
     report = sub.add_parser("report", help="write a self-contained report.html for a run directory")
     report.add_argument("run_dir", type=Path)
+    explain = sub.add_parser(
+        "explain", help="print a run's ranked explanations of its top neurons (held out)"
+    )
+    explain.add_argument("run_dir", type=Path)
+    explain.add_argument(
+        "--top", type=int, default=3, help="hypotheses shown per neuron (default: 3)"
+    )
     fetch = sub.add_parser("fetch", help="fetch and convert the embedded model and data once")
     fetch.add_argument(
         "--from",
@@ -118,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _fetch(args.source)
             if args.command == "report":
                 return _report(args.run_dir)
+            if args.command == "explain":
+                return _explain(args.run_dir, args.top)
             return _run(args)
     except Exception as err:
         if not _for_the_user(err):
@@ -169,6 +180,14 @@ def _report(run_dir: Path) -> int:
     from sklens.app.report import build_report
 
     print(f"report: {build_report(run_dir)}")
+    return 0
+
+
+def _explain(run_dir: Path, top: int) -> int:
+    validate.integer("top", top, minimum=1, meaning="hypotheses shown per neuron")
+    from sklens.app.explanations import format_explanations
+
+    print(format_explanations(run_dir, top))
     return 0
 
 

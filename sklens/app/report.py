@@ -24,6 +24,7 @@ from sklens.app import rundir
 from sklens.atomic import write_text
 from sklens.config import StudyConfig
 from sklens.evidence import NeuronEvidence
+from sklens.explain import summary_lines, unit_label
 from sklens.result import Scan
 from sklens.soft_prompt import SoftPrompt
 from sklens.version import __version__
@@ -109,23 +110,8 @@ def build_report(run_dir: str | os.PathLike, *, n: int = 5, model: Any = None) -
         return _build(run, n)
 
 
-def _check_consistent(run: Path) -> None:
-    mismatched = rundir.mismatched_files(run)
-    if mismatched == [rundir.MANIFEST]:
-        raise rundir.RunDirError(
-            f"{run} has no valid {rundir.MANIFEST}, so nothing shows that its files come from one "
-            f"run; run `sklens run --out {run}` again"
-        )
-    if mismatched:
-        raise rundir.RunDirError(
-            f"{run} mixes files from different runs: {', '.join(mismatched)} "
-            f"{'is' if len(mismatched) == 1 else 'are'} not what its {rundir.MANIFEST} lists "
-            f"(written by another run, or changed since); run `sklens run --out {run}` again"
-        )
-
-
 def _build(run: Path, n: int) -> Path:
-    _check_consistent(run)
+    rundir.check_consistent(run)
     summary, config = read_summary(run)
     if not (run / "evidence.json").exists():
         raise rundir.RunDirError(
@@ -182,6 +168,16 @@ def _build(run: Path, n: int) -> Path:
         if (run / name).exists():
             parts += [f"<h3>{title}</h3>", _table(pd.read_csv(run / name))]
 
+    explained = (
+        pd.read_csv(run / "explanations.csv") if (run / "explanations.csv").exists() else None
+    )
+    if explained is not None:
+        lines = summary_lines(explained, neurons)
+        parts += [
+            f"<h3>Explanations (ranked on the confirm split, {splits.get('confirm')} examples; "
+            "Benjamini–Hochberg q over every neuron and hypothesis)</h3>",
+            f"<pre>{html.escape(chr(10).join(lines))}</pre>",
+        ]
     picked = evidence.at_slot()
     labels = evidence.labels
     groups = [g if group else "all" for g in evidence.groups]
@@ -204,6 +200,18 @@ def _build(run: Path, n: int) -> Path:
             f"<p>Activation by <code>{html.escape(str(group))}</code> on "
             f"{html.escape(evidence.sample)}:</p>",
             _png(kde),
+            *(
+                [
+                    "<p>Its five best-ranked explanations on the confirm split (held out):</p>",
+                    _table(
+                        explained[
+                            explained.unit == unit_label(row.layer, row.neuron, row.slot)
+                        ].head(5)
+                    ),
+                ]
+                if explained is not None
+                else []
+            ),
             "<p>Most and least activating examples of the selection set (in-sample):</p>",
             _table(rows),
             "<p>Token-level activations (most then least activating examples; position 0, "

@@ -49,6 +49,7 @@ RESULT_NAMES = {
     "summary.json",
     "causal.csv",
     "heldout.csv",
+    "explanations.csv",
     "measures.csv",
     "stability_jaccard.csv",
     "stability_rank_corr.csv",
@@ -314,3 +315,19 @@ def prepare(
     stages[stage] = {"fingerprint": fp, "settings": settings}
     write_manifest(staging, manifest)
     return False
+
+
+def check_consistent(run: Path) -> None:
+    """Refuse a run directory whose files are not the ones its manifest lists."""
+    mismatched = mismatched_files(run)
+    if mismatched == [MANIFEST]:
+        raise RunDirError(
+            f"{run} has no valid {MANIFEST}, so nothing shows that its files come from one "
+            f"run; run `sklens run --out {run}` again"
+        )
+    if mismatched:
+        raise RunDirError(
+            f"{run} mixes files from different runs: {', '.join(mismatched)} "
+            f"{'is' if len(mismatched) == 1 else 'are'} not what its {MANIFEST} lists "
+            f"(written by another run, or changed since); run `sklens run --out {run}` again"
+        )

@@ -12,8 +12,9 @@ The output directory holds ``prompt/`` (safetensors + JSON), ``checkpoint/`` (re
 least activating selection-set examples, kept by the scan itself: no second pass),
 ``evidence.json`` (what the report draws: each top neuron's activations on the confirmation split,
 read in the confirmation's one pass, and its extremal examples' token-level activations),
-``heldout.csv`` (the confirmation), ``causal.csv``, ``summary.json`` (settings, splits, versions, data hashes,
-training plateau, timings) and
+``heldout.csv`` (the confirmation), ``explanations.csv`` (each top neuron's candidate explanations
+ranked on the confirmation split, ``sklens.explain``), ``causal.csv``, ``summary.json``
+(settings, splits, versions, data hashes, training plateau, timings) and
 ``manifest.json`` (the fingerprint of each stage and the sha256 of every file). A run writes into
 a staging directory beside ``out`` and replaces ``out`` as a whole when it has finished, under a
 lock (``sklens.app.rundir``); with ``resume=True`` a stage's earlier work (from a failed or killed
@@ -43,6 +44,8 @@ from sklens.config import StudyConfig
 from sklens.data.example import data_hash
 from sklens.display import visible
 from sklens.evidence import collect_evidence
+from sklens.explain import explain_activations
+from sklens.hypotheses import candidate_hypotheses
 from sklens.metrics import from_spec
 from sklens.models.load import load_model
 from sklens.result import Scan
@@ -146,6 +149,13 @@ def _statistics(
             "n_adjusted_ci_excludes_0": int(((table.r_lo_adj > 0) | (table.r_hi_adj < 0)).sum()),
             **({"mean_auroc": float(table.auroc.mean())} if "auroc" in table else {}),
         }
+        hypotheses, skipped = candidate_hypotheses(model.tokenizer, task.confirm)
+        explained = explain_activations(
+            confirmed[0], neurons, hypotheses, skipped=skipped, seed=config.seed
+        )
+        _write_csv(explained.table, out / "explanations.csv")
+        extras["explanations"] = {"n_hypotheses": len(hypotheses), "skipped": skipped}
+        lap("explain")
     if config.seeds:
         fit, plateau_kwargs = _training_kwargs(config, task)  # never train on the plateau slice
         stability = seed_stability(
