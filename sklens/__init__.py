@@ -19,6 +19,7 @@ from sklens.version import __version__
 # public submodules by attribute name; measures, stability and confirm keep their old names
 _SUBMODULES = {
     "data": "sklens.data",
+    "edits": "sklens.edits",
     "figures": "sklens.figures",
     "metrics": "sklens.metrics",
     "viz": "sklens.viz",
@@ -36,6 +37,10 @@ _EXPORTS = {
     "slot_activations": "sklens.activations",
     "top_examples": "sklens.activations",
     "causal_check": "sklens.causal",
+    "Counterfactual": "sklens.counterfactual",
+    "counterfactual": "sklens.counterfactual",
+    "Explanations": "sklens.explain",
+    "explain": "sklens.explain",
     "dose_response": "sklens.causal",
     "evaluate": "sklens.causal",
     "neuron_stats": "sklens.causal",

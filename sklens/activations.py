@@ -114,6 +114,17 @@ def slot_activations(
     return out
 
 
+def require_slots(neurons: Any, caller: str) -> pd.DataFrame:
+    """``neurons`` if it names each unit's slot (a ``top_k`` table), else a ValueError saying
+    what ``caller`` needs."""
+    if not isinstance(neurons, pd.DataFrame) or not {"layer", "neuron", "slot"} <= set(neurons):
+        raise ValueError(
+            f"{caller} needs each unit's slot: pass a Scan.top_k table, or a DataFrame with "
+            "columns layer, neuron and slot"
+        )
+    return neurons
+
+
 def at_selected_slot(
     acts: Float[Tensor, "n_examples n_neurons slot"], neurons: pd.DataFrame
 ) -> Float[Tensor, "n_examples n_neurons"]:

@@ -49,7 +49,8 @@ def evaluate(
 ) -> pd.DataFrame:
     """Per-example ``loss``, ``metric``, and for multiple-choice examples ``correct`` (highest
     total log-probability), ``correct_per_token`` (highest mean per-token log-probability) and
-    ``choice_confidence`` (NaN otherwise), under an optional intervention (``sklens.choices``).
+    ``choice_confidence`` and ``chosen`` (the index of the model's choice) (NaN otherwise), under
+    an optional intervention (``sklens.choices``).
     ``metric`` is a sklens metric, a callable, or ``"loss"``/``"confidence"``."""
     examples = list(examples)
     metric = metrics_mod.resolve(metric, len(examples))
@@ -63,6 +64,7 @@ def evaluate(
     out["correct"] = scores.correct.numpy()
     out["correct_per_token"] = scores.correct_per_token.numpy()
     out["choice_confidence"] = scores.choice_confidence.numpy()
+    out["chosen"] = scores.chosen.numpy()
     return out
 
 

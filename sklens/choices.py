@@ -14,7 +14,9 @@ is one of them. Per example this gives (the last three NaN unless every example 
 * ``correct``: the correct choice has the highest *total* log-probability — which favours short
   choices ("banana", "house", short quotients) over multi-token numbers;
 * ``correct_per_token``: the correct choice has the highest *mean per-token* log-probability
-  (length-normalised accuracy).
+  (length-normalised accuracy);
+* ``chosen``: the index in ``meta["choices"]`` of the choice with the highest total
+  log-probability (the first on a tie), so an edit that changes the model's pick shows.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class ChoiceScores:
     choice_confidence: Float[Tensor, " n"]
     correct: Float[Tensor, " n"]
     correct_per_token: Float[Tensor, " n"]
+    chosen: Float[Tensor, " n"]
 
     def subset(self, indices: Sequence[int]) -> ChoiceScores:
         idx = torch.as_tensor(list(indices), dtype=torch.long)
@@ -129,6 +132,11 @@ def score_examples(
         return out.scatter_reduce(0, owner_t, score, reduce="amax")
 
     top = best(total)
+    row_ids = torch.arange(len(rows))
+    first, pick = (
+        torch.full((n,), len(rows)).scatter_reduce(0, owner_t, ids, reduce="amin")
+        for ids in (row_ids, torch.where(total >= top[owner_t], row_ids, len(rows)))
+    )
     norm = torch.zeros(n, dtype=torch.float64).index_add_(0, owner_t, (total - top[owner_t]).exp())
     missing = torch.full((n,), torch.nan, dtype=torch.float64)
     return ChoiceScores(
@@ -139,4 +147,5 @@ def score_examples(
         correct_per_token=(-mean_loss[correct_t] >= best(-mean_loss)).double()
         if choice
         else missing,
+        chosen=(pick - first).double() if choice else missing,
     )

@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sklens.activations import at_selected_slot, slot_activations
+from sklens.activations import at_selected_slot, require_slots, slot_activations
 from sklens.data.example import Example, data_hash
 from sklens.hypotheses import KINDS, Hypothesis, candidate_hypotheses
 from sklens.models.protocol import Model
@@ -137,11 +137,7 @@ def explain(
 
 
 def _check(examples: list[Example], neurons: Any, top_fraction: float, alpha: float) -> None:
-    if not isinstance(neurons, pd.DataFrame) or not {"layer", "neuron", "slot"} <= set(neurons):
-        raise ValueError(
-            "explain needs each unit's slot: pass a Scan.top_k table, or a DataFrame with "
-            "columns layer, neuron and slot"
-        )
+    require_slots(neurons, "explain")
     if len(examples) < 10:
         raise ValueError(f"explain needs at least 10 held-out examples, got {len(examples)}")
     selected_on = neurons.attrs.get("selection_hash")

@@ -178,6 +178,7 @@ def test_choice_accuracy_matches_an_independent_computation(qwen):
             scores.append(float(token_logp.sum()))
             per_token.append(float(token_logp.mean()))
         assert table.correct[i] == float(np.argmax(scores) == 0)
+        assert table.chosen[i] == float(np.argmax(scores))
         assert table.correct_per_token[i] == float(np.argmax(per_token) == 0)
         per_token_differs |= bool(np.argmax(scores) != np.argmax(per_token))
         probs = np.exp(np.array(scores) - max(scores))

@@ -14,6 +14,9 @@ Two shortcut flags in ``meta``, both worked out from the operands, never from th
   digits fix: + and × (as above) and − (see ``operand_last_digit``). Division has no such digit,
   so there it is None, as it is for a question that does not parse.
 
+``answer_only_negative`` is the other giveaway the paper's RQ3 discusses: the answer is the only
+negative numeric choice.
+
 Non-numeric choices ("banana", "house" in BigBench) never count as rivals.
 """
 
@@ -191,6 +194,32 @@ def last_digit_decides(question: str, choices: Sequence[str], answer: str) -> bo
     )
 
 
+def answer_only_negative(choices: Sequence[str], answer: str) -> bool:
+    """The answer is the only negative numeric choice: a giveaway when a subtraction's result
+    is negative and no distractor is."""
+    negative = [c for c in choices if _NUMBER.fullmatch(c) and c.startswith("-")]
+    return negative == [answer]
+
+
+def arithmetic_meta(question: str, choices: Sequence[str], answer: str) -> dict[str, Any]:
+    """The meta fields worked out from a question, its choices and its answer (the shortcut
+    flags among them), as ``task_examples`` writes them and ``sklens.edits`` rewrites them."""
+    parsed = operands(question)
+    return {
+        "operation": parsed[1] if parsed else None,
+        "choices": list(choices),
+        "answer": answer,
+        "result": true_result(question),
+        "last_digit_decides": last_digit_decides(question, choices, answer),
+        "last_digit_unique": last_digit_unique(question, choices, answer),
+        "answer_only_negative": answer_only_negative(choices, answer),
+    }
+
+
+def arithmetic_instruction(question: str, choices: Sequence[str]) -> str:
+    return f"Question: {question}\nChoices: {', '.join(choices)}\nAnswer:"
+
+
 def _correct(ex: dict[str, Any]) -> str:
     if "target_scores" in ex:
         return max(ex["target_scores"], key=ex["target_scores"].get)
@@ -214,20 +243,15 @@ def task_examples(
         if shuffle_choices:
             random.Random(f"{seed}:{name}:{i}").shuffle(choices)
         question = ex["input"]
-        parsed = operands(question)
         digits = re.match(r"(\d+)_digit", name)
+        worked_out = arithmetic_meta(question, choices, answer)
         meta = {
             "subtask": name,
-            "operation": parsed[1] if parsed else None,
+            "operation": worked_out.pop("operation"),
             "digits": int(digits.group(1)) if digits else None,
-            "choices": choices,
-            "answer": answer,
-            "result": true_result(question),
-            "last_digit_decides": last_digit_decides(question, choices, answer),
-            "last_digit_unique": last_digit_unique(question, choices, answer),
+            **worked_out,
         }
-        instruction = f"Question: {ex['input']}\nChoices: {', '.join(choices)}\nAnswer:"
-        out.append(Example(instruction, answer, meta))
+        out.append(Example(arithmetic_instruction(question, choices), answer, meta))
     return out
 
 
