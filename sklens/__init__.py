@@ -70,6 +70,7 @@ _EXPORTS = {
     "SoftPrompt": "sklens.soft_prompt",
     "SoftPromptConfig": "sklens.soft_prompt",
     "seed_stability": "sklens.stats.stability",
+    "steering_curve": "sklens.steering",
     "run_study": "sklens.app.study",
     "tiny_checkpoint": "sklens.models.tiny",
     "tiny_model": "sklens.models.tiny",

@@ -65,6 +65,7 @@ class StudyConfig:
     n_random: int = 5
     n_causal: int = 48  # a third disjoint split, used by the causal check
     match_scale: bool = True  # random control neurons matched in mean |activation|
+    steering: str = ""  # e.g. "0,0.5,2,4": a steering curve of the top-K (sklens.steering_curve)
     permutations: int = 0  # B > 0: max-statistic permutation null, FWER and FDR
     permutation_groups: str | None = None
     seeds: str = ""  # e.g. "0,1,2": seed stability of the top-K

@@ -4,7 +4,8 @@
 * ``score_histogram`` — every neuron's score with the top-K threshold marked (Figures 4, 6, 7),
   and the permutation null when the scan has one;
 * ``training_curve`` — the soft prompt's train/validation loss;
-* ``layer_position_heatmap`` — where high-|r| (layer, slot) pairs sit.
+* ``layer_position_heatmap`` — where high-|r| (layer, slot) pairs sit;
+* ``steering`` — a steering curve: the selected units against random sets (``sklens.steering``).
 
 Each returns a ``matplotlib.figure.Figure``; ``save`` writes PNG and SVG.
 """
@@ -143,3 +144,32 @@ def save(fig: Figure, stem: str | os.PathLike) -> tuple[Path, Path]:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=path.suffix[1:], dpi=120)
     return paths
+
+
+def steering(table: Any, measure: str = "loss", group: str = "all") -> Figure:
+    """A ``steering_curve`` table: the selected units' mean change of ``measure`` (``loss``,
+    ``metric``, ``accuracy``, ``accuracy_per_token``) against the factor, with its 95% interval,
+    beside every random set's curve and the random sets' median."""
+    column = f"d_{measure}"
+    if column not in table:
+        raise ValueError(f"the table has no {column!r}; measures: loss, metric, accuracy, ...")
+    part = table[table.group == group]
+    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    randoms = part[part.set != "selected"]
+    for _, curve in randoms.groupby("set"):
+        curve = curve.sort_values("factor")
+        ax.plot(curve.factor, curve[column], color="0.75", lw=0.8)
+    median = randoms.groupby("factor")[column].median()
+    ax.plot(median.index, median.to_numpy(), color="0.35", ls="--", label="random sets (median)")
+    chosen = part[part.set == "selected"].sort_values("factor")
+    ax.fill_between(
+        chosen.factor, chosen[f"{column}_lo"], chosen[f"{column}_hi"], color="C3", alpha=0.2
+    )
+    ax.plot(chosen.factor, chosen[column], "o-", color="C3", label="selected (95% CI)")
+    ax.axhline(0, color="k", lw=0.5)
+    mode = chosen["mode"].iloc[0] if len(chosen) else "scale"
+    ax.set_xlabel("activation × factor" if mode == "scale" else "activation + shift")
+    ax.set_ylabel(f"change of {plain(measure)}")
+    ax.legend(fontsize=8)
+    return fig

@@ -252,12 +252,27 @@ def study(config: Any) -> None:
                 f"commas, got {config.seeds!r}; e.g. {assign('seeds', '0,1,2')}"
             )
     choices("ablate_modes", config.ablate_modes, ABLATION_MODES)
+    if config.steering:
+        factors = items(config.steering)
+        bad = [f for f in factors if not _finite_number(f)]
+        if bad:
+            raise ValueError(
+                f"{name('steering')} must be numbers separated by commas (the factors that scale "
+                f"the top-K), got {bad}; e.g. {assign('steering', '0,0.5,2,4')}"
+            )
     measures = choices("measures", config.measures, MEASURES)
     if bool(items(config.covariates)) != ("partial_pearson" in measures):
         raise ValueError(
             f"{name('covariates')} and {name('measures')} partial_pearson go together: the "
             "covariates are what partial_pearson controls for"
         )
+
+
+def _finite_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _existing_file(field: str, path: str) -> None:

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         "ablate_modes": "comma-separated: zero, mean, resample, noise",
         "n_causal": "examples of a third split for the causal check",
         "match_scale": "random control neurons matched in mean |activation| (--no-match-scale: off)",
+        "steering": "comma-separated factors: a steering curve of the top-K on the causal split, "
+        "against random sets (e.g. 0,0.5,2,4)",
         "permutations": "B > 0 adds a max-statistic permutation null (FWER, FDR)",
         "permutation_groups": "meta field: scan the within-group r, permute within its groups",
         "steps": "maximum training steps (training stops earlier on a plateau)",

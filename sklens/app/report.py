@@ -168,6 +168,19 @@ def _build(run: Path, n: int) -> Path:
         if (run / name).exists():
             parts += [f"<h3>{title}</h3>", _table(pd.read_csv(run / name))]
 
+    if (run / "steering.csv").exists():
+        curve = pd.read_csv(run / "steering.csv")
+        parts += [
+            f"<h3>Steering curve on the causal split ({splits.get('causal')} examples): the "
+            "top-K scaled by each factor, beside random sets of the same layers</h3>",
+            "<div class='grid'>",
+            *(
+                _png(figures.steering(curve, measure))
+                for measure in ("loss", "metric", "accuracy")
+                if curve[f"d_{measure}"].notna().any()
+            ),
+            "</div>",
+        ]
     explained = (
         pd.read_csv(run / "explanations.csv") if (run / "explanations.csv").exists() else None
     )

@@ -48,6 +48,7 @@ RESULT_NAMES = {
     "evidence.json",
     "summary.json",
     "causal.csv",
+    "steering.csv",
     "heldout.csv",
     "explanations.csv",
     "measures.csv",

@@ -13,9 +13,9 @@ least activating selection-set examples, kept by the scan itself: no second pass
 ``evidence.json`` (what the report draws: each top neuron's activations on the confirmation split,
 read in the confirmation's one pass, and its extremal examples' token-level activations),
 ``heldout.csv`` (the confirmation), ``explanations.csv`` (each top neuron's candidate explanations
-ranked on the confirmation split, ``sklens.explain``), ``causal.csv``, ``summary.json``
-(settings, splits, versions, data hashes, training plateau, timings) and
-``manifest.json`` (the fingerprint of each stage and the sha256 of every file). A run writes into
+ranked on the confirmation split, ``sklens.explain``), ``causal.csv``, ``steering.csv`` (with
+``--steering``), ``summary.json`` (settings, splits, versions, data hashes, training plateau,
+timings) and ``manifest.json`` (the fingerprint of each stage and the sha256 of every file). A run writes into
 a staging directory beside ``out`` and replaces ``out`` as a whole when it has finished, under a
 lock (``sklens.app.rundir``); with ``resume=True`` a stage's earlier work (from a failed or killed
 run, or from the finished one) is reused only when its fingerprint matches.
@@ -52,6 +52,7 @@ from sklens.result import Scan
 from sklens.scan import scan
 from sklens.stats.held_out import confirm_from, read_neurons
 from sklens.stats.stability import seed_stability
+from sklens.steering import steering_curve
 from sklens.training import plateau, train_soft_prompt
 from sklens.version import __version__
 
@@ -62,6 +63,7 @@ logger = logging.getLogger("sklens")
 # later, is taken to change it, so a new setting can never let stale work be reused. The device
 # only says where the work runs: a run may be resumed on another one.
 _AFTER_SCAN = {"top_k", "n_extremal", "reduce", "ablate", "ablate_modes", "n_random", "n_causal"}
+_AFTER_SCAN |= {"steering"}
 _AFTER_SCAN |= {"match_scale", "n_confirm", "seeds", "measures", "covariates"}
 _NOT_IN = {
     "training": _AFTER_SCAN | {"metric", "permutations", "permutation_groups", "device"},
@@ -246,7 +248,7 @@ def study_task(config: StudyConfig) -> Any:
         seed=config.seed,
         data=config.data,
         n_confirm=config.n_confirm,
-        n_causal=config.n_causal if config.ablate else 0,
+        n_causal=config.n_causal if config.ablate or config.steering else 0,
     )
 
 
@@ -390,6 +392,22 @@ def _study(
         )
         _write_csv(causal, out / "causal.csv")
         lap("causal")
+    if config.steering:
+        curve = steering_curve(
+            model,
+            prompt,
+            task.causal,
+            neurons,
+            factors=[float(f) for f in validate.items(config.steering)],
+            metric=metric,
+            n_random=config.n_random,
+            match_scale=config.match_scale,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            progress=progress,
+        )
+        _write_csv(curve, out / "steering.csv")
+        lap("steering")
     extras = _statistics(
         config, out, model, prompt, task, metric, result, neurons, confirmed, progress, lap
     )
