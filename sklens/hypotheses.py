@@ -11,7 +11,8 @@
 * ``ngram`` — token n-grams of the instruction (the model's own tokens), as presence indicators,
   tested for enrichment among the most against the least activating examples.
 
-A feature is left out when it cannot be tested: a constant, a class with fewer than ``min_count``
+Candidates that are the same feature on the given examples are merged into one (``merged``). A
+feature is left out when it cannot be tested: a constant, a class with fewer than ``min_count``
 examples, a field with more than ``max_levels`` values or with lists in it. What was left out, and
 why, is returned beside the candidates, so a property that was never tested is not mistaken for
 one that failed.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -198,6 +199,31 @@ def ngram_hypotheses(
     return out
 
 
+def merged(hypotheses: Sequence[Hypothesis]) -> list[Hypothesis]:
+    """One hypothesis per distinct feature: those that are the same feature on these examples
+    (``subtask = 5_digit_division`` and ``operation = division``; two n-grams that always occur
+    together; a binary property and the negation of another, ``b ≠ y``) become one, named
+    ``a ≡ b``, of the first one's kind. The same test is then not
+    counted twice by the multiple-testing correction, and the table says they cannot be told
+    apart on these examples."""
+    groups: dict[tuple[str, bytes, bytes], list[str]] = {}
+    first: dict[tuple[str, bytes, bytes], Hypothesis] = {}
+    for h in hypotheses:
+        key = (h.measure, np.asarray(h.values).tobytes(), h.known.tobytes())
+        name = h.name
+        if h.measure == "auroc":  # x and not-x are one test (AUROC 1 − a, the same p)
+            flipped = (h.measure, (~h.values & h.known).tobytes(), h.known.tobytes())
+            if flipped in groups:
+                key = flipped
+                name = h.name.replace(" = ", " ≠ ", 1) if " = " in h.name else f"not {h.name}"
+        groups.setdefault(key, []).append(name)
+        first.setdefault(key, h)
+    return [
+        first[key] if len(names) == 1 else replace(first[key], name=" ≡ ".join(names))
+        for key, names in groups.items()
+    ]
+
+
 def instruction_tokens(tokenizer: Any, examples: Sequence[Example]) -> list[list[str]]:
     """Each instruction's tokens as text (the model's tokenizer, no special tokens)."""
     ids = tokenizer([e.instruction for e in examples], add_special_tokens=False)["input_ids"]
@@ -226,4 +252,4 @@ def candidate_hypotheses(
             out += found
             skipped |= why
         out += ngram_hypotheses(tokens, ngrams, min_count=min_count)
-    return out, skipped
+    return merged(out), skipped

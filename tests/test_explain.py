@@ -103,7 +103,8 @@ def test_the_planted_property_is_the_top_explanation_on_held_out_examples(qwen):
     top = result.top_k(3)
     found = explain(qwen, prompt, held, top, n_boot=200, progress=False)
     best = found.best()
-    assert best.hypothesis.iloc[0] == "marker = B" and best.kind.iloc[0] == "meta"
+    # the field, before any n-gram of "apple" or "stone" that ties with it (or is merged into it)
+    assert best.hypothesis.iloc[0].split(" ≡ ")[0] == "marker = B" and best.kind.iloc[0] == "meta"
     assert best.passes.iloc[0] and best.n.iloc[0] == 100
     # it ranked the held-out activations at the selected slot (slot_activations, itself
     # checked against run_with_cache in test_activations)
@@ -116,7 +117,7 @@ def test_the_planted_property_is_the_top_explanation_on_held_out_examples(qwen):
         ss.mannwhitneyu(a, b).statistic / (len(a) * len(b)), abs=1e-6
     )
     assert found.summary[0].startswith(f"L{top.layer[0]} N{top.neuron[0]} @slot{top.slot[0]}: ")
-    assert "marker = B, held-out AUROC" in found.summary[0]
+    assert ": marker = B" in found.summary[0] and "held-out AUROC" in found.summary[0]
     # the meta fields that nothing in the text shows do not pass for the top unit
     rows = found.table[
         (found.table.unit == best.unit.iloc[0])
@@ -163,6 +164,12 @@ def test_hypotheses_and_what_was_left_out():
         "eta_squared"
     )
     assert names["partial"].known.sum() == 30  # None leaves the example out of that test
+    # two fields that are the same feature on these examples are one hypothesis
+    for e in data:
+        e.meta["label"] = "yes" if e.meta["marker"] == "A" else "no"
+    tokenizer = sklens.tiny_model().tokenizer
+    found, _ = candidate_hypotheses(tokenizer, data, surface=False, ngrams=())
+    assert "marker = B ≡ label ≠ yes" in {h.name for h in found}  # label = yes is marker = A
     assert skipped == {"meta.bag": "holds lists or dicts"}
     with pytest.raises(ValueError, match=r"no example has the meta field\(s\) \['colr'\]"):
         meta_hypotheses(data, ["colr"])

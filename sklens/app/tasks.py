@@ -26,7 +26,8 @@ DEFAULT_GROUPS = {"arithmetic": "operation", "hans": "heuristic", "skillmix": "s
 @dataclass
 class TaskData:
     """A task's disjoint splits: ``train`` (the prompt), ``val`` (selects the neurons),
-    ``confirm`` (re-measures them) and ``causal`` (the causal check)."""
+    ``confirm`` (re-measures them) and ``causal`` (the causal check); ``rest``, the examples of
+    a fixed pool (BigBench, a file) that no split took."""
 
     name: str
     train: list[Example]
@@ -35,6 +36,7 @@ class TaskData:
     group_by: str | None = None
     confirm: list[Example] = field(default_factory=list)
     causal: list[Example] = field(default_factory=list)
+    rest: list[Example] = field(default_factory=list)  # in no split: e.g. counterfactual pairs
 
 
 def load_task(
@@ -80,4 +82,5 @@ def load_task(
         DEFAULT_GROUPS.get(task),
         confirm=pool[first : first + n_confirm],
         causal=pool[first + n_confirm : n],
+        rest=pool[n:],
     )
