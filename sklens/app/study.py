@@ -375,20 +375,23 @@ def _study(
     _write_csv(examples, out / "examples.csv")
     evidence.save(out / "evidence.json")
     lap("examples")
+    controls = {  # the causal check and the steering curve edit against the same random sets
+        "metric": metric,
+        "n_random": config.n_random,
+        "match_scale": config.match_scale,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "progress": progress,
+    }
     if config.ablate:
         causal = causal_check(
             model,
             prompt,
             task.causal,
             neurons,
-            metric=metric,
             modes=tuple(config.ablate_modes.split(",")),
-            n_random=config.n_random,
             group_by=task.group_by,
-            match_scale=config.match_scale,
-            seed=config.seed,
-            batch_size=config.batch_size,
-            progress=progress,
+            **controls,
         )
         _write_csv(causal, out / "causal.csv")
         lap("causal")
@@ -399,12 +402,7 @@ def _study(
             task.causal,
             neurons,
             factors=[float(f) for f in validate.items(config.steering)],
-            metric=metric,
-            n_random=config.n_random,
-            match_scale=config.match_scale,
-            seed=config.seed,
-            batch_size=config.batch_size,
-            progress=progress,
+            **controls,
         )
         _write_csv(curve, out / "steering.csv")
         lap("steering")
