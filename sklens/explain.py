@@ -243,7 +243,7 @@ def explain_activations(
     table = pd.DataFrame(
         records,
         columns=["j", "hypothesis", "kind", "measure", "effect", "lo", "hi", "p", "strength", "n"],
-    )
+    ).astype({"j": int})  # typed also when no hypothesis could be tested (a tiny split)
     table["q"] = q_values(table["p"].to_numpy(), "bh") if len(table) else []
     table["passes"] = table["q"] < alpha
     table["kind_order"] = table["kind"].map({k: i for i, k in enumerate(KINDS)})
