@@ -71,16 +71,13 @@ def _levels(
 ) -> list[Hypothesis]:
     """One-vs-rest indicators of a categorical feature (one when it has two values), and the
     grouping itself (η²) when it has three or more."""
-    levels = sorted({labels[i] for i in np.flatnonzero(known)}, key=str)
-    if len(levels) == 2:  # the two indicators mirror each other: test one
-        levels = levels[1:]
+    groups = sorted({labels[i] for i in np.flatnonzero(known)}, key=str)
     out = []
-    for level in levels:
+    for level in groups[1:] if len(groups) == 2 else groups:  # two indicators mirror: test one
         positive = np.array([known[i] and labels[i] == level for i in range(len(labels))])
         hypothesis = _binary(f"{field} = {level}", kind, positive, known, min_count)
         if hypothesis is not None:
             out.append(hypothesis)
-    groups = sorted({labels[i] for i in np.flatnonzero(known)}, key=str)
     if len(groups) >= 3:
         codes = np.array([groups.index(x) if k else -1 for x, k in zip(labels, known, strict=True)])
         sizes = np.bincount(codes[known], minlength=len(groups))

@@ -26,23 +26,18 @@ from torch import Tensor
 _Z95 = 1.959963984540054
 
 
+def _tie_bounds(x: Float[Tensor, "... n"]) -> tuple[Tensor, Tensor]:
+    """For each value along the last axis: how many values are below it, and how many are at
+    most it (one sort serves both the ranks and the tie term)."""
+    x = x.double().contiguous()
+    ordered = x.sort(-1).values
+    return torch.searchsorted(ordered, x, right=False), torch.searchsorted(ordered, x, right=True)
+
+
 def average_ranks(x: Float[Tensor, "... n"]) -> Float[Tensor, "... n"]:
     """1-based ranks along the last axis; tied values share the mean of their ranks."""
-    x = x.double().contiguous()
-    ordered = x.sort(-1).values
-    below = torch.searchsorted(ordered, x, right=False)
-    through = torch.searchsorted(ordered, x, right=True)
+    below, through = _tie_bounds(x)
     return (below + through + 1).double() / 2
-
-
-def _tie_term(x: Float[Tensor, "... n"]) -> Float[Tensor, "..."]:
-    """Σ(t³ − t) over the groups of tied values along the last axis."""
-    x = x.double().contiguous()
-    ordered = x.sort(-1).values
-    t = (
-        torch.searchsorted(ordered, x, right=True) - torch.searchsorted(ordered, x, right=False)
-    ).double()
-    return (t * t - 1).sum(-1)  # each of a group's t members adds t² − 1: t(t² − 1) in all
 
 
 def _normal_two_sided(z: Tensor) -> Tensor:
@@ -54,7 +49,10 @@ def ranks_and_ties(
 ) -> tuple[Float[Tensor, "units n"], Float[Tensor, " units"]]:
     """Each unit's average ranks and tie term, which ``mann_whitney`` may take precomputed (many
     properties tested against the same activations rank them once)."""
-    return average_ranks(acts.T), _tie_term(acts.T)
+    below, through = _tie_bounds(acts.T)
+    t = (through - below).double()  # the size of each value's group of ties
+    # each of a group's t members adds t² − 1: Σ t(t² − 1) = Σ(t³ − t) over the groups
+    return (below + through + 1).double() / 2, (t * t - 1).sum(-1)
 
 
 def mann_whitney(
