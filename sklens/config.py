@@ -68,6 +68,7 @@ class StudyConfig:
     steering: str = ""  # e.g. "0,0.5,2,4": a steering curve of the top-K (sklens.steering_curve)
     permutations: int = 0  # B > 0: max-statistic permutation null, FWER and FDR
     permutation_groups: str | None = None
+    mi_bins: int = 0  # A > 0: also rank units by binned mutual information (A bins per unit)
     seeds: str = ""  # e.g. "0,1,2": seed stability of the top-K
     measures: str = ""  # e.g. "spearman,auroc,partial_pearson"; on the confirm split
     covariates: str = ""  # numeric meta fields for partial_pearson

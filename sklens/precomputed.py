@@ -14,10 +14,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sklens import validate
 from sklens.moments import GroupedMoments, Moments, group_codes
 from sklens.result import Scan, ScanSettings
 from sklens.scan import check_varies_within
 from sklens.slot_buffer import SlotBuffer
+from sklens.stats.mutual_info import MutualInfoAccumulator
 from sklens.stats.permutation import PermutationAccumulator
 
 
@@ -28,6 +30,7 @@ def scan_activations(
     n_permutations: int = 0,
     groups: Sequence[object] | None = None,
     permutation_seed: int = 0,
+    mi_bins: int = 0,
     chunk: int = 16,
 ) -> Scan:
     """Correlate activations ``[n, layers, slots, d_mlp]`` with one metric value per example.
@@ -40,6 +43,8 @@ def scan_activations(
         groups: one group label per example: the statistic becomes the pooled within-group r and
             the permutations stay inside the groups (as ``scan(permutation_groups=...)``).
         permutation_seed: seed of the permutations.
+        mi_bins: A > 0 adds binned mutual information with ``A`` equal-frequency bins per unit,
+            fixed by all ``n`` examples (``Scan.mutual_info``; ``sklens.stats.mutual_info``).
         chunk: examples folded at a time, and the permutation null's block (the result does
             not depend on it beyond rounding).
     """
@@ -54,13 +59,20 @@ def scan_activations(
     else:
         check_varies_within(values, codes, "values", "groups")
         moments = GroupedMoments.zeros(codes, *shape, "cpu")
-    perm = buffer = None
+    validate.mi_bins(mi_bins, n)
+    if mi_bins and groups is not None:
+        raise ValueError("mutual information is marginal: use mi_bins without groups")
+    perm = mi = None
     if n_permutations:
         perm = PermutationAccumulator(
             n, shape, n_permutations, seed=permutation_seed, groups=groups
         )
         perm.set_values(values)
-        buffer = SlotBuffer(shape, chunk, [perm])
+    if mi_bins:
+        mi = MutualInfoAccumulator(n, shape, mi_bins)
+    sinks = [s for s in (perm, mi) if s is not None]
+    # the bins are fixed by the first block: with mutual information it holds every example
+    buffer = SlotBuffer(shape, n if mi else chunk, sinks) if sinks else None
     for start in range(0, n, chunk):
         rows = list(range(start, min(n, start + chunk)))
         m = values[rows]
@@ -86,6 +98,12 @@ def scan_activations(
         statistic="pearson" if codes is None else "within-group pearson (groups)",
         permutation_seed=permutation_seed,
         positions="precomputed",
+        mi_bins=mi_bins,
     )
     null = perm.reduce(buffer, moments.mean_a, moments.m2_a) if perm is not None else None
-    return Scan(moments, values, settings, null)
+    mutual_info = None
+    if mi is not None:
+        for j in range(n_layers):
+            mi.take(buffer.held(j))
+        mutual_info = mi.result(values, list(range(n_layers)), None if perm is None else perm.perms)
+    return Scan(moments, values, settings, null, mutual_info=mutual_info)

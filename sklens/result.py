@@ -39,6 +39,7 @@ from sklens.moments import GroupedMoments, Moments
 from sklens.ranking import RULES, Reduce, slot_scores
 from sklens.stats import q_values
 from sklens.stats.inference import QMethod
+from sklens.stats.mutual_info import MutualInfo
 from sklens.stats.permutation import PermutationNull
 
 PMethod = Literal["fwer", "neuron", "pooled"]
@@ -72,6 +73,7 @@ class ScanSettings:
     backend: str | None = None
     sklens_version: str | None = None
     n_extremal: int = 0  # extremal examples kept per (layer, unit, slot): Scan.extremes
+    mi_bins: int = 0  # activation bins of the mutual information (0: none): Scan.mutual_info
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -133,12 +135,14 @@ class Scan:
         settings: ScanSettings,
         null: PermutationNull | None = None,
         extremes: Extremes | None = None,
+        mutual_info: MutualInfo | None = None,
     ):
         self.moments = moments
         self.metric_values = metric_values
         self.settings = settings
         self.null = null
         self.extremes = extremes
+        self.mutual_info = mutual_info
 
     @property
     def layers(self) -> list[int]:
@@ -340,6 +344,8 @@ class Scan:
                 tensors[f"null_scores_{rule}"] = scores.contiguous()
         if self.extremes is not None:
             tensors |= self.extremes.tensors()
+        if self.mutual_info is not None:
+            tensors |= self.mutual_info.tensors()
         metadata = {"sklens": json.dumps(self.settings.to_dict())}
         write_bytes(path, save(tensors, metadata=metadata))
         return path
@@ -370,6 +376,10 @@ class Scan:
                 }
                 null = PermutationNull(rules, tensors.pop("null_perms"))
             extremes = Extremes.from_tensors(tensors) if settings.n_extremal else None
+            mutual_info = None
+            if settings.mi_bins:
+                perms = null.perms if null is not None else None
+                mutual_info = MutualInfo.from_tensors(tensors, list(settings.layers), perms)
             if "group_codes" in tensors:
                 moments = GroupedMoments.from_tensors(tensors)
             else:
@@ -379,7 +389,7 @@ class Scan:
                 f"{path} is not a readable sklens scan ({type(err).__name__}: {err}); "
                 "re-run the scan to recreate it"
             ) from err
-        return cls(moments, values, settings, null, extremes)
+        return cls(moments, values, settings, null, extremes, mutual_info)
 
     def __repr__(self) -> str:
         s = self.settings
@@ -431,6 +441,14 @@ def _check_tensors(tensors: dict[str, Tensor], settings: ScanSettings) -> None:
             for k in ("", "low_")
             for kind, dtype in (("values", torch.float32), ("rows", torch.int64))
         }
+    if settings.mi_bins:
+        expected |= {
+            "mi.values": (grid, torch.float64),
+            "mi.edges": ((grid[0], settings.mi_bins - 1, *grid[1:]), torch.float64),
+            "mi.metric_bins": ((n,), torch.int64),
+        }
+        if "null_perms" in tensors:
+            expected["mi.null"] = ((settings.n_permutations, *grid[:2]), torch.float32)
     problems = [
         f"{name} is missing"
         if name not in tensors

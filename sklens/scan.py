@@ -31,6 +31,7 @@ from sklens.moments import GroupedMoments, Moments, centre_within, group_codes
 from sklens.result import Scan, ScanSettings
 from sklens.slot_buffer import SlotBuffer
 from sklens.soft_prompt import SoftPrompt
+from sklens.stats.mutual_info import MutualInfoAccumulator
 from sklens.stats.permutation import PermutationAccumulator
 from sklens.version import __version__
 
@@ -216,6 +217,7 @@ def scan(
     permutation_groups: str | None = None,
     permutation_seed: int = 0,
     n_extremal: int = 0,
+    mi_bins: int = 0,
     chat_template: bool | None = None,
     progress: bool = True,
 ) -> Scan:
@@ -248,6 +250,11 @@ def scan(
             no second pass (``Scan.top_examples``, ``collect_evidence(kept=...)``). A top-k per
             block of examples: on CPU it adds a few percent to the scan (``benchmarks/scan.py``),
             so it is off by default; ``sklens run`` keeps ``--n-extremal`` of them.
+        mi_bins: A > 0 also estimates the binned mutual information of every unit's slot
+            activation with the metric, ``A`` equal-frequency bins per unit (``scan.mutual_info``;
+            with ``n_permutations`` its null from the same permutations): a second selection
+            measure that finds units whose activation relates to the metric non-linearly
+            (``sklens.stats.mutual_info``). Memory ``layers·d_mlp·slots`` bytes per example.
         chat_template: use the tokenizer's chat template (default: if it has one).
         progress: show a tqdm bar.
     """
@@ -257,6 +264,17 @@ def scan(
     validate.integer("batch_size", batch_size, minimum=1)
     validate.integer("n_permutations", n_permutations, minimum=0)
     validate.integer("n_extremal", n_extremal, minimum=0)
+    validate.mi_bins(mi_bins, len(examples))
+    if mi_bins and permutation_groups is not None:
+        raise ValueError(
+            f"mutual information is marginal, but permutation_groups={permutation_groups!r} asks "
+            "for a within-group statistic: scan with mi_bins=0, or without permutation_groups"
+        )
+    if mi_bins and distributed.active():
+        raise ValueError(
+            "mutual information needs every example's bins in one process: run the scan with "
+            "mi_bins in a single process (no torchrun), or with mi_bins=0"
+        )
     metric = metrics_mod.resolve(metric, len(examples))
     metric.check(examples)
     layer_ids = resolve_layers(model, layers)
@@ -302,10 +320,11 @@ def scan(
             perm.set_values(known)
     if n_extremal:
         extremes = Extremes.empty(shape, n_extremal, device)
+    mi = MutualInfoAccumulator(len(examples), shape, mi_bins, device) if mi_bins else None
     # all this process's examples held when the null would need as much memory for its sums
     hold_all = perm is not None and len(order) <= n_permutations
     in_pass = perm is not None and (known is not None or hold_all)
-    sinks = [s for s in (perm if in_pass else None, extremes) if s is not None]
+    sinks = [s for s in (perm if in_pass else None, extremes, mi) if s is not None]
     if sinks:
         capacity = len(order) if hold_all else min(len(order), max(batch_size, _BLOCK))
         buffer = SlotBuffer(shape, capacity, sinks, device)
@@ -318,9 +337,10 @@ def scan(
     metrics_mod.check_values(values, metric.name)
     if codes is not None:
         check_varies_within(values, codes, metric.name, permutation_groups)
+    for sink in (extremes, mi):  # what the buffer still holds (the null reads it itself)
+        for j in range(len(layer_ids) if sink is not None else 0):
+            sink.take(buffer.held(j))
     if extremes is not None:
-        for j in range(len(layer_ids)):
-            extremes.take(buffer.held(j))
         extremes = distributed.merge_extremes(extremes)
     null = None
     if perm is not None:
@@ -342,6 +362,9 @@ def scan(
                 order,
             )
         null = perm.reduce(buffer, moments.mean_a, moments.m2_a)
+    mutual_info = None
+    if mi is not None:
+        mutual_info = mi.result(values, layer_ids, None if perm is None else perm.perms)
     settings = ScanSettings(
         model_name=getattr(model.cfg, "model_name", None),
         n_layers=model.cfg.n_layers,
@@ -367,5 +390,6 @@ def scan(
         backend=type(model).__name__,
         sklens_version=__version__,
         n_extremal=n_extremal,
+        mi_bins=mi_bins,
     )
-    return Scan(moments, values, settings, null, extremes)
+    return Scan(moments, values, settings, null, extremes, mutual_info)

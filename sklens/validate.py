@@ -66,6 +66,25 @@ def integer(field: str, value: Any, *, minimum: int | None = None, meaning: str 
     return int(value)
 
 
+MAX_MI_BINS = 16  # the MI null's cost grows with bins², and more bins need far more examples
+
+
+def mi_bins(value: Any, n_examples: int) -> int:
+    """The mutual information's bins per unit: 0 (none) or 2..16, at most half the examples."""
+    integer("mi_bins", value, minimum=0, meaning="bins per unit of the mutual information")
+    if value == 1 or value > MAX_MI_BINS:
+        raise ValueError(
+            f"{name('mi_bins')} must be 0 (no mutual information) or 2..{MAX_MI_BINS}, got "
+            f"{value}; four bins are a good default: {assign('mi_bins', 4)}"
+        )
+    if value and n_examples < 2 * value:
+        raise ValueError(
+            f"{name('mi_bins')} {value} needs at least {2 * value} examples (two per bin), got "
+            f"{n_examples}; use fewer bins, e.g. {assign('mi_bins', max(2, n_examples // 2))}"
+        )
+    return int(value)
+
+
 def positive(field: str, value: Any) -> float:
     """A finite number above 0 (``lr``): refuses NaN and infinity, which train nothing."""
     if isinstance(value, bool) or not isinstance(value, Real):
@@ -241,6 +260,12 @@ def study(config: Any) -> None:
     ):
         integer(field, getattr(config, field), minimum=minimum, meaning=meaning)
     integer("seed", config.seed)
+    mi_bins(config.mi_bins, config.n_val)
+    if config.mi_bins and config.permutation_groups:
+        raise ValueError(
+            f"{name('mi_bins')} ranks by marginal mutual information, but "
+            f"{name('permutation_groups')} asks for a within-group statistic: drop one of them"
+        )
     positive("lr", config.lr)
     _splits(config)
     if config.seeds:

@@ -226,6 +226,8 @@ def test_run_with_statistics(qwen_dir, tmp_path):
         "0,1",
         "--measures",
         "spearman,auroc,eta_squared",
+        "--mi-bins",
+        "3",
     )
     args[args.index("--n-val") + 1] = "16"
     assert main(args) == 0
@@ -249,6 +251,17 @@ def test_run_with_statistics(qwen_dir, tmp_path):
     assert {"p_fwer", "p_neuron", "q_bh"} <= set(neurons.columns)
     for name in ("heldout.csv", "consensus.csv", "stability_jaccard.csv"):
         assert (out / name).exists()
+    # the mutual-information ranking: the saved scan's, beside the Pearson top-K
+    mi = sklens.Scan.load(out / "scan.safetensors").mutual_info
+    by_mi = pd.read_csv(out / "neurons_mi.csv")
+    expected = mi.top_k(len(neurons))
+    assert by_mi[["layer", "neuron", "slot"]].equals(expected[["layer", "neuron", "slot"]])
+    pearson = set(zip(neurons.layer, neurons.neuron, strict=True))
+    shared = [unit in pearson for unit in zip(by_mi.layer, by_mi.neuron, strict=True)]
+    assert by_mi.in_pearson_top.tolist() == shared
+    assert summary["mutual_information"]["shared_with_pearson"] == sum(shared)
+    assert summary["mutual_information"]["n_permutations"] == 19
+    assert summary["mutual_information"]["n_fwer_0.05_mi"] == int((mi.p_values() <= 0.05).sum())
 
 
 def test_bad_values_fail_before_anything_is_written(qwen_dir, tmp_path, capsys):

@@ -59,6 +59,10 @@ def no_work(monkeypatch):
         ("53", ["--lr", "inf"], "--lr must be a finite number above 0, got inf"),
         ("52", ["--batch-size", "0"], "--batch-size must be at least 1"),
         ("-", ["--measures", "spearman,bogus"], "--measures has unknown 'bogus'"),
+        ("-", ["--mi-bins", "1"], "--mi-bins must be 0 (no mutual information) or 2..16"),
+        ("-", ["--mi-bins", "-2"], "--mi-bins must be at least 0"),
+        ("-", ["--mi-bins", "4", "--n-val", "6"], "use fewer bins, e.g. --mi-bins 3"),
+        ("-", ["--mi-bins", "4", "--permutation-groups", "op"], "drop one of them"),
     ],
 )
 def test_bad_flag_fails_before_any_work(case, extra, message, task_file, tmp_path, capsys, no_work):

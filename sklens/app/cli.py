@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         "against random sets (e.g. 0,0.5,2,4)",
         "permutations": "B > 0 adds a max-statistic permutation null (FWER, FDR)",
         "permutation_groups": "meta field: scan the within-group r, permute within its groups",
+        "mi_bins": "A > 0 also ranks neurons by binned mutual information with the metric, A "
+        "equal-frequency bins per neuron (neurons_mi.csv; 4 is a good choice)",
         "steps": "maximum training steps (training stops earlier on a plateau)",
         "patience": "stop after this many evaluations without a lower plateau-slice loss; "
         "0 trains all --steps",

@@ -149,12 +149,14 @@ def _build(run: Path, n: int) -> Path:
     ]
     for key, title in (
         ("significance", "Significance (permutation null; in-sample)"),
+        ("mutual_information", "Mutual information beside Pearson (top-K overlap; in-sample)"),
         ("held_out", f"Held-out confirmation (confirm split, {splits.get('confirm')} examples)"),
         ("stability", "Seed stability"),
     ):
         if summary.get(key):
             parts += [f"<h2>{title}</h2>", _table(pd.DataFrame([summary[key]]))]
     for name, title in (
+        ("neurons_mi.csv", "Top neurons by mutual information (in-sample)"),
         ("heldout.csv", "Held-out r (95% per neuron; _adj: Bonferroni over the K) and measures"),
         (
             "causal.csv",

@@ -44,6 +44,7 @@ RESULT_NAMES = {
     "checkpoint",
     "scan.safetensors",
     "neurons.csv",
+    "neurons_mi.csv",
     "examples.csv",
     "evidence.json",
     "summary.json",

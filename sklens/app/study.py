@@ -51,6 +51,7 @@ from sklens.models.load import load_model
 from sklens.result import Scan
 from sklens.scan import scan
 from sklens.stats.held_out import confirm_from, read_neurons
+from sklens.stats.mutual_info import compare_with_pearson
 from sklens.stats.stability import seed_stability
 from sklens.steering import steering_curve
 from sklens.training import plateau, train_soft_prompt
@@ -66,7 +67,7 @@ _AFTER_SCAN = {"top_k", "n_extremal", "reduce", "ablate", "ablate_modes", "n_ran
 _AFTER_SCAN |= {"steering"}
 _AFTER_SCAN |= {"match_scale", "n_confirm", "seeds", "measures", "covariates"}
 _NOT_IN = {
-    "training": _AFTER_SCAN | {"metric", "permutations", "permutation_groups", "device"},
+    "training": _AFTER_SCAN | {"metric", "permutations", "permutation_groups", "mi_bins", "device"},
     "scan": _AFTER_SCAN | {"device"},
     "results": {"device"},
 }
@@ -131,6 +132,11 @@ def _statistics(
             },
             "sample": f"in-sample (selection set, n={len(task.val)})",
         }
+    if result.mutual_info is not None:
+        by_mi, extras["mutual_information"] = compare_with_pearson(
+            result, config.top_k, config.reduce
+        )
+        _write_csv(by_mi, out / "neurons_mi.csv")
     if confirmed is not None:
         table = confirm_from(
             *confirmed,
@@ -334,6 +340,7 @@ def _study(
             permutation_groups=config.permutation_groups,
             permutation_seed=config.seed,
             n_extremal=config.n_extremal,
+            mi_bins=config.mi_bins,
             progress=progress,
         )
         result.save(scan_path)
