@@ -118,6 +118,22 @@ def _rq3_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "rq3.properties[0]",
             )
         )
+    for name, cf in (get(results, "rq3.counterfactual") or {}).items():
+        if "behaviour" not in cf:
+            continue  # too few questions could be edited
+        loss, changed = cf["behaviour"]["loss"], cf["behaviour"].get("choice_changed")
+        picks = "n/a" if changed is None else pct(changed["change"])
+        rows.append(
+            (
+                f"counterfactual `{name}` ({cf['used']} edited questions no split used): the "
+                "largest paired change of a top neuron (SDs); its smallest p against random "
+                "units; Δ loss [95% CI]; picks changed",
+                "the top neurons encode this shortcut (implied)",
+                f"{fmt(cf['max_abs_d_std'])}; {fmt(cf['min_p_vs_random'])}; {fmt(loss['change'])} "
+                f"[{fmt(loss['lo'])}, {fmt(loss['hi'])}]; {picks}",
+                f"rq3.counterfactual.{name}",
+            )
+        )
     return rows
 
 
@@ -315,6 +331,19 @@ def account(results: dict[str, Any]) -> list[str]:
         out.append(
             f"What explains the top loss neurons on held-out questions, best first: {names}."
         )
+    explained = get(results, "rq3.explanations") or []
+    if explained:
+        out.append(f"`sklens.explain`, the top neuron's best held-out explanation: {explained[0]}.")
+    for name, cf in (get(results, "rq3.counterfactual") or {}).items():
+        if "behaviour" in cf:
+            moved = cf["min_p_vs_random"] <= 0.05
+            out.append(
+                f"Editing {cf['used']} questions so that `{name}` holds "
+                f"{'moves' if moved else 'does not move'} any top neuron more than random units "
+                f"of its layer and slot (largest change {fmt(cf['max_abs_d_std'])} SD, smallest "
+                f"p {fmt(cf['min_p_vs_random'])}); the loss changes by "
+                f"{fmt(cf['behaviour']['loss']['change'])}."
+            )
     return out
 
 

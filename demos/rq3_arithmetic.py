@@ -6,7 +6,10 @@ shape); metric ``loss``; the top neuron's activation on multiplications with vs 
 last-digit shortcut (the paper's Figure 5) and by operation; the score histogram (Figure 7,
 top-10 threshold 0.93 in the paper). Then the questions the paper's claim rests on
 (``shortcut_check``): does the model use the shortcut at all, what do the ten least activating
-questions share, and which property of a question explains the top loss neurons best.
+questions share, and which property of a question explains the top loss neurons best
+(``sklens.explain`` on held-out questions). Last, the controlled test of the two shortcuts the
+paper's reading points to (``sklens.counterfactual``): questions rewritten so that the last digit
+decides, or so that the answer is the only negative choice, everything else equal.
 
     python demos/rq3_arithmetic.py                     # full size, embedded model, CPU
     python demos/rq3_arithmetic.py --size tiny --data generated --out /tmp/rq3
@@ -14,12 +17,22 @@ questions share, and which property of a question explains the top loss neurons 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import shortcut_check
 from arithmetic_pool import write_pool
 from reproduce import Context, Grouping, Study, main
+
+import sklens
+from sklens import edits
+
+# the shortcuts the paper's manual step points to, each as an edit that makes it hold
+SHORTCUT_EDITS = {
+    "last_digit_decides": functools.partial(edits.last_digit_decides, decide=True),
+    "answer_only_negative": functools.partial(edits.answer_only_negative, only=True),
+}
 
 
 def shortcut_group(example: Any) -> str | None:
@@ -46,6 +59,42 @@ def extras(ctx: Context) -> dict[str, Any]:
     )
     rows.to_csv(ctx.out / "properties.csv", index=False)
     out["properties"] = shortcut_check.rank_properties(rows)
+    explained = sklens.explain(ctx.model, prompt, task.confirm, ctx.top, progress=False)
+    explained.save(ctx.out / "explanations.csv")
+    out["explanations"] = explained.summary
+    out["counterfactual"] = counterfactuals(ctx, prompt)
+    return out
+
+
+def counterfactuals(ctx: Context, prompt: Any) -> dict[str, Any]:
+    """Each shortcut edit applied to questions no split used (at most ``n_causal`` pairs): the
+    top neurons' paired change against random units of their layer and slot, and the model's."""
+    source = ctx.task.rest or ctx.task.confirm  # a generated pool may leave nothing over
+    out = {}
+    for name, edit in SHORTCUT_EDITS.items():
+        made, note = edits.pairs(source, edit, name=name)
+        made = made[: ctx.sizes.n_causal]
+        if len(made) < 2:
+            out[name] = note | {"used": len(made), "skipped": "fewer than 2 pairs"}
+            continue
+        found = sklens.counterfactual(
+            ctx.model,
+            prompt,
+            made,
+            ctx.top,
+            n_random=ctx.sizes.n_random,
+            batch_size=ctx.sizes.batch_size,
+            progress=False,
+        )
+        found.units.to_csv(ctx.out / f"counterfactual_{name}.csv", index=False)
+        behaviour = found.behaviour.set_index("measure")
+        out[name] = note | {
+            "used": len(made),
+            "max_abs_d_std": float(found.units.d_std.abs().max()),
+            "min_q": float(found.units.q.min()),
+            "min_p_vs_random": float(found.units.p_vs_random.min()),
+            "behaviour": behaviour.to_dict(orient="index"),
+        }
     return out
 
 

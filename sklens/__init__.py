@@ -70,6 +70,8 @@ _EXPORTS = {
     "SoftPrompt": "sklens.soft_prompt",
     "SoftPromptConfig": "sklens.soft_prompt",
     "seed_stability": "sklens.stats.stability",
+    "MutualInfo": "sklens.stats.mutual_info",
+    "compare_with_pearson": "sklens.stats.mutual_info",
     "steering_curve": "sklens.steering",
     "run_study": "sklens.app.study",
     "tiny_checkpoint": "sklens.models.tiny",

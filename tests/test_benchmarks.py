@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("scan.py", ["--n", "6", "--nulls", "7", "--batch-size", "3"]),
         ("memory.py", ["--sizes", "4,8", "--naive-max", "4", "--batch-size", "2"]),
         ("choices.py", ["--n", "4", "--batch-size", "2"]),
+        ("mutual_info.py", ["--n", "8", "--permutations", "5", "--mi-bins", "2"]),
     ],
 )
 def test_benchmark_runs(qwen_dir, tmp_path, script, extra):
