@@ -125,7 +125,7 @@ def _rq3_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         picks = "n/a" if changed is None else pct(changed["change"])
         rows.append(
             (
-                f"counterfactual `{name}` ({cf['used']} edited questions no split used): the "
+                f"counterfactual `{name}` ({cf['used']} edited questions, none from the selection): the "
                 "largest paired change of a top neuron (SDs); its smallest p against random "
                 "units; Δ loss [95% CI]; picks changed",
                 "the top neurons encode this shortcut (implied)",

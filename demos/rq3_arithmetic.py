@@ -27,6 +27,7 @@ from reproduce import Context, Grouping, Study, main
 
 import sklens
 from sklens import edits
+from sklens.counterfactual import MIN_PAIRS
 
 # the shortcuts the paper's manual step points to, each as an edit that makes it hold
 SHORTCUT_EDITS = {
@@ -67,15 +68,21 @@ def extras(ctx: Context) -> dict[str, Any]:
 
 
 def counterfactuals(ctx: Context, prompt: Any) -> dict[str, Any]:
-    """Each shortcut edit applied to questions no split used (at most ``n_causal`` pairs): the
-    top neurons' paired change against random units of their layer and slot, and the model's."""
-    source = ctx.task.rest or ctx.task.confirm  # a generated pool may leave nothing over
+    """Each shortcut edit applied to questions that did not select the neurons (at most
+    ``n_causal`` pairs): the top neurons' paired change against random units of their layer and
+    slot, and the model's."""
+    # held out from the selection: the pool no split used first, then the confirmation split
+    source = [*ctx.task.rest, *ctx.task.confirm]
     out = {}
     for name, edit in SHORTCUT_EDITS.items():
-        made, note = edits.pairs(source, edit, name=name)
+        try:
+            made, note = edits.pairs(source, edit, name=name)
+        except ValueError as err:  # no question could be edited
+            out[name] = {"skipped": str(err)}
+            continue
         made = made[: ctx.sizes.n_causal]
-        if len(made) < 2:
-            out[name] = note | {"used": len(made), "skipped": "fewer than 2 pairs"}
+        if len(made) < MIN_PAIRS:
+            out[name] = note | {"used": len(made), "skipped": f"fewer than {MIN_PAIRS} pairs"}
             continue
         found = sklens.counterfactual(
             ctx.model,
@@ -99,8 +106,9 @@ def counterfactuals(ctx: Context, prompt: Any) -> dict[str, Any]:
 
 
 def generated_pool(folder: Path, total: int) -> Path:
-    """``--data generated``: enough 2-digit questions for every split (a quarter per operation)."""
-    return write_pool(folder, total // 4 + 1, digits=2)
+    """``--data generated``: twice the 2-digit questions the splits need (a quarter per
+    operation), so that questions no split uses are left for the counterfactual edits."""
+    return write_pool(folder, total // 2 + 1, digits=2)
 
 
 STUDY = Study(

@@ -47,6 +47,8 @@ BEHAVIOUR = {
     "accuracy_per_token": "correct_per_token",
 }
 
+MIN_PAIRS = 5  # fewer pairs give no sign-flip p below 0.0625 and no useful interval
+
 
 @dataclass
 class Counterfactual:
@@ -128,8 +130,8 @@ def counterfactual(
     """
     pairs = list(pairs)
     neurons = require_slots(neurons, "counterfactual").reset_index(drop=True)
-    if len(pairs) < 5:
-        raise ValueError(f"counterfactual needs at least 5 pairs, got {len(pairs)}")
+    if len(pairs) < MIN_PAIRS:
+        raise ValueError(f"counterfactual needs at least {MIN_PAIRS} pairs, got {len(pairs)}")
     if not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
         raise TypeError("pairs must be (original, edited) tuples; sklens.edits.pairs builds them")
     if n_random < 0:
