@@ -148,6 +148,29 @@ def ratios(times: list[float], base: list[float]) -> str:
     return f"{statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})"
 
 
+def paired_rows(
+    times: dict[str, list[float]],
+    beside: dict[str, list[float]],
+    peaks: dict[str, float],
+    n: int,
+    ratio_header: str,
+) -> tuple[list[str], list[list[object]]]:
+    """The table of a ``paired`` timing: method, N, median s, the ratio to the run beside it
+    (``"1"`` for the runs others are paired with) and the peak memory's rise."""
+    header = ["method", "N", "median s", ratio_header, "peak memory above before (MB)"]
+    rows = [
+        [
+            name,
+            n,
+            f"{statistics.median(t):.2f}",
+            ratios(t, beside[name]) if name in beside else "1",
+            f"{peaks[name]:.0f}",
+        ]
+        for name, t in times.items()
+    ]
+    return header, rows
+
+
 def machine(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()

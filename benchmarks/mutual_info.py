@@ -10,9 +10,7 @@ job's selection set is N = 160, B = 200, A = 4.
 
 from __future__ import annotations
 
-import statistics
-
-from common import examples, paired, parser, ratios, write_results
+from common import examples, paired, paired_rows, parser, write_results
 
 import sklens
 
@@ -43,29 +41,9 @@ def main() -> None:
     names = list(methods)
     base = {names[1]: names[0], names[3]: names[2]}
     times, beside, peaks = paired(methods, base, args.repeats, args.device)
-    rows = [
-        [
-            name,
-            args.n,
-            f"{statistics.median(t):.2f}",
-            ratios(t, beside[name]) if name in base else "1",
-            f"{peaks[name]:.0f}",
-        ]
-        for name, t in times.items()
-    ]
-    write_results(
-        "mutual_info",
-        [
-            "method",
-            "N",
-            "median s",
-            "× the same scan without MI run beside it, median (range) of rounds",
-            "peak memory above before (MB)",
-        ],
-        rows,
-        args.device,
-        args.results,
-    )
+    ratio = "× the same scan without MI run beside it, median (range) of rounds"
+    header, rows = paired_rows(times, beside, peaks, args.n, ratio)
+    write_results("mutual_info", header, rows, args.device, args.results)
     cfg = model.cfg
     units = cfg.n_layers * cfg.d_mlp * args.n_tokens
     print(f"D = {units:,} units; bin codes D·N = {units * args.n / 2**20:.0f} MB")

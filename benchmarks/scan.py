@@ -19,10 +19,8 @@ whose null comes from the held activations when N ≤ B).
 
 from __future__ import annotations
 
-import statistics
-
 import torch
-from common import examples, metric, paired, parser, ratios, write_results
+from common import examples, metric, paired, paired_rows, parser, write_results
 
 import sklens
 from sklens.data.format import encode, iter_batches
@@ -86,29 +84,10 @@ def main() -> None:
     times, beside, peaks = paired(methods, floors, args.repeats, args.device)
     cfg = model.cfg
     units = cfg.n_layers * cfg.d_mlp * args.n_tokens
-    rows = [
-        [
-            name,
-            args.n,
-            f"{statistics.median(t):.2f}",
-            ratios(t, beside[name]) if name in floors else "1",
-            f"{peaks[name]:.0f}",
-        ]
-        for name, t in times.items()
-    ]
-    write_results(
-        "scan",
-        [
-            "method",
-            "N",
-            "median s",
-            "× its floor run beside it, median (range) of rounds",
-            "peak memory above before (MB)",
-        ],
-        rows,
-        args.device,
-        args.results,
+    header, rows = paired_rows(
+        times, beside, peaks, args.n, "× its floor run beside it, median (range) of rounds"
     )
+    write_results("scan", header, rows, args.device, args.results)
     print(
         f"units (layers·d_mlp·slots) D = {units:,}; held activations 4·D·N = "
         f"{4 * units * args.n / 2**20:.0f} MB; kept extremes 2·D·5·12 = "
