@@ -162,30 +162,38 @@ class MutualInfoAccumulator:
         return plug_in(joint.view(units, A, M))
 
     def _null(self, j: int, m_codes: Tensor, perms: Tensor) -> Float[Tensor, "B units"]:
-        """Permuted MI of every unit: one-hot products, the last row and column from marginals."""
+        """Permuted MI of every unit. Only ``Σ c log c`` changes under a permutation: the
+        product gives the first ``A−1`` activation bins × ``M−1`` metric bins, and the last row,
+        column and corner follow from the fixed marginals, each summed where it is computed."""
         A, M = self.n_bins, int(m_codes.max()) + 1
         codes = self.codes[j]
         n, units = codes.shape
         B = len(perms)
         device = codes.device
-        onehot_m = torch.nn.functional.one_hot(m_codes[perms].to(device), M)[..., : M - 1]
-        y = onehot_m.permute(1, 0, 2).reshape(n, B * (M - 1)).float()  # (n, B·(M−1))
-        n_m = torch.bincount(m_codes, minlength=M).float().to(device)
-        n_a = torch.nn.functional.one_hot(codes.long(), A).sum(0).float()  # (units, A)
-        xlogx = lambda c: torch.special.xlogy(c, c)  # noqa: E731
+        permuted = m_codes[perms].to(device)  # (B, n)
+        y = (permuted.T[:, :, None] == torch.arange(M - 1, device=device)).float()
+        y = y.reshape(n, B * (M - 1))
+        n_m = torch.bincount(m_codes, minlength=M).to(device, torch.float32)
+        bins = torch.arange(A, device=device)
+        n_a = (codes[:, :, None] == bins).sum(0).float()  # (units, A)
+
+        def xlogx(c: Tensor) -> Tensor:
+            return torch.special.xlogy(c, c)
+
         fixed = xlogx(n_a).sum(-1) + xlogx(n_m).sum()  # (units,)
         out = torch.empty(B, units, device=device)
         chunk = max(1, self.chunk_bytes // (4 * B * A * M))
         for u0 in range(0, units, chunk):
             u1 = min(units, u0 + chunk)
-            x = torch.nn.functional.one_hot(codes[:, u0:u1].long(), A)[..., : A - 1]
-            part = (x.reshape(n, -1).float().T @ y).view(u1 - u0, A - 1, B, M - 1)
-            joint = torch.empty(B, u1 - u0, A, M, device=device)
-            joint[..., : A - 1, : M - 1] = part.permute(2, 0, 1, 3)
-            joint[..., A - 1, : M - 1] = n_m[: M - 1] - joint[..., : A - 1, : M - 1].sum(-2)
-            joint[..., M - 1] = n_a[u0:u1] - joint[..., : M - 1].sum(-1)
-            out[:, u0:u1] = xlogx(joint.clamp_(min=0)).sum((-1, -2))
-        return (math.log(n) + (out - fixed.to(out)) / n).cpu()
+            x = (codes[:, u0:u1, None] == bins[: A - 1]).float().view(n, -1)
+            part = (x.T @ y).view(u1 - u0, A - 1, B, M - 1)  # c[u, a, b, m], a < A−1, m < M−1
+            last_col = n_a[u0:u1, : A - 1, None] - part.sum(-1)  # (u, A−1, B): m = M−1
+            last_row = n_m[: M - 1] - part.sum(1)  # (u, B, M−1): a = A−1
+            corner = n_a[u0:u1, A - 1, None] - last_row.sum(-1)  # (u, B)
+            total = torch.special.xlogy(part, part, out=part).sum((1, 3))
+            total += xlogx(last_col).sum(1) + xlogx(last_row).sum(-1) + xlogx(corner)
+            out[:, u0:u1] = total.T
+        return (math.log(n) + (out - fixed[None]) / n).cpu()
 
 
 @dataclass
