@@ -46,7 +46,8 @@ from sparsity import sparsity
 
 import sklens
 from sklens import figures
-from sklens.app.study import causal_summary, versions
+from sklens.app.statistics import causal_summary
+from sklens.app.study import versions
 from sklens.app.tasks import load_task
 from sklens.metrics import from_spec
 from sklens.stats.stability import compare_scans

@@ -16,6 +16,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FULL_BELOW = 1 << 20  # bytes free under which a failed write is put down to a full disk
 
@@ -132,3 +136,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (a full disk raises OSError ENOSPC here)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a table without its index, atomically (a reader never sees half a file)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)

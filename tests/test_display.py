@@ -14,7 +14,7 @@ import pandas as pd
 import sklens
 from sklens import figures, metrics
 from sklens.activations import token_activations
-from sklens.app.study import format_table
+from sklens.app.printed import format_table
 from sklens.display import token_texts, visible
 from sklens.soft_prompt import SoftPrompt
 

@@ -166,7 +166,8 @@ def _run(args: argparse.Namespace) -> int:
     config = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
     validate.study(config)  # before importing torch: a bad flag fails in a fraction of a second
     validate.output_dir(args.out, create=False)  # a finished run creates it
-    from sklens.app.study import format_table, run_study
+    from sklens.app.printed import format_table
+    from sklens.app.study import run_study
 
     summary = run_study(config, args.out, resume=args.resume, progress=not args.quiet)
     print(format_table(args.out))
@@ -189,7 +190,7 @@ def _report(run_dir: Path) -> int:
 
 def _explain(run_dir: Path, top: int) -> int:
     validate.integer("top", top, minimum=1, meaning="hypotheses shown per neuron")
-    from sklens.app.explanations import format_explanations
+    from sklens.app.printed import format_explanations
 
     print(format_explanations(run_dir, top))
     return 0

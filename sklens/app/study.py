@@ -32,27 +32,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from sklens import validate
 from sklens.app import rundir
-from sklens.app.tasks import load_task
-from sklens.atomic import atomic_path, write_text
+from sklens.app.statistics import causal_summary, run_statistics
+from sklens.app.tasks import load_task, training_kwargs
+from sklens.atomic import write_csv, write_text
 from sklens.causal import causal_check
 from sklens.config import StudyConfig
 from sklens.data.example import data_hash
-from sklens.display import visible
 from sklens.evidence import collect_evidence
-from sklens.explain import explain_activations
-from sklens.hypotheses import candidate_hypotheses
 from sklens.metrics import from_spec
 from sklens.models.load import load_model
 from sklens.result import Scan
 from sklens.scan import scan
-from sklens.stats.held_out import confirm_from, read_neurons
-from sklens.stats.mutual_info import compare_with_pearson
-from sklens.stats.stability import seed_stability
+from sklens.stats.held_out import read_neurons
 from sklens.steering import steering_curve
 from sklens.training import plateau, train_soft_prompt
 from sklens.version import __version__
@@ -116,135 +111,6 @@ _RESULT_FILES = sorted(
 )
 
 
-def _statistics(
-    config, out, model, prompt, task, metric, result, neurons, confirmed, progress, lap
-) -> dict:
-    """The statistics of a study beyond the top-K, each written to its own file; their summary."""
-    extras: dict[str, Any] = {}
-    if result.null is not None:
-        extras["significance"] = {
-            "n_permutations": result.null.n_permutations,
-            "statistic": result.settings.statistic,
-            "null_top_score_95": float(result.null.max_null(config.reduce).quantile(0.95)),
-            **{
-                f"n_{m}_0.05": len(result.significant(0.05, m, config.reduce))
-                for m in ("fwer", "fdr_bh", "fdr_by")
-            },
-            "sample": f"in-sample (selection set, n={len(task.val)})",
-        }
-    if result.mutual_info is not None:
-        by_mi, extras["mutual_information"] = compare_with_pearson(
-            result, config.top_k, config.reduce
-        )
-        _write_csv(by_mi, out / "neurons_mi.csv")
-    if confirmed is not None:
-        table = confirm_from(
-            *confirmed,
-            neurons,
-            task.confirm,
-            measures=validate.items(config.measures),
-            group_by=task.group_by,
-            covariates=validate.items(config.covariates),
-            seed=config.seed,
-        )
-        _write_csv(table, out / "heldout.csv")
-        extras["held_out"] = {
-            "n_select": len(task.val),
-            "n_heldout": len(task.confirm),
-            "mean_r_select": float(table.r_select.mean()),
-            "mean_r_heldout": float(table.r_heldout.mean()),
-            "n_ci_excludes_0": int(((table.r_lo > 0) | (table.r_hi < 0)).sum()),
-            "n_adjusted_ci_excludes_0": int(((table.r_lo_adj > 0) | (table.r_hi_adj < 0)).sum()),
-            **({"mean_auroc": float(table.auroc.mean())} if "auroc" in table else {}),
-        }
-        hypotheses, skipped = candidate_hypotheses(model.tokenizer, task.confirm)
-        explained = explain_activations(
-            confirmed[0], neurons, hypotheses, skipped=skipped, seed=config.seed
-        )
-        _write_csv(explained.table, out / "explanations.csv")
-        extras["explanations"] = {"n_hypotheses": len(hypotheses), "skipped": skipped}
-        lap("explain")
-    if config.seeds:
-        fit, plateau_kwargs = _training_kwargs(config, task)  # never train on the plateau slice
-        stability = seed_stability(
-            model,
-            fit,
-            task.val,
-            metric,
-            seeds=[int(x) for x in validate.items(config.seeds)],
-            k=config.top_k,
-            reduce=config.reduce,
-            batch_size=config.batch_size,
-            progress=progress,
-            n_tokens=config.n_tokens,
-            lr=config.lr,
-            **plateau_kwargs,
-        )
-        _write_csv(stability.jaccard.reset_index(names="run"), out / "stability_jaccard.csv")
-        _write_csv(stability.rank_corr.reset_index(names="run"), out / "stability_rank_corr.csv")
-        _write_csv(stability.consensus, out / "consensus.csv")
-        extras["stability"] = stability.summary()
-        lap("stability")
-    return extras
-
-
-def _training_kwargs(config: StudyConfig, task: Any) -> tuple[list, dict[str, Any]]:
-    """The examples the prompt trains on, and the plateau settings, from a study's config
-    (``validate.study`` has checked that the plateau slice fits)."""
-    if config.patience == 0:
-        return task.train, {"steps": config.steps}
-    fit, plateau_slice = task.train[: -config.n_plateau], task.train[-config.n_plateau :]
-    return fit, {
-        "steps": config.steps,
-        "val_examples": plateau_slice,
-        "eval_every": config.eval_every,
-        "patience": config.patience,
-    }
-
-
-def causal_summary(table: pd.DataFrame | str | Path) -> list[dict[str, Any]]:
-    """The selected set's overall rows of a causal check (a ``causal_check`` table or its CSV),
-    with the random sets' mean and median change."""
-    if not isinstance(table, pd.DataFrame):
-        table = pd.read_csv(table)
-    overall = table[table.group == "all"]
-    rows = []
-    for mode, part in overall.groupby("mode"):
-        selected = part[part.set == "selected"].iloc[0]
-        randoms = part[part.set != "selected"]
-        rows.append(
-            {
-                "mode": mode,
-                "n": int(selected["n"]),
-                "n_random": len(randoms),
-                **{
-                    f"{k}": selected[k]
-                    for k in (
-                        "d_loss",
-                        "d_loss_lo",
-                        "d_loss_hi",
-                        "p_loss",
-                        "d_accuracy",
-                        "p_accuracy",
-                        "accuracy_base",
-                        "d_accuracy_per_token",
-                        "p_accuracy_per_token",
-                        "accuracy_per_token_base",
-                    )
-                },
-                "random_d_loss_mean": float(randoms.d_loss.mean()),
-                "random_d_loss_median": float(randoms.d_loss.median()),
-                "random_d_accuracy_mean": float(randoms.d_accuracy.mean()),
-            }
-        )
-    return rows
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
 def study_task(config: StudyConfig) -> Any:
     """The task data of a study, cut into its disjoint splits."""
     return load_task(
@@ -298,7 +164,7 @@ def _study(
         clock = now
 
     task = study_task(config)
-    fit, plateau_kwargs = _training_kwargs(config, task)
+    fit, plateau_kwargs = training_kwargs(config, task)
     metric_spec = validate.study_data(config, task)
     metric = from_spec(metric_spec)
     stages = stage_settings(config, metric_spec, task)
@@ -347,7 +213,7 @@ def _study(
     lap("scan")
     rundir.prepare(out, final, "results", stages["results"], _RESULT_FILES, resume=False)
     neurons = result.top_k(config.top_k, reduce=config.reduce)
-    _write_csv(neurons, out / "neurons.csv")
+    write_csv(neurons, out / "neurons.csv")
     confirmed = spread = None
     if config.n_confirm > 0:  # one pass: the held-out statistics and the evidence's figure
         confirmed = read_neurons(
@@ -379,7 +245,7 @@ def _study(
         kept=kept,
         spread=spread,
     )
-    _write_csv(examples, out / "examples.csv")
+    write_csv(examples, out / "examples.csv")
     evidence.save(out / "evidence.json")
     lap("examples")
     controls = {  # the causal check and the steering curve edit against the same random sets
@@ -400,7 +266,7 @@ def _study(
             group_by=task.group_by,
             **controls,
         )
-        _write_csv(causal, out / "causal.csv")
+        write_csv(causal, out / "causal.csv")
         lap("causal")
     if config.steering:
         curve = steering_curve(
@@ -411,9 +277,9 @@ def _study(
             factors=[float(f) for f in validate.items(config.steering)],
             **controls,
         )
-        _write_csv(curve, out / "steering.csv")
+        write_csv(curve, out / "steering.csv")
         lap("steering")
-    extras = _statistics(
+    extras = run_statistics(
         config, out, model, prompt, task, metric, result, neurons, confirmed, progress, lap
     )
     values = result.metric_values
@@ -465,29 +331,3 @@ def _study(
     manifest = rundir.read_manifest(out)
     rundir.write_manifest(out, {**manifest, "files": rundir.file_hashes(out)})
     return summary
-
-
-def format_table(out: str | Path, width: int = 60) -> str:
-    """A readable table of the top neurons with their most and least activating examples."""
-    out = Path(out)
-    neurons = pd.read_csv(out / "neurons.csv").rename(columns={"position": "slot"})  # older runs
-    # completions such as "31" stay text, as they were written
-    examples = pd.read_csv(out / "examples.csv", dtype={"instruction": str, "completion": str})
-    lines = [
-        f"{'#':>2} {'layer':>5} {'neuron':>6} {'slot':>4} {'score':>7}  most / least activating example"
-    ]
-    for j, row in enumerate(neurons.itertuples()):
-        top = examples[(examples.neuron_rank == j) & (examples["rank"] == 0)]
-        most = top[top.direction == "most"].iloc[0]
-        least = top[top.direction == "least"].iloc[0]
-
-        def short(text: str) -> str:
-            text = visible(" ".join(str(text).split()))
-            return text if len(text) <= width else text[: width - 1] + "…"
-
-        lines.append(
-            f"{j:>2} {row.layer:>5} {row.neuron:>6} {row.slot:>4} {row.score:>7.3f}  "
-            f"+ {short(most.instruction)} → {short(most.completion)}"
-        )
-        lines.append(f"{'':>28}  - {short(least.instruction)} → {short(least.completion)}")
-    return "\n".join(lines)

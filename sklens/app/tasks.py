@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from sklens import validate
+from sklens.config import StudyConfig
 from sklens.data.bigbench import bigbench_arithmetic, load_bigbench
 from sklens.data.example import Example
 from sklens.data.hans import generate_hans, load_hans
@@ -84,3 +86,17 @@ def load_task(
         causal=pool[first + n_confirm : n],
         rest=pool[n:],
     )
+
+
+def training_kwargs(config: StudyConfig, task: TaskData) -> tuple[list, dict[str, Any]]:
+    """The examples the prompt trains on, and the plateau settings, from a study's config
+    (``validate.study`` has checked that the plateau slice fits)."""
+    if config.patience == 0:
+        return task.train, {"steps": config.steps}
+    fit, plateau_slice = task.train[: -config.n_plateau], task.train[-config.n_plateau :]
+    return fit, {
+        "steps": config.steps,
+        "val_examples": plateau_slice,
+        "eval_every": config.eval_every,
+        "patience": config.patience,
+    }

@@ -1,7 +1,7 @@
-"""``sklens explain RUN_DIR``: a run's ranked explanations of its top neurons, as text.
-
-The study ranks them on its confirmation split (held out from the selection) and writes
-``explanations.csv``; this reads it back with no model, like the report.
+"""What the command line prints from a finished run, read back with no model (like the report):
+the top neurons with their most and least activating examples (``sklens run``), and their ranked
+explanations (``sklens explain RUN_DIR``; the study ranks them on its confirmation split, held
+out from the selection, and writes ``explanations.csv``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pandas as pd
 
 from sklens.app import rundir
 from sklens.app.report import read_summary
+from sklens.display import visible
 from sklens.explain import summary_lines, unit_label
 
 
@@ -51,3 +52,29 @@ def format_explanations(run_dir: str | Path, top: int = 3) -> str:
     if skipped:
         lines.append("Not tested: " + "; ".join(f"{name} ({why})" for name, why in skipped.items()))
     return "\n".join(lines).rstrip()
+
+
+def format_table(out: str | Path, width: int = 60) -> str:
+    """A readable table of the top neurons with their most and least activating examples."""
+    out = Path(out)
+    neurons = pd.read_csv(out / "neurons.csv").rename(columns={"position": "slot"})  # older runs
+    # completions such as "31" stay text, as they were written
+    examples = pd.read_csv(out / "examples.csv", dtype={"instruction": str, "completion": str})
+    lines = [
+        f"{'#':>2} {'layer':>5} {'neuron':>6} {'slot':>4} {'score':>7}  most / least activating example"
+    ]
+    for j, row in enumerate(neurons.itertuples()):
+        top = examples[(examples.neuron_rank == j) & (examples["rank"] == 0)]
+        most = top[top.direction == "most"].iloc[0]
+        least = top[top.direction == "least"].iloc[0]
+
+        def short(text: str) -> str:
+            text = visible(" ".join(str(text).split()))
+            return text if len(text) <= width else text[: width - 1] + "…"
+
+        lines.append(
+            f"{j:>2} {row.layer:>5} {row.neuron:>6} {row.slot:>4} {row.score:>7.3f}  "
+            f"+ {short(most.instruction)} → {short(most.completion)}"
+        )
+        lines.append(f"{'':>28}  - {short(least.instruction)} → {short(least.completion)}")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""The statistics phase of a study: what it measures beyond the top-K, each written to its own
+file of the run directory, and their summary for ``summary.json``.
+
+* ``significance``: the permutation null's FWER and FDR counts (in-sample);
+* ``mutual_information``: ``neurons_mi.csv``, the MI ranking beside Pearson's (in-sample);
+* ``held_out``: ``heldout.csv``, the top-K re-measured on the confirmation split, and
+  ``explanations.csv``, their candidate explanations ranked there (``sklens.explain``);
+* ``stability``: the seed-stability tables (``consensus.csv``, ``stability_*.csv``).
+
+``causal_summary`` condenses a causal check's table for the summary and the reproduction demos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sklens import validate
+from sklens.app.tasks import training_kwargs
+from sklens.atomic import write_csv
+from sklens.explain import explain_activations
+from sklens.hypotheses import candidate_hypotheses
+from sklens.stats.held_out import confirm_from
+from sklens.stats.mutual_info import compare_with_pearson
+from sklens.stats.stability import seed_stability
+
+
+def run_statistics(
+    config, out, model, prompt, task, metric, result, neurons, confirmed, progress, lap
+) -> dict:
+    """The statistics of a study beyond the top-K, each written to its own file; their summary."""
+    extras: dict[str, Any] = {}
+    if result.null is not None:
+        extras["significance"] = {
+            "n_permutations": result.null.n_permutations,
+            "statistic": result.settings.statistic,
+            "null_top_score_95": float(result.null.max_null(config.reduce).quantile(0.95)),
+            **{
+                f"n_{m}_0.05": len(result.significant(0.05, m, config.reduce))
+                for m in ("fwer", "fdr_bh", "fdr_by")
+            },
+            "sample": f"in-sample (selection set, n={len(task.val)})",
+        }
+    if result.mutual_info is not None:
+        by_mi, extras["mutual_information"] = compare_with_pearson(
+            result, config.top_k, config.reduce
+        )
+        write_csv(by_mi, out / "neurons_mi.csv")
+    if confirmed is not None:
+        table = confirm_from(
+            *confirmed,
+            neurons,
+            task.confirm,
+            measures=validate.items(config.measures),
+            group_by=task.group_by,
+            covariates=validate.items(config.covariates),
+            seed=config.seed,
+        )
+        write_csv(table, out / "heldout.csv")
+        extras["held_out"] = {
+            "n_select": len(task.val),
+            "n_heldout": len(task.confirm),
+            "mean_r_select": float(table.r_select.mean()),
+            "mean_r_heldout": float(table.r_heldout.mean()),
+            "n_ci_excludes_0": int(((table.r_lo > 0) | (table.r_hi < 0)).sum()),
+            "n_adjusted_ci_excludes_0": int(((table.r_lo_adj > 0) | (table.r_hi_adj < 0)).sum()),
+            **({"mean_auroc": float(table.auroc.mean())} if "auroc" in table else {}),
+        }
+        hypotheses, skipped = candidate_hypotheses(model.tokenizer, task.confirm)
+        explained = explain_activations(
+            confirmed[0], neurons, hypotheses, skipped=skipped, seed=config.seed
+        )
+        write_csv(explained.table, out / "explanations.csv")
+        extras["explanations"] = {"n_hypotheses": len(hypotheses), "skipped": skipped}
+        lap("explain")
+    if config.seeds:
+        fit, plateau_kwargs = training_kwargs(config, task)  # never train on the plateau slice
+        stability = seed_stability(
+            model,
+            fit,
+            task.val,
+            metric,
+            seeds=[int(x) for x in validate.items(config.seeds)],
+            k=config.top_k,
+            reduce=config.reduce,
+            batch_size=config.batch_size,
+            progress=progress,
+            n_tokens=config.n_tokens,
+            lr=config.lr,
+            **plateau_kwargs,
+        )
+        write_csv(stability.jaccard.reset_index(names="run"), out / "stability_jaccard.csv")
+        write_csv(stability.rank_corr.reset_index(names="run"), out / "stability_rank_corr.csv")
+        write_csv(stability.consensus, out / "consensus.csv")
+        extras["stability"] = stability.summary()
+        lap("stability")
+    return extras
+
+
+def causal_summary(table: pd.DataFrame | str | Path) -> list[dict[str, Any]]:
+    """The selected set's overall rows of a causal check (a ``causal_check`` table or its CSV),
+    with the random sets' mean and median change."""
+    if not isinstance(table, pd.DataFrame):
+        table = pd.read_csv(table)
+    overall = table[table.group == "all"]
+    rows = []
+    for mode, part in overall.groupby("mode"):
+        selected = part[part.set == "selected"].iloc[0]
+        randoms = part[part.set != "selected"]
+        rows.append(
+            {
+                "mode": mode,
+                "n": int(selected["n"]),
+                "n_random": len(randoms),
+                **{
+                    f"{k}": selected[k]
+                    for k in (
+                        "d_loss",
+                        "d_loss_lo",
+                        "d_loss_hi",
+                        "p_loss",
+                        "d_accuracy",
+                        "p_accuracy",
+                        "accuracy_base",
+                        "d_accuracy_per_token",
+                        "p_accuracy_per_token",
+                        "accuracy_per_token_base",
+                    )
+                },
+                "random_d_loss_mean": float(randoms.d_loss.mean()),
+                "random_d_loss_median": float(randoms.d_loss.median()),
+                "random_d_accuracy_mean": float(randoms.d_accuracy.mean()),
+            }
+        )
+    return rows
