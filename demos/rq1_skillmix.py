@@ -12,7 +12,8 @@ the score histogram (Figure 6, top-10 threshold 0.83 in the paper).
 
 from __future__ import annotations
 
-from reproduce import Grouping, Study, main
+from reproduce import main
+from study_spec import Grouping, Study
 
 STUDY = Study(
     key="rq1",

@@ -12,7 +12,8 @@ two labels are given as choices, so the causal check also reports accuracy.
 
 from __future__ import annotations
 
-from reproduce import Grouping, Study, main
+from reproduce import main
+from study_spec import Grouping, Study
 
 import sklens
 

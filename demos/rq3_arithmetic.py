@@ -23,7 +23,8 @@ from typing import Any
 
 import shortcut_check
 from arithmetic_pool import write_pool
-from reproduce import Context, Grouping, Study, main
+from reproduce import main
+from study_spec import Context, Grouping, Study
 
 import sklens
 from sklens import edits

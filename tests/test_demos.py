@@ -207,3 +207,7 @@ def test_explain_run_demo_on_a_tiny_hans_run(qwen_dir, tmp_path, capsys):
         >= 5
     )
     assert {"loss", "metric"} <= set(pd.read_csv(out / "counterfactual_behaviour.csv").measure)
+    # demos/steer_run.py on the same run: loss only, the choices dropped
+    curve = _demo("steer_run").main([str(run), "--factors", "0,2", "--n", "6", "--quiet"])
+    assert set(curve.factor) == {0.0, 2.0} and set(curve.n) == {6}
+    assert curve.d_loss.notna().all() and curve.d_accuracy.isna().all()
