@@ -13,7 +13,7 @@ from typing import Literal, get_args
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TASKS = ("arithmetic", "hans", "skillmix")
 DATA_TASKS = ("hans", "skillmix", "arithmetic")  # the tasks that read --data instead of their own
-Backend = Literal["hooked", "bridge"]
+Backend = Literal["auto", "hooked", "bridge"]
 Reduce = Literal["max", "absmax"]  # the ranking rules, defined in sklens.ranking
 AblationMode = Literal["zero", "mean", "resample", "noise", "scale", "shift"]
 Positions = Literal["slots", "all"]  # where an ablation or a mean applies
@@ -57,7 +57,7 @@ class StudyConfig:
     n_val: int = 160  # the selection set: the scan that picks the top-K
     n_confirm: int = 80  # a disjoint split that re-measures the top-K (0: skip)
     n_extremal: int = 5
-    backend: str = "hooked"
+    backend: str = "auto"  # hooked where HookedTransformer loads the model, else bridge
     device: str | None = None
     reduce: str = "max"
     ablate: bool = False  # add the causal check (sklens.causal_check) of the top-K neurons

@@ -123,7 +123,8 @@ def reference_tokens(model, example, n_slots: int) -> tuple[list[int], int, int]
             prefix = prefix["input_ids"]
         prefix = list(prefix)
     else:
-        prefix = [tok.bos_token_id] + tok.encode(example.instruction, add_special_tokens=False)
+        bos = [tok.bos_token_id] if model.cfg.default_prepend_bos else []  # TransformerLens's rule
+        prefix = bos + tok.encode(example.instruction, add_special_tokens=False)
     completion = tok.encode(example.completion, add_special_tokens=False)
     ids = prefix + [0] * n_slots + completion
     return ids, len(prefix), len(prefix) + n_slots

@@ -68,12 +68,12 @@ def test_unknown_name_is_a_clear_error():
 
 
 def test_unsupported_architecture_is_refused(qwen_dir, tmp_path):
-    bad = tmp_path / "gpt2ish"
+    bad = tmp_path / "optish"
     shutil.copytree(qwen_dir, bad)
     config = json.loads((bad / "config.json").read_text())
-    config["architectures"] = ["GPT2LMHeadModel"]
+    config["architectures"] = ["OPTForCausalLM"]
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="GPT2LMHeadModel.*LlamaForCausalLM and Qwen2ForCausalLM"):
+    with pytest.raises(ValueError, match="OPTForCausalLM.*LlamaForCausalLM, Qwen2ForCausalLM"):
         sklens.load_model(bad)
 
 
@@ -100,8 +100,8 @@ def test_tiny_models_are_deterministic_per_seed():
     b = sklens.tiny_model("llama", seed=3, device="cpu")
     c = sklens.tiny_model("llama", seed=4, device="cpu")
     assert torch.equal(a.W_E, b.W_E) and not torch.equal(a.W_E, c.W_E)
-    with without_type_checks(), pytest.raises(ValueError, match="'qwen2' or 'llama'"):
-        sklens.tiny_model("gpt2")
+    with without_type_checks(), pytest.raises(ValueError, match="one of qwen2, llama, .*gemma2"):
+        sklens.tiny_model("opt")
 
 
 def test_gguf_file_loads_offline_to_the_source_model(llama_dir, tmp_path):

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "n_tokens": "soft-prompt length",
         "n_extremal": "most/least activating examples per neuron",
         "reduce": "max (the paper's rule) or absmax (symmetric)",
-        "backend": "hooked (HookedTransformer) or bridge (TransformerBridge)",
+        "backend": "auto (HookedTransformer where it loads the model, else TransformerBridge), "
+        "hooked or bridge",
         "ablate": "also run the causal check of the top-K neurons against random controls",
         "ablate_modes": "comma-separated: zero, mean, resample, noise",
         "n_causal": "examples of a third split for the causal check",

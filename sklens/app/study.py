@@ -27,7 +27,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from sklens.config import StudyConfig
 from sklens.data.example import data_hash
 from sklens.evidence import collect_evidence
 from sklens.metrics import from_spec
-from sklens.models.load import load_model
+from sklens.models.load import load_model, resolve_backend
 from sklens.result import Scan
 from sklens.scan import scan
 from sklens.stats.held_out import read_neurons
@@ -163,6 +163,8 @@ def _study(
         timings[name] = round(now - clock, 2)
         clock = now
 
+    # the backend "auto" picks is fingerprinted, so a run resumes whichever way it was asked for
+    config = replace(config, backend=resolve_backend(config.model, config.backend))
     task = study_task(config)
     fit, plateau_kwargs = training_kwargs(config, task)
     metric_spec = validate.study_data(config, task)

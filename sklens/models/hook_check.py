@@ -4,6 +4,11 @@ sklens calls a neuron's activation what ``hook_post`` records, and that is only 
 ``(W_in h) * act(W_gate h)`` if the model adapter wires the hook where we think. Adapters have had
 wrong neuron hooks, so every loaded model is checked: for a few tokens the activation is recomputed
 from the weights and the MLP input, and a model whose hook disagrees is refused.
+
+The MLP input is what the MLP module itself receives (a forward pre-hook on ``blocks[L].mlp``),
+so the check does not depend on how a block wires its normalisation: sequential blocks
+(``ln2(resid_mid)``), parallel attention and MLP (GPT-NeoX's ``ln2(resid_pre)``, GPT-J's shared
+``ln1``), and either backend.
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ def check_neuron_hooks(
     ``HookMeaningError`` when it exceeds the tolerance of the model's dtype.
     """
     cfg = model.cfg
+    if getattr(cfg, "attn_only", False):
+        raise HookMeaningError(
+            f"{getattr(cfg, 'model_name', 'this model')} is attention-only: it has no MLP "
+            "neurons to scan. sklens scans blocks.L.mlp.hook_post; use a model with MLPs"
+        )
     act = _ACTIVATIONS.get(cfg.act_fn)
     if act is None:
         raise HookMeaningError(
@@ -48,14 +58,29 @@ def check_neuron_hooks(
     layers = list(range(cfg.n_layers)) if layers is None else list(layers)
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, cfg.d_vocab, (1, n_tokens), generator=gen).to(cfg.device)
-    names = {f"blocks.{L}.hook_resid_mid" for L in layers} | {
-        f"blocks.{L}.mlp.hook_post" for L in layers
-    }
+    names = {f"blocks.{L}.mlp.hook_post" for L in layers}
+    mlp_in: dict[int, torch.Tensor] = {}
+
+    def keep_input(L: int):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            mlp_in[L] = (args[0] if args else next(iter(kwargs.values()))).detach()
+
+        return hook
+
+    handles = [
+        model.blocks[L].mlp.register_forward_pre_hook(keep_input(L), with_kwargs=True)
+        for L in layers
+    ]
+    try:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    finally:
+        for handle in handles:
+            handle.remove()
+    worst = 0.0
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
-        worst = 0.0
         for L in layers:
-            h = model.blocks[L].ln2(cache[f"blocks.{L}.hook_resid_mid"]).float()
+            h = mlp_in[L].float()
             w_in, w_gate, b_in = (
                 None if w is None else w.float() for w in _compat.mlp_weights(model, L)
             )

