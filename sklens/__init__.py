@@ -33,6 +33,7 @@ _EXPORTS = {
     "NeuronIntervention": "sklens.ablate",
     "ablated": "sklens.ablate",
     "ablation_hooks": "sklens.ablate",
+    "run_with_cache": "sklens.activation_cache",
     "neuron_activations": "sklens.activations",
     "slot_activations": "sklens.activations",
     "top_examples": "sklens.activations",
