@@ -123,9 +123,22 @@ def bridge_from(name_or_path: str, tokenizer: Any, *, device: str, dtype: torch.
 
 def official_repo(name: str) -> str:
     """The Hugging Face repository of an official TransformerLens name or alias."""
-    from transformer_lens.loading_from_pretrained import get_official_model_name
+    try:  # TransformerLens 3
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+    except ImportError:  # TransformerLens 4 moved it
+        from transformer_lens.supported_models import get_official_model_name
 
     return get_official_model_name(name)
+
+
+def has_hooked_transformer() -> bool:
+    """Whether this TransformerLens has ``HookedTransformer`` (3.x; 4.0 removed it in favour of
+    ``TransformerBridge``, and importing it raises ``ImportError``)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def official_model_names() -> list[str]:

@@ -94,3 +94,15 @@ def test_attention_only_model_gets_a_sklens_error():
     )
     with pytest.raises(HookMeaningError, match="attention-only: it has no MLP neurons"):
         check_neuron_hooks(HookedTransformer(cfg))
+
+
+def test_without_hooked_transformer_auto_is_the_bridge(monkeypatch):
+    """TransformerLens 4 removed HookedTransformer: auto takes the bridge, hooked names the fix."""
+    from sklens import _compat
+
+    assert _compat.has_hooked_transformer()  # this environment: TransformerLens 3
+    monkeypatch.setattr(_compat, "has_hooked_transformer", lambda: False)
+    assert resolve_backend(sklens.tiny_checkpoint("llama", seed=2), "auto") == "bridge"
+    assert resolve_backend(sklens.DEFAULT_MODEL, "auto") == "bridge"
+    with pytest.raises(ValueError, match="no HookedTransformer: pass backend='bridge'"):
+        resolve_backend(sklens.DEFAULT_MODEL, "hooked")

@@ -183,9 +183,17 @@ def _architecture(path: Path) -> tuple[str, dict[str, Any]]:
 
 def resolve_backend(name_or_path: str | os.PathLike, backend: str) -> Backend:
     """``"auto"``: ``"hooked"`` where HookedTransformer loads the model (the embedded model, a
-    GGUF file, an official name, and the local architectures it converts), else ``"bridge"``.
-    An explicit backend is returned as it is (``checkpoint_architecture`` refuses a wrong one)."""
+    GGUF file, an official name, and the local architectures it converts), else ``"bridge"``;
+    always ``"bridge"`` under TransformerLens 4, which has no HookedTransformer. An explicit
+    backend is returned as it is (``checkpoint_architecture`` refuses a wrong one)."""
     validate.choice("backend", backend, BACKENDS)
+    if not _compat.has_hooked_transformer():
+        if backend == "hooked":
+            raise ValueError(
+                "this TransformerLens (4.x) has no HookedTransformer: pass "
+                f"{validate.assign('backend', 'bridge')} (or leave it at auto)"
+            )
+        return "bridge"
     if backend != "auto":
         return backend
     path = Path(name_or_path).expanduser()
