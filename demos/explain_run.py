@@ -19,12 +19,9 @@ import functools
 import json
 from pathlib import Path
 
-import pandas as pd
-
 import sklens
 from sklens import edits
-from sklens.app.report import read_summary
-from sklens.app.study import study_task
+from sklens.app.study import open_run
 
 EDITS = {
     "last_digit_decides": functools.partial(edits.last_digit_decides, decide=True),
@@ -44,11 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=None, help="write the tables here (a folder)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    _, config = read_summary(args.run_dir)
-    task = study_task(config)
-    model = sklens.load_model(config.model, backend=config.backend, device=config.device)
-    prompt = sklens.SoftPrompt.load(args.run_dir / "prompt", model)
-    neurons = pd.read_csv(args.run_dir / "neurons.csv")
+    run = open_run(args.run_dir)
+    task, model, prompt, neurons = run.task, run.model, run.prompt, run.neurons
     progress = not args.quiet
 
     explained = sklens.explain(model, prompt, task.confirm, neurons, progress=progress)

@@ -17,8 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 import sklens
-from sklens.app.report import read_summary
-from sklens.app.study import study_task
+from sklens.app.study import open_run
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -30,11 +29,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--out", type=Path, default=None, help="write steering.csv here (a folder)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    _, config = read_summary(args.run_dir)
-    task = study_task(config)
-    model = sklens.load_model(config.model, backend=config.backend, device=config.device)
-    prompt = sklens.SoftPrompt.load(args.run_dir / "prompt", model)
-    neurons = pd.read_csv(args.run_dir / "neurons.csv")
+    run = open_run(args.run_dir)
+    task, model, prompt, neurons = run.task, run.model, run.prompt, run.neurons
     source = task.rest or task.confirm  # a generated task has no rest: its held-out split
     plain = [
         sklens.Example(

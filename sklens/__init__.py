@@ -75,6 +75,7 @@ _EXPORTS = {
     "compare_with_pearson": "sklens.stats.mutual_info",
     "steering_curve": "sklens.steering",
     "run_study": "sklens.app.study",
+    "open_run": "sklens.app.study",
     "tiny_checkpoint": "sklens.models.tiny",
     "tiny_model": "sklens.models.tiny",
     "plateau": "sklens.training",

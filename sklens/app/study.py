@@ -27,15 +27,17 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from sklens import validate
 from sklens.app import rundir
+from sklens.app.report import read_summary
 from sklens.app.statistics import causal_summary, run_statistics
 from sklens.app.tasks import load_task, training_kwargs
 from sklens.atomic import write_csv, write_text
@@ -47,6 +49,7 @@ from sklens.metrics import from_spec
 from sklens.models.load import load_model, resolve_backend
 from sklens.result import Scan
 from sklens.scan import scan
+from sklens.soft_prompt import SoftPrompt
 from sklens.stats.held_out import read_neurons
 from sklens.steering import steering_curve
 from sklens.training import plateau, train_soft_prompt
@@ -121,6 +124,33 @@ def study_task(config: StudyConfig) -> Any:
         data=config.data,
         n_confirm=config.n_confirm,
         n_causal=config.n_causal if config.ablate or config.steering else 0,
+    )
+
+
+@dataclass
+class FinishedRun:
+    """A finished run reopened to go on from it: its settings, its task's splits (the same
+    examples, from the same seed), its model, trained prompt and top-K neurons."""
+
+    config: StudyConfig
+    task: Any
+    model: Any
+    prompt: SoftPrompt
+    neurons: pd.DataFrame
+
+
+def open_run(run_dir: str | Path) -> FinishedRun:
+    """Reload a finished ``sklens run``: the model and prompt it trained, the top-K it wrote,
+    and its splits, so the examples no split used (``task.rest``) stay unused."""
+    run = Path(run_dir)
+    _, config = read_summary(run)
+    model = load_model(config.model, backend=config.backend, device=config.device)
+    return FinishedRun(
+        config=config,
+        task=study_task(config),
+        model=model,
+        prompt=SoftPrompt.load(run / "prompt", model),
+        neurons=pd.read_csv(run / "neurons.csv"),
     )
 
 
