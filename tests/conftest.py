@@ -60,16 +60,27 @@ def _llama_once(llama_dir):
     return load_model(llama_dir, device="cpu")
 
 
-@pytest.fixture
-def qwen(_qwen_once):
-    """The tiny Qwen2 model, loaded once per session and deep-copied per test (as SAELens's
-    tests do), so a test that edits or hooks it cannot leak into the next."""
-    return copy.deepcopy(_qwen_once)
+def _private_copy(model, path):
+    """A copy no other test shares: deep-copied (as SAELens's tests do), or loaded again where the
+    model refuses deepcopy (TransformerLens 4's bridge holds non-leaf tensors)."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError:
+        from sklens import load_model
+
+        return load_model(path, device="cpu")
 
 
 @pytest.fixture
-def llama(_llama_once):
-    return copy.deepcopy(_llama_once)
+def qwen(_qwen_once, qwen_dir):
+    """The tiny Qwen2 model, loaded once per session and copied per test, so a test that edits
+    or hooks it cannot leak into the next."""
+    return _private_copy(_qwen_once, qwen_dir)
+
+
+@pytest.fixture
+def llama(_llama_once, llama_dir):
+    return _private_copy(_llama_once, llama_dir)
 
 
 @pytest.fixture

@@ -66,7 +66,10 @@ def test_edits_match_a_hand_computation(qwen, examples, mode):
     torch.testing.assert_close(post, expected)
     mlp = qwen.blocks[1].mlp
     torch.testing.assert_close(
-        cache["blocks.1.hook_mlp_out"], expected @ mlp.W_out + mlp.b_out, rtol=1e-5, atol=1e-5
+        cache["blocks.1.hook_mlp_out"],
+        expected @ mlp.W_out + (0 if mlp.b_out is None else mlp.b_out),  # TL 4: None, no bias
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 

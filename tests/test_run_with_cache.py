@@ -21,7 +21,9 @@ def test_cache_equals_one_unpadded_run_per_example(model_name, request):
     logits, cache, batch = sklens.run_with_cache(
         model, prompt, examples, names_filter=lambda name: name in names
     )
-    assert isinstance(cache, ActivationCache) and set(cache.keys()) == names
+    assert isinstance(cache, ActivationCache) and names <= set(cache.keys())
+    for alias in set(cache.keys()) - names:  # TransformerLens 4's bridge adds alias names
+        assert any(torch.equal(cache[alias], cache[name]) for name in names)
     lengths = batch.attention_mask.sum(1)
     for row, example in enumerate(examples):
         ids, start, ref_logits, ref = reference_cache(model, prompt, example, names)
