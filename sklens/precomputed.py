@@ -16,8 +16,9 @@ from torch import Tensor
 
 from sklens import validate
 from sklens.moments import GroupedMoments, Moments, group_codes
-from sklens.result import Scan, ScanSettings
+from sklens.result import Scan
 from sklens.scan import check_varies_within
+from sklens.scan_settings import ScanSettings
 from sklens.slot_buffer import SlotBuffer
 from sklens.stats.mutual_info import MutualInfoAccumulator
 from sklens.stats.permutation import PermutationAccumulator

@@ -28,7 +28,8 @@ from sklens.forward import BatchPart, batched_pass, gather_slots
 from sklens.metrics import Metric
 from sklens.models.protocol import Model
 from sklens.moments import GroupedMoments, Moments, centre_within, group_codes
-from sklens.result import Scan, ScanSettings
+from sklens.result import Scan
+from sklens.scan_settings import ScanSettings
 from sklens.slot_buffer import SlotBuffer
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats.mutual_info import MutualInfoAccumulator
