@@ -82,10 +82,14 @@ def metric_bins(values: Float[Tensor, " n"], n_bins: int) -> Int[Tensor, " n"]:
     return codes
 
 
+def xlogx(c: Tensor) -> Tensor:
+    """``c log c`` with ``0 log 0 = 0``: the entropy terms of counts."""
+    return torch.special.xlogy(c, c)
+
+
 def plug_in(joint: Float[Tensor, "*units a m"]) -> Float[Tensor, "*units"]:
     """Plug-in mutual information (nats) of joint counts."""
     n = joint.sum((-1, -2))
-    xlogx = lambda c: torch.special.xlogy(c, c)  # noqa: E731
     return (
         n.log()
         + (xlogx(joint).sum((-1, -2)) - xlogx(joint.sum(-1)).sum(-1) - xlogx(joint.sum(-2)).sum(-1))
@@ -107,8 +111,9 @@ class MutualInfoAccumulator:
     ):
         n_layers, d_mlp, n_slots = shape
         self.shape, self.n_bins, self.chunk_bytes = shape, n_bins, chunk_bytes
-        self.codes = torch.zeros(n_layers, n_examples, n_slots * d_mlp, dtype=torch.uint8)
-        self.codes = self.codes.to(device)
+        self.codes = torch.zeros(
+            n_layers, n_examples, n_slots * d_mlp, dtype=torch.uint8, device=device
+        )
         self.seen = torch.zeros(n_layers, n_examples, dtype=torch.bool)
         self.edges: list[Tensor | None] = [None] * n_layers  # centred, (cuts, slots·d_mlp)
         self.shift: list[Tensor | None] = [None] * n_layers
@@ -176,10 +181,6 @@ class MutualInfoAccumulator:
         n_m = torch.bincount(m_codes, minlength=M).to(device, torch.float32)
         bins = torch.arange(A, device=device)
         n_a = (codes[:, :, None] == bins).sum(0).float()  # (units, A)
-
-        def xlogx(c: Tensor) -> Tensor:
-            return torch.special.xlogy(c, c)
-
         fixed = xlogx(n_a).sum(-1) + xlogx(n_m).sum()  # (units,)
         out = torch.empty(B, units, device=device)
         chunk = max(1, self.chunk_bytes // (4 * B * A * M))
