@@ -1,7 +1,9 @@
 """sklens: find skill neurons in language models (Zhao et al. 2025, arXiv 2511.21610).
 
 Train a soft prompt on a frozen TransformerLens model, correlate every MLP neuron's activation at
-the prompt's slots with an auxiliary metric, and inspect the neurons that track it.
+the prompt's slots with an auxiliary metric, and inspect the neurons that track it. Other units
+(attention heads, residual dimensions or directions, any hook, SAE latents) are sites
+(``sklens.sites``).
 
 Names are imported on first use (PEP 562), so ``import sklens`` costs nothing and the ``sklens``
 command checks its flags before it pays for importing torch and TransformerLens.
@@ -25,6 +27,7 @@ _SUBMODULES = {
     "viz": "sklens.viz",
     "stats": "sklens.stats",
     "models": "sklens.models",
+    "sites": "sklens.sites",
     "measures": "sklens.stats.measures",
     "stability": "sklens.stats.stability",
     "confirm": "sklens.stats.held_out",
@@ -66,6 +69,9 @@ _EXPORTS = {
     "scan_activations": "sklens.precomputed",
     "Scan": "sklens.result",
     "scan": "sklens.scan",
+    "Site": "sklens.sites",
+    "Directions": "sklens.sites",
+    "SAELatents": "sklens.sites",
     "NeuronSet": "sklens.neurons",
     "InitMode": "sklens.soft_prompt",
     "SoftPrompt": "sklens.soft_prompt",

@@ -1,7 +1,10 @@
-"""Interventions on selected neurons: TransformerLens forward hooks on ``blocks.L.mlp.hook_post``.
+"""Interventions on selected units: TransformerLens forward hooks on their site's hook
+(``blocks.L.mlp.hook_post`` for MLP neurons; ``sklens.sites`` for heads, residual, SAE latents).
 
-Neurons are anything ``sklens.NeuronSet.of`` reads (a ``top_k`` DataFrame, ``(layer, neuron)``
-pairs, a boolean mask ``[n_layers, d_mlp]``, a ``{layer: ids}`` dict). Modes:
+Units are anything ``sklens.NeuronSet.of`` reads (a ``top_k`` DataFrame, ``(layer, neuron)``
+pairs, a boolean mask ``[n_layers, units]``, a ``{layer: ids}`` dict). An edit computes the new
+values of the selected units and the site writes them back (``Site.write``: for an SAE latent
+the reconstruction changes and the SAE's error term is kept). Modes:
 
 * ``zero`` — set to 0;  ``mean`` — set to a mean over a reference set (``means``, from
   ``sklens.neuron_stats``): per (neuron, slot) ``[d_mlp, n_slots]`` at the slots (each slot
@@ -32,6 +35,7 @@ from sklens.config import AblationMode, Positions
 from sklens.data.format import Batch
 from sklens.models.protocol import Model
 from sklens.neurons import NeuronSet
+from sklens.sites import SiteLike
 
 
 class NeuronIntervention:
@@ -51,12 +55,14 @@ class NeuronIntervention:
         factor: float = 0.0,
         shift: float = 0.0,
         seed: int = 0,
+        site: SiteLike | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(positions, str) and positions not in ("slots", "all"):
             raise ValueError(f"positions must be 'slots', 'all' or a bool mask, got {positions!r}")
-        self.index = NeuronSet.of(neurons, model).by_layer()
+        chosen = NeuronSet.of(neurons, model, site=site)
+        self.index, self.site = chosen.by_layer(), chosen.site
         if mode == "mean":
             if means is None:
                 raise ValueError("mode='mean' needs means (see sklens.ablate.neuron_means)")
@@ -79,7 +85,7 @@ class NeuronIntervention:
 
     def hooks(self) -> list[tuple[str, Any]]:
         """A plain ``fwd_hooks`` list."""
-        return [(f"blocks.{L}.mlp.hook_post", self._hook(L, ids)) for L, ids in self.index.items()]
+        return [(self.site.hook(L), self._hook(L, ids)) for L, ids in self.index.items()]
 
     def _mask(self, act: Tensor) -> Bool[Tensor, "batch pos"]:
         B, T = act.shape[:2]
@@ -121,7 +127,7 @@ class NeuronIntervention:
         if self.batch is not None and self.batch.n_slots > 0:
             slots = self.batch.slot_positions.to(act.device)  # (B, k)
             src.scatter_(1, slots, slots[donors])  # slot k takes the donor's slot k
-        return act[donors[:, None], src]  # (B, T, d_mlp)
+        return act[donors[:, None], src]  # (B, T, unit)
 
     def _mean(self, layer: int, idx: Tensor, current: Tensor) -> Tensor:
         """The reference means in ``current``'s shape: per (neuron, slot) means go to their slot."""
@@ -143,15 +149,16 @@ class NeuronIntervention:
         return out.scatter(1, index, means.T.expand(len(slots), -1, -1))
 
     def _hook(self, layer: int, ids: Tensor) -> Any:
-        def edit(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> Tensor:
+        def edit(act: Float[Tensor, "batch pos *site"], hook: Any) -> Tensor:
+            units = self.site.units(act, layer)  # (B, T, units): the activation itself for MLP
             idx = ids.to(act.device)
-            current = act[..., idx]  # (B, T, n)
+            current = units[..., idx]  # (B, T, n)
             if self.mode == "zero":
                 new = torch.zeros_like(current)
             elif self.mode == "mean":
                 new = self._mean(layer, idx, current)
             elif self.mode == "resample":
-                new = self._resampled(act)[..., idx]
+                new = self._resampled(units)[..., idx]
             elif self.mode == "noise":
                 gen = torch.Generator(device=act.device).manual_seed(self.seed + 7919 * self._calls)
                 noise = torch.randn(
@@ -164,7 +171,7 @@ class NeuronIntervention:
                 new = current + self.shift
             self._calls += 1
             edited = torch.where(self._mask(act)[..., None], new, current)
-            return act.index_copy(-1, idx, edited)
+            return self.site.write(act, layer, units, idx, edited)
 
         return edit
 

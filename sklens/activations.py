@@ -1,4 +1,5 @@
-"""Activations of selected neurons at the soft-prompt slots, and the examples that drive them."""
+"""Activations of selected units (of any site, ``sklens.sites``) at the soft-prompt slots, and
+the examples that drive them."""
 
 from __future__ import annotations
 
@@ -17,18 +18,19 @@ from sklens.display import token_texts
 from sklens.forward import BatchPart, batched_pass, gather_slots
 from sklens.models.protocol import Model
 from sklens.neurons import NeuronLike, NeuronSet
+from sklens.sites import SiteLike
 from sklens.soft_prompt import SoftPrompt
 
 
 class NeuronReader:
-    """Reads ``neurons``' activations at ``mlp.hook_post`` — at each row's slots
+    """Reads ``neurons``' activations at their site's hook — at each row's slots
     (``values``: ``[batch, slot, n_neurons]``) or at every position (``[batch, pos,
     n_neurons]``) — for the current batch of a ``batched_pass``."""
 
     def __init__(self, neurons: NeuronSet, *, slots_only: bool):
-        self.columns = neurons.columns()
+        self.columns, self.site = neurons.columns(), neurons.site
         self.n, self.slots_only = len(neurons), slots_only
-        self.last_hook = f"blocks.{max(self.columns)}.mlp.hook_post"
+        self.last_hook = self.site.hook(max(self.columns))
         self.batch: Batch | None = None
         self.values = torch.empty(0)
 
@@ -38,15 +40,16 @@ class NeuronReader:
         self.values = torch.zeros(len(batch.indices), width, self.n)
 
     def hooks(self) -> list[tuple[str, Any]]:
-        return [(f"blocks.{L}.mlp.hook_post", self._reader(L)) for L in self.columns]
+        return [(self.site.hook(L), self._reader(L)) for L in self.columns]
 
     def _reader(self, layer: int) -> Any:
         cols, ids = self.columns[layer]
 
-        def read(activation: Float[Tensor, "batch pos d_mlp"], hook: Any) -> None:
+        def read(activation: Float[Tensor, "batch pos *site"], hook: Any) -> None:
             if self.slots_only:
-                activation = gather_slots(activation, self.batch)  # (B, k, d_mlp)
-            self.values[:, :, cols] = activation[..., ids.to(activation.device)].float().cpu()
+                activation = gather_slots(activation, self.batch)  # (B, k, *site)
+            units = self.site.units(activation, layer)
+            self.values[:, :, cols] = units[..., ids.to(units.device)].float().cpu()
 
         return read
 
@@ -158,7 +161,7 @@ def neuron_activations(
     batch_size: int = 8,
     chat_template: bool | None = None,
 ) -> pd.DataFrame:
-    """A long table (example, layer, neuron, slot, activation) for the selected neurons."""
+    """A long table (site, example, layer, neuron, slot, activation) for the selected units."""
     neurons = NeuronSet.of(neurons, model)
     acts = slot_activations(
         model, prompt, examples, neurons, batch_size=batch_size, chat_template=chat_template
@@ -173,6 +176,7 @@ def neuron_activations(
             "neuron": pair_t[grid[:, 1], 1].numpy(),
             "slot": grid[:, 2].numpy(),
             "activation": acts.flatten().numpy(),
+            "site": neurons.site.name,
         }
     )
 
@@ -190,6 +194,7 @@ def top_examples(
     batch_size: int = 8,
     chat_template: bool | None = None,
     position: int | None = None,
+    site: SiteLike | None = None,
 ) -> pd.DataFrame:
     """The ``n`` examples that activate a neuron most (``largest=False``: least).
 
@@ -201,13 +206,14 @@ def top_examples(
         prompt: the soft prompt.
         examples: the examples to rank.
         layer: the neuron's layer.
-        neuron: the neuron's index in ``blocks.{layer}.mlp.hook_post``.
+        neuron: the unit's index at its site (an MLP neuron's in ``blocks.{layer}.mlp.hook_post``).
         n: how many examples.
         largest: the most activating (True) or the least (False).
         slot: the slot to read, or None for the mean over slots.
         batch_size: examples per forward pass.
         chat_template: use the tokenizer's chat template (default: when it has one).
         position: deprecated name of ``slot``.
+        site: the unit's site (``sklens.sites``; default MLP neurons), e.g. ``scan.site``.
 
     Returns:
         One row per example, ranked: ``rank``, ``example``, ``activation``, ``instruction``,
@@ -227,7 +233,7 @@ def top_examples(
         model,
         prompt,
         examples,
-        [(layer, neuron)],
+        NeuronSet.of([(layer, neuron)], site=site),
         batch_size=batch_size,
         chat_template=chat_template,
     )[:, 0]  # (N, k)

@@ -34,6 +34,7 @@ from sklens.data.format import Batch, encode
 from sklens.forward import BatchPart, batched_pass, gather_slots
 from sklens.models.protocol import Model
 from sklens.neurons import NeuronSet
+from sklens.sites import Site, SiteLike, resolve_site
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats import bootstrap_ci, rank_p
 
@@ -69,14 +70,14 @@ def evaluate(
 
 
 class _Sums:
-    """Sums of activations (per neuron and slot, or per neuron) and of |activation| over the
-    batches of a ``batched_pass``, for ``neuron_stats``."""
+    """Sums of unit values (per unit and slot, or per unit) and of |value| over the batches of a
+    ``batched_pass``, for ``neuron_stats``."""
 
-    def __init__(self, layers: Sequence[int], d_mlp: int, n_slots: int, *, slots: bool):
-        self.slots, self.d_mlp, self.n_slots = slots, d_mlp, n_slots
-        shape = (d_mlp, n_slots) if slots else (d_mlp,)
+    def __init__(self, layers: Sequence[int], site: Site, n_slots: int, *, slots: bool):
+        self.slots, self.site, self.n_slots = slots, site, n_slots
+        shape = (site.size, n_slots) if slots else (site.size,)
         self.sums = {L: torch.zeros(shape, dtype=torch.float64) for L in layers}
-        self.abs_sums = {L: torch.zeros(d_mlp, dtype=torch.float64) for L in layers}
+        self.abs_sums = {L: torch.zeros(site.size, dtype=torch.float64) for L in layers}
         self.rows = self.positions = 0
         self.batch: Batch | None = None
 
@@ -87,18 +88,19 @@ class _Sums:
         self.positions += len(batch.indices) * self.n_slots if self.slots else n
 
     def hooks(self) -> list[tuple[str, Any]]:
-        return [(f"blocks.{L}.mlp.hook_post", self._reader(L)) for L in self.sums]
+        return [(self.site.hook(L), self._reader(L)) for L in self.sums]
 
     def _reader(self, layer: int) -> Any:
-        def read(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> None:
+        def read(act: Float[Tensor, "batch pos *site"], hook: Any) -> None:
             if self.slots:
-                picked = gather_slots(act, self.batch).double().cpu()  # (B, k, d_mlp)
+                units = self.site.units(gather_slots(act, self.batch), layer)
+                picked = units.double().cpu()  # (B, k, units)
                 self.sums[layer] += picked.sum(0).T
             else:
                 mask = self.batch.attention_mask.bool().to(act.device)
-                picked = act[mask].double().cpu()  # (n_pos, d_mlp)
+                picked = self.site.units(act, layer)[mask].double().cpu()  # (n_pos, units)
                 self.sums[layer] += picked.sum(0)
-            self.abs_sums[layer] += picked.abs().reshape(-1, self.d_mlp).sum(0)
+            self.abs_sums[layer] += picked.abs().reshape(-1, self.site.size).sum(0)
 
         return read
 
@@ -111,8 +113,10 @@ def neuron_stats(
     *,
     positions: Positions = "slots",
     batch_size: int = 8,
+    site: SiteLike | None = None,
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """Per-neuron means over ``examples`` and mean |activation|, at ``positions``.
+    """Per-unit means over ``examples`` and mean |activation|, at ``positions`` (units of
+    ``site``, default MLP neurons; ``d_mlp`` below is the site's units per layer).
 
     With ``positions="slots"`` the means are position-matched, one per (neuron, slot):
     ``[d_mlp, n_slots]`` per layer, because each slot is its own learned vector with its own
@@ -126,7 +130,8 @@ def neuron_stats(
         )
     n_slots = prompt.n_tokens if prompt is not None else 0
     encoded = encode(model, list(examples), n_slots)
-    acc = _Sums(layers, model.cfg.d_mlp, n_slots, slots=positions == "slots")
+    site = resolve_site(site, model) if not isinstance(site, Site) or not site.size else site
+    acc = _Sums(layers, site, n_slots, slots=positions == "slots")
     parts: list[BatchPart] = [prompt.writer(), acc] if prompt is not None else [acc]
     for _ in batched_pass(
         model,
@@ -135,7 +140,7 @@ def neuron_stats(
         parts,
         batch_size=batch_size,
         with_completion=positions == "all",
-        stop_after=f"blocks.{max(layers)}.mlp.hook_post",
+        stop_after=site.hook(max(layers)),
     ):
         pass
     per_mean = acc.rows if positions == "slots" else acc.positions
@@ -152,16 +157,18 @@ def random_sets(
     scale: dict[int, torch.Tensor] | None = None,
     pool: int = 20,
 ) -> list[dict[int, torch.Tensor]]:
-    """``n_random`` sets with the same number of neurons per layer as ``neurons``, never
-    containing a selected neuron. With ``scale`` (per-neuron mean |activation|), each selected
-    neuron is replaced by one of the ``pool`` neurons of its layer closest to it in scale."""
-    index = NeuronSet.of(neurons, model).by_layer()
+    """``n_random`` sets (``{layer: ids}``) of the same site with the same number of units per layer as
+    ``neurons``, never containing a selected unit. With ``scale`` (per-unit mean |activation|),
+    each selected unit is replaced by one of the ``pool`` units of its layer closest in scale."""
+    selected = NeuronSet.of(neurons, model)
+    index = selected.by_layer()
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n_random):
         drawn = {}
         for L, ids in index.items():
-            others = torch.tensor([i for i in range(model.cfg.d_mlp) if i not in set(ids.tolist())])
+            taken = set(ids.tolist())
+            others = torch.tensor([i for i in range(selected.site.size) if i not in taken])
             if len(others) < len(ids):
                 raise ValueError(f"layer {L} has too few unselected neurons for a random control")
             if scale is None:
@@ -195,9 +202,13 @@ def causal_check(
     n_boot: int = 1000,
     batch_size: int = 8,
     progress: bool = True,
+    site: SiteLike | None = None,
     **mode_options: Any,
 ) -> pd.DataFrame:
     """Edit ``neurons`` and matched random sets; report the changes against the unedited model.
+
+    The random sets are units of the same site (``sklens.sites``) as ``neurons``: a table's
+    ``site`` column, or ``site=`` for pairs (e.g. ``scan.site``).
 
     Args:
         positions: where to edit: "slots" (default with a prompt) or "all" (default without).
@@ -219,19 +230,25 @@ def causal_check(
     if len(examples) < 2:
         raise ValueError("a causal check needs at least 2 examples")
     positions = positions or ("slots" if prompt is not None else "all")
-    index = NeuronSet.of(neurons, model).by_layer()
-    layers = list(index)
+    selected = NeuronSet.of(neurons, model, site=site)
+    layers = selected.layers
     reference = list(reference) if reference is not None else examples
     means = scale = None
     if "mean" in modes or match_scale:
         means, scale = neuron_stats(
-            model, prompt, reference, layers, positions=positions, batch_size=batch_size
+            model,
+            prompt,
+            reference,
+            layers,
+            positions=positions,
+            batch_size=batch_size,
+            site=selected.site,
         )
-    sets = {"selected": index}
+    sets = {"selected": NeuronSet.of(selected.by_layer(), site=selected.site)}
     for r, drawn in enumerate(
-        random_sets(model, index, n_random, seed=seed, scale=scale if match_scale else None)
+        random_sets(model, selected, n_random, seed=seed, scale=scale if match_scale else None)
     ):
-        sets[f"random_{r}"] = drawn
+        sets[f"random_{r}"] = NeuronSet.of(drawn, site=selected.site)
     base = evaluate(model, prompt, examples, metric=metric, batch_size=batch_size)
     groups = {"all": np.ones(len(examples), dtype=bool)}
     if group_by is not None:
@@ -267,7 +284,7 @@ def causal_check(
                     "set": name,
                     "group": group,
                     "n": int(mask.sum()),
-                    "n_neurons": sum(len(v) for v in chosen.values()),
+                    "n_neurons": len(chosen),
                     "match_scale": match_scale,
                     "accuracy_base": _mean(base["correct"].to_numpy()[mask]),
                     "accuracy_per_token_base": _mean(base["correct_per_token"].to_numpy()[mask]),

@@ -20,6 +20,7 @@ Positions = Literal["slots", "all"]  # where an ablation or a mean applies
 BACKENDS: tuple[str, ...] = get_args(Backend)
 REDUCE_RULES: tuple[str, ...] = get_args(Reduce)
 ABLATION_MODES: tuple[str, ...] = get_args(AblationMode)
+SITE_NAMES = ("mlp", "heads", "head_dims", "resid")  # sklens.sites; also templates and sae:DIR
 MEASURES = (
     "pearson",
     "spearman",
@@ -69,6 +70,7 @@ class StudyConfig:
     permutations: int = 0  # B > 0: max-statistic permutation null, FWER and FDR
     permutation_groups: str | None = None
     mi_bins: int = 0  # A > 0: also rank units by binned mutual information (A bins per unit)
+    site: str = "mlp"  # what a unit is: mlp, heads, head_dims, resid, a hook template, sae:DIR
     seeds: str = ""  # e.g. "0,1,2": seed stability of the top-K
     measures: str = ""  # e.g. "spearman,auroc,partial_pearson"; on the confirm split
     covariates: str = ""  # numeric meta fields for partial_pearson

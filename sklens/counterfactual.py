@@ -35,6 +35,8 @@ from sklens.causal import evaluate
 from sklens.data.example import Example
 from sklens.explain import unit_label
 from sklens.models.protocol import Model
+from sklens.neurons import NeuronSet
+from sklens.sites import SiteLike
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats import bootstrap_ci
 from sklens.stats.inference import q_values
@@ -81,13 +83,14 @@ def sign_flip_p(
     return (1 + hits) / (1 + n_permutations)
 
 
-def _random_units(neurons: pd.DataFrame, d_mlp: int, n_random: int, seed: int) -> pd.DataFrame:
-    """``n_random`` units per row, of its layer at its slot, none of them a selected unit."""
+def _random_units(neurons: pd.DataFrame, n_units: int, n_random: int, seed: int) -> pd.DataFrame:
+    """``n_random`` units per row, of its layer at its slot, none of them a selected unit
+    (``n_units``: the site's units per layer)."""
     rng = np.random.default_rng(seed)
     taken = set(zip(neurons.layer, neurons.neuron, strict=True))
     rows = []
     for j, row in enumerate(neurons.itertuples()):
-        pool = [i for i in range(d_mlp) if (row.layer, i) not in taken]
+        pool = [i for i in range(n_units) if (row.layer, i) not in taken]
         for i in rng.choice(pool, size=min(n_random, len(pool)), replace=False):
             rows.append({"of": j, "layer": row.layer, "neuron": int(i), "slot": row.slot})
     return pd.DataFrame(rows, columns=["of", "layer", "neuron", "slot"])
@@ -111,6 +114,7 @@ def counterfactual(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
+    site: SiteLike | None = None,
 ) -> Counterfactual:
     """Paired changes of the units' activations and of the model's behaviour over ``pairs``.
 
@@ -127,6 +131,8 @@ def counterfactual(
         seed: seeds the random units, the sign patterns and the bootstrap.
         batch_size: examples per forward pass.
         progress: show a tqdm bar.
+        site: the units' site (``sklens.sites``) when the table's ``site`` column cannot
+            rebuild it (an SAE loaded in another process), e.g. ``scan.site``.
     """
     pairs = list(pairs)
     neurons = require_slots(neurons, "counterfactual").reset_index(drop=True)
@@ -138,12 +144,14 @@ def counterfactual(
         raise ValueError(f"n_random must be at least 0, got {n_random}")
     before = [a for a, _ in pairs]
     after = [b for _, b in pairs]
-    controls = _random_units(neurons, model.cfg.d_mlp, n_random, seed)
+    site = NeuronSet.of(neurons, model, site=site).site  # controls are units of the same site
+    controls = _random_units(neurons, site.size, n_random, seed)
     columns = ["layer", "neuron", "slot"]
     read = pd.concat([neurons[columns], controls[columns]], ignore_index=True).astype(int)
+    units = NeuronSet.of(read[["layer", "neuron"]], site=site)
     acts = at_selected_slot(
         slot_activations(
-            model, prompt, before + after, read, batch_size=batch_size, progress=progress
+            model, prompt, before + after, units, batch_size=batch_size, progress=progress
         ),
         read,
     ).double()
@@ -160,7 +168,7 @@ def counterfactual(
         lo, hi = _mean_ci(changes[:, j].numpy(), n_boot, rng)
         mine = controls.index[controls["of"] == j].to_numpy() + k
         record = {
-            "unit": unit_label(row.layer, row.neuron, row.slot),
+            "unit": unit_label(row.layer, row.neuron, row.slot, site.name),
             "layer": row.layer,
             "neuron": row.neuron,
             "slot": row.slot,

@@ -43,7 +43,7 @@ from sklens.viz import OfflineHTML, neuron_labels, text_view, topk_view
 class NeuronEvidence:
     """For each selected neuron ``j`` (the rows of a ``top_k`` table, in order):
 
-    * ``labels[j]``: ``"L{layer} N{neuron} @soft{slot}"``;
+    * ``labels[j]``: ``"L{layer} N{neuron} @soft{slot}"`` (the site's letter: H, F, R, ...);
     * ``activations[i][j]``: its activation at its selected slot on example ``i`` of the set
       ``sample`` describes (the distribution figure's: the confirmation split in a study);
     * ``most[j]`` / ``least[j]``: its most and least activating example ids;

@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sklens import sites
 from sklens.activations import at_selected_slot, require_slots, slot_activations
 from sklens.data.example import Example, data_hash
 from sklens.hypotheses import KINDS, Hypothesis, candidate_hypotheses
@@ -80,8 +81,9 @@ class Explanations:
         return "\n".join(self.summary)
 
 
-def unit_label(layer: int, neuron: int, slot: int) -> str:
-    return f"L{layer} N{neuron} @slot{slot}"
+def unit_label(layer: int, neuron: int, slot: int, site: str = "mlp") -> str:
+    """``L3 N5 @slot2``: the unit's label at its site (``sklens.sites.unit_label``) and slot."""
+    return f"{sites.unit_label(site, layer, neuron)} @slot{slot}"
 
 
 def explain(
@@ -256,8 +258,9 @@ def explain_activations(
     units = neurons.reset_index(drop=True)
     for name in ("layer", "neuron", "slot"):
         table[name] = units[name].to_numpy()[table["j"].to_numpy()].astype(int)
+    table["site"] = np.array(sites.site_names(units), dtype=object)[table["j"].to_numpy()]
     table["unit"] = [
-        unit_label(*x) for x in zip(table.layer, table.neuron, table.slot, strict=True)
+        unit_label(*x) for x in zip(table.layer, table.neuron, table.slot, table.site, strict=True)
     ]
     table = table[list(COLUMNS)].reset_index(drop=True)
     return Explanations(table, summary_lines(table, units, alpha), dict(skipped or {}), alpha)
@@ -276,8 +279,9 @@ def summary_lines(table: pd.DataFrame, units: pd.DataFrame, alpha: float = 0.05)
     """One line per unit: its best hypothesis if one passes, else that none does (and the
     strongest, marked as not passing)."""
     lines = []
-    for L, neuron, slot in zip(units.layer, units.neuron, units.slot, strict=True):
-        label = unit_label(int(L), int(neuron), int(slot))
+    rows_of = zip(units.layer, units.neuron, units.slot, sites.site_names(units), strict=True)
+    for L, neuron, slot, site in rows_of:
+        label = unit_label(int(L), int(neuron), int(slot), site)
         rows = table[table.unit == label]
         if rows.empty:
             lines.append(f"{label}: no hypothesis could be tested")

@@ -266,8 +266,8 @@ def shared_prefix_pass(
 
 
 def gather_slots(
-    activation: Float[Tensor, "batch pos d"], batch: Batch
-) -> Float[Tensor, "batch slot d"]:
+    activation: Float[Tensor, "batch pos *site"], batch: Batch
+) -> Float[Tensor, "batch slot *site"]:
     """The activations at each row's soft-prompt slots (no prompt: its last instruction token)."""
     rows = torch.arange(activation.shape[0], device=activation.device)[:, None]
     return activation[rows, batch.read_positions.to(activation.device)]

@@ -7,6 +7,11 @@ each (checked against the model when one is given) and keeps the order given, so
 set also answers per layer: ``columns()`` (output column and neuron id of each entry) and
 ``by_layer()`` (the distinct ids, as an intervention edits them). Normalising once is how
 TransformerLens treats its slices (``utilities/slice.py``: ``SliceInput`` → ``Slice``).
+
+A set also holds its *site* (``sklens.sites``: MLP neurons by default, or heads, residual
+dimensions, SAE latents, …), so every reader and edit uses the hook and unit map the ids belong
+to. A table carries its site's name in a ``site`` column (``Scan.top_k``); a table of one site
+passed with another raises instead of editing unit 12 of the wrong site.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from torch import Tensor
 
 from sklens.models.protocol import Model
+from sklens.sites import MLP, Site, SiteLike, rebuild, resolve_site, site_of
 
 NeuronLike = Union[
     "NeuronSet", pd.DataFrame, Sequence[tuple[int, int]], Tensor, Mapping[int, Sequence[int]]
@@ -28,16 +34,21 @@ NeuronLike = Union[
 
 @dataclass(frozen=True)
 class NeuronSet:
-    """``(layer, neuron)`` pairs in the order given (a pair may repeat: one output column each)."""
+    """``(layer, unit)`` pairs of one site in the order given (a pair may repeat: one output
+    column each)."""
 
     pairs: tuple[tuple[int, int], ...]
+    site: Site = MLP
 
     @classmethod
-    def of(cls, neurons: NeuronLike, model: Model | None = None) -> NeuronSet:
-        """Parse any ``NeuronLike``; with ``model``, check every pair lies inside it."""
-        cfg = getattr(model, "cfg", None)
+    def of(
+        cls, neurons: NeuronLike, model: Model | None = None, site: SiteLike | None = None
+    ) -> NeuronSet:
+        """Parse any ``NeuronLike``; with ``model``, bind the site and check every pair lies
+        inside it. ``site`` is needed for pairs, masks and dicts of a site other than MLP
+        neurons, and for tables of a site that holds tensors (SAE latents, directions)."""
         if isinstance(neurons, NeuronSet):
-            out = neurons
+            out = neurons if site is None else cls(neurons.pairs, _same_site(neurons.site, site))
         elif isinstance(neurons, pd.DataFrame):
             missing = {"layer", "neuron"} - set(neurons.columns)
             if missing:
@@ -45,33 +56,44 @@ class NeuronSet:
                     f"the neuron table needs columns 'layer' and 'neuron'; missing {sorted(missing)}"
                 )
             layers, ids = neurons["layer"].astype(int), neurons["neuron"].astype(int)
-            out = cls(tuple(zip(layers, ids, strict=True)))
+            out = cls(tuple(zip(layers, ids, strict=True)), _table_site(neurons, site))
         elif isinstance(neurons, Tensor):
+            mask_site = site_of(site)
+            if model is not None and not mask_site.size:
+                mask_site = resolve_site(mask_site, model)
+            expected = None if model is None else (model.cfg.n_layers, mask_site.size)
             if (
                 neurons.dtype != torch.bool
                 or neurons.ndim != 2
-                or (cfg is not None and tuple(neurons.shape) != (cfg.n_layers, cfg.d_mlp))
+                or (expected is not None and tuple(neurons.shape) != expected)
             ):
-                shape = "[n_layers, d_mlp]" if cfg is None else f"[{cfg.n_layers}, {cfg.d_mlp}]"
+                shape = (
+                    "[n_layers, units]" if expected is None else f"[{expected[0]}, {expected[1]}]"
+                )
                 raise ValueError(
                     f"a neuron mask must be bool {shape}, got {neurons.dtype} {tuple(neurons.shape)}"
                 )
-            out = cls(tuple((int(L), int(i)) for L, i in neurons.nonzero().tolist()))
+            out = cls(tuple((int(L), int(i)) for L, i in neurons.nonzero().tolist()), mask_site)
         elif isinstance(neurons, Mapping):
-            out = cls(tuple((int(L), int(i)) for L, ids in neurons.items() for i in ids))
+            pairs = tuple((int(L), int(i)) for L, ids in neurons.items() for i in ids)
+            out = cls(pairs, site_of(site))
         else:
-            out = cls(tuple((int(L), int(i)) for L, i in neurons))
-        if cfg is not None:
-            out.check(cfg.n_layers, cfg.d_mlp)
+            out = cls(tuple((int(L), int(i)) for L, i in neurons), site_of(site))
+        if model is not None:
+            out = cls(out.pairs, out.site if out.site.size else resolve_site(out.site, model))
+            out.check(model.cfg.n_layers)
         return out
 
-    def check(self, n_layers: int, d_mlp: int) -> None:
-        """Raise on a pair outside a model with ``n_layers`` layers of ``d_mlp`` neurons."""
+    def check(self, n_layers: int) -> None:
+        """Raise on a pair outside a model with ``n_layers`` layers (and the bound site's size)."""
+        size = self.site.size
         for L, i in self.pairs:
-            if not (0 <= L < n_layers and 0 <= i < d_mlp):
+            if not (0 <= L < n_layers and 0 <= i < size):
                 raise ValueError(
-                    f"neuron ({L}, {i}) is outside the model (n_layers={n_layers}, d_mlp={d_mlp})"
+                    f"unit ({L}, {i}) is outside the model's site {self.site.name!r} "
+                    f"(n_layers={n_layers}, units per layer={size})"
                 )
+        self.site.check_layers(self.layers)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -101,5 +123,39 @@ class NeuronSet:
         return {L: torch.tensor(sorted(ids)) for L, ids in sorted(out.items())}
 
     def labels(self) -> list[str]:
-        """``L{layer} N{neuron}`` per entry (as views and tables name them)."""
-        return [f"L{L} N{i}" for L, i in self.pairs]
+        """The site's label per entry (``L3 N5``, ``L3 H5``, ``L8 F1234``: views and tables)."""
+        return [self.site.label(L, i) for L, i in self.pairs]
+
+
+def _same_site(held: Site, given: SiteLike) -> Site:
+    wanted = site_of(given)
+    if wanted.name != held.name:
+        raise ValueError(
+            f"these units belong to site {held.name!r}, but site={wanted.name!r} was passed: "
+            "pass the site the units were scanned at (scan.site), or drop site="
+        )
+    return held if held.size else wanted
+
+
+def _table_site(table: pd.DataFrame, given: SiteLike | None) -> Site:
+    """The site a table's ``site`` column names, checked against ``given``; MLP without one."""
+    names = sorted(set(table["site"])) if "site" in table.columns else []
+    if len(names) > 1:
+        raise ValueError(f"the table mixes sites {names}: pass the rows of one site at a time")
+    if not names:
+        return site_of(given)
+    if given is not None:
+        wanted = site_of(given)
+        if wanted.name != names[0]:
+            raise ValueError(
+                f"the table's units belong to site {names[0]!r}, but site={wanted.name!r} was "
+                "passed: pass the site the table was scanned at (scan.site)"
+            )
+        return wanted
+    rebuilt = rebuild(names[0])
+    if rebuilt is None:
+        raise ValueError(
+            f"the table's units are at site {names[0]!r}, which holds tensors (an SAE or "
+            "directions): pass site= the same object the scan used (scan.site)"
+        )
+    return rebuilt

@@ -19,22 +19,24 @@ from sklens.moments import GroupedMoments, Moments, group_codes
 from sklens.result import Scan
 from sklens.scan import check_varies_within
 from sklens.scan_settings import ScanSettings
+from sklens.sites import SiteLike, site_of
 from sklens.slot_buffer import SlotBuffer
 from sklens.stats.mutual_info import MutualInfoAccumulator
 from sklens.stats.permutation import PermutationAccumulator
 
 
 def scan_activations(
-    acts: Float[Tensor, "n layers slots d_mlp"],
+    acts: Float[Tensor, "n layers slots unit"],
     values: Float[Tensor, " n"],
     *,
     n_permutations: int = 0,
     groups: Sequence[object] | None = None,
     permutation_seed: int = 0,
     mi_bins: int = 0,
+    site: SiteLike | None = None,
     chunk: int = 16,
 ) -> Scan:
-    """Correlate activations ``[n, layers, slots, d_mlp]`` with one metric value per example.
+    """Correlate activations ``[n, layers, slots, unit]`` with one metric value per example.
 
     Args:
         acts: activations of each example at each (layer, slot, unit), e.g. the soft-prompt
@@ -46,6 +48,7 @@ def scan_activations(
         permutation_seed: seed of the permutations.
         mi_bins: A > 0 adds binned mutual information with ``A`` equal-frequency bins per unit,
             fixed by all ``n`` examples (``Scan.mutual_info``; ``sklens.stats.mutual_info``).
+        site: what the units are (``sklens.sites``; default MLP neurons): ids and labels carry it.
         chunk: examples folded at a time, and the permutation null's block (the result does
             not depend on it beyond rounding).
     """
@@ -90,7 +93,8 @@ def scan_activations(
             moments.fold_metric(m, rows)
     settings = ScanSettings(
         n_layers=n_layers,
-        d_mlp=d,
+        n_units=d,
+        site=site_of(site).name,
         layers=tuple(range(n_layers)),
         n_tokens=k,
         metric="values",
@@ -107,4 +111,4 @@ def scan_activations(
         for j in range(n_layers):
             mi.take(buffer.held(j))
         mutual_info = mi.result(values, list(range(n_layers)), None if perm is None else perm.perms)
-    return Scan(moments, values, settings, null, mutual_info=mutual_info)
+    return Scan(moments, values, settings, null, mutual_info=mutual_info, site=site_of(site))

@@ -36,6 +36,7 @@ from sklens.extremes import Extremes
 from sklens.moments import GroupedMoments, Moments
 from sklens.ranking import RULES, Reduce, slot_scores
 from sklens.scan_settings import ScanSettings
+from sklens.sites import Site, rebuild
 from sklens.stats import q_values
 from sklens.stats.inference import QMethod
 from sklens.stats.mutual_info import MutualInfo
@@ -48,7 +49,7 @@ Correction = Literal["fwer", "fdr_bh", "fdr_by"]
 class Scan:
     """The result of a scan: streaming moments, metric values, and the settings that made them.
 
-    ``corr`` is float64 ``[len(layers), d_mlp, slot]``: its first axis runs over the *scanned*
+    ``corr`` is float64 ``[len(layers), unit, slot]``: its first axis runs over the *scanned*
     layers, ``layers`` maps it to model layer indices (all layers by default), and
     ``layer_corr(L)`` indexes by model layer. With ``permutation_groups`` it is the within-group
     r and ``marginal_corr`` the ordinary one.
@@ -76,7 +77,10 @@ class Scan:
         null: PermutationNull | None = None,
         extremes: Extremes | None = None,
         mutual_info: MutualInfo | None = None,
+        *,
+        site: Site | None = None,
     ):
+        self._site = site
         self.moments = moments
         self.metric_values = metric_values
         self.settings = settings
@@ -89,22 +93,38 @@ class Scan:
         return list(self.settings.layers)
 
     @property
+    def site(self) -> Site:
+        """What a unit is (``sklens.sites``): pass it to ``causal_check``, ``ablated``, … with
+        ids of a site that holds tensors (SAE latents, directions). A loaded scan of such a site
+        knows only its name (``settings.site``) and raises here."""
+        if self._site is not None:
+            return self._site
+        rebuilt = rebuild(self.settings.site)
+        if rebuilt is None:
+            raise ValueError(
+                f"this scan was loaded from disk and its site {self.settings.site!r} holds "
+                "tensors (an SAE or directions) that are not saved with it: pass site= the same "
+                "SAE or Directions to the functions that take its units"
+            )
+        return rebuilt
+
+    @property
     def n(self) -> int:
         return self.moments.n
 
     @property
-    def corr(self) -> Float[Tensor, "layers d_mlp slot"]:
+    def corr(self) -> Float[Tensor, "layers unit slot"]:
         """The scan's statistic: Pearson r, or the pooled within-group r when grouped."""
         return self.moments.corr().cpu()
 
-    def layer_corr(self, layer: int) -> Float[Tensor, "d_mlp slot"]:
+    def layer_corr(self, layer: int) -> Float[Tensor, "unit slot"]:
         """``corr`` of model layer ``layer`` (``corr[i]`` is the i-th *scanned* layer)."""
         if layer not in self.layers:
             raise KeyError(f"layer {layer} was not scanned; this scan has layers {self.layers}")
         return self.corr[self.layers.index(layer)]
 
     @property
-    def marginal_corr(self) -> Float[Tensor, "layers d_mlp slot"]:
+    def marginal_corr(self) -> Float[Tensor, "layers unit slot"]:
         """Pearson r over all examples (equal to ``corr`` unless the scan was grouped)."""
         if isinstance(self.moments, GroupedMoments):
             return self.moments.marginal().corr().cpu()
@@ -112,7 +132,7 @@ class Scan:
 
     def scores(
         self, reduce: Reduce = "max"
-    ) -> tuple[Float[Tensor, "layers d_mlp"], Int[Tensor, "layers d_mlp"]]:
+    ) -> tuple[Float[Tensor, "layers unit"], Int[Tensor, "layers unit"]]:
         """Per-neuron score and the slot it comes from (rules: ``sklens.ranking``)."""
         return slot_scores(self.corr, reduce)
 
@@ -138,8 +158,8 @@ class Scan:
         ranked = torch.where(score.isnan(), -1.0, score.abs()).flatten()
         k = min(k, int((~score.isnan()).sum()))
         top = ranked.topk(k).indices
-        d_mlp = score.shape[1]
-        rows, neurons = top // d_mlp, top % d_mlp
+        n_units = score.shape[1]
+        rows, neurons = top // n_units, top % n_units
         corr = self.corr
         layers = self.layers
         pos = slot[rows, neurons]
@@ -158,6 +178,7 @@ class Scan:
                 "corr_min": corr[rows, neurons].nan_to_num(nan=torch.inf).amin(-1).tolist(),
                 "corr_max": corr[rows, neurons].nan_to_num(nan=-torch.inf).amax(-1).tolist(),
                 **extra,
+                "site": self.settings.site,  # whose unit ids these are (sklens.sites)
             }
         )
         table.attrs["sample"] = f"in-sample: selected and measured on the same {self.n} examples"
@@ -171,7 +192,7 @@ class Scan:
 
     def p_values(
         self, reduce: Reduce = "max", method: PMethod = "fwer"
-    ) -> Float[Tensor, "layers d_mlp"]:
+    ) -> Float[Tensor, "layers unit"]:
         """Per-neuron p-values from the permutation null.
 
         Args:
@@ -194,7 +215,7 @@ class Scan:
 
     def q_values(
         self, reduce: Reduce = "max", method: QMethod = "bh", p: PMethod = "neuron"
-    ) -> Float[Tensor, "layers d_mlp"]:
+    ) -> Float[Tensor, "layers unit"]:
         """Benjamini–Hochberg (``"bh"``) or –Yekutieli (``"by"``) q-values.
 
         ``p="neuron"`` (default) adjusts the valid per-neuron permutation p-values: FDR control
@@ -254,9 +275,9 @@ class Scan:
         j = self.layers.index(layer) if layer in self.layers else None
         if j is None:
             raise KeyError(f"layer {layer} was not scanned; this scan has layers {self.layers}")
-        if not 0 <= slot < self.settings.n_tokens or not 0 <= neuron < self.settings.d_mlp:
+        if not 0 <= slot < self.settings.n_tokens or not 0 <= neuron < self.settings.n_units:
             raise ValueError(
-                f"neuron must be in 0..{self.settings.d_mlp - 1} and slot in "
+                f"neuron must be in 0..{self.settings.n_units - 1} and slot in "
                 f"0..{self.settings.n_tokens - 1}, got neuron={neuron}, slot={slot}"
             )
         ex = self.extremes
@@ -335,7 +356,7 @@ class Scan:
         s = self.settings
         return (
             f"Scan(metric={s.metric!r}, n={self.n}, layers={len(self.layers)}, "
-            f"d_mlp={s.d_mlp}, n_tokens={s.n_tokens}, model={s.model_name!r})"
+            f"site={s.site!r}, n_units={s.n_units}, n_tokens={s.n_tokens}, model={s.model_name!r})"
         )
 
     def _repr_html_(self) -> str:
@@ -351,7 +372,7 @@ def _check_tensors(tensors: dict[str, Tensor], settings: ScanSettings) -> None:
     plausible-looking correlations.
     """
     n = settings.n_examples
-    grid = (len(settings.layers), settings.d_mlp, settings.n_tokens)
+    grid = (len(settings.layers), settings.n_units, settings.n_tokens)
     moments: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
         "n": ((), torch.int64),
         "mean_a": (grid, torch.float64),
@@ -375,7 +396,7 @@ def _check_tensors(tensors: dict[str, Tensor], settings: ScanSettings) -> None:
         expected["null_perms"] = ((b, n), torch.int64)
         expected |= {f"null_scores_{rule}": ((b, *grid[:2]), torch.float32) for rule in RULES}
     if settings.n_extremal:
-        kept = (grid[0], settings.n_extremal, grid[2], grid[1])  # layers, n, slot, d_mlp
+        kept = (grid[0], settings.n_extremal, grid[2], grid[1])  # layers, n, slot, unit
         expected |= {
             f"extremes.{k}{kind}": (kept, dtype)
             for k in ("", "low_")

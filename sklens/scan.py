@@ -1,10 +1,11 @@
-"""The neuron scan: Pearson r between every MLP neuron's soft-slot activation and a metric.
+"""The neuron scan: Pearson r between every unit's soft-slot activation and a metric.
 
-For layer ``L``, neuron ``i`` and soft-prompt position ``k``, ``corr[L, i, k]`` is the correlation
-over examples between ``blocks.L.mlp.hook_post[..., slot k, i]`` and the metric. One forward pass
-per batch: ``hook_embed`` writes the prompt into the slots, and a hook on each
-``blocks.L.mlp.hook_post`` folds the slot activations into streaming moments (``sklens.moments``),
-so memory is ``O(layers × d_mlp × slots)`` whatever the number of examples. When the metric needs no
+For layer ``L``, unit ``i`` and soft-prompt position ``k``, ``corr[L, i, k]`` is the correlation
+over examples between unit ``i`` of the site's hook (by default the MLP neuron
+``blocks.L.mlp.hook_post[..., slot k, i]``; ``sklens.sites`` for heads, residual, SAE latents)
+and the metric. One forward pass per batch: ``hook_embed`` writes the prompt into the slots, and
+a hook on each layer's site folds the slot units into streaming moments (``sklens.moments``),
+so memory is ``O(layers × units × slots)`` whatever the number of examples. When the metric needs no
 model output the pass stops after the last scanned layer and the sequence ends at the slots.
 
 The result, its ranking rules and significance methods live in ``sklens.result.Scan``.
@@ -30,6 +31,7 @@ from sklens.models.protocol import Model
 from sklens.moments import GroupedMoments, Moments, centre_within, group_codes
 from sklens.result import Scan
 from sklens.scan_settings import ScanSettings
+from sklens.sites import Site, SiteLike, resolve_site
 from sklens.slot_buffer import SlotBuffer
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats.mutual_info import MutualInfoAccumulator
@@ -52,7 +54,7 @@ def resolve_layers(model: Model, layers: Sequence[int] | None) -> list[int]:
 
 
 class _Folder:
-    """``mlp.hook_post`` hooks that fold slot activations into moments, batch by batch, and
+    """Site hooks that fold the slots' units into moments, batch by batch, and
     into the ``SlotBuffer`` the permutation null and the extremal examples are computed from.
 
     With the batch's metric known before the pass (label metrics) each layer's moments are
@@ -64,24 +66,26 @@ class _Folder:
         self,
         moments: Moments | GroupedMoments | None,
         layers: list[int],
+        site: Site,
         buffer: SlotBuffer | None = None,
         known: Tensor | None = None,
     ):
         self.moments, self.layers, self.buffer, self.known = moments, layers, buffer, known
+        self.site = site
         self.grouped = isinstance(moments, GroupedMoments)
         self.batch: Batch | None = None
         self.m: Tensor | None = None
         self.pending: dict[int, Tensor] = {}
-        self.last_hook = f"blocks.{layers[-1]}.mlp.hook_post"
+        self.last_hook = site.hook(layers[-1])
 
     def hooks(self) -> list[tuple[str, Any]]:
-        return [
-            (f"blocks.{layer}.mlp.hook_post", self._hook(j)) for j, layer in enumerate(self.layers)
-        ]
+        return [(self.site.hook(layer), self._hook(j)) for j, layer in enumerate(self.layers)]
 
     def _hook(self, j: int) -> Any:
+        layer = self.layers[j]
+
         def fold(activation: Tensor, hook: Any) -> None:
-            slots = gather_slots(activation, self.batch)  # (B, k, d_mlp)
+            slots = self.site.units(gather_slots(activation, self.batch), layer)  # (B, k, units)
             if self.buffer is not None:
                 self.buffer.fold_layer(j, slots, self.batch.indices)
             if self.moments is None:
@@ -110,7 +114,7 @@ class _Folder:
         for j, slots in self.pending.items():
             self._fold(j, slots, m)
         if self.m is None and len(self.pending) != len(self.layers):
-            raise RuntimeError("the forward pass did not reach every scanned layer's hook_post")
+            raise RuntimeError("the forward pass did not reach every scanned layer's site hook")
         if self.grouped:
             self.moments.fold_metric(m, self.batch.indices)
         else:
@@ -219,10 +223,11 @@ def scan(
     permutation_seed: int = 0,
     n_extremal: int = 0,
     mi_bins: int = 0,
+    site: SiteLike | None = None,
     chat_template: bool | None = None,
     progress: bool = True,
 ) -> Scan:
-    """Correlate every MLP neuron's soft-slot activation with ``metric`` over ``examples``.
+    """Correlate every unit's soft-slot activation with ``metric`` over ``examples``.
 
     Args:
         model: a HookedTransformer or TransformerBridge (compatibility mode).
@@ -256,6 +261,10 @@ def scan(
             with ``n_permutations`` its null from the same permutations): a second selection
             measure that finds units whose activation relates to the metric non-linearly
             (``sklens.stats.mutual_info``). Memory ``layers·d_mlp·slots`` bytes per example.
+        site: what a unit is (``sklens.sites``): ``"mlp"`` (default, the paper's neurons),
+            ``"heads"``, ``"head_dims"``, ``"resid"``, a hook template ``"blocks.{layer}.…"``,
+            ``sklens.sites.Directions.of(vectors)``, or a SAELens SAE / ``{layer: SAE}``
+            (its latents). ``Scan.site`` and ``top_k``'s ``site`` column carry it.
         chat_template: use the tokenizer's chat template (default: if it has one).
         progress: show a tqdm bar.
     """
@@ -278,7 +287,11 @@ def scan(
         )
     metric = metrics_mod.resolve(metric, len(examples))
     metric.check(examples)
+    site = resolve_site(site, model)
+    if layers is None and site.only_layers is not None:
+        layers = site.only_layers
     layer_ids = resolve_layers(model, layers)
+    site.check_layers(layer_ids)
     if prompt is not None:
         prompt.check_fits(model)
     n_slots = prompt.n_tokens if prompt is not None else 0
@@ -299,7 +312,7 @@ def scan(
             check_varies_within(known, codes, metric.name, permutation_groups)
 
     device = model.cfg.device
-    shape = (len(layer_ids), model.cfg.d_mlp, max(n_slots, 1))
+    shape = (len(layer_ids), site.size, max(n_slots, 1))
     moments = (
         Moments.zeros(*shape, device)
         if codes is None
@@ -329,7 +342,7 @@ def scan(
     if sinks:
         capacity = len(order) if hold_all else min(len(order), max(batch_size, _BLOCK))
         buffer = SlotBuffer(shape, capacity, sinks, device)
-    folder = _Folder(moments, layer_ids, buffer, known)
+    folder = _Folder(moments, layer_ids, site, buffer, known)
     values = _pass(
         model, prompt, examples, encoded, metric, folder, batch_size, progress, "scan", order
     )
@@ -349,7 +362,7 @@ def scan(
             perm.set_values(values)
         if not in_pass:  # a model-based metric over more examples than permutations
             buffer = SlotBuffer(shape, min(len(order), max(batch_size, _BLOCK)), [perm], device)
-            second = _Folder(None, layer_ids, buffer, values)
+            second = _Folder(None, layer_ids, site, buffer, values)
             _pass(
                 model,
                 prompt,
@@ -369,7 +382,8 @@ def scan(
     settings = ScanSettings(
         model_name=getattr(model.cfg, "model_name", None),
         n_layers=model.cfg.n_layers,
-        d_mlp=model.cfg.d_mlp,
+        n_units=site.size,
+        site=site.name,
         layers=tuple(layer_ids),
         n_tokens=max(n_slots, 1),
         prompt=None
@@ -393,4 +407,4 @@ def scan(
         n_extremal=n_extremal,
         mi_bins=mi_bins,
     )
-    return Scan(moments, values, settings, null, extremes, mutual_info)
+    return Scan(moments, values, settings, null, extremes, mutual_info, site=site)

@@ -9,7 +9,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ScanSettings:
-    """What made a scan: the model's shape, what was read, the metric, the data and the null.
+    """What made a scan: the model's shape, the site read, the metric, the data and the null.
 
     Saved with the scan (``Scan.save``, as JSON in the safetensors header) and compared on
     ``--resume``; reads as attributes (``settings.n_tokens``). ``n_tokens`` is the number of
@@ -17,7 +17,7 @@ class ScanSettings:
     """
 
     n_layers: int
-    d_mlp: int
+    n_units: int  # units per layer at the site (d_mlp for MLP neurons)
     layers: tuple[int, ...]
     n_tokens: int
     metric: str
@@ -35,6 +35,7 @@ class ScanSettings:
     sklens_version: str | None = None
     n_extremal: int = 0  # extremal examples kept per (layer, unit, slot): Scan.extremes
     mi_bins: int = 0  # activation bins of the mutual information (0: none): Scan.mutual_info
+    site: str = "mlp"  # what a unit is (sklens.sites): mlp, heads, resid, sae:<hash>, a hook, ...
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -45,6 +46,8 @@ class ScanSettings:
     def from_dict(cls, saved: dict[str, Any]) -> ScanSettings:
         """Read saved settings; an unknown or missing field is a ValueError naming it."""
         names = {f.name for f in fields(cls)}
+        if "d_mlp" in saved and "n_units" not in saved:  # scans saved before sites existed
+            saved = {**{k: v for k, v in saved.items() if k != "d_mlp"}, "n_units": saved["d_mlp"]}
         unknown = sorted(saved.keys() - names)
         if unknown:
             raise ValueError(f"settings this sklens does not know: {unknown}")

@@ -28,6 +28,7 @@ from sklens.config import (
     GROUP_MEASURES,
     MEASURES,
     REDUCE_RULES,
+    SITE_NAMES,
     TASKS,
 )
 
@@ -261,6 +262,7 @@ def study(config: Any) -> None:
         integer(field, getattr(config, field), minimum=minimum, meaning=meaning)
     integer("seed", config.seed)
     mi_bins(config.mi_bins, config.n_val)
+    site(config.site)
     if config.mi_bins and config.permutation_groups:
         raise ValueError(
             f"{name('mi_bins')} ranks by marginal mutual information, but "
@@ -290,6 +292,28 @@ def study(config: Any) -> None:
         raise ValueError(
             f"{name('covariates')} and {name('measures')} partial_pearson go together: the "
             "covariates are what partial_pearson controls for"
+        )
+
+
+def site(value: str) -> None:
+    """A site as the command line spells it: a builtin, a hook (template), or ``sae:DIR,...``."""
+    if value in SITE_NAMES:
+        return
+    if value.startswith("sae:"):
+        dirs = [d for d in value[len("sae:") :].split(",") if d]
+        bad = [d for d in dirs if not (Path(d) / "cfg.json").is_file()]
+        if not dirs or bad:
+            raise ValueError(
+                f"{name('site')} sae:DIR needs directories of SAEs saved by SAELens "
+                f"(sae.save_model(DIR): cfg.json and weights); not one: {bad or value!r}; e.g. "
+                f"{assign('site', 'sae:saes/layer8')}"
+            )
+        return
+    if not re.match(r"^blocks\.(\{layer\}|\d+)\.\S+$", value):
+        raise ValueError(
+            f"{name('site')} must be one of {', '.join(SITE_NAMES)}, a hook of each layer written "
+            f"with {{layer}}, or sae:DIR; got {value!r}; e.g. {assign('site', 'heads')} or "
+            f"{assign('site', 'blocks.{layer}.hook_resid_mid')}"
         )
 
 

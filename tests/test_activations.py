@@ -38,7 +38,7 @@ def test_top_examples_are_the_extremes(qwen, examples):
 
 def test_neuron_errors(qwen, examples):
     prompt = sklens.SoftPrompt.init_for(qwen, 3)
-    with pytest.raises(ValueError, match=r"neuron \(5, 0\) is outside the model"):
+    with pytest.raises(ValueError, match=r"unit \(5, 0\) is outside the model"):
         sklens.neuron_activations(qwen, prompt, examples, [(5, 0)])
     with pytest.raises(ValueError, match="slot must be in 0..2"):
         sklens.top_examples(qwen, prompt, examples, layer=0, neuron=0, slot=3)

@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         "permutation_groups": "meta field: scan the within-group r, permute within its groups",
         "mi_bins": "A > 0 also ranks neurons by binned mutual information with the metric, A "
         "equal-frequency bins per neuron (neurons_mi.csv; 4 is a good choice)",
+        "site": "what a unit is: mlp (the paper's neurons), heads, head_dims, resid, a hook "
+        "template such as 'blocks.{layer}.hook_resid_mid', or sae:DIR[,DIR] (SAELens SAEs saved "
+        "with save_model)",
         "steps": "maximum training steps (training stops earlier on a plateau)",
         "patience": "stop after this many evaluations without a lower plateau-slice loss; "
         "0 trains all --steps",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sklens import sites
 from sklens.app import rundir
 from sklens.app.report import read_summary
 from sklens.display import visible
@@ -45,7 +46,7 @@ def format_explanations(run_dir: str | Path, top: int = 3) -> str:
     ]
     shown = ["rank", "hypothesis", "kind", "measure", "effect", "lo", "hi", "q", "passes"]
     for row in neurons.itertuples():
-        label = unit_label(row.layer, row.neuron, row.slot)
+        label = unit_label(row.layer, row.neuron, row.slot, getattr(row, "site", "mlp"))
         rows = table[table.unit == label].head(top)[shown]
         lines += [label, rows.to_string(index=False, float_format=lambda x: f"{x:.3g}"), ""]
     skipped = (summary.get("explanations") or {}).get("skipped") or {}
@@ -60,9 +61,9 @@ def format_table(out: str | Path, width: int = 60) -> str:
     neurons = pd.read_csv(out / "neurons.csv").rename(columns={"position": "slot"})  # older runs
     # completions such as "31" stay text, as they were written
     examples = pd.read_csv(out / "examples.csv", dtype={"instruction": str, "completion": str})
-    lines = [
-        f"{'#':>2} {'layer':>5} {'neuron':>6} {'slot':>4} {'score':>7}  most / least activating example"
-    ]
+    labels = [sites.unit_label(*x) for x in zip(sites.site_names(neurons), neurons.layer,
+                                                 neurons.neuron, strict=True)]  # fmt: skip
+    lines = [f"{'#':>2} {'unit':>12} {'slot':>4} {'score':>7}  most / least activating example"]
     for j, row in enumerate(neurons.itertuples()):
         top = examples[(examples.neuron_rank == j) & (examples["rank"] == 0)]
         most = top[top.direction == "most"].iloc[0]
@@ -73,7 +74,7 @@ def format_table(out: str | Path, width: int = 60) -> str:
             return text if len(text) <= width else text[: width - 1] + "…"
 
         lines.append(
-            f"{j:>2} {row.layer:>5} {row.neuron:>6} {row.slot:>4} {row.score:>7.3f}  "
+            f"{j:>2} {labels[j]:>12} {row.slot:>4} {row.score:>7.3f}  "
             f"+ {short(most.instruction)} → {short(most.completion)}"
         )
         lines.append(f"{'':>28}  - {short(least.instruction)} → {short(least.completion)}")

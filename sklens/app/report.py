@@ -220,7 +220,10 @@ def _build(run: Path, n: int) -> Path:
                     "<p>Its five best-ranked explanations on the confirm split (held out):</p>",
                     _table(
                         explained[
-                            explained.unit == unit_label(row.layer, row.neuron, row.slot)
+                            explained.unit
+                            == unit_label(
+                                row.layer, row.neuron, row.slot, getattr(row, "site", "mlp")
+                            )
                         ].head(5)
                     ),
                 ]

@@ -87,6 +87,7 @@ def run_statistics(
             reduce=config.reduce,
             batch_size=config.batch_size,
             progress=progress,
+            site=result.site,
             n_tokens=config.n_tokens,
             lr=config.lr,
             **plateau_kwargs,

@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sklens import validate
+from sklens import sites, validate
 from sklens.app import rundir
 from sklens.app.report import read_summary
 from sklens.app.statistics import causal_summary, run_statistics
@@ -65,19 +65,27 @@ _AFTER_SCAN = {"top_k", "n_extremal", "reduce", "ablate", "ablate_modes", "n_ran
 _AFTER_SCAN |= {"steering"}
 _AFTER_SCAN |= {"match_scale", "n_confirm", "seeds", "measures", "covariates"}
 _NOT_IN = {
-    "training": _AFTER_SCAN | {"metric", "permutations", "permutation_groups", "mi_bins", "device"},
+    "training": _AFTER_SCAN
+    | {"metric", "permutations", "permutation_groups", "mi_bins", "site", "device"},
     "scan": _AFTER_SCAN | {"device"},
     "results": {"device"},
 }
 
 
-def stage_settings(config: StudyConfig, metric: str, task: Any) -> dict[str, dict[str, Any]]:
-    """What determines each stage's output: its settings and its inputs' fingerprints."""
+def stage_settings(
+    config: StudyConfig, metric: str, task: Any, site: str = "mlp"
+) -> dict[str, dict[str, Any]]:
+    """What determines each stage's output: its settings and its inputs' fingerprints (``site``:
+    the site's name, which for SAEs carries a hash of their weights)."""
     fields = {**asdict(config), "metric": metric, "sklens version": __version__}
     training = {k: v for k, v in fields.items() if k not in _NOT_IN["training"]}
     training |= {"train data": data_hash(task.train), "validation data": data_hash(task.val)}
     scan = {k: v for k, v in fields.items() if k not in _NOT_IN["scan"]}
-    scan |= {"trained prompt": rundir.fingerprint(training), "validation data": data_hash(task.val)}
+    scan |= {
+        "trained prompt": rundir.fingerprint(training),
+        "validation data": data_hash(task.val),
+        "site unit": site,
+    }
     results = {k: v for k, v in fields.items() if k not in _NOT_IN["results"]}
     results |= {"scan": rundir.fingerprint(scan)}
     return {"training": training, "scan": scan, "results": results}
@@ -199,7 +207,8 @@ def _study(
     fit, plateau_kwargs = training_kwargs(config, task)
     metric_spec = validate.study_data(config, task)
     metric = from_spec(metric_spec)
-    stages = stage_settings(config, metric_spec, task)
+    site = sites.from_spec(config.site)
+    stages = stage_settings(config, metric_spec, task, site.name)
     lap("data")
     model = load_model(config.model, backend=config.backend, device=config.device)
     lap("load_model")
@@ -239,6 +248,7 @@ def _study(
             permutation_seed=config.seed,
             n_extremal=config.n_extremal,
             mi_bins=config.mi_bins,
+            site=site,
             progress=progress,
         )
         result.save(scan_path)
@@ -340,6 +350,8 @@ def _study(
             "n_layers": model.cfg.n_layers,
             "d_mlp": model.cfg.d_mlp,
             "d_model": model.cfg.d_model,
+            "site": result.settings.site,
+            "units_per_layer": result.settings.n_units,
         },
         "training": {
             "first": prompt.history[0] if prompt.history else None,

@@ -308,7 +308,7 @@ def compare_with_pearson(
     mutual_info = scan.mutual_info
     if mutual_info is None:
         raise ValueError("this scan has no mutual information: scan with mi_bins=4")
-    table = mutual_info.top_k(k)
+    table = mutual_info.top_k(k).assign(site=scan.settings.site)
     units = set(top_k_overlap(scan.top_k(k, reduce), table)["shared"])
     table["in_pearson_top"] = [
         unit in units for unit in zip(table.layer, table.neuron, strict=True)

@@ -20,6 +20,7 @@ from sklens.models.protocol import Model
 from sklens.ranking import Reduce
 from sklens.result import Scan
 from sklens.scan import scan
+from sklens.sites import SiteLike
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats.measures import spearman
 from sklens.training import train_soft_prompt
@@ -65,6 +66,7 @@ def seed_stability(
     baselines: bool = True,
     batch_size: int = 8,
     progress: bool = True,
+    site: SiteLike | None = None,
     **train_kwargs: Any,
 ) -> Stability:
     """Train a prompt per seed (``train_kwargs`` go to ``train_soft_prompt``) and compare.
@@ -80,6 +82,7 @@ def seed_stability(
         baselines: also scan an untrained prompt and the last instruction token.
         batch_size: examples per forward pass.
         progress: show tqdm bars.
+        site: what a unit is (``sklens.sites``; default MLP neurons), the same in every scan.
         **train_kwargs: passed to ``train_soft_prompt`` (``steps``, ``lr``, ``n_tokens``, ...).
 
     Returns:
@@ -90,21 +93,16 @@ def seed_stability(
         raise ValueError("seed stability needs at least two seeds")
     scans: dict[str, Scan] = {}
     n_tokens = train_kwargs.get("n_tokens", 20)
+    options = {"batch_size": batch_size, "progress": progress}
     for seed in seeds:
         prompt = train_soft_prompt(
             model, train, seed=seed, batch_size=batch_size, progress=progress, **train_kwargs
         )
-        scans[f"seed{seed}"] = scan(
-            model, prompt, val, metric, batch_size=batch_size, progress=progress
-        )
+        scans[f"seed{seed}"] = scan(model, prompt, val, metric, site=site, **options)
     if baselines:
         untrained = SoftPrompt.init_for(model, n_tokens, seed=seeds[0])
-        scans["untrained"] = scan(
-            model, untrained, val, metric, batch_size=batch_size, progress=progress
-        )
-        scans["last_token"] = scan(
-            model, None, val, metric, batch_size=batch_size, progress=progress
-        )
+        scans["untrained"] = scan(model, untrained, val, metric, site=site, **options)
+        scans["last_token"] = scan(model, None, val, metric, site=site, **options)
     return compare_scans(scans, k=k, reduce=reduce)
 
 
@@ -146,14 +144,15 @@ def compare_scans(scans: dict[str, Scan], *, k: int = 10, reduce: Reduce = "max"
     per_seed = torch.stack([scans[n].scores(reduce)[0].abs() for n in seed_names])  # (S, L, d)
     mean, least = per_seed.nanmean(0), per_seed.amin(0)
     flat = mean.nan_to_num(-1.0).flatten().topk(k).indices
-    d_mlp = mean.shape[1]
+    n_units = mean.shape[1]
     layers = scans[seed_names[0]].layers
     consensus = pd.DataFrame(
         {
-            "layer": [layers[int(i) // d_mlp] for i in flat],
-            "neuron": [int(i) % d_mlp for i in flat],
+            "layer": [layers[int(i) // n_units] for i in flat],
+            "neuron": [int(i) % n_units for i in flat],
             "mean_abs_score": mean.flatten()[flat].tolist(),
             "min_abs_score": least.flatten()[flat].tolist(),
+            "site": scans[seed_names[0]].settings.site,
         }
     )
     return Stability(scans, tops, jaccard, rank_corr, consensus)
