@@ -9,7 +9,6 @@ cells = [
         "fetched once from PyPI. Set `SKLENS_DEMO_SIZE=small` for a 2-minute smoke run."
     ),
     nbf.v4.new_code_cell(
-        "%matplotlib inline\n"
         "import os\n\n"
         "import sklens\n"
         "from sklens import figures, metrics\n"
@@ -56,6 +55,33 @@ cells = [
     nbf.v4.new_code_cell(
         "check = sklens.causal_check(model, prompt, val[:8 if SMALL else 40], top, modes=('zero',), n_random=2 if SMALL else 5)\n"
         "check[check.group == 'all']"
+    ),
+    nbf.v4.new_markdown_cell(
+        "## SAE latents instead of neurons\n\n"
+        "Any TransformerLens hook can be the *site* of a scan; with SAELens, the units are an SAE's "
+        "latents (`site=sae`: sklens runs the SAE's encoder on its hook's activation). A real SAE "
+        "comes from `SAE.from_pretrained(...)` or `SAE.load_from_disk(path)`; offline, this one is "
+        "random-initialised on the middle layer's residual stream, so its latents are random "
+        "projections, a stand-in that shows the workflow, not a finding."
+    ),
+    nbf.v4.new_code_cell(
+        "from sae_lens import StandardSAE, StandardSAEConfig\n\n"
+        "layer = model.cfg.n_layers // 2\n"
+        "cfg = StandardSAEConfig(d_in=model.cfg.d_model, d_sae=4 * model.cfg.d_model)\n"
+        "cfg.metadata.hook_name = f'blocks.{layer}.hook_resid_post'\n"
+        "sae = StandardSAE(cfg)  # random weights\n"
+        "latents = sklens.scan(model, prompt, val, metrics.label('operation', positive='multiplication'), site=sae, n_permutations=49)\n"
+        "top_latents = latents.top_k(5)  # the site column ties the ids to this SAE\n"
+        "top_latents"
+    ),
+    nbf.v4.new_code_cell("sklens.neuron_text_view(model, prompt, val, top_latents, n=3)  # labels L{layer} F{latent}"),
+    nbf.v4.new_markdown_cell(
+        "Ablating a latent edits the SAE's reconstruction and keeps its error term; the random "
+        "controls are latents of the same SAE:"
+    ),
+    nbf.v4.new_code_cell(
+        "latent_check = sklens.causal_check(model, prompt, val[:8 if SMALL else 40], top_latents, modes=('zero',), n_random=2 if SMALL else 5)\n"
+        "latent_check[latent_check.group == 'all']"
     ),
 ]
 nb = nbf.v4.new_notebook(

@@ -7,11 +7,13 @@
 * ``layer_position_heatmap`` — where high-|r| (layer, slot) pairs sit;
 * ``steering`` — a steering curve: the selected units against random sets (``sklens.steering``).
 
-Each returns a ``matplotlib.figure.Figure``; ``save`` writes PNG and SVG.
+Each returns a ``NotebookFigure``, a ``matplotlib.figure.Figure`` that shows itself in a notebook
+without ``%matplotlib inline``; ``save`` writes PNG and SVG.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,18 @@ from matplotlib.figure import Figure
 
 from sklens.atomic import atomic_path
 from sklens.ranking import Reduce
+
+
+class NotebookFigure(Figure):
+    """A Figure that displays in a fresh notebook: IPython registers a PNG printer for ``Figure``
+    only after ``%matplotlib inline`` or a first pyplot figure, and otherwise shows
+    ``<Figure size ...>``; for objects with no printer it asks ``_repr_png_``, given here. With
+    the inline backend active its printer is used as before (one image, not two)."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
 
 
 def plain(text: str) -> str:
@@ -45,12 +59,12 @@ def kde_by_group(
     *,
     title: str = "",
     xlabel: str = "activation",
-) -> Figure:
+) -> NotebookFigure:
     """Density of ``values`` for each group (any number of groups), with a rug of the points."""
     values, groups = np.asarray(values, dtype=float), np.asarray([str(g) for g in groups])
     if len(values) != len(groups):
         raise ValueError(f"{len(values)} values but {len(groups)} group labels")
-    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    fig = NotebookFigure(figsize=(6, 3.2), layout="constrained")
     ax = fig.add_subplot()
     pad = 0.1 * (values.max() - values.min() + 1e-9)
     grid = np.linspace(values.min() - pad, values.max() + pad, 400)
@@ -69,12 +83,12 @@ def kde_by_group(
     return fig
 
 
-def score_histogram(scan: Any, k: int = 10, reduce: Reduce = "max", bins: int = 100) -> Figure:
+def score_histogram(scan: Any, k: int = 10, reduce: Reduce = "max", bins: int = 100) -> NotebookFigure:
     """Histogram of all neuron scores, the top-``k`` |score| threshold, and the null if any."""
     score, _ = scan.scores(reduce)
     values = score[~score.isnan()].numpy()
     threshold = float(np.sort(np.abs(values))[-k]) if len(values) >= k else float("nan")
-    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    fig = NotebookFigure(figsize=(6, 3.2), layout="constrained")
     ax = fig.add_subplot()
     ax.hist(values, bins=bins, density=True, alpha=0.7, label=f"{len(values)} neurons")
     if scan.null is not None:
@@ -104,9 +118,9 @@ def score_histogram(scan: Any, k: int = 10, reduce: Reduce = "max", bins: int = 
     return fig
 
 
-def training_curve(history: Sequence[dict[str, float | int]]) -> Figure:
+def training_curve(history: Sequence[dict[str, float | int]]) -> NotebookFigure:
     """Training loss per step and validation loss where it was measured."""
-    fig = Figure(figsize=(6, 3.2), layout="constrained")
+    fig = NotebookFigure(figsize=(6, 3.2), layout="constrained")
     ax = fig.add_subplot()
     train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
     val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
@@ -119,7 +133,7 @@ def training_curve(history: Sequence[dict[str, float | int]]) -> Figure:
     return fig
 
 
-def layer_position_heatmap(scan: Any, threshold: float | None = None) -> Figure:
+def layer_position_heatmap(scan: Any, threshold: float | None = None) -> NotebookFigure:
     """Count of neurons with ``|r| ≥ threshold`` per (layer, slot); default threshold: the
     100th-largest |r| of the scan."""
     corr = scan.corr.abs().nan_to_num(0.0)
@@ -127,7 +141,7 @@ def layer_position_heatmap(scan: Any, threshold: float | None = None) -> Figure:
         flat = corr.flatten()
         threshold = float(flat.topk(min(100, len(flat))).values[-1])
     counts = (corr >= threshold).sum(1).numpy()  # (layers, slots)
-    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    fig = NotebookFigure(figsize=(6, 3.6), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(counts, aspect="auto", cmap="viridis", origin="lower")
     ax.set(xlabel="soft-prompt slot", ylabel="layer", title=f"neurons with |r| ≥ {threshold:.2f}")
@@ -146,7 +160,7 @@ def save(fig: Figure, stem: str | os.PathLike) -> tuple[Path, Path]:
     return paths
 
 
-def steering(table: Any, measure: str = "loss", group: str = "all") -> Figure:
+def steering(table: Any, measure: str = "loss", group: str = "all") -> NotebookFigure:
     """A ``steering_curve`` table: the selected units' mean change of ``measure`` (``loss``,
     ``metric``, ``accuracy``, ``accuracy_per_token``) against the factor, with its 95% interval,
     beside every random set's curve and the random sets' median."""
@@ -154,7 +168,7 @@ def steering(table: Any, measure: str = "loss", group: str = "all") -> Figure:
     if column not in table:
         raise ValueError(f"the table has no {column!r}; measures: loss, metric, accuracy, ...")
     part = table[table.group == group]
-    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    fig = NotebookFigure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.add_subplot()
     randoms = part[part.set != "selected"]
     for _, curve in randoms.groupby("set"):

@@ -27,6 +27,7 @@ from circuitsvis.utils.render import RenderedHTML
 
 from sklens.atomic import write_text
 from sklens.neurons import NeuronSet
+from sklens.sites import site_names, unit_label
 
 _RENDER = re.compile(r"\n\s*CircuitsVis\.render\(")
 
@@ -67,23 +68,42 @@ class OfflineHTML:
 
 
 def neuron_labels(neurons: pd.DataFrame | Sequence[tuple[int, int]]) -> list[str]:
+    """Each unit's label at its site (``L3 N5``, ``L3 H5``, ``L8 F1234``), with its slot when
+    the table has one (``@soft2``)."""
     if isinstance(neurons, pd.DataFrame) and "slot" in neurons:
         return [
-            f"L{L} N{i} @soft{p}"
-            for L, i, p in zip(neurons.layer, neurons.neuron, neurons.slot, strict=True)
+            f"{unit_label(site, L, i)} @soft{p}"
+            for L, i, p, site in zip(
+                neurons.layer, neurons.neuron, neurons.slot, site_names(neurons), strict=True
+            )
         ]
     return NeuronSet.of(neurons).labels()
+
+
+SINK_RATIO = 10.0  # position 0 is a sink when its largest |activation| is this many times the rest
+
+
+def is_sink(acts: np.ndarray) -> bool:
+    """Whether position 0 of ``acts`` (``[pos, units]``) is an attention sink, measured: its
+    largest |activation| over the units is at least ``SINK_RATIO`` times the largest at any other
+    position (~100× with a BOS token in SmolLM2, |a| ≈ 3000). A model with no BOS has its first
+    word there, at the scale of the others, and keeps it."""
+    acts = np.abs(np.asarray(acts, dtype=float)).reshape(len(acts), -1)
+    if len(acts) < 2:
+        return False
+    return bool(acts[0].max() >= SINK_RATIO * max(acts[1:].max(), 1e-12))
 
 
 def _display(tokens: list[str], acts: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Tokens and activations as views show them.
 
-    Position 0 is an attention sink with activations ~100x the rest (|a| ≈ 3000 in SmolLM2);
-    left in, it sets every colour scale, so views start at position 1. circuitsvis writes token
-    text into ``innerHTML`` unescaped, so ``<soft0>`` (or any ``<b>`` or ``&`` in a text) would
-    vanish or be parsed as markup: tokens are HTML-escaped here.
+    Position 0 is left out when it is a measured attention sink (``is_sink``): left in, it would
+    set every colour scale. circuitsvis writes token text into ``innerHTML`` unescaped, so
+    ``<soft0>`` (or any ``<b>`` or ``&`` in a text) would vanish or be parsed as markup: tokens
+    are HTML-escaped here.
     """
-    return [html.escape(t, quote=False) for t in tokens[1:]], acts[1:]
+    start = 1 if is_sink(acts) else 0
+    return [html.escape(t, quote=False) for t in tokens[start:]], acts[start:]
 
 
 def text_view(

@@ -6,6 +6,7 @@ Needs the registry for the embedded model and BigBench data on the first run (CI
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -27,5 +28,8 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     assert any("var CircuitsVis" in h and "&lt;soft0&gt;" in h for h in html)  # the offline view
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # figures rendered inline
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # figures, no %matplotlib inline
+    assert not any("%matplotlib" in cell.source for cell in nb.cells)
+    # the SAE section: a view of latents, labelled as latents
+    assert any(re.search(r"L\d+ F\d+ @soft\d+", h) for h in html)
     assert os.environ.get("SKLENS_DEMO_SIZE") == "small"

@@ -70,3 +70,29 @@ def test_case_70_dollar_signs_in_group_names_render(qwen, examples):
     result = sklens.scan(qwen, prompt, examples, values, progress=False)
     hist = figures.score_histogram(result, k=3)
     hist.savefig(io.BytesIO(), format="png")
+
+
+def test_views_drop_position_zero_only_when_it_is_a_measured_sink():
+    """A model with no BOS has its first word at position 0, at the others' scale: the view keeps
+    it. A sink (≥ SINK_RATIO times the rest, as SmolLM2's BOS at |a| ≈ 3000) is left out."""
+    import numpy as np
+
+    from sklens import viz
+
+    words = ["The", " cat", " sat"]
+    plain = np.array([[0.5, -1.0], [0.8, 0.2], [-0.3, 1.1]])
+    sink = plain.copy()
+    sink[0] = [3000.0, -2500.0]
+    assert not viz.is_sink(plain) and viz.is_sink(sink)
+    kept = str(viz.text_view([words], [plain], ["L0 N0", "L0 N1"]))
+    dropped = str(viz.text_view([["<s>", *words[1:]]], [sink], ["L0 N0", "L0 N1"]))
+    assert '"The"' in kept and '"<s>"' not in dropped and '"&lt;s&gt;"' not in dropped
+
+
+def test_figures_display_in_a_notebook_without_matplotlib_inline():
+    """IPython with no inline backend: the figure still formats as a PNG (review ecosystem.md)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    fig = figures.kde_by_group([0.1, 0.5, 0.9, 1.2], ["a", "a", "b", "b"])
+    data, _ = InteractiveShell.instance().display_formatter.format(fig)
+    assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
