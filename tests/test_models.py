@@ -147,3 +147,16 @@ def test_both_backends_are_the_model_type(qwen_dir, backend):
     model = sklens.load_model(qwen_dir, backend=backend)
     assert isinstance(model, sklens.Model)
     assert not isinstance(torch.nn.Linear(2, 2), sklens.Model)
+
+
+def test_an_official_parallel_attention_name_passes_the_self_test(monkeypatch):
+    """``load_model("EleutherAI/pythia-70m")`` with the hub download stubbed by a tiny GPT-NeoX
+    (parallel attention and MLP): the review's bare ``KeyError: 'blocks.0.hook_resid_mid'`` at load
+    is gone, because the self-test reads the input the MLP module receives."""
+    from transformer_lens import HookedTransformer
+
+    neox = sklens.tiny_model("gpt_neox", backend="hooked")
+    assert neox.cfg.parallel_attn_mlp
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", lambda n, **kw: neox)
+    monkeypatch.setattr(models, "check_hub", lambda name: None)  # as if the hub were reachable
+    assert sklens.load_model("EleutherAI/pythia-70m", device="cpu") is neox

@@ -159,6 +159,9 @@ def test_a_planted_sae_latent_ranks_first(qwen):
     assert (int(top.layer[0]), int(top.neuron[0]), int(top.slot[0])) == (1, 23, 2)
     assert float(top.p_fwer[0]) == pytest.approx(0.01)
     assert sklens.viz.neuron_labels(top) == ["L1 F23 @soft2"]
+    best = sklens.top_examples(qwen, prompt, examples, layer=1, neuron=23, slot=2, n=1, site=sae)
+    assert int(best.example[0]) == int(planted.argmax())
+    assert float(best.activation[0]) == pytest.approx(float(planted.max()), abs=1e-4)
 
 
 @needs_sae
