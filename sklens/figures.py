@@ -83,7 +83,9 @@ def kde_by_group(
     return fig
 
 
-def score_histogram(scan: Any, k: int = 10, reduce: Reduce = "max", bins: int = 100) -> NotebookFigure:
+def score_histogram(
+    scan: Any, k: int = 10, reduce: Reduce = "max", bins: int = 100
+) -> NotebookFigure:
     """Histogram of all neuron scores, the top-``k`` |score| threshold, and the null if any."""
     score, _ = scan.scores(reduce)
     values = score[~score.isnan()].numpy()

@@ -81,11 +81,12 @@ class NeuronSet:
             out = cls(tuple((int(L), int(i)) for L, i in neurons), site_of(site))
         if model is not None:
             out = cls(out.pairs, out.site if out.site.size else resolve_site(out.site, model))
-            out.check(model.cfg.n_layers)
+            out.check(model.cfg.n_layers, model)
         return out
 
-    def check(self, n_layers: int) -> None:
-        """Raise on a pair outside a model with ``n_layers`` layers (and the bound site's size)."""
+    def check(self, n_layers: int, model: Model | None = None) -> None:
+        """Raise on a pair outside a model with ``n_layers`` layers (and the bound site's size,
+        at a layer where the site's hook exists in ``model``)."""
         size = self.site.size
         for L, i in self.pairs:
             if not (0 <= L < n_layers and 0 <= i < size):
@@ -93,7 +94,7 @@ class NeuronSet:
                     f"unit ({L}, {i}) is outside the model's site {self.site.name!r} "
                     f"(n_layers={n_layers}, units per layer={size})"
                 )
-        self.site.check_layers(self.layers)
+        self.site.check_layers(self.layers, model)
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -288,10 +288,10 @@ def scan(
     metric = metrics_mod.resolve(metric, len(examples))
     metric.check(examples)
     site = resolve_site(site, model)
-    if layers is None and site.only_layers is not None:
-        layers = site.only_layers
+    if layers is None:  # the layers the site exists at (an SAE's, an attached SAE's hook)
+        layers = site.layers_in(model) or None
     layer_ids = resolve_layers(model, layers)
-    site.check_layers(layer_ids)
+    site.check_layers(layer_ids, model)
     if prompt is not None:
         prompt.check_fits(model)
     n_slots = prompt.n_tokens if prompt is not None else 0

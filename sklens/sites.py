@@ -99,13 +99,23 @@ class Site:
     def label(self, layer: int, unit: int) -> str:
         return f"L{layer} {self.letter}{unit}"
 
-    def check_layers(self, layers: list[int]) -> None:
-        """Raise when a layer has no unit of this site (an SAE only sits at some layers)."""
-        missing = [L for L in layers if self.only_layers is not None and L not in self.only_layers]
+    def layers_in(self, model: Model | None = None) -> list[int] | None:
+        """The layers the site exists at: an SAE sits at some layers only, and so does a hook
+        that exists at some (an SAE attached to a ``HookedSAETransformer``); ``None``: any."""
+        present = None if self.only_layers is None else list(self.only_layers)
+        if model is None:
+            return present
+        candidates = present if present is not None else range(model.cfg.n_layers)
+        return [L for L in candidates if self.hook(L) in model.hook_dict]
+
+    def check_layers(self, layers: list[int], model: Model | None = None) -> None:
+        """Raise when one of ``layers`` has no unit of this site (``layers_in``)."""
+        present = self.layers_in(model)
+        missing = [L for L in layers if present is not None and L not in present]
         if missing:
             raise ValueError(
-                f"site {self.name!r} exists at layers {list(self.only_layers or ())}, not at "
-                f"{missing}: pass layers={list(self.only_layers or ())} (or a subset)"
+                f"site {self.name!r} exists at layers {present}, not at {missing}: pass "
+                f"layers={present} (or a subset)"
             )
 
 
@@ -219,7 +229,8 @@ class _Hook(Site):
     """Any hook whose activation is ``[batch, pos, ...]``: one unit per trailing element."""
 
     def bind(self, model: Model) -> Site:
-        layer = 0 if self.only_layers is None else self.only_layers[0]
+        layers = self.only_layers or range(model.cfg.n_layers)
+        layer = next((L for L in layers if self.hook(L) in model.hook_dict), layers[0])
         return dataclasses.replace(self, size=_width(model, self.template, layer))
 
 

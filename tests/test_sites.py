@@ -177,8 +177,8 @@ def test_sae_scan_equals_saelens_own_hook(qwen):
     prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=5)
     ours = sklens.scan(qwen, prompt, examples, metric, site=sae, progress=False)
     template = "blocks.{layer}.hook_resid_post.hook_sae_acts_post"
-    theirs = sklens.scan(hooked, prompt, examples, metric, site=template, layers=[0],
-                         progress=False)  # fmt: skip
+    theirs = sklens.scan(hooked, prompt, examples, metric, site=template, progress=False)
+    assert theirs.layers == [0]  # only where the SAE is attached
     torch.testing.assert_close(ours.corr, theirs.corr, atol=1e-5, rtol=0, equal_nan=True)
 
 
@@ -345,3 +345,24 @@ def test_a_study_of_sae_latents_from_disk(qwen_dir, tmp_path, capsys):
     random_sae(model.cfg.d_model, 40, "blocks.1.hook_resid_post", seed=2).save_model(sae_dir)
     assert main(_args(qwen_dir, out, *extra, "--resume")) == 0
     assert pd.read_csv(out / "neurons.csv").site.iloc[0] != name  # other weights: scanned again
+
+
+@needs_sae
+def test_an_sae_attached_to_saelens_bridge_is_a_hook_template():
+    """SAELens's ``SAETransformerBridge`` names the attached SAE's hooks after the bridge's own
+    hook (``blocks.L.hook_out``); scanning its ``hook_sae_acts_post`` (only where attached, with
+    no ``layers=``) equals scanning the SAE object on the plain bridge."""
+    path = sklens.tiny_checkpoint("qwen2", seed=0)
+    bridge = sae_lens.SAETransformerBridge.boot_transformers(str(path), device="cpu")
+    bridge.enable_compatibility_mode(no_processing=True)
+    plain = sklens.load_model(path, backend="bridge")
+    sae = random_sae(plain.cfg.d_model, 32, "blocks.1.hook_resid_post", seed=5)
+    bridge.add_sae(sae, use_error_term=True)
+    examples = arithmetic_examples(10, seed=1)
+    metric = [float(e.meta["a"]) for e in examples]
+    prompt = sklens.SoftPrompt.init_for(plain, 2, seed=0)
+    ours = sklens.scan(plain, prompt, examples, metric, site=sae, progress=False)
+    theirs = sklens.scan(bridge, prompt, examples, metric,
+                         site="blocks.{layer}.hook_out.hook_sae_acts_post", progress=False)  # fmt: skip
+    assert theirs.layers == [1]
+    torch.testing.assert_close(ours.corr, theirs.corr, atol=1e-5, rtol=0, equal_nan=True)
