@@ -74,7 +74,9 @@ cells = [
         "top_latents = latents.top_k(5)  # the site column ties the ids to this SAE\n"
         "top_latents"
     ),
-    nbf.v4.new_code_cell("sklens.neuron_text_view(model, prompt, val, top_latents, n=3)  # labels L{layer} F{latent}"),
+    nbf.v4.new_code_cell(
+        "sklens.neuron_text_view(model, prompt, val, top_latents, n=3)  # labels L{layer} F{latent}"
+    ),
     nbf.v4.new_markdown_cell(
         "Ablating a latent edits the SAE's reconstruction and keeps its error term; the random "
         "controls are latents of the same SAE:"

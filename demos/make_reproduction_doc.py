@@ -3,6 +3,9 @@
     python demos/rq1_skillmix.py --docs && python demos/rq2_hans.py --docs \\
         && python demos/rq3_arithmetic.py --docs
     python demos/make_reproduction_doc.py demo-out/rq1 demo-out/rq2 demo-out/rq3
+    # with the --size full runs beside them (the plain account then reads the full runs):
+    python demos/make_reproduction_doc.py demo-out/rq1 demo-out/rq2 demo-out/rq3 \\
+        --full runs/rq1-full runs/rq2-full runs/rq3-full
 
 The doc has one table with the paper beside sklens, study by study, each number next to the
 command and results.json key that regenerate it; the figures; a plain account filled from the
@@ -56,8 +59,20 @@ def figure_link(results: dict[str, Any], run: Path, name: str, rel: str, doc_dir
     return f"![{results['study']} {name}]({os.path.relpath(target.resolve(), doc_dir.resolve())})"
 
 
-def render(runs: list[Path], doc: Path) -> str:
+def _phase_times(label: str, all_results: list[dict[str, Any]], key: str) -> list[str]:
+    lines = [label, ""]
+    for results in all_results:
+        times = results.get(key)
+        if times:
+            shown = ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+            lines.append(f"- {results['study'].upper()} ({results['size']}): {shown}")
+    return [*lines, ""] if len(lines) > 2 else []
+
+
+def render(runs: list[Path], doc: Path, full_runs: list[Path] | None = None) -> str:
     all_results = [json.loads((run / "results.json").read_text()) for run in runs]
+    full = [json.loads((run / "results.json").read_text()) for run in full_runs or []]
+    by_study = {r["study"]: r for r in full}
     models = sorted({get(r, "model.name") for r in all_results})
     sizes = sorted({r["size"] for r in all_results})
     lines = [
@@ -79,7 +94,7 @@ def render(runs: list[Path], doc: Path) -> str:
         "Each run's `results.json`, `summary.md` and CSV tables are kept in "
         f"`{os.path.relpath(doc.parent / 'reproduction', doc.parent)}/<study>/`.",
         "",
-        table(all_results),
+        table(all_results, by_study),
         "",
     ]
     lines += ["## Figures", ""]
@@ -92,38 +107,47 @@ def render(runs: list[Path], doc: Path) -> str:
         lines.append("")
     lines += ["## A plain account", ""]
     for results in all_results:
-        lines += [f"**{results['title']}**", ""]
-        lines += [f"- {sentence}" for sentence in account(results)]
+        read = by_study.get(results["study"], results)  # the full run where there is one
+        lines += [f"**{read['title']}** (`--size {read['size']}`)", ""]
+        lines += [f"- {sentence}" for sentence in account(read)]
         lines.append("")
     lines += [SMOKE_ACCOUNT if "tiny" in sizes else ACCOUNT.read_text(), "## Regenerate", ""]
-    lines += [f"    {r['command']}" for r in all_results]
-    lines += [f"    python demos/make_reproduction_doc.py {' '.join(str(r) for r in runs)}", ""]
-    lines += ["Wall time per phase (s):", ""]
-    for results in all_results:
-        timings = ", ".join(f"{k} {v:.0f}" for k, v in (results.get("timings_s") or {}).items())
-        lines.append(f"- {results['study'].upper()}: {timings}")
-    lines.append("")
+    lines += [f"    {r['command']}" for r in [*all_results, *full]]
+    extra = f" --full {' '.join(str(r) for r in full_runs)}" if full_runs else ""
+    command = f"python demos/make_reproduction_doc.py {' '.join(str(r) for r in runs)}{extra}"
+    lines += [f"    {command}", ""]
+    everything = [*all_results, *full]
+    lines += _phase_times("Wall time per phase (s):", everything, "timings_s")
+    lines += _phase_times(
+        "CPU time per phase (s, summed over the process's threads; not inflated by a run that "
+        "was paused, as wall time is):",
+        everything,
+        "cpu_s",
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="*", default=["demo-out/rq1", "demo-out/rq2", "demo-out/rq3"])
+    p.add_argument("--full", nargs="*", default=[], help="the --size full runs, beside the others")
     p.add_argument("--out", default=str(REPO / "docs" / "reproduction.md"))
     args = p.parse_args(argv)
     runs = [Path(r) for r in args.runs]
-    missing = [str(r) for r in runs if not (r / "results.json").exists()]
+    full_runs = [Path(r) for r in args.full]
+    missing = [str(r) for r in [*runs, *full_runs] if not (r / "results.json").exists()]
     if missing:
         raise SystemExit(f"no results.json in {missing}: run the demos first (see the docstring)")
     doc = Path(args.out)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    for run in runs:  # the numbers behind the doc, kept beside it
-        study = json.loads((run / "results.json").read_text())["study"]
+    for run in [*runs, *full_runs]:  # the numbers behind the doc, kept beside it
+        results = json.loads((run / "results.json").read_text())
+        study = results["study"] + ("-full" if results["size"] == "full" else "")
         keep = doc.parent / "reproduction" / study
         keep.mkdir(parents=True, exist_ok=True)
         for source in [run / "results.json", run / "summary.md", *sorted(run.glob("*.csv"))]:
             shutil.copyfile(source, keep / source.name)
-    doc.write_text(render(runs, doc))
+    doc.write_text(render(runs, doc, full_runs))
     print(f"wrote {doc}")
     return doc
 

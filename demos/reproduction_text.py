@@ -255,17 +255,37 @@ def study_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def table(all_results: list[dict[str, Any]]) -> str:
-    """One markdown table, study by study, every number beside the command that makes it."""
+def table(all_results: list[dict[str, Any]], full: dict[str, dict[str, Any]] | None = None) -> str:
+    """One markdown table, study by study, every number beside the command that makes it;
+    with ``full`` (study → the ``--size full`` run's results) a column of the full-size run
+    beside each number of the budget run, rows matched by their results.json key."""
+    if not full:
+        lines = [
+            "| study | quantity | paper (Qwen1.5-1.8B-Chat) | sklens | regenerate: command → results.json key |",
+            "|---|---|---|---|---|",
+        ]
+        for results in all_results:
+            for quantity, paper, ours, key in study_rows(results):
+                lines.append(
+                    f"| {results['study'].upper()} | {quantity} | {paper} | {ours} | "
+                    f"`{results['command']}` → `{key}` |"
+                )
+        return "\n".join(lines)
     lines = [
-        "| study | quantity | paper (Qwen1.5-1.8B-Chat) | sklens | regenerate: command → results.json key |",
-        "|---|---|---|---|---|",
+        "| study | quantity (full size) | paper (Qwen1.5-1.8B-Chat) | sklens, budget size | "
+        "sklens, full size (to the plateau) | results.json key |",
+        "|---|---|---|---|---|---|",
     ]
     for results in all_results:
-        for quantity, paper, ours, key in study_rows(results):
+        big = full.get(results["study"])
+        budget = {row[3]: row for row in study_rows(results)}
+        large = {row[3]: row for row in study_rows(big)} if big else {}
+        for key in [*large, *(k for k in budget if k not in large)]:
+            quantity, paper = (large.get(key) or budget[key])[:2]
+            small = budget[key][2] if key in budget else "not in this run"
             lines.append(
-                f"| {results['study'].upper()} | {quantity} | {paper} | {ours} | "
-                f"`{results['command']}` → `{key}` |"
+                f"| {results['study'].upper()} | {quantity} | {paper} | {small} | "
+                f"{large[key][2] if key in large else 'not run'} | `{key}` |"
             )
     return "\n".join(lines)
 

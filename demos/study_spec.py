@@ -94,4 +94,5 @@ class Context:
     prompts: dict[int, Any] = field(default_factory=dict)
     scans: dict[str, Any] = field(default_factory=dict)
     top: pd.DataFrame | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall s per phase
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU s per phase (all threads)

@@ -58,7 +58,8 @@ def test_run_writes_every_output(qwen_dir, tmp_path, capsys):
     assert main(_args(qwen_dir, out)) == 0
     printed = capsys.readouterr().out
     assert (
-        " unit slot " in printed and "metric label:skill=spatial over 12 validation examples" in printed
+        " unit slot " in printed
+        and "metric label:skill=spatial over 12 validation examples" in printed
     )
     neurons = pd.read_csv(out / "neurons.csv")
     assert (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import math
 import sys
 from pathlib import Path
@@ -148,6 +149,31 @@ def test_reproduction_doc_has_the_table_figures_and_account(runs, tmp_path):
         kept = json.loads((tmp_path / "reproduction" / key / "results.json").read_text())
         assert kept == json.loads((runs[key] / "results.json").read_text())
         assert (tmp_path / "reproduction" / key / "heldout.csv").exists()
+
+
+def test_reproduction_doc_puts_full_size_runs_beside_the_budget_ones(runs, tmp_path):
+    """``--full``: one more column, rows matched by their results.json key, the plain account read
+    from the full runs, and CPU time per phase beside the wall time (a paused run's wall time is
+    not its cost)."""
+    make_doc = _demo("make_reproduction_doc")
+    full = []
+    for key in sorted(runs):
+        results = json.loads((runs[key] / "results.json").read_text())
+        assert set(results["cpu_s"]) == set(results["timings_s"])  # every phase has both
+        results["size"] = "full"
+        results["sparsity"]["top_k_threshold"] = 0.123456
+        shutil.copytree(runs[key], tmp_path / key)
+        (tmp_path / key / "results.json").write_text(json.dumps(results))
+        full.append(str(tmp_path / key))
+    out = tmp_path / "doc" / "r.md"
+    doc = make_doc.main([str(runs[k]) for k in sorted(runs)] + ["--full", *full, "--out", str(out)])
+    text = doc.read_text()
+    assert "| sklens, budget size | sklens, full size (to the plateau) |" in text
+    budget = json.loads((runs["rq1"] / "results.json").read_text())["sparsity"]["top_k_threshold"]
+    assert f"| 0.83 | {budget:.3f} | 0.123 | `sparsity.top_k_threshold` |" in text
+    assert "Top-10 threshold 0.123 against the paper's 0.83" in text  # the account reads full runs
+    assert "CPU time per phase" in text and "--full" in text
+    assert (out.parent / "reproduction" / "rq1-full" / "results.json").exists()
 
 
 @pytest.mark.parametrize(
