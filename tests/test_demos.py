@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import math
+import shutil
 import sys
 from pathlib import Path
 
