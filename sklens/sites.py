@@ -217,7 +217,14 @@ class Directions(Site):
     def units(self, act: Float[Tensor, "batch pos d_model"], layer: int) -> Tensor:
         return act @ self._matrix(layer).to(act.device, act.dtype).T
 
-    def write(self, act, layer, units, idx, new):  # noqa: ANN001 (Site.write's signature)
+    def write(
+        self,
+        act: Tensor,
+        layer: int,
+        units: Float[Tensor, "batch pos unit"],
+        idx: Int[Tensor, " n"],
+        new: Float[Tensor, "batch pos n"],
+    ) -> Tensor:
         d = self._matrix(layer).to(act.device, torch.float64)
         lift = torch.linalg.pinv(d).T[idx.to(d.device)]  # [n, d_model]: minimal-norm change
         delta = (new - units[..., idx]).to(torch.float64) @ lift
@@ -306,7 +313,14 @@ class SAELatents(Site):
         sae = self.saes[layer]
         return sae.encode(act.to(sae.W_dec.dtype)).flatten(2)
 
-    def write(self, act, layer, units, idx, new):  # noqa: ANN001 (Site.write's signature)
+    def write(
+        self,
+        act: Tensor,
+        layer: int,
+        units: Float[Tensor, "batch pos unit"],
+        idx: Int[Tensor, " n"],
+        new: Float[Tensor, "batch pos n"],
+    ) -> Tensor:
         sae = self.saes[layer]
         edited = units.index_copy(-1, idx, new.to(units.dtype))
         change = sae.decode(edited) - sae.decode(units)
@@ -343,7 +357,7 @@ _NAMED: dict[str, Site] = {
     "resid": _Resid("resid", "blocks.{layer}.hook_resid_post", "R"),
 }
 
-SiteLike = Site | str | Any
+SiteLike = Site | str | Any  # a Site, a name or hook template, or SAELens SAEs (site_of)
 
 
 def hook_site(template: str) -> Site:
