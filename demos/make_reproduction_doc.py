@@ -50,10 +50,19 @@ _Smoke runs carry no evidence about the paper; the account of the full runs is w
 """
 
 
+def kept(doc: Path, results: dict[str, Any]) -> Path:
+    """Where a run's numbers and figures are copied beside the doc: ``reproduction/<study>``,
+    with ``-full`` for a ``--size full`` run."""
+    suffix = "-full" if results["size"] == "full" else ""
+    return doc.parent / "reproduction" / f"{results['study']}{suffix}"
+
+
 def figure_link(results: dict[str, Any], run: Path, name: str, rel: str, doc_dir: Path) -> str:
-    """A link to the figure, preferring its copy in docs/ when the run made one."""
+    """A link to the figure, preferring its copy in docs/ when the run made one (a full run's
+    figures are linked where ``main`` copied them, beside the doc)."""
     target = run / rel
-    for copied in results.get("docs_figures") or []:
+    copies = [] if results["size"] == "full" else results.get("docs_figures") or []
+    for copied in copies:
         if Path(copied).name == Path(rel).name and (REPO / copied).exists():
             target = REPO / copied
     return f"![{results['study']} {name}]({os.path.relpath(target.resolve(), doc_dir.resolve())})"
@@ -98,8 +107,10 @@ def render(runs: list[Path], doc: Path, full_runs: list[Path] | None = None) -> 
         "",
     ]
     lines += ["## Figures", ""]
-    for results, run in zip(all_results, runs, strict=True):
-        lines += [f"### {results['title']}", ""]
+    shown = {r["study"]: (r, run) for r, run in zip(all_results, runs, strict=True)}
+    shown |= {r["study"]: (r, kept(doc, r)) for r in full}  # the full run's, copied beside the doc
+    for results, run in shown.values():
+        lines += [f"### {results['title']} (`--size {results['size']}`)", ""]
         lines += [
             figure_link(results, run, name, rel, doc.parent)
             for name, rel in (results.get("figures") or {}).items()
@@ -142,11 +153,13 @@ def main(argv: list[str] | None = None) -> Path:
     doc.parent.mkdir(parents=True, exist_ok=True)
     for run in [*runs, *full_runs]:  # the numbers behind the doc, kept beside it
         results = json.loads((run / "results.json").read_text())
-        study = results["study"] + ("-full" if results["size"] == "full" else "")
-        keep = doc.parent / "reproduction" / study
-        keep.mkdir(parents=True, exist_ok=True)
+        keep = kept(doc, results)
+        (keep / "figures").mkdir(parents=True, exist_ok=True)
         for source in [run / "results.json", run / "summary.md", *sorted(run.glob("*.csv"))]:
             shutil.copyfile(source, keep / source.name)
+        if results["size"] == "full":  # the doc shows the full runs' figures from these copies
+            for rel in (results.get("figures") or {}).values():
+                shutil.copyfile(run / rel, keep / rel)
     doc.write_text(render(runs, doc, full_runs))
     print(f"wrote {doc}")
     return doc

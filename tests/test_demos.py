@@ -174,6 +174,11 @@ def test_reproduction_doc_puts_full_size_runs_beside_the_budget_ones(runs, tmp_p
     assert "Top-10 threshold 0.123 against the paper's 0.83" in text  # the account reads full runs
     assert "CPU time per phase" in text and "--full" in text
     assert (out.parent / "reproduction" / "rq1-full" / "results.json").exists()
+    links = [line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")]
+    assert links and all(
+        link.startswith("reproduction/rq") and "-full/figures/" in link for link in links
+    )
+    assert all((doc.parent / link).read_bytes()[:8] == PNG for link in links)  # copied beside it
 
 
 @pytest.mark.parametrize(
