@@ -366,3 +366,12 @@ def test_an_sae_attached_to_saelens_bridge_is_a_hook_template():
                          site="blocks.{layer}.hook_out.hook_sae_acts_post", progress=False)  # fmt: skip
     assert theirs.layers == [1]
     torch.testing.assert_close(ours.corr, theirs.corr, atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_settings_saved_before_sites_read_as_mlp_units():
+    from sklens.scan_settings import ScanSettings
+
+    old = {"n_layers": 2, "d_mlp": 8, "layers": [0, 1], "n_tokens": 3, "metric": "loss",
+           "n_examples": 10, "positions": "soft_prompt"}  # fmt: skip
+    settings = ScanSettings.from_dict(old)
+    assert settings.n_units == 8 and settings.site == "mlp"
