@@ -128,7 +128,12 @@ def render(runs: list[Path], doc: Path, full_runs: list[Path] | None = None) -> 
     command = f"python demos/make_reproduction_doc.py {' '.join(str(r) for r in runs)}{extra}"
     lines += [f"    {command}", ""]
     everything = [*all_results, *full]
-    lines += _phase_times("Wall time per phase (s):", everything, "timings_s")
+    lines += _phase_times(
+        "Wall time per phase (s; a run that was paused while the machine did other work counts "
+        "the pause, see the account):",
+        everything,
+        "timings_s",
+    )
     lines += _phase_times(
         "CPU time per phase (s, summed over the process's threads; not inflated by a run that "
         "was paused, as wall time is):",

@@ -356,12 +356,15 @@ def account(results: dict[str, Any]) -> list[str]:
         out.append(f"`sklens.explain`, the top neuron's best held-out explanation: {explained[0]}.")
     for name, cf in (get(results, "rq3.counterfactual") or {}).items():
         if "behaviour" in cf:
-            moved = cf["min_p_vs_random"] <= 0.05
+            # one test per top neuron: "moved" needs the BH q over them, not the smallest raw p
+            moved = cf.get("min_q") is not None and cf["min_q"] <= 0.05
             out.append(
                 f"Editing {cf['used']} questions so that `{name}` holds "
-                f"{'moves' if moved else 'does not move'} any top neuron more than random units "
-                f"of its layer and slot (largest change {fmt(cf['max_abs_d_std'])} SD, smallest "
-                f"p {fmt(cf['min_p_vs_random'])}); the loss changes by "
+                f"{'moves' if moved else 'does not move'} the top neurons beyond chance: the "
+                f"largest paired change is {fmt(cf['max_abs_d_std'])} SD and the smallest q over "
+                f"the top-10 {fmt(cf.get('min_q'))} (Benjamini–Hochberg); against random units of "
+                f"each neuron's layer and slot the smallest p is {fmt(cf['min_p_vs_random'])}, "
+                f"uncorrected over the ten. The loss changes by "
                 f"{fmt(cf['behaviour']['loss']['change'])}."
             )
     return out
