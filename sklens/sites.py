@@ -111,6 +111,12 @@ class Site:
     def check_layers(self, layers: list[int], model: Model | None = None) -> None:
         """Raise when one of ``layers`` has no unit of this site (``layers_in``)."""
         present = self.layers_in(model)
+        if present == []:
+            hint = " (an attention-only model has no MLP neurons: scan site='heads' or 'resid')"
+            raise ValueError(
+                f"site {self.name!r}: the model has no hook {self.template!r} at any layer"
+                f"{hint if self.name == 'mlp' else ''}"
+            )
         missing = [L for L in layers if present is not None and L not in present]
         if missing:
             raise ValueError(

@@ -294,6 +294,13 @@ def test_bad_sites_fail_before_any_pass(qwen):
         sklens.scan(qwen, None, examples, metric, site="blocks.{layer}.mlp.hook_nope")
     with pytest.raises(ValueError, match=r"not \[batch, pos, \.\.\.\]"):
         sklens.scan(qwen, None, examples, metric, site="blocks.{layer}.attn.hook_pattern")
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    attn_only = HookedTransformer(HookedTransformerConfig(
+        n_layers=2, d_model=16, n_ctx=32, d_head=4, n_heads=4, d_vocab=50, attn_only=True
+    ))  # fmt: skip
+    with pytest.raises(ValueError, match="attention-only model has no MLP neurons"):
+        sklens.scan(attn_only, None, examples, metric)
     with pytest.raises(ValueError, match="neither"):
         sklens.scan(qwen, None, examples, metric, site="attention")
     sae = random_sae(qwen.cfg.d_model, 8, "blocks.1.hook_resid_post")
