@@ -251,16 +251,20 @@ class _Hook(Site):
 class SAELatents(Site):
     """SAE latents through SAELens: ``encode`` runs on the hook's activation the SAE was trained
     on (``sae.cfg.metadata.hook_name``, or ``hook=``); an edit adds ``decode(new) − decode(old)``,
-    keeping the SAE's error term. ``saes``: one SAE, or ``{layer: SAE}``."""
+    keeping the SAE's error term. ``saes``: one SAE, a list of them (each at the layer its hook
+    names), or ``{layer: SAE}``."""
 
     saes: Mapping[int, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, saes: Any, hook: str | None = None) -> SAELatents:
-        listed = dict(saes) if isinstance(saes, Mapping) else {None: saes}
+        if isinstance(saes, Mapping):
+            listed = list(saes.items())
+        else:  # one SAE, or several, each at the layer its hook_name says
+            listed = [(None, sae) for sae in (saes if isinstance(saes, (list, tuple)) else [saes])]
         by_layer: dict[int, Any] = {}
         templates = set()
-        for key, sae in listed.items():
+        for key, sae in listed:
             if not (hasattr(sae, "encode") and hasattr(sae, "decode") and hasattr(sae, "cfg")):
                 raise TypeError(
                     f"an SAE must be a SAELens SAE (encode, decode, cfg); got {type(sae)}"
@@ -409,30 +413,6 @@ def unit_label(site_name: str, layer: int, unit: int) -> str:
         else None
     )
     return f"L{layer} {kind}{unit}" if kind else site_of(site_name).label(layer, unit)
-
-
-def from_spec(text: str) -> Site:
-    """The site a command line names (``validate.site`` checked the spelling): a builtin, a hook
-    template, or ``sae:DIR[,DIR]`` — SAEs saved by SAELens (``sae.save_model(DIR)``), loaded
-    from disk, offline."""
-    if not text.startswith("sae:"):
-        return site_of(text)
-    from sae_lens import SAE  # an optional dependency: only this spelling needs it
-
-    saes = [SAE.load_from_disk(path) for path in text[len("sae:") :].split(",") if path]
-    return SAELatents.of(saes[0]) if len(saes) == 1 else SAELatents.of(_by_layer(saes))
-
-
-def _by_layer(saes: list[Any]) -> dict[int, Any]:
-    out = {}
-    for sae in saes:
-        match = _LAYER.match(getattr(sae.cfg.metadata, "hook_name", None) or "")
-        if match is None:
-            raise ValueError(
-                "an SAE loaded from disk does not name its hook (cfg.metadata.hook_name)"
-            )
-        out[int(match.group(1))] = sae
-    return out
 
 
 def site_names(table: Any) -> list[str]:

@@ -382,3 +382,13 @@ def test_settings_saved_before_sites_read_as_mlp_units():
            "n_examples": 10, "positions": "soft_prompt"}  # fmt: skip
     settings = ScanSettings.from_dict(old)
     assert settings.n_units == 8 and settings.site == "mlp"
+
+
+@needs_sae
+def test_a_list_of_saes_sits_at_the_layers_their_hooks_name():
+    saes = [random_sae(16, 8, f"blocks.{L}.hook_resid_post", seed=L) for L in (1, 0)]
+    site = sites.SAELatents.of(saes)
+    assert site.only_layers == (0, 1) and site.template == "blocks.{layer}.hook_resid_post"
+    assert site.saes[1] is saes[0] and site.saes[0] is saes[1]
+    with pytest.raises(ValueError, match="different widths"):
+        sites.SAELatents.of([saes[0], random_sae(16, 9, "blocks.0.hook_resid_post")])

@@ -35,11 +35,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sklens import sites, validate
+from sklens import validate
 from sklens.app import rundir
 from sklens.app.report import read_summary
 from sklens.app.statistics import causal_summary, run_statistics
-from sklens.app.tasks import load_task, training_kwargs
+from sklens.app.tasks import load_task, study_site, training_kwargs
 from sklens.atomic import write_csv, write_text
 from sklens.causal import causal_check
 from sklens.config import StudyConfig
@@ -207,7 +207,7 @@ def _study(
     fit, plateau_kwargs = training_kwargs(config, task)
     metric_spec = validate.study_data(config, task)
     metric = from_spec(metric_spec)
-    site = sites.from_spec(config.site)
+    site = study_site(config.site)
     stages = stage_settings(config, metric_spec, task, site.name)
     lap("data")
     model = load_model(config.model, backend=config.backend, device=config.device)

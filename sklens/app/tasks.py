@@ -14,6 +14,7 @@ from sklens.data.hans import generate_hans, load_hans
 from sklens.data.jsonl import load_jsonl
 from sklens.data.skillmix import generate_skillmix, load_skillmix
 from sklens.data.split import train_val_split
+from sklens.sites import SAELatents, Site, site_of
 
 DEFAULT_METRICS = {
     "arithmetic": "loss",  # RQ3: no label, the model's own per-example loss
@@ -100,3 +101,14 @@ def training_kwargs(config: StudyConfig, task: TaskData) -> tuple[list, dict[str
         "eval_every": config.eval_every,
         "patience": config.patience,
     }
+
+
+def study_site(text: str) -> Site:
+    """The site ``--site`` names (``validate.site`` checked the spelling): a builtin, a hook
+    template, or ``sae:DIR[,DIR]`` — SAEs saved by SAELens (``sae.save_model(DIR)``), loaded
+    from disk, offline."""
+    if not text.startswith("sae:"):
+        return site_of(text)
+    from sae_lens import SAE  # an optional dependency: only this spelling needs it
+
+    return SAELatents.of([SAE.load_from_disk(path) for path in text[4:].split(",") if path])
