@@ -177,51 +177,49 @@ class Directions(Site):
     as given (normalise them for projections in residual units). ``hook`` is a template.
     """
 
-    vectors: Mapping[int, Tensor] | Tensor | None = field(default=None, repr=False, compare=False)
+    # by layer, or under key -1 for every layer; and each matrix's pinv, transposed (the lift of
+    # a change of projections to the minimal-norm change of the activation), computed once here
+    vectors: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
+    lifts: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(
         cls, vectors: Tensor | Mapping[int, Tensor], hook: str = "blocks.{layer}.hook_resid_post"
     ) -> Directions:
-        per_layer = dict(vectors) if isinstance(vectors, Mapping) else None
-        mats = list(per_layer.values()) if per_layer else [vectors]
-        sizes = {tuple(m.shape) for m in mats}
-        if len(sizes) != 1 or any(m.ndim != 2 for m in mats):
+        per_layer = isinstance(vectors, Mapping)
+        by_key = {int(k): v for k, v in vectors.items()} if per_layer else {-1: vectors}
+        sizes = {tuple(m.shape) for m in by_key.values()}
+        if len(sizes) != 1 or any(m.ndim != 2 for m in by_key.values()):
             raise ValueError(
                 f"directions must be one [n, d_model] tensor per layer, all the same shape; got "
                 f"{sorted(sizes)}"
             )
         digest = hashlib.sha256()
-        for key, m in sorted((per_layer or {-1: vectors}).items()):
+        for key, m in sorted(by_key.items()):
             digest.update(str(key).encode() + m.detach().double().cpu().numpy().tobytes())
         return _held(
             cls(
                 name=f"directions:{digest.hexdigest()[:12]}",
                 template=hook,
                 letter="V",
-                size=int(mats[0].shape[0]),
-                only_layers=tuple(sorted(per_layer)) if per_layer else None,
-                vectors=per_layer if per_layer else vectors,
+                size=int(next(iter(by_key.values())).shape[0]),
+                only_layers=tuple(sorted(by_key)) if per_layer else None,
+                vectors=by_key,
+                lifts={k: torch.linalg.pinv(m.detach().double()).T for k, m in by_key.items()},
             )
         )
 
     def bind(self, model: Model) -> Site:
-        width = next(iter(self._all().values())).shape[1]
+        width = next(iter(self.vectors.values())).shape[1]
         if width != model.cfg.d_model:
             raise ValueError(
                 f"directions have width {width}, the model's d_model is {model.cfg.d_model}"
             )
         return self
 
-    def _all(self) -> dict[int, Tensor]:
-        return dict(self.vectors) if isinstance(self.vectors, Mapping) else {-1: self.vectors}
-
-    def _matrix(self, layer: int) -> Tensor:
-        all_ = self._all()
-        return all_[layer] if layer in all_ else all_[-1]
-
     def units(self, act: Float[Tensor, "batch pos d_model"], layer: int) -> Tensor:
-        return act @ self._matrix(layer).to(act.device, act.dtype).T
+        d = self.vectors.get(layer, self.vectors.get(-1))
+        return act @ d.to(act.device, act.dtype).T
 
     def write(
         self,
@@ -231,9 +229,8 @@ class Directions(Site):
         idx: Int[Tensor, " n"],
         new: Float[Tensor, "batch pos n"],
     ) -> Tensor:
-        d = self._matrix(layer).to(act.device, torch.float64)
-        lift = torch.linalg.pinv(d).T[idx.to(d.device)]  # [n, d_model]: minimal-norm change
-        delta = (new - units[..., idx]).to(torch.float64) @ lift
+        lift = self.lifts.get(layer, self.lifts.get(-1)).to(act.device)[idx.to(act.device)]
+        delta = (new - units[..., idx]).to(torch.float64) @ lift  # [n, d_model] rows
         return act + delta.to(act.dtype)
 
 

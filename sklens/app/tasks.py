@@ -111,4 +111,6 @@ def study_site(text: str) -> Site:
         return site_of(text)
     from sae_lens import SAE  # an optional dependency: only this spelling needs it
 
-    return SAELatents.of([SAE.load_from_disk(path) for path in text[4:].split(",") if path])
+    return SAELatents.of(
+        [SAE.load_from_disk(path) for path in text.removeprefix("sae:").split(",") if path]
+    )
