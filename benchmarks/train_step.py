@@ -3,10 +3,11 @@
 Same model weights, batch and sequence lengths. sklens runs a HookedTransformer with the prompt
 written at hook_embed after the instruction; HF computes the loss from full logits; PEFT prepends
 its virtual tokens (its own placement). Each of sklens's savings is timed on its own: one pass
-with full logits, one pass with logits only at completion positions, and the training step as
-``train_soft_prompt`` takes it (the text before the slots run once without autograd, the slots
-and completion continuing from its cached keys/values). The methods run in interleaved rounds;
-ratios are the median and range of the per-round ratios.
+with full logits, one pass with logits only at completion positions, the text before the slots
+run once without autograd (the slots and completion continuing from its cached keys/values), and
+the training step as ``train_soft_prompt`` takes it, with the weights also held in the layout
+the forward reads (``sklens.models.layout``, a second copy of the model). The methods run in
+interleaved rounds; ratios are the median and range of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import AutoModelForCausalLM
 import sklens
 from sklens.data.format import encode, iter_batches
 from sklens.forward import completion_logprobs
+from sklens.models.layout import linear_layout
 from sklens.training import frozen, train_logprobs
 
 
@@ -49,30 +51,33 @@ def main() -> None:
         start, length = int(batch.completion_start[b]), int(batch.completion_len[b])
         completion[b, start - 1 : start - 1 + length] = True
 
-    def full_logits_loss() -> torch.Tensor:
+    def full_logits_loss(model) -> torch.Tensor:
         logits = model(batch.tokens, attention_mask=batch.attention_mask)[:, :-1]
         logprobs = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
         per_example = -(logprobs * completion).sum(1) / completion.sum(1)
         return per_example.mean()
 
-    def sklens_step(loss_fn) -> None:
+    def sklens_step(model, loss_fn) -> None:
         writer.start(batch)
         with frozen(model), model.hooks(fwd_hooks=[("hook_embed", writer)]):
-            loss = loss_fn()
+            loss = loss_fn(model)
             opt.zero_grad()
             loss.backward()
             opt.step()
 
+    def prefix_reused_loss(model) -> torch.Tensor:
+        return train_logprobs(model, writer, encoded, batch.indices).mean_loss.mean()
+
+    laid_out = sklens.load_model(args.model, device=args.device)  # held laid out while timed
     sklens_variants = (
-        ("sklens, one pass, full logits", full_logits_loss),
+        ("sklens, one pass, full logits", model, full_logits_loss),
         (
             "sklens, one pass, completion logits",
-            lambda: completion_logprobs(model, batch).mean_loss.mean(),
+            model,
+            lambda model: completion_logprobs(model, batch).mean_loss.mean(),
         ),
-        (
-            "sklens (training step: + prefix reused)",
-            lambda: train_logprobs(model, writer, encoded, batch.indices).mean_loss.mean(),
-        ),
+        ("sklens, + prefix reused", model, prefix_reused_loss),
+        ("**sklens training step** (+ weights laid out)", laid_out, prefix_reused_loss),
     )
 
     # plain HF: the same sequences, the prompt inserted into inputs_embeds at the same slots
@@ -112,9 +117,10 @@ def main() -> None:
     methods = {
         "hf_inputs_embeds": hf_step,
         "hf_peft": peft_step,
-        **{name: (lambda fn=fn: sklens_step(fn)) for name, fn in sklens_variants},
+        **{name: (lambda m=m, fn=fn: sklens_step(m, fn)) for name, m, fn in sklens_variants},
     }
-    times, _ = interleaved(methods, args.repeats, args.device)
+    with linear_layout(laid_out):  # as train_soft_prompt holds it for the whole training
+        times, _ = interleaved(methods, args.repeats, args.device)
     rows = [
         [
             name,

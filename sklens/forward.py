@@ -33,6 +33,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from sklens import _compat
 from sklens.data.format import Batch, Encoded, collate, iter_batches, pad_id
+from sklens.models.layout import linear_layout_for
 from sklens.models.protocol import Model
 
 Hook = tuple[str, Callable[..., Any]]
@@ -125,7 +126,11 @@ def batched_pass(
     whole = logprobs if with_completion is None else with_completion
     batches = iter_batches(model, encoded, n_slots, batch_size, order=order, with_completion=whole)
     total = -(-len(order) // batch_size)
-    with torch.no_grad(), attached(model, parts, stop_after=stop_after) as begin:
+    with (
+        torch.no_grad(),
+        linear_layout_for(model, total),
+        attached(model, parts, stop_after=stop_after) as begin,
+    ):
         for batch in tqdm(batches, total=total, desc=desc, disable=not progress):
             begin(batch)
             if logprobs:
@@ -242,27 +247,33 @@ def shared_prefix_pass(
         raise ValueError("a shared-prefix pass needs a soft prompt and a HookedTransformer")
     pid = pad_id(model.tokenizer)
     device = model.cfg.device
-    for start in range(0, len(groups), batch_size):
-        chunk = groups[start : start + batch_size]
-        firsts = [group[0] for group in chunk]
-        for group in chunk:
-            if any(encoded[i].prefix != encoded[group[0]].prefix for i in group):
-                raise ValueError(f"rows {list(group)} do not share their text before the slots")
-        prefix = collate(
-            [Encoded(encoded[i].prefix, ()) for i in firsts], firsts, 0, pid, with_completion=False
-        )
-        rows = [i for group in chunk for i in group]
-        rest = collate([Encoded((), encoded[i].completion) for i in rows], rows, n_slots, pid)
-        owner = torch.tensor([g for g, group in enumerate(chunk) for _ in group])
-        with torch.no_grad():
-            cache = prefill(model, prefix.tokens.to(device), prefix.attention_mask.to(device))
-            rest = rest.to(device)
-            with attached(model, parts) as begin:
-                begin(rest)
-                yield (
-                    rest,
-                    completion_logprobs(model, rest, past_kv_cache=_repeat_cache(cache, owner)),
-                )
+    n_chunks = -(-len(groups) // batch_size)
+    with linear_layout_for(model, 2 * n_chunks):  # two passes a chunk: prefix and continuation
+        for start in range(0, len(groups), batch_size):
+            chunk = groups[start : start + batch_size]
+            firsts = [group[0] for group in chunk]
+            for group in chunk:
+                if any(encoded[i].prefix != encoded[group[0]].prefix for i in group):
+                    raise ValueError(f"rows {list(group)} do not share their text before the slots")
+            prefix = collate(
+                [Encoded(encoded[i].prefix, ()) for i in firsts],
+                firsts,
+                0,
+                pid,
+                with_completion=False,
+            )
+            rows = [i for group in chunk for i in group]
+            rest = collate([Encoded((), encoded[i].completion) for i in rows], rows, n_slots, pid)
+            owner = torch.tensor([g for g, group in enumerate(chunk) for _ in group])
+            with torch.no_grad():
+                cache = prefill(model, prefix.tokens.to(device), prefix.attention_mask.to(device))
+                rest = rest.to(device)
+                with attached(model, parts) as begin:
+                    begin(rest)
+                    yield (
+                        rest,
+                        completion_logprobs(model, rest, past_kv_cache=_repeat_cache(cache, owner)),
+                    )
 
 
 def gather_slots(

@@ -1,6 +1,7 @@
 """Training a soft prompt on a frozen model (prompt tuning, Lester et al. 2021).
 
-AdamW on the prompt vectors only; every model weight is frozen for the duration and restored after.
+AdamW on the prompt vectors only; every model weight is frozen for the duration and restored after
+(and held in the layout the forward reads, ``sklens.models.layout``).
 The loss is the mean over examples of the per-example mean cross-entropy of the completion tokens
 (the paper's objective), computed from logits at completion positions only. The batch order is a
 pure function of ``seed`` and the step, so a run resumed from a checkpoint takes exactly the same
@@ -32,6 +33,7 @@ from sklens.atomic import write_bytes
 from sklens.data.example import Example, data_hash
 from sklens.data.format import Encoded, encode, iter_batches, split_batch
 from sklens.forward import CompletionLogprobs, batched_pass, completion_logprobs, prefill
+from sklens.models.layout import linear_layout
 from sklens.models.protocol import Model
 from sklens.soft_prompt import InitMode, SlotWriter, SoftPrompt
 
@@ -209,7 +211,7 @@ def train_soft_prompt(
         start = _resume(Path(checkpoint_dir), prompt, optimizer, settings)
 
     bar = tqdm(total=total_steps, initial=start, desc="train soft prompt", disable=not progress)
-    with frozen(model):
+    with frozen(model), linear_layout(model):
         if val_encoded is not None and start == 0:
             prompt.history.append(
                 {"step": 0, "val_loss": _mean_loss(model, prompt, val_encoded, batch_size)}

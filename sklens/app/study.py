@@ -46,6 +46,7 @@ from sklens.config import StudyConfig
 from sklens.data.example import data_hash
 from sklens.evidence import collect_evidence
 from sklens.metrics import from_spec
+from sklens.models.layout import linear_layout
 from sklens.models.load import load_model, resolve_backend
 from sklens.result import Scan
 from sklens.scan import scan
@@ -212,118 +213,121 @@ def _study(
     lap("data")
     model = load_model(config.model, backend=config.backend, device=config.device)
     lap("load_model")
-    rundir.prepare(
-        out, final, "training", stages["training"], ["checkpoint", "prompt"], resume=resume
-    )
-    prompt = train_soft_prompt(
-        model,
-        fit,
-        n_tokens=config.n_tokens,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        checkpoint_dir=out / "checkpoint",
-        progress=progress,
-        **plateau_kwargs,
-    )
-    prompt.save(out / "prompt")
-    lap("train")
-    scan_path = out / "scan.safetensors"
-    result = None
-    reused = rundir.prepare(out, final, "scan", stages["scan"], [scan_path.name], resume=resume)
-    if reused and scan_path.exists():
-        try:
-            result = Scan.load(scan_path)
-        except ValueError as err:
-            logger.warning("%s; scanning again", err)
-    if result is None:
-        result = scan(
+    with linear_layout(model):  # every phase's passes read the weights without copying them
+        rundir.prepare(
+            out, final, "training", stages["training"], ["checkpoint", "prompt"], resume=resume
+        )
+        prompt = train_soft_prompt(
+            model,
+            fit,
+            n_tokens=config.n_tokens,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            checkpoint_dir=out / "checkpoint",
+            progress=progress,
+            **plateau_kwargs,
+        )
+        prompt.save(out / "prompt")
+        lap("train")
+        scan_path = out / "scan.safetensors"
+        result = None
+        reused = rundir.prepare(out, final, "scan", stages["scan"], [scan_path.name], resume=resume)
+        if reused and scan_path.exists():
+            try:
+                result = Scan.load(scan_path)
+            except ValueError as err:
+                logger.warning("%s; scanning again", err)
+        if result is None:
+            result = scan(
+                model,
+                prompt,
+                task.val,
+                metric,
+                batch_size=config.batch_size,
+                n_permutations=config.permutations,
+                permutation_groups=config.permutation_groups,
+                permutation_seed=config.seed,
+                n_extremal=config.n_extremal,
+                mi_bins=config.mi_bins,
+                site=site,
+                progress=progress,
+            )
+            result.save(scan_path)
+        lap("scan")
+        rundir.prepare(out, final, "results", stages["results"], _RESULT_FILES, resume=False)
+        neurons = result.top_k(config.top_k, reduce=config.reduce)
+        write_csv(neurons, out / "neurons.csv")
+        confirmed = spread = None
+        if config.n_confirm > 0:  # one pass: the held-out statistics and the evidence's figure
+            confirmed = read_neurons(
+                model,
+                prompt,
+                task.confirm,
+                neurons,
+                metric,
+                batch_size=config.batch_size,
+                progress=progress,
+            )
+            spread = (
+                task.confirm,
+                confirmed[0],
+                f"the confirmation split (held out, n={len(task.confirm)})",
+            )
+            lap("confirm")
+        kept = (
+            result
+            if result.extremes is not None and result.extremes.n >= config.n_extremal
+            else None
+        )
+        evidence, examples = collect_evidence(
             model,
             prompt,
             task.val,
-            metric,
+            neurons,
+            n=config.n_extremal,
+            group_field=group_field(config, task),
             batch_size=config.batch_size,
-            n_permutations=config.permutations,
-            permutation_groups=config.permutation_groups,
-            permutation_seed=config.seed,
-            n_extremal=config.n_extremal,
-            mi_bins=config.mi_bins,
-            site=site,
-            progress=progress,
+            kept=kept,
+            spread=spread,
         )
-        result.save(scan_path)
-    lap("scan")
-    rundir.prepare(out, final, "results", stages["results"], _RESULT_FILES, resume=False)
-    neurons = result.top_k(config.top_k, reduce=config.reduce)
-    write_csv(neurons, out / "neurons.csv")
-    confirmed = spread = None
-    if config.n_confirm > 0:  # one pass: the held-out statistics and the evidence's figure
-        confirmed = read_neurons(
-            model,
-            prompt,
-            task.confirm,
-            neurons,
-            metric,
-            batch_size=config.batch_size,
-            progress=progress,
+        write_csv(examples, out / "examples.csv")
+        evidence.save(out / "evidence.json")
+        lap("examples")
+        controls = {  # the causal check and the steering curve edit against the same random sets
+            "metric": metric,
+            "n_random": config.n_random,
+            "match_scale": config.match_scale,
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "progress": progress,
+        }
+        if config.ablate:
+            causal = causal_check(
+                model,
+                prompt,
+                task.causal,
+                neurons,
+                modes=tuple(config.ablate_modes.split(",")),
+                group_by=task.group_by,
+                **controls,
+            )
+            write_csv(causal, out / "causal.csv")
+            lap("causal")
+        if config.steering:
+            curve = steering_curve(
+                model,
+                prompt,
+                task.causal,
+                neurons,
+                factors=[float(f) for f in validate.items(config.steering)],
+                **controls,
+            )
+            write_csv(curve, out / "steering.csv")
+            lap("steering")
+        extras = run_statistics(
+            config, out, model, prompt, task, metric, result, neurons, confirmed, progress, lap
         )
-        spread = (
-            task.confirm,
-            confirmed[0],
-            f"the confirmation split (held out, n={len(task.confirm)})",
-        )
-        lap("confirm")
-    kept = (
-        result if result.extremes is not None and result.extremes.n >= config.n_extremal else None
-    )
-    evidence, examples = collect_evidence(
-        model,
-        prompt,
-        task.val,
-        neurons,
-        n=config.n_extremal,
-        group_field=group_field(config, task),
-        batch_size=config.batch_size,
-        kept=kept,
-        spread=spread,
-    )
-    write_csv(examples, out / "examples.csv")
-    evidence.save(out / "evidence.json")
-    lap("examples")
-    controls = {  # the causal check and the steering curve edit against the same random sets
-        "metric": metric,
-        "n_random": config.n_random,
-        "match_scale": config.match_scale,
-        "seed": config.seed,
-        "batch_size": config.batch_size,
-        "progress": progress,
-    }
-    if config.ablate:
-        causal = causal_check(
-            model,
-            prompt,
-            task.causal,
-            neurons,
-            modes=tuple(config.ablate_modes.split(",")),
-            group_by=task.group_by,
-            **controls,
-        )
-        write_csv(causal, out / "causal.csv")
-        lap("causal")
-    if config.steering:
-        curve = steering_curve(
-            model,
-            prompt,
-            task.causal,
-            neurons,
-            factors=[float(f) for f in validate.items(config.steering)],
-            **controls,
-        )
-        write_csv(curve, out / "steering.csv")
-        lap("steering")
-    extras = run_statistics(
-        config, out, model, prompt, task, metric, result, neurons, confirmed, progress, lap
-    )
     values = result.metric_values
     summary = {
         "config": asdict(config),
