@@ -44,7 +44,7 @@ def main() -> None:
         diff = (getattr(a, field) - getattr(b, field)).abs().max().item()
         assert diff < 1e-3, f"{field} differs by {diff}"
     methods = {"shared prefix (default)": shared, "whole rows": whole}
-    times, _ = interleaved(methods, args.repeats, args.device)
+    times = interleaved(methods, args.repeats, args.device).wall
     rows = [
         [
             name,

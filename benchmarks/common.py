@@ -12,6 +12,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,14 +23,34 @@ from sklens.app.study import versions
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+ALLOCATOR = "glibc's default"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Applies ``--malloc`` when the flags are parsed, before any work."""
+
+    def parse_args(self, *args, **kwargs):  # type: ignore[override]
+        parsed = super().parse_args(*args, **kwargs)
+        global ALLOCATOR
+        if parsed.malloc == "held" and sklens.hold_freed_memory():
+            ALLOCATOR = "freed memory held (sklens.hold_freed_memory, as sklens run)"
+        return parsed
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = _Parser(description=description)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--model", default=sklens.DEFAULT_MODEL, help="model name or path")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--n-tokens", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--results", type=Path, default=RESULTS, help="where the tables are appended")
+    p.add_argument(
+        "--malloc",
+        choices=("held", "default"),
+        default="held",
+        help="keep freed memory in the process, as `sklens run` does (default), or glibc's default",
+    )
     return p
 
 
@@ -71,45 +92,54 @@ def peak_rss_kb() -> int:
     return _status_kb("VmHWM")
 
 
-def timed(fn: Callable[[], object], device: str) -> tuple[float, float]:
-    """``fn``'s wall time (s) and how far its peak memory rose above the memory before it (MB;
-    CUDA memory on a GPU, RSS on CPU)."""
-    cuda = device.startswith("cuda")
-    gc.collect()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() / 2**20
-    else:
-        reset_peak_rss()
-        before = rss_kb() / 1024
-    start = time.perf_counter()
-    fn()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_kb() / 1024
-    return seconds, peak - before
+@dataclass
+class Timing:
+    """Wall and CPU seconds (all the process's threads) of each run of each method, and the most
+    its peak memory rose. CPU time leaves out time the hypervisor gave to other machines, which
+    a noisy VM adds to the wall clock."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    peaks: dict[str, float]
+
+    @classmethod
+    def of(cls, names: list[str]) -> Timing:
+        return cls({n: [] for n in names}, {n: [] for n in names}, dict.fromkeys(names, 0.0))
+
+    def run(self, name: str, fn: Callable[[], object], device: str) -> float:
+        """Time one run of ``fn`` as method ``name``; its wall time (s)."""
+        cuda = device.startswith("cuda")
+        gc.collect()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated() / 2**20
+        else:
+            reset_peak_rss()
+            before = rss_kb() / 1024
+        start, cpu = time.perf_counter(), time.process_time()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        self.wall[name].append(time.perf_counter() - start)
+        self.cpu[name].append(time.process_time() - cpu)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_kb() / 1024
+        self.peaks[name] = max(self.peaks[name], peak - before)
+        return self.wall[name][-1]
 
 
-def interleaved(
-    methods: dict[str, Callable[[], object]], rounds: int, device: str
-) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Each method once per round, the order rotated every round, after one warm-up run each:
-    its wall times (s), and the most its peak memory rose (``timed``). On a noisy machine a
-    ratio *within* a round is what holds."""
+def interleaved(methods: dict[str, Callable[[], object]], rounds: int, device: str) -> Timing:
+    """Each method once per round, the order rotated every round, after one warm-up run each.
+    On a noisy machine a ratio *within* a round is what holds."""
     for fn in methods.values():
         fn()
     names = list(methods)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    peaks: dict[str, float] = dict.fromkeys(names, 0.0)
+    timing = Timing.of(names)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            seconds, peak = timed(methods[name], device)
-            times[name].append(seconds)
-            peaks[name] = max(peaks[name], peak)
+            seconds = timing.run(name, methods[name], device)
             print(f"round {r}: {name} {seconds:.2f} s", flush=True)
-    return times, peaks
+    return timing
 
 
 def paired(
@@ -117,29 +147,28 @@ def paired(
     floors: dict[str, str],
     rounds: int,
     device: str,
-) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
+) -> tuple[Timing, Timing]:
     """Each method timed next to its floor (``floors[name]``, a key of ``methods``), floor first
     in even rounds and second in odd ones, the methods' order rotated every round, after one
-    warm-up run each. Returns each method's times, the times of the floor run beside it, and
-    the most its peak memory rose. A slow drift of the machine's speed cancels in the ratio of
-    a pair, which is what ``ratios`` takes."""
+    warm-up run each. Returns the methods' timing and that of the floor runs beside each (under
+    the method's name): a slow drift of the machine's speed cancels in the ratio of a pair,
+    which is what ``ratios`` takes."""
     for fn in methods.values():
         fn()
     names = [name for name in methods if name in floors]
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    beside: dict[str, list[float]] = {name: [] for name in names}
-    peaks: dict[str, float] = dict.fromkeys(methods, 0.0)
+    timing, beside = Timing.of(list(methods)), Timing.of(names)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            pair = (floors[name], name) if r % 2 == 0 else (name, floors[name])
-            for which in pair:
-                seconds, peak = timed(methods[which], device)
-                times[which].append(seconds)
-                peaks[which] = max(peaks[which], peak)
-                if which != name:
-                    beside[name].append(seconds)
-            print(f"round {r}: {name} {times[name][-1]:.2f} s / floor {beside[name][-1]:.2f} s")
-    return times, beside, peaks
+            floor = floors[name]
+            for which in (floor, name) if r % 2 == 0 else (name, floor):
+                timing.run(which, methods[which], device)
+                if which == floor:
+                    beside.wall[name].append(timing.wall[floor][-1])
+                    beside.cpu[name].append(timing.cpu[floor][-1])
+            print(
+                f"round {r}: {name} {timing.wall[name][-1]:.2f} s / floor {beside.wall[name][-1]:.2f} s"
+            )
+    return timing, beside
 
 
 def ratios(times: list[float], base: list[float]) -> str:
@@ -149,24 +178,28 @@ def ratios(times: list[float], base: list[float]) -> str:
 
 
 def paired_rows(
-    times: dict[str, list[float]],
-    beside: dict[str, list[float]],
-    peaks: dict[str, float],
-    n: int,
-    ratio_header: str,
+    timing: Timing, beside: Timing, n: int, ratio_header: str
 ) -> tuple[list[str], list[list[object]]]:
-    """The table of a ``paired`` timing: method, N, median s, the ratio to the run beside it
-    (``"1"`` for the runs others are paired with) and the peak memory's rise."""
-    header = ["method", "N", "median s", ratio_header, "peak memory above before (MB)"]
+    """The table of a ``paired`` timing: method, N, median s, the ratio to the run beside it in
+    wall and in CPU time (``"1"`` for the runs others are paired with), the peak memory's rise."""
+    header = [
+        "method",
+        "N",
+        "median s",
+        ratio_header,
+        "same, CPU time",
+        "peak memory above before (MB)",
+    ]
     rows = [
         [
             name,
             n,
             f"{statistics.median(t):.2f}",
-            ratios(t, beside[name]) if name in beside else "1",
-            f"{peaks[name]:.0f}",
+            ratios(t, beside.wall[name]) if name in beside.wall else "1",
+            ratios(timing.cpu[name], beside.cpu[name]) if name in beside.cpu else "1",
+            f"{timing.peaks[name]:.0f}",
         ]
-        for name, t in times.items()
+        for name, t in timing.wall.items()
     ]
     return header, rows
 
@@ -185,7 +218,8 @@ def write_results(
     v = versions()
     lines = [
         f"### {name} — {stamp}, {machine(device)} ({device})",
-        f"torch {v['torch']}, transformer-lens {v['transformer-lens']}, transformers {v['transformers']}",
+        f"torch {v['torch']}, transformer-lens {v['transformer-lens']}, transformers {v['transformers']}; "
+        f"allocator: {ALLOCATOR}",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -40,9 +40,9 @@ def main() -> None:
     }
     names = list(methods)
     base = {names[1]: names[0], names[3]: names[2]}
-    times, beside, peaks = paired(methods, base, args.repeats, args.device)
+    timing, beside = paired(methods, base, args.repeats, args.device)
     ratio = "× the same scan without MI run beside it, median (range) of rounds"
-    header, rows = paired_rows(times, beside, peaks, args.n, ratio)
+    header, rows = paired_rows(timing, beside, args.n, ratio)
     write_results("mutual_info", header, rows, args.device, args.results)
     cfg = model.cfg
     units = cfg.n_layers * cfg.d_mlp * args.n_tokens

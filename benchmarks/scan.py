@@ -1,6 +1,7 @@
 """Scan speed against its floor: a bare forward pass that computes only what the metric needs.
 
-The floors run the same batches with the prompt written in and no other hooks:
+The floors run the same batches with the prompt written in, no other hooks, and the weights in
+the layout the forward reads (``sklens.models.layout``, as the scan holds them):
 
 * **loss floor**: the rows with their completions, the residual stream through every layer, and
   ``ln_final`` + unembedding only at the positions that predict completion tokens (what a loss
@@ -25,6 +26,7 @@ from common import examples, metric, paired, paired_rows, parser, write_results
 import sklens
 from sklens.data.format import encode, iter_batches
 from sklens.forward import completion_logprobs
+from sklens.models.layout import linear_layout
 
 
 def main() -> None:
@@ -81,11 +83,12 @@ def main() -> None:
         for name in methods
         if "floor" not in name
     }
-    times, beside, peaks = paired(methods, floors, args.repeats, args.device)
+    with linear_layout(model):  # the floor reads the weights as the scan does, uncopied
+        timing, beside = paired(methods, floors, args.repeats, args.device)
     cfg = model.cfg
     units = cfg.n_layers * cfg.d_mlp * args.n_tokens
     header, rows = paired_rows(
-        times, beside, peaks, args.n, "× its floor run beside it, median (range) of rounds"
+        timing, beside, args.n, "× its floor run beside it, median (range) of rounds"
     )
     write_results("scan", header, rows, args.device, args.results)
     print(

@@ -120,13 +120,15 @@ def main() -> None:
         **{name: (lambda m=m, fn=fn: sklens_step(m, fn)) for name, m, fn in sklens_variants},
     }
     with linear_layout(laid_out):  # as train_soft_prompt holds it for the whole training
-        times, _ = interleaved(methods, args.repeats, args.device)
+        timing = interleaved(methods, args.repeats, args.device)
+    times, cpu = timing.wall, timing.cpu
     rows = [
         [
             name,
             f"{statistics.median(t) * 1000:.0f}",
             ratios(t, times["hf_inputs_embeds"]),
             ratios(t, times["hf_peft"]),
+            ratios(cpu[name], cpu["hf_peft"]),
             f"{args.batch_size / statistics.median(t):.1f}",
             f"{n_tokens_total / statistics.median(t):.0f}",
         ]
@@ -139,6 +141,7 @@ def main() -> None:
             "median ms/step",
             "× plain HF, median (range) of rounds",
             "× PEFT, median (range) of rounds",
+            "× PEFT in CPU time",
             "examples/s",
             "tokens/s",
         ],

@@ -37,6 +37,7 @@ _EXPORTS = {
     "ablated": "sklens.ablate",
     "ablation_hooks": "sklens.ablate",
     "run_with_cache": "sklens.activation_cache",
+    "hold_freed_memory": "sklens.allocator",
     "neuron_activations": "sklens.activations",
     "slot_activations": "sklens.activations",
     "top_examples": "sklens.activations",

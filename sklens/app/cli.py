@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from sklens import validate
+from sklens.allocator import hold_freed_memory
 from sklens.config import StudyConfig
 
 PACKAGE = Path(__file__).resolve().parent.parent  # sklens/, where every check of ours lives
@@ -122,6 +123,7 @@ class _StderrHandler(logging.StreamHandler):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    hold_freed_memory()  # a pass re-faults every freed activation otherwise (sklens/allocator.py)
     log = logging.getLogger("sklens")  # only ours: other libraries' INFO chatter stays quiet
     if not log.handlers:
         handler = _StderrHandler()
