@@ -1,8 +1,8 @@
 """Streaming co-moments of activations and a metric, merged batch by batch (Chan et al., 1979).
 
 Pearson's r needs the counts, means, sums of squared deviations and the co-moment. Each batch is
-centred on its own mean in float64 and merged into the running state with the pairwise update,
-which stays accurate when activations carry large offsets (where the textbook
+centred on its own mean (float32) and merged into the float64 running state with the pairwise
+update, which stays accurate when activations carry large offsets (where the textbook
 ``Σa² - (Σa)²/n`` formula cancels catastrophically). States from different shards merge the
 same way, so data-parallel scans combine exactly.
 """
@@ -37,19 +37,27 @@ class Moments:
     def fold_layer(
         self, j: int, acts: Float[Tensor, "batch slots d_mlp"], m: Float[Tensor, " batch"]
     ) -> None:
-        """Merge one batch of layer ``j``'s slot activations; call ``fold_metric`` after all layers."""
-        a = acts.to(torch.float64)  # (B, k, d_mlp) as the hooks hand it over: contiguous ops
+        """Merge one batch of layer ``j``'s slot activations; call ``fold_metric`` after all layers.
+
+        The batch's own statistics are float32 (or the activations' precision, if higher): centred
+        on the batch's mean, their rounding is relative to the batch's spread, not to the
+        activations' offset. Only the merge into the running state is float64, on
+        ``[d_mlp, slots]`` per layer instead of the whole batch.
+        """
+        a = acts if acts.dtype in (torch.float32, torch.float64) else acts.float()
         m = m.to(a.device, torch.float64)
         nb, na = a.shape[0], self.n
         n = na + nb
-        mean_b = a.mean(0)
+        mean_b = a.mean(0)  # (k, d_mlp), as the hooks hand it over: contiguous ops
         centred = a - mean_b
-        mc = m - m.mean()
-        delta_a = mean_b.T - self.mean_a[j]  # (d_mlp, k), the state's layout
+        mc = (m - m.mean()).to(a.dtype)
+        m2_b = centred.square().sum(0)
+        c_b = (mc @ centred.flatten(1)).view_as(mean_b)
+        delta_a = mean_b.T.double() - self.mean_a[j]  # (d_mlp, k), the state's layout
         delta_m = float(m.mean()) - self.mean_m
         w = na * nb / n
-        self.m2_a[j] += centred.square().sum(0).T + delta_a.square() * w
-        self.c_am[j] += (mc @ centred.flatten(1)).view_as(mean_b).T + delta_a * (delta_m * w)
+        self.m2_a[j] += m2_b.T.double() + delta_a.square() * w
+        self.c_am[j] += c_b.T.double() + delta_a * (delta_m * w)
         self.mean_a[j] += delta_a * (nb / n)
 
     def fold_metric(self, m: Float[Tensor, " batch"]) -> None:
