@@ -105,7 +105,16 @@ def test_a_scan_copies_each_weight_twice_at_most_not_once_per_batch(qwen, exampl
     assert _unchanged(qwen, before)
 
 
-def test_training_leaves_the_weights_as_they_were(qwen, examples):
+def test_training_holds_the_layout_and_leaves_the_weights_as_they_were(qwen, examples):
+    tokens = torch.randint(0, qwen.cfg.d_vocab, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        per_pass = _weight_copies(qwen, lambda: qwen(tokens))
     before = _contiguous_copy(qwen)
-    sklens.train_soft_prompt(qwen, examples[:8], n_tokens=2, steps=2, batch_size=4, progress=False)
+
+    def train():  # 6 steps, each a pass over the instruction and one over slots and completion
+        sklens.train_soft_prompt(
+            qwen, examples[:16], n_tokens=2, steps=6, batch_size=4, progress=False
+        )
+
+    assert _weight_copies(qwen, train) <= 2 * per_pass  # not once per pass (12 passes)
     assert _unchanged(qwen, before)
