@@ -406,7 +406,7 @@ def main(study: Study, script: str, argv: Sequence[str] | None = None) -> dict[s
         "metric": study.metric,
         "data": {
             "task": study.task,
-            "source": args.data or "built-in",
+            "source": ctx.task.source,
             "hashes": {
                 split: sklens.data.data_hash(getattr(ctx.task, split))
                 for split in ("train", "val", "confirm", "causal")

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import shortcut_check
-from arithmetic_pool import write_pool
 from reproduce import main
 from study_spec import Context, Grouping, Study
 
@@ -107,9 +106,10 @@ def counterfactuals(ctx: Context, prompt: Any) -> dict[str, Any]:
 
 
 def generated_pool(folder: Path, total: int) -> Path:
-    """``--data generated``: twice the 2-digit questions the splits need (a quarter per
-    operation), so that questions no split uses are left for the counterfactual edits."""
-    return write_pool(folder, total // 2 + 1, digits=2)
+    """``--data generated``: BigBench's 2-digit subtasks as sklens generates them (3,360
+    questions, shorter than the 5-digit default), written as files; ``total`` is not needed."""
+    ops = ("addition", "subtraction", "multiplication", "division")
+    return sklens.data.write_arithmetic(folder, [f"2_digit_{op}" for op in ops])
 
 
 STUDY = Study(
@@ -127,7 +127,8 @@ STUDY = Study(
     ),
     extras=extras,
     generate=generated_pool,
-    data_note="BigBench arithmetic 5-digit +, −, ×, ÷ (bigbench==1.0.0) unless --data says otherwise",
+    data_note="BigBench arithmetic 5-digit +, −, ×, ÷, generated in BigBench's format "
+    "(sklens.data.arithmetic) unless --data names BigBench's own files",
 )
 
 if __name__ == "__main__":

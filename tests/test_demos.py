@@ -110,7 +110,8 @@ def test_rq3_answers_the_shortcut_questions(runs):
     assert [r["mean_explained"] for r in ranked] == sorted(
         (r["mean_explained"] for r in ranked), reverse=True
     )
-    assert results["data"]["source"].endswith("data")  # the generated pool, not BigBench
+    source = results["data"]["source"]  # the 2-digit files it wrote, with their sha256
+    assert source["kind"] == "files" and source["path"].endswith("data") and source["sha256"]
     top = pd.read_csv(runs["rq3"] / "neurons.csv")
     explained = pd.read_csv(runs["rq3"] / "explanations.csv")
     assert len(extra["explanations"]) == len(top)

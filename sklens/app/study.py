@@ -335,6 +335,7 @@ def _study(
         "versions": versions(),
         "data": {
             "task": task.name,
+            "source": task.source,
             "n_train": len(task.train),
             "n_val": len(task.val),
             "train_hash": data_hash(task.train),

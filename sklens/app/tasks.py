@@ -8,6 +8,8 @@ from typing import Any
 
 from sklens import validate
 from sklens.config import StudyConfig
+from sklens.data import source
+from sklens.data.arithmetic import generated_source
 from sklens.data.bigbench import bigbench_arithmetic, load_bigbench
 from sklens.data.example import Example
 from sklens.data.hans import generate_hans, load_hans
@@ -40,6 +42,7 @@ class TaskData:
     confirm: list[Example] = field(default_factory=list)
     causal: list[Example] = field(default_factory=list)
     rest: list[Example] = field(default_factory=list)  # in no split: e.g. counterfactual pairs
+    source: dict[str, Any] = field(default_factory=dict)  # generator and seed, or files' sha256
 
 
 def load_task(
@@ -59,15 +62,7 @@ def load_task(
     arithmetic a BigBench ``task.json`` or a folder of ``*/task.json`` files."""
     validate.task(task, data)
     n = n_train + n_val + n_confirm + n_causal
-    if task == "arithmetic":
-        pool = load_bigbench(data, seed=seed) if data else bigbench_arithmetic(seed=seed)
-    elif task == "hans":
-        pool = load_hans(data) if data else generate_hans(n, seed=seed)
-    elif task == "skillmix":
-        pool = load_skillmix(data) if data else generate_skillmix(n, seed=seed)
-    else:
-        pool = load_jsonl(task)
-    pool = list(pool)
+    pool, origin = _pool(task, data, n, seed)
     random.Random(seed).shuffle(pool)
     if len(pool) < n:
         raise ValueError(
@@ -86,7 +81,28 @@ def load_task(
         confirm=pool[first : first + n_confirm],
         causal=pool[first + n_confirm : n],
         rest=pool[n:],
+        source=origin,
     )
+
+
+def _pool(task: str, data: str | None, n: int, seed: int) -> tuple[list[Example], dict[str, Any]]:
+    """A task's examples before the split, and where they came from (``summary.json``)."""
+    if task == "arithmetic":
+        if data:
+            return load_bigbench(data, seed=seed), source.files(data)
+        return bigbench_arithmetic(seed=seed), generated_source(0)
+    if task == "hans":
+        if data:
+            return load_hans(data), source.files(data)
+        return generate_hans(n, seed=seed), source.generated("sklens.data.generate_hans", seed)
+    if task == "skillmix":
+        if data:
+            return load_skillmix(data), source.files(data)
+        return (
+            generate_skillmix(n, seed=seed),
+            source.generated("sklens.data.generate_skillmix", seed),
+        )
+    return load_jsonl(task), source.files(task)
 
 
 def training_kwargs(config: StudyConfig, task: TaskData) -> tuple[list, dict[str, Any]]:

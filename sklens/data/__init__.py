@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from sklens.data.arithmetic import SUBTASKS, arithmetic_task, write_arithmetic
 from sklens.data.bigbench import (
     bigbench_arithmetic,
     load_bigbench,
@@ -16,9 +17,11 @@ from sklens.data.skillmix import generate_skillmix, load_skillmix
 from sklens.data.split import train_val_split
 
 __all__ = [
+    "SUBTASKS",
     "Batch",
     "Encoded",
     "Example",
+    "arithmetic_task",
     "bigbench_arithmetic",
     "collate",
     "data_hash",
@@ -33,6 +36,7 @@ __all__ = [
     "read_bigbench_records",
     "task_examples",
     "train_val_split",
+    "write_arithmetic",
 ]
 
 

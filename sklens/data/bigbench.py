@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from sklens.data.example import Example
-from sklens.models.artifacts import BIGBENCH, fetch, repair_hint
+from sklens.data.arithmetic import SUBTASKS, arithmetic_task
+from sklens.models.artifacts import repair_hint
 
 OPERATIONS = {
     "plus": "addition",
@@ -41,11 +42,6 @@ OPERATIONS = {
 }
 _QUESTION = re.compile(r"What is (-?\d+) (plus|minus|times|divided by) (-?\d+)\?")
 _NUMBER = re.compile(r"-?\d+")
-SUBTASKS = tuple(
-    f"{d}_digit_{op}"
-    for d in range(1, 6)
-    for op in ("addition", "subtraction", "multiplication", "division")
-)
 DEFAULT_SUBTASKS = (
     "5_digit_addition",
     "5_digit_subtraction",
@@ -236,8 +232,18 @@ def task_examples(
 ) -> list[Example]:
     """Examples from one BigBench task file, in the paper's multiple-choice shape."""
     name = subtask or Path(path).parent.name
+    return records_to_examples(
+        read_bigbench_records(path), name, shuffle_choices=shuffle_choices, seed=seed
+    )
+
+
+def records_to_examples(
+    records: Sequence[dict[str, Any]], name: str, *, shuffle_choices: bool = True, seed: int = 0
+) -> list[Example]:
+    """BigBench records (``input``, ``target``/``target_scores``) of the subtask ``name`` as
+    examples; each one's choices shuffled with its own seed unless ``shuffle_choices=False``."""
     out = []
-    for i, ex in enumerate(read_bigbench_records(path)):
+    for i, ex in enumerate(records):
         answer = _correct(ex)
         choices = list(ex.get("target_scores", {answer: 1.0}))
         if shuffle_choices:
@@ -272,19 +278,42 @@ def bigbench_arithmetic(
     n_per_subtask: int | None = None,
     shuffle_choices: bool = True,
     seed: int = 0,
+    data: str | os.PathLike | None = None,
+    pool_seed: int = 0,
 ) -> list[Example]:
-    """BigBench arithmetic from the ``bigbench==1.0.0`` sdist (fetched once into the cache).
+    """BigBench's arithmetic subtasks: generated (no download; ``sklens.data.arithmetic``), or
+    read from BigBench's own files when ``data`` is a folder of ``<subtask>/task.json``.
 
-    ``n_per_subtask`` takes the first ``n`` examples of each subtask (deterministic).
+    Args:
+        subtasks: names such as ``"5_digit_multiplication"`` (``SUBTASKS`` lists all 20).
+        n_per_subtask: the first ``n`` questions of each subtask (deterministic); all if None.
+        shuffle_choices: shuffle each question's choices (seeded by ``seed``); BigBench lists
+            the correct one last.
+        seed: the choice shuffle's seed.
+        data: a folder holding the original ``<subtask>/task.json`` files, e.g.
+            ``bigbench/benchmark_tasks/arithmetic`` of a ``bigbench==1.0.0`` copy.
+        pool_seed: the generator's seed (the questions themselves); ignored with ``data``.
     """
     unknown = [s for s in subtasks if s not in SUBTASKS]
     if unknown:
         raise ValueError(f"unknown arithmetic subtasks {unknown}; choose from {list(SUBTASKS)}")
-    root = fetch(BIGBENCH) / "bigbench-1.0.0" / "bigbench" / "benchmark_tasks" / "arithmetic"
+    if n_per_subtask is not None and n_per_subtask < 1:
+        raise ValueError(f"n_per_subtask must be a positive number or None, got {n_per_subtask}")
     out = []
     for name in subtasks:
-        examples = task_examples(
-            root / name / "task.json", shuffle_choices=shuffle_choices, seed=seed
+        if data is None:
+            records = arithmetic_task(name, seed=pool_seed)["examples"]
+        else:
+            path = Path(data) / name / "task.json"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{data} has no {name}/task.json: pass the folder that holds BigBench's "
+                    "arithmetic subtasks (bigbench/benchmark_tasks/arithmetic), or leave data "
+                    "out to generate them"
+                )
+            records = read_bigbench_records(path)
+        examples = records_to_examples(
+            records[:n_per_subtask], name, shuffle_choices=shuffle_choices, seed=seed
         )
-        out.extend(examples[:n_per_subtask])
+        out.extend(examples)
     return out
