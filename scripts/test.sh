@@ -12,12 +12,12 @@ fi
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[dev]"
 python -m pytest -q --durations=15 "$@"
-# TransformerLens 4 removed HookedTransformer (sklens then runs on the TransformerBridge): a second
-# environment shares every package above and replaces transformer-lens only, and runs the tests
-# marked tl4 (scan, sites on the bridge, run_with_cache, ablation). SAELens pins TransformerLens 3,
-# so it is not part of this subset. Skipped when pytest got arguments (a chosen subset).
+# The whole suite again under TransformerLens 4, which a user gets by choosing it (README,
+# "Install"): a second environment shares every package above and replaces transformer-lens only.
+# Tests of HookedTransformer itself and of SAELens (which pins TransformerLens 3) skip there and
+# say why. Skipped when pytest got arguments (a chosen subset).
 if [ "$#" -eq 0 ]; then
   python -m venv --system-site-packages .tl4-env
   .tl4-env/bin/python -m pip install -q "transformer-lens==4.3.0"
-  .tl4-env/bin/python -m pytest -q -m "tl4 and not slow" -p no:cacheprovider
+  .tl4-env/bin/python -m pytest -q -p no:cacheprovider --durations=5
 fi

@@ -21,8 +21,6 @@ from tests.helpers import (
     without_type_checks,
 )
 
-pytestmark = pytest.mark.tl4  # also run under TransformerLens 4 (scripts/test.sh)
-
 NAMES = ["blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
 
 

@@ -14,7 +14,14 @@ import sklens
 from sklens import metrics
 from sklens.models.hook_check import HookMeaningError, check_neuron_hooks
 from sklens.models.load import ARCHITECTURES, resolve_backend
-from tests.helpers import arithmetic_examples, corrcoef_rows, reference_slot_acts
+from tests.helpers import (
+    HOOKED,
+    arithmetic_examples,
+    backends,
+    corrcoef_rows,
+    needs_hooked,
+    reference_slot_acts,
+)
 
 HF_NAMES = {
     "qwen2": "Qwen2ForCausalLM",
@@ -26,7 +33,11 @@ HF_NAMES = {
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
 }
-CASES = [(arch, backend) for arch, name in HF_NAMES.items() for backend in ARCHITECTURES[name]]
+CASES = [
+    pytest.param(arch, backend, marks=[needs_hooked] if backend == "hooked" else [])
+    for arch, name in HF_NAMES.items()
+    for backend in ARCHITECTURES[name]
+]
 
 
 def test_every_listed_architecture_is_tested():
@@ -62,20 +73,23 @@ def test_architecture_matches_hf_and_scans_like_numpy(arch, backend):
     [("mistral", "hooked"), ("gpt_neox", "hooked"), ("gpt2", "bridge"), ("gemma2", "bridge")],
 )
 def test_auto_backend_is_hooked_where_it_loads_else_bridge(arch, chosen):
+    """Under TransformerLens 4, which has no HookedTransformer, auto is the bridge for all."""
     path = sklens.tiny_checkpoint(arch, seed=2)
-    assert resolve_backend(path, "auto") == chosen
+    assert resolve_backend(path, "auto") == (chosen if HOOKED else "bridge")
     assert resolve_backend(path, "bridge") == "bridge"  # an explicit choice stays
-    assert resolve_backend(sklens.DEFAULT_MODEL, "auto") == "hooked"
+    assert resolve_backend(sklens.DEFAULT_MODEL, "auto") == ("hooked" if HOOKED else "bridge")
 
 
+@needs_hooked  # under TransformerLens 4 every hooked request gets the next test's error
 def test_hooked_backend_on_a_bridge_only_architecture_names_the_fix():
     path = sklens.tiny_checkpoint("gemma", seed=2)
     with pytest.raises(ValueError, match="GemmaForCausalLM.*bridge backend.*backend='bridge'"):
         sklens.load_model(path, backend="hooked")
 
 
-def test_self_test_catches_a_wrong_hook_on_a_parallel_attention_model():
-    model = sklens.load_model(sklens.tiny_checkpoint("gpt_neox", seed=2), backend="hooked")
+@pytest.mark.parametrize("backend", backends("hooked", "bridge"))
+def test_self_test_catches_a_wrong_hook_on_a_parallel_attention_model(backend):
+    model = sklens.load_model(sklens.tiny_checkpoint("gpt_neox", seed=2), backend=backend)
     assert model.cfg.parallel_attn_mlp  # the MLP reads ln2(resid_pre): no hook_resid_mid
     perm = torch.randperm(model.cfg.d_mlp)
     model.blocks[0].mlp.hook_post.add_hook(lambda act, hook: act[..., perm], dir="fwd")
@@ -86,6 +100,7 @@ def test_self_test_catches_a_wrong_hook_on_a_parallel_attention_model():
         model.reset_hooks(including_permanent=True)
 
 
+@needs_hooked  # the attention-only model is built with HookedTransformerConfig
 def test_attention_only_model_gets_a_sklens_error():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -100,7 +115,7 @@ def test_without_hooked_transformer_auto_is_the_bridge(monkeypatch):
     """TransformerLens 4 removed HookedTransformer: auto takes the bridge, hooked names the fix."""
     from sklens import _compat
 
-    assert _compat.has_hooked_transformer()  # this environment: TransformerLens 3
+    # under TransformerLens 4 this is the real thing; under 3 it is made so
     monkeypatch.setattr(_compat, "has_hooked_transformer", lambda: False)
     assert resolve_backend(sklens.tiny_checkpoint("llama", seed=2), "auto") == "bridge"
     assert resolve_backend(sklens.DEFAULT_MODEL, "auto") == "bridge"

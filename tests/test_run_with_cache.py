@@ -11,8 +11,6 @@ from transformer_lens import ActivationCache
 import sklens
 from tests.helpers import arithmetic_examples, reference_cache
 
-pytestmark = pytest.mark.tl4  # also run under TransformerLens 4 (scripts/test.sh)
-
 
 @pytest.mark.parametrize("model_name", ["qwen", "llama"])
 def test_cache_equals_one_unpadded_run_per_example(model_name, request):

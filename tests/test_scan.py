@@ -14,8 +14,6 @@ import sklens
 from sklens import metrics
 from tests.helpers import corrcoef_rows, reference_losses, reference_slot_acts
 
-pytestmark = pytest.mark.tl4  # also run under TransformerLens 4 (scripts/test.sh)
-
 
 @pytest.fixture
 def prompt(qwen):

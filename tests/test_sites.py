@@ -100,7 +100,6 @@ def make_site(kind: str, model):
 KINDS = ["mlp", "heads", "head_dims", "resid", "template", "directions"]
 
 
-@pytest.mark.tl4
 @pytest.mark.parametrize("kind", [*KINDS, pytest.param("sae", marks=needs_sae)])
 def test_scan_equals_numpy_on_run_with_cache(kind, qwen):
     examples = arithmetic_examples(14, seed=5)
@@ -127,7 +126,6 @@ def test_scan_equals_numpy_on_run_with_cache(kind, qwen):
         np.testing.assert_allclose(acts[:, col].numpy(), ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.tl4
 @pytest.mark.parametrize("kind", ["heads", "resid"])
 def test_bridge_backend_scans_the_same_units(kind):
     model = sklens.tiny_model("qwen2", backend="bridge")

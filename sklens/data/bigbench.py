@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sklens.data.example import Example
 from sklens.data.arithmetic import SUBTASKS, arithmetic_task
+from sklens.data.example import Example
 from sklens.models.artifacts import repair_hint
 
 OPERATIONS = {

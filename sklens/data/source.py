@@ -32,4 +32,3 @@ def files(path: str | os.PathLike, pattern: str = "*/task.json") -> dict[str, An
         "sha256": combined.hexdigest(),
         "files": digests,
     }
-

@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from platformdirs import user_cache_dir
 
 from sklens.atomic import partial_dir
