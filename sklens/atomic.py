@@ -139,6 +139,18 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a table without its index, atomically (a reader never sees half a file)."""
+    """Write a table without its index, atomically (a reader never sees half a file).
+
+    Every text field is quoted, so any text round-trips (a bare carriage return in an unquoted
+    field reads back as a row break); float32 columns are written at the precision they have
+    (0.05, not 0.05000000074505806).
+    """
+    import csv
+
+    import numpy as np
+
+    frame = frame.copy()
+    for column in frame.columns[frame.dtypes == np.float32]:
+        frame[column] = frame[column].astype(str).astype(np.float64)
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)

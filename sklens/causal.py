@@ -25,15 +25,16 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sklens import arguments, validate
 from sklens import metrics as metrics_mod
 from sklens.ablate import NeuronIntervention
 from sklens.choices import score_examples
-from sklens.config import AblationMode, Positions
+from sklens.config import ABLATION_MODES, AblationMode, Positions
 from sklens.data.example import Example
 from sklens.data.format import Batch, encode
 from sklens.forward import BatchPart, batched_pass, gather_slots
 from sklens.models.protocol import Model
-from sklens.neurons import NeuronSet
+from sklens.neurons import NeuronSet, nonempty
 from sklens.sites import Site, SiteLike, resolve_site
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats import bootstrap_ci, rank_p
@@ -192,7 +193,7 @@ def causal_check(
     neurons: Any,
     *,
     metric: Any = "loss",
-    modes: Sequence[str] = ("zero", "mean"),
+    modes: Sequence[str] | str = ("zero", "mean"),
     n_random: int = 10,
     seed: int = 0,
     positions: str | None = None,
@@ -211,8 +212,10 @@ def causal_check(
     ``site`` column, or ``site=`` for pairs (e.g. ``scan.site``).
 
     Args:
+        modes: the edits (``sklens.ablate``), e.g. ``("zero", "mean")``; one name is one mode.
+        n_random: random sets to compare with (at least 1).
         positions: where to edit: "slots" (default with a prompt) or "all" (default without).
-        group_by: a meta field; results are also reported per value.
+        group_by: a meta field every example has; results are also reported per value.
         match_scale: draw random neurons with a similar mean |activation| (on ``reference``);
             on by default, since selection by |r| can favour neurons of a particular scale.
         reference: examples for ``mean`` ablation (per-slot means) and scale matching (default:
@@ -226,11 +229,17 @@ def causal_check(
     ``p_accuracy``, ``p_accuracy_per_token``: two-sided rank p-values against the random sets'
     changes around their median (smallest possible ``1/(n_random+1)``).
     """
-    examples = list(examples)
+    arguments.model(model)
+    arguments.prompt(prompt)
+    examples = arguments.examples(examples)
     if len(examples) < 2:
         raise ValueError("a causal check needs at least 2 examples")
+    modes = _modes(modes)
+    validate.integer("n_random", n_random, minimum=1, meaning="random sets to compare with")
+    if group_by is not None:
+        _check_group_by(examples, group_by)
     positions = positions or ("slots" if prompt is not None else "all")
-    selected = NeuronSet.of(neurons, model, site=site)
+    selected = nonempty(NeuronSet.of(neurons, model, site=site))
     layers = selected.layers
     reference = list(reference) if reference is not None else examples
     means = scale = None
@@ -252,7 +261,7 @@ def causal_check(
     base = evaluate(model, prompt, examples, metric=metric, batch_size=batch_size)
     groups = {"all": np.ones(len(examples), dtype=bool)}
     if group_by is not None:
-        labels = np.array([str(e.meta.get(group_by)) for e in examples])
+        labels = np.array([str(e.meta[group_by]) for e in examples])
         groups |= {f"{group_by}={v}": labels == v for v in sorted(set(labels))}
     rng = np.random.default_rng(seed)
     records = []
@@ -308,6 +317,31 @@ def causal_check(
             p = rank_p(float(selected[f"d_{key}"].iloc[0]), randoms[f"d_{key}"].to_numpy())
             table.loc[selected.index, f"p_{key}"] = p
     return table
+
+
+def _modes(modes: Sequence[str] | str) -> tuple[str, ...]:
+    """``modes`` as a tuple of known modes; one name (``modes="zero"``) is one mode."""
+    if isinstance(modes, str):
+        modes = (modes,)
+    modes = tuple(modes)
+    unknown = [m for m in modes if m not in ABLATION_MODES]
+    if not modes or unknown:
+        raise ValueError(
+            f"modes must be one or more of {ABLATION_MODES}, got {list(modes)}: e.g. "
+            "modes=('zero', 'mean')"
+        )
+    return modes
+
+
+def _check_group_by(examples: Sequence[Example], field: str) -> None:
+    """Every example has the meta field ``group_by`` names (a missing one is no group)."""
+    lacking = next((i for i, e in enumerate(examples) if field not in e.meta), None)
+    if lacking is not None:
+        have = sorted({str(k) for e in examples for k in e.meta})
+        raise ValueError(
+            f"group_by={field!r}: example {lacking} has no meta field {field!r}; the examples' "
+            f"meta fields are {have}"
+        )
 
 
 # evaluate's per-example columns whose change a causal check reports, and their names there

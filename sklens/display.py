@@ -5,7 +5,8 @@ decoding tokens one at a time turns each part into U+FFFD. ``token_texts`` decod
 together, as a streaming detokenizer does, and shows the whole character at the token that
 completes it (the tokens before it show nothing), so every character of the text appears once.
 ``visible`` spells out the bidirectional controls (U+202E and its kin) that would otherwise
-reorder the rest of a terminal line.
+reorder the rest of a terminal line, and the control characters a terminal would act on (ESC
+starts sequences that clear the screen or set the window title; BEL, BS, NUL, DEL).
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from collections.abc import Callable, Sequence
 
 REPLACEMENT = "\ufffd"
 MAX_CHAR_TOKENS = 4  # a UTF-8 character is at most 4 bytes, so at most 4 byte-level tokens
-_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# bidi controls; C0 controls except tab, newline and carriage return (the table folds those into
+# spaces); DEL and the C1 controls
+_HIDDEN = re.compile(
+    "[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+)
 
 
 def token_texts(decode: Callable[[list[int]], str], ids: Sequence[int]) -> list[str]:
@@ -34,5 +39,5 @@ def token_texts(decode: Callable[[list[int]], str], ids: Sequence[int]) -> list[
 
 
 def visible(text: str) -> str:
-    """``text`` with bidirectional control characters written as ``<U+202E>``."""
-    return _BIDI.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
+    """``text`` with bidirectional and terminal control characters written as ``<U+202E>``."""
+    return _HIDDEN.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)

@@ -6,9 +6,16 @@ rank, scans its shard, and merges: the streaming moments are gathered and merged
 same pairwise update that merges batches), metric values are summed (each example belongs to one
 rank), and permutation sums are moved to a common shift and summed. Every rank returns the same
 ``Scan``; the result equals a single-process scan up to floating-point summation order.
+
+Under torchrun each rank takes its ``LOCAL_RANK``'s GPU: ``load_model(device=None)`` and a bare
+``device="cuda"`` resolve to ``cuda:{LOCAL_RANK}`` (``local_device``), and the NCCL collectives
+here use the same device, so ``torchrun --nproc_per_node N`` on a node with N GPUs puts one rank
+on each. An explicit ``cuda:K`` is taken as written (every rank then shares GPU K).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.distributed as dist
@@ -16,6 +23,35 @@ from torch import Tensor
 
 from sklens.extremes import Extremes
 from sklens.moments import GroupedMoments, Moments
+
+
+def local_device(device: str | torch.device | None = None) -> str:
+    """The device a model loads onto, and that this rank's NCCL collectives use.
+
+    ``None`` is CUDA where torch sees a GPU, else the CPU. CUDA (``None`` with a GPU, or a bare
+    ``"cuda"``) is ``cuda:{LOCAL_RANK}`` where the ``LOCAL_RANK`` environment variable is set
+    (torchrun sets it), so that each rank of a node takes its own GPU instead of all sharing
+    ``cuda:0``; where each process sees a single GPU (``CUDA_VISIBLE_DEVICES`` set per rank) it
+    is ``cuda:0``. Any other device (``cpu``, ``cuda:K``, ``mps``) is returned as written.
+    """
+    if device is not None and str(device) != "cuda":
+        return str(device)
+    if device is None and not torch.cuda.is_available():
+        return "cpu"
+    rank = os.environ.get("LOCAL_RANK", "").strip()
+    if not rank:
+        return "cuda"
+    index, count = int(rank), torch.cuda.device_count()
+    if count == 0:
+        return "cuda"  # torch says why it cannot use it
+    if index < count:
+        return f"cuda:{index}"
+    if count == 1:
+        return "cuda:0"
+    raise ValueError(
+        f"LOCAL_RANK={index} but this process sees {count} CUDA GPU(s); start at most {count} "
+        f"processes per node (torchrun --nproc_per_node {count}) or pass an explicit cuda:N"
+    )
 
 
 def active() -> bool:
@@ -73,7 +109,7 @@ def sum_values(values: Tensor, mask: Tensor) -> Tensor:
     """Metric values from all ranks (each example is written by exactly one rank)."""
     if not active():
         return values
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    device = local_device("cuda") if dist.get_backend() == "nccl" else "cpu"
     total = torch.where(mask, values, 0.0).to(device)
     count = mask.to(device, torch.float64)
     dist.all_reduce(total)

@@ -34,9 +34,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sklens import sites
+from sklens import arguments, sites
 from sklens.activations import at_selected_slot, require_slots, slot_activations
-from sklens.data.example import Example, data_hash
+from sklens.data.example import Example
 from sklens.hypotheses import KINDS, Hypothesis, candidate_hypotheses
 from sklens.models.protocol import Model
 from sklens.soft_prompt import SoftPrompt
@@ -108,8 +108,10 @@ def explain(
     Args:
         model: the model the units were selected on.
         prompt: the soft prompt they were selected with.
-        examples: held-out examples (at least 10), none of them used to select the units; the
-            examples a ``Scan.top_k`` table came from are refused.
+        examples: held-out examples (at least 10), none of them used to select the units; any
+            of the examples a ``Scan.top_k`` table came from is refused (compared by
+            instruction and completion; a table read back from a file cannot be checked, and
+            gets a warning).
         neurons: a ``Scan.top_k`` table (its ``slot`` column is each unit's slot).
         fields: the meta fields to test (default: all of them).
         surface: test surface properties of the instruction.
@@ -123,8 +125,11 @@ def explain(
         batch_size: examples per forward pass.
         progress: show a tqdm bar.
     """
-    examples = list(examples)
+    arguments.model(model)
+    arguments.prompt(prompt, optional=False)
+    examples = arguments.examples(examples)
     _check(examples, neurons, top_fraction, alpha)
+    arguments.held_out(examples, neurons, "explain")
     acts = slot_activations(
         model, prompt, examples, neurons, batch_size=batch_size, progress=progress
     )
@@ -142,13 +147,6 @@ def _check(examples: list[Example], neurons: Any, top_fraction: float, alpha: fl
     require_slots(neurons, "explain")
     if len(examples) < 10:
         raise ValueError(f"explain needs at least 10 held-out examples, got {len(examples)}")
-    selected_on = neurons.attrs.get("selection_hash")
-    if selected_on is not None and selected_on == data_hash(examples):
-        raise ValueError(
-            "these are the examples that selected the units: their effects would be inflated by "
-            "the selection. Pass held-out examples (a study's confirmation split, or "
-            "sklens.data.train_val_split of the data before the scan)"
-        )
     if not 0 < top_fraction <= 0.5:
         raise ValueError(f"top_fraction must be in (0, 0.5], got {top_fraction}")
     if not 0 < alpha < 1:

@@ -16,6 +16,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device``; asynchronous where the copy goes to a GPU (a copy to the CPU is
+    kept synchronous: the CPU would otherwise read it before it has arrived)."""
+    return tensor.to(device, non_blocking=device.type == "cuda")
+
+
 @dataclass
 class Moments:
     """Running statistics for ``[layers, d_mlp, n_slots]`` activation series and one metric."""
@@ -34,6 +40,11 @@ class Moments:
 
         return cls(0, z(), z(), z(), 0.0, 0.0)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the state lives (every incoming batch is moved here)."""
+        return self.mean_a.device
+
     def fold_layer(
         self, j: int, acts: Float[Tensor, "batch slots d_mlp"], m: Float[Tensor, " batch"]
     ) -> None:
@@ -43,9 +54,14 @@ class Moments:
         on the batch's mean, their rounding is relative to the batch's spread, not to the
         activations' offset. Only the merge into the running state is float64, on
         ``[d_mlp, slots]`` per layer instead of the whole batch.
+
+        The batch is moved to the state's device first: in a model split across devices
+        (TransformerLens ``n_devices > 1``, a Hugging Face ``device_map``) later layers'
+        activations live on another GPU than the state.
         """
-        a = acts if acts.dtype in (torch.float32, torch.float64) else acts.float()
-        m = m.to(a.device, torch.float64)
+        a = to_device(acts, self.device)
+        a = a if a.dtype in (torch.float32, torch.float64) else a.float()
+        m = to_device(m, self.device).to(torch.float64)
         nb, na = a.shape[0], self.n
         n = na + nb
         mean_b = a.mean(0)  # (k, d_mlp), as the hooks hand it over: contiguous ops

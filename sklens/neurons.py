@@ -16,10 +16,12 @@ passed with another raises instead of editing unit 12 of the wrong site.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from numbers import Integral
+from typing import Any, Union
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -30,6 +32,11 @@ from sklens.sites import MLP, Site, SiteLike, rebuild, resolve_site, site_of
 NeuronLike = Union[
     "NeuronSet", pd.DataFrame, Sequence[tuple[int, int]], Tensor, Mapping[int, Sequence[int]]
 ]
+
+FORMS = (
+    "a Scan.top_k table (a DataFrame with columns layer and neuron), a list of (layer, neuron) "
+    "pairs, a bool mask [n_layers, units], a {layer: [ids]} dict, or a NeuronSet"
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class NeuronSet:
                 raise ValueError(
                     f"the neuron table needs columns 'layer' and 'neuron'; missing {sorted(missing)}"
                 )
-            layers, ids = neurons["layer"].astype(int), neurons["neuron"].astype(int)
+            layers, ids = _whole_column(neurons, "layer"), _whole_column(neurons, "neuron")
             out = cls(tuple(zip(layers, ids, strict=True)), _table_site(neurons, site))
         elif isinstance(neurons, Tensor):
             mask_site = site_of(site)
@@ -75,10 +82,16 @@ class NeuronSet:
                 )
             out = cls(tuple((int(L), int(i)) for L, i in neurons.nonzero().tolist()), mask_site)
         elif isinstance(neurons, Mapping):
-            pairs = tuple((int(L), int(i)) for L, ids in neurons.items() for i in ids)
+            pairs = tuple(
+                (_whole(L, f"neurons: the key {L!r}", "a layer"), i)
+                for L, ids in neurons.items()
+                for i in _ids(ids, f"neurons[{L!r}]")
+            )
             out = cls(pairs, site_of(site))
+        elif isinstance(neurons, Iterable) and not isinstance(neurons, (str, bytes)):
+            out = cls(tuple(_pair(p, j) for j, p in enumerate(neurons)), site_of(site))
         else:
-            out = cls(tuple((int(L), int(i)) for L, i in neurons), site_of(site))
+            raise TypeError(f"neurons must be {FORMS}; got {type(neurons).__name__}")
         if model is not None:
             out = cls(out.pairs, out.site if out.site.size else resolve_site(out.site, model))
             out.check(model.cfg.n_layers, model)
@@ -126,6 +139,85 @@ class NeuronSet:
     def labels(self) -> list[str]:
         """The site's label per entry (``L3 N5``, ``L3 H5``, ``L8 F1234``: views and tables)."""
         return [self.site.label(L, i) for L, i in self.pairs]
+
+
+def nonempty(units: NeuronSet) -> NeuronSet:
+    """``units``, refused when it names no unit: where an empty set is no question (a causal
+    check), not where it is a no-op (``ablated(model, [])`` edits nothing)."""
+    if not units.pairs:
+        raise ValueError(
+            "neurons names no unit (an empty table, list or dict, or an all-False mask): pass "
+            "at least one (layer, neuron)"
+        )
+    return units
+
+
+def _integer_dtype(dtype: Any) -> bool:
+    """A torch or NumPy integer dtype (not bool)."""
+    if isinstance(dtype, torch.dtype):
+        return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+    return bool(np.issubdtype(dtype, np.integer))
+
+
+def _whole(value: Any, where: str, what: str) -> int:
+    """``value`` as an int: a Python or NumPy integer, or a 0-d integer tensor or array; a float
+    (``1.5``, also ``1.0``), a string or a bool is a TypeError (``int(1.5)`` would be 1)."""
+    if isinstance(value, (Tensor, np.ndarray)):
+        if value.ndim == 0 and _integer_dtype(value.dtype):
+            return int(value)
+    elif isinstance(value, Integral) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    raise TypeError(f"{where} must be {what} (a whole number), got {value!r}")
+
+
+def _pair(item: Any, j: int) -> tuple[int, int]:
+    """Item ``j`` of a list of ``(layer, neuron)`` pairs."""
+    if isinstance(item, (str, bytes)) or not isinstance(item, Iterable):
+        raise TypeError(
+            f"neurons[{j}] is {item!r}, not a (layer, neuron) pair: neurons must be {FORMS}"
+        )
+    parts = list(item)
+    if len(parts) != 2:
+        raise TypeError(
+            f"neurons[{j}] has {len(parts)} values, not a (layer, neuron) pair: neurons must be "
+            f"{FORMS}"
+        )
+    return (
+        _whole(parts[0], f"neurons[{j}]: the layer", "a layer index"),
+        _whole(parts[1], f"neurons[{j}]: the neuron", "a unit index"),
+    )
+
+
+def _ids(ids: Any, where: str) -> list[int]:
+    """The unit ids of one layer of a ``{layer: ids}`` dict."""
+    if isinstance(ids, (Tensor, np.ndarray)) and ids.ndim == 1:
+        if len(ids) and not _integer_dtype(ids.dtype):
+            raise TypeError(f"{where} must hold unit ids (whole numbers), got dtype {ids.dtype}")
+        return [int(i) for i in ids.tolist()]
+    if isinstance(ids, (str, bytes, Tensor, np.ndarray)) or not isinstance(ids, Iterable):
+        raise TypeError(f"{where} must be a list of unit ids, got {ids!r}")
+    return [_whole(i, where, "a list of unit ids") for i in ids]
+
+
+def _whole_column(table: pd.DataFrame, column: str) -> list[int]:
+    """A table's ``layer`` or ``neuron`` column as ints; fractions, text and bools are refused
+    (a float column of whole numbers, as a CSV with gaps reads back, is accepted)."""
+    values = table[column]
+    if pd.api.types.is_bool_dtype(values):
+        ok = pd.Series(False, index=values.index)
+    elif pd.api.types.is_integer_dtype(values):
+        ok = pd.Series(True, index=values.index)
+    elif pd.api.types.is_float_dtype(values):
+        ok = np.isfinite(values) & (values == values.round())
+    else:  # object: Python ints pass
+        ok = values.map(lambda v: isinstance(v, Integral) and not isinstance(v, (bool, np.bool_)))
+    bad = values[~ok.astype(bool)]
+    if not bad.empty:
+        raise TypeError(
+            f"the neuron table's column {column!r} must hold whole numbers, got "
+            f"{bad.tolist()[0]!r} (row {bad.index[0]!r})"
+        )
+    return [int(v) for v in values]
 
 
 def _same_site(held: Site, given: SiteLike) -> Site:

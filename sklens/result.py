@@ -79,8 +79,11 @@ class Scan:
         mutual_info: MutualInfo | None = None,
         *,
         site: Site | None = None,
+        selection_ids: Sequence[str] | None = None,
     ):
         self._site = site
+        # example_id of each example the scan ran on (None: not known, e.g. scan_activations)
+        self.selection_ids = None if selection_ids is None else tuple(sorted(set(selection_ids)))
         self.moments = moments
         self.metric_values = metric_values
         self.settings = settings
@@ -114,8 +117,19 @@ class Scan:
 
     @property
     def corr(self) -> Float[Tensor, "layers unit slot"]:
-        """The scan's statistic: Pearson r, or the pooled within-group r when grouped."""
+        """The scan's statistic: Pearson r, or the pooled within-group r when grouped.
+
+        NaN where a unit's activation at a slot never varied over the examples (within the
+        groups, when grouped), e.g. a dead SAE latent: there is no r. ``n_constant`` counts
+        those entries, and ``top_k`` ranks a unit that is NaN at every slot last (it never
+        appears)."""
         return self.moments.corr().cpu()
+
+    @property
+    def n_constant(self) -> int:
+        """How many (unit, slot) entries of ``corr`` are NaN because the unit's activation at
+        that slot never varied over the examples (within the groups, when grouped)."""
+        return int((~(self.moments.m2_a > 0)).sum())
 
     def layer_corr(self, layer: int) -> Float[Tensor, "unit slot"]:
         """``corr`` of model layer ``layer`` (``corr[i]`` is the i-th *scanned* layer)."""
@@ -182,7 +196,9 @@ class Scan:
             }
         )
         table.attrs["sample"] = f"in-sample: selected and measured on the same {self.n} examples"
-        table.attrs["selection_hash"] = self.settings.data_hash  # explain refuses these examples
+        # explain and confirm_neurons refuse the examples that selected these units
+        table.attrs["selection_hash"] = self.settings.data_hash
+        table.attrs["selection_ids"] = self.selection_ids
         return table
 
     def _require_null(self) -> PermutationNull:
@@ -261,6 +277,9 @@ class Scan:
             n: how many (default: all kept, ``settings.n_extremal``).
             largest: the most activating (True) or the least (False).
         """
+        validate.integer("layer", layer)
+        validate.integer("neuron", neuron)
+        validate.integer("slot", slot)
         if self.extremes is None:
             raise ValueError(
                 "this scan kept no extremal examples: scan(..., n_extremal=5), or run "
@@ -308,6 +327,8 @@ class Scan:
         if self.mutual_info is not None:
             tensors |= self.mutual_info.tensors()
         metadata = {"sklens": json.dumps(self.settings.to_dict())}
+        if self.selection_ids is not None:
+            metadata[_IDS_KEY] = json.dumps(list(self.selection_ids))
         write_bytes(path, save(tensors, metadata=metadata))
         return path
 
@@ -326,6 +347,11 @@ class Scan:
                     "a safetensors file without sklens settings: not written by Scan.save"
                 )
             settings = ScanSettings.from_dict(json.loads(metadata["sklens"]))
+            ids = json.loads(metadata[_IDS_KEY]) if _IDS_KEY in metadata else None
+            if ids is not None and not (
+                isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+            ):
+                raise ValueError(f"its {_IDS_KEY} metadata is not a list of example ids")
             _check_tensors(tensors, settings)
             values = tensors.pop("metric_values")
             null = None
@@ -350,7 +376,7 @@ class Scan:
                 f"{path} is not a readable sklens scan ({type(err).__name__}: {err}); "
                 "re-run the scan to recreate it"
             ) from err
-        return cls(moments, values, settings, null, extremes, mutual_info)
+        return cls(moments, values, settings, null, extremes, mutual_info, selection_ids=ids)
 
     def __repr__(self) -> str:
         s = self.settings
@@ -365,11 +391,15 @@ class Scan:
         return f"<div><p><code>{html.escape(repr(self))}</code></p>{title}{table}</div>"
 
 
+_IDS_KEY = "sklens.selection_ids"  # the scan file's metadata entry of Scan.selection_ids
+
+
 def _check_tensors(tensors: dict[str, Tensor], settings: ScanSettings) -> None:
-    """Raise ValueError unless the tensors have the shapes and dtypes the settings imply.
+    """Raise ValueError unless the tensors have the shapes and dtypes the settings imply, and
+    the moments and metric values are finite (a scan never writes NaN or infinity there).
 
     A file whose framing is intact but whose tensors disagree would otherwise broadcast into
-    plausible-looking correlations.
+    plausible-looking correlations, or NaN ones that ``top_k`` silently skips.
     """
     n = settings.n_examples
     grid = (len(settings.layers), settings.n_units, settings.n_tokens)
@@ -421,6 +451,15 @@ def _check_tensors(tensors: dict[str, Tensor], settings: ScanSettings) -> None:
         or tensors[name].dtype != dtype
     ]
     problems += [f"{name} is not a scan tensor" for name in tensors.keys() - expected.keys()]
+    finite = ["metric_values", *(k for k in expected if k.rsplit(".", 1)[-1] in moments)]
+    problems += [
+        f"{name} holds {int((~torch.isfinite(tensors[name])).sum())} NaN or infinite values, "
+        "which a scan never writes"
+        for name in finite
+        if name in tensors
+        and tensors[name].is_floating_point()
+        and not bool(torch.isfinite(tensors[name]).all())
+    ]
     total = sum(int(tensors[c]) for c in counts) if not problems else n
     if total != n:
         problems.append(f"n is {total} but the settings say {n} examples")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sklens import distributed, validate
+from sklens import arguments, distributed, validate
 from sklens import metrics as metrics_mod
 from sklens.choices import score_examples
 from sklens.data.example import Example, data_hash
@@ -266,7 +266,9 @@ def scan(
         chat_template: use the tokenizer's chat template (default: if it has one).
         progress: show a tqdm bar.
     """
-    examples = list(examples)
+    arguments.model(model)
+    arguments.prompt(prompt)
+    examples = arguments.examples(examples)
     if len(examples) < validate.MIN_SCAN:
         raise ValueError(f"a scan needs at least 3 examples for a correlation, got {len(examples)}")
     validate.integer("batch_size", batch_size, minimum=1)
@@ -405,4 +407,7 @@ def scan(
         n_extremal=n_extremal,
         mi_bins=mi_bins,
     )
-    return Scan(moments, values, settings, null, extremes, mutual_info, site=site)
+    return Scan(
+        moments, values, settings, null, extremes, mutual_info, site=site,
+        selection_ids=arguments.example_ids(examples),
+    )  # fmt: skip

@@ -40,8 +40,10 @@ import re
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -173,8 +175,9 @@ class _Heads(Site):
 class Directions(Site):
     """The projections of a residual hook's activation on given directions (one unit each).
 
-    ``vectors`` is ``[n, d_model]`` for every layer, or ``{layer: [n, d_model]}``; they are used
-    as given (normalise them for projections in residual units). ``hook`` is a template.
+    ``vectors`` is ``[n, d_model]`` for every layer, or ``{layer: [n, d_model]}`` (a tensor, a
+    NumPy array or a list of lists); they are used as given (normalise them for projections in
+    residual units). Each must be finite and nonzero. ``hook`` is a template.
     """
 
     # by layer, or under key -1 for every layer; and each matrix's pinv, transposed (the lift of
@@ -187,7 +190,11 @@ class Directions(Site):
         cls, vectors: Tensor | Mapping[int, Tensor], hook: str = "blocks.{layer}.hook_resid_post"
     ) -> Directions:
         per_layer = isinstance(vectors, Mapping)
-        by_key = {int(k): v for k, v in vectors.items()} if per_layer else {-1: vectors}
+        by_key = (
+            {_layer_key(k): _matrix(v, f"vectors[{k!r}]") for k, v in vectors.items()}
+            if per_layer
+            else {-1: _matrix(vectors, "vectors")}
+        )
         sizes = {tuple(m.shape) for m in by_key.values()}
         if len(sizes) != 1 or any(m.ndim != 2 for m in by_key.values()):
             raise ValueError(
@@ -232,6 +239,56 @@ class Directions(Site):
         lift = self.lifts.get(layer, self.lifts.get(-1)).to(act.device)[idx.to(act.device)]
         delta = (new - units[..., idx]).to(torch.float64) @ lift  # [n, d_model] rows
         return act + delta.to(act.dtype)
+
+
+def _layer_key(key: Any) -> int:
+    if isinstance(key, Integral) and not isinstance(key, bool):
+        return int(key)
+    raise TypeError(f"the keys of vectors must be layer numbers, got {key!r}")
+
+
+def _matrix(value: Any, name: str) -> Tensor:
+    """One ``[n_directions, d_model]`` matrix of directions as a tensor (an array or a list of
+    lists is converted), refusing a single vector, NaN or infinite entries and zero rows."""
+    if isinstance(value, np.ndarray) or (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(row, (list, tuple, np.ndarray, Tensor)) for row in value)
+    ):
+        try:
+            value = torch.as_tensor(np.asarray(value, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"{name} must be a [n_directions, d_model] matrix of numbers: {err}"
+            ) from None
+    if not isinstance(value, Tensor):
+        what = (
+            "a list of numbers (one vector)"
+            if isinstance(value, (list, tuple))
+            else type(value).__name__
+        )
+        raise TypeError(
+            f"{name} must be a [n_directions, d_model] matrix (a tensor, an array or a list of "
+            f"lists), got {what}: pass one direction as [vector]"
+        )
+    if value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    if value.ndim != 2:
+        return value  # Directions.of names the shapes it got
+    if not value.is_floating_point():
+        value = value.to(torch.float32)
+    bad = (~torch.isfinite(value)).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"{name} holds NaN or infinite values (direction {bad[0]}): pass finite directions"
+        )
+    zero = (value.detach().double().norm(dim=1) == 0).nonzero().flatten().tolist()
+    if zero:
+        raise ValueError(
+            f"{name}: direction {zero[0]} has zero norm, so its projection is 0 for every "
+            "activation: drop it, or pass a nonzero vector"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -339,6 +396,13 @@ def _width(model: Model, template: str, layer: int) -> int:
     a ValueError naming the fix for a missing hook or one without a position axis."""
     name = template.format(layer=layer)
     if name not in model.hook_dict:
+        named = re.match(r"blocks\.(\d+)\.", name)
+        if named and int(named.group(1)) >= model.cfg.n_layers:
+            raise ValueError(
+                f"site {template!r}: the model has no hook {name!r}: it has "
+                f"{model.cfg.n_layers} layers (0..{model.cfg.n_layers - 1}); write "
+                "'blocks.{layer}.…' to scan every layer"
+            )
         near = [h for h in model.hook_dict if h.startswith(f"blocks.{layer}.")][:12]
         raise ValueError(
             f"site {template!r}: the model has no hook {name!r}; hooks of layer {layer} "

@@ -59,6 +59,7 @@ class SoftPromptConfig:
     model_name: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     sklens_version: str = __version__
+    kept_step: int | None = None  # the training step whose prompt this is (None: the last)
 
     def __post_init__(self) -> None:
         self.init = InitMode(self.init)

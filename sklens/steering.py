@@ -12,7 +12,7 @@ by default) and reused at every factor, so the curves are comparable point by po
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -60,7 +60,12 @@ def steering_curve(
     """
     if mode not in ("scale", "shift"):
         raise ValueError(f"mode must be 'scale' or 'shift', got {mode!r}")
-    factors = [float(f) for f in factors]
+    if isinstance(factors, (str, bytes)) or not isinstance(factors, Iterable):
+        raise TypeError(
+            f"factors must be a sequence of numbers, got {type(factors).__name__} {factors!r}: "
+            "e.g. factors=(0, 2)"
+        )
+    factors = [_number(f) for f in factors]
     if not factors or not all(math.isfinite(f) for f in factors):
         raise ValueError(f"factors must be one or more finite numbers, got {factors}")
     if n_random < 1:
@@ -74,3 +79,13 @@ def steering_curve(
         )  # fmt: skip
         parts.append(table.assign(factor=factor))
     return pd.concat(parts, ignore_index=True)
+
+
+def _number(factor: Any) -> float:
+    """One factor as a float; text and bools are refused (``float("2")`` would pass)."""
+    if not isinstance(factor, (str, bytes, bool)):
+        try:
+            return float(factor)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"factors must be numbers, got {factor!r}: e.g. factors=(0, 2)")

@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import pickle
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from sklens import _compat, validate
+from sklens import _compat, arguments, validate
 from sklens.atomic import write_bytes
 from sklens.data.example import Example, data_hash
 from sklens.data.format import Encoded, encode, iter_batches, split_batch
@@ -114,6 +116,7 @@ def train_soft_prompt(
     val_examples: Sequence[Example] | None = None,
     eval_every: int | None = None,
     patience: int | None = None,
+    restore_best: bool = True,
     min_delta: float = 0.0,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 50,
@@ -151,6 +154,9 @@ def train_soft_prompt(
         val_examples: held-out examples whose mean loss is recorded every ``eval_every`` steps.
         eval_every: steps between validation losses (default: a tenth of the steps).
         patience: stop after this many evaluations without a new best (needs ``val_examples``).
+        restore_best: with ``val_examples``, return the prompt of the lowest validation loss
+            (a new best beats the old one by more than ``min_delta``), not the last one;
+            ``prompt.config.kept_step`` says which step it is.
         min_delta: how much lower a validation loss must be to count as a new best.
         checkpoint_dir: a directory for the one-file checkpoint; resumes from it when present.
         checkpoint_every: steps between checkpoints (and one at the end).
@@ -160,7 +166,13 @@ def train_soft_prompt(
     Returns:
         The trained ``SoftPrompt``; ``prompt.history`` and ``prompt.config.training`` say how.
     """
-    examples = list(examples)
+    arguments.model(model)
+    examples = arguments.examples(examples)
+    if val_examples is not None:
+        val_examples = arguments.examples(val_examples, "val_examples")
+    for field, value in (("steps", steps), ("epochs", epochs)):
+        if value is not None:
+            validate.integer(field, value)
     if steps is not None and epochs is not None:
         raise ValueError("give steps or epochs, not both")
     validate.integer("n_tokens", n_tokens, minimum=1, meaning="soft-prompt length")
@@ -201,14 +213,15 @@ def train_soft_prompt(
         "chat_template": chat_template,
         "patience": patience,
         "min_delta": min_delta,
+        "restore_best": restore_best and bool(val_examples),
     }
 
     prompt = SoftPrompt.init_for(model, n_tokens, init=init, init_text=init_text, seed=seed)
     prompt.config.training = settings
     optimizer = torch.optim.AdamW(prompt.parameters(), lr=lr, weight_decay=weight_decay)
-    start = 0
+    start, best = 0, _Best(min_delta)
     if checkpoint_dir is not None:
-        start = _resume(Path(checkpoint_dir), prompt, optimizer, settings)
+        start = _resume(Path(checkpoint_dir), prompt, optimizer, settings, best)
 
     bar = tqdm(total=total_steps, initial=start, desc="train soft prompt", disable=not progress)
     with frozen(model), linear_layout(model):
@@ -216,6 +229,7 @@ def train_soft_prompt(
             prompt.history.append(
                 {"step": 0, "val_loss": _mean_loss(model, prompt, val_encoded, batch_size)}
             )
+            best.update(prompt.history[-1], prompt)
         for step in range(start, total_steps):
             if patience is not None and plateau(prompt.history, patience, min_delta)["stopped"]:
                 break
@@ -240,16 +254,55 @@ def train_soft_prompt(
             if val_encoded is not None and (done % eval_every == 0 or done == total_steps):
                 record["val_loss"] = _mean_loss(model, prompt, val_encoded, batch_size)
             prompt.history.append(record)
+            best.update(record, prompt)
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
             stop = patience is not None and plateau(prompt.history, patience, min_delta)["stopped"]
             last = done == total_steps or stop
             if checkpoint_dir is not None and (done % checkpoint_every == 0 or last):
-                _checkpoint(Path(checkpoint_dir), prompt, optimizer, done, settings)
+                _checkpoint(Path(checkpoint_dir), prompt, optimizer, done, settings, best)
     bar.close()
     if patience is not None:
         logger.info("training: %s", plateau(prompt.history, patience, min_delta))
+    if settings["restore_best"]:
+        best.restore(prompt)
     return prompt
+
+
+@dataclass
+class _Best:
+    """The prompt of the lowest validation loss so far, by ``plateau``'s rule (a new best is
+    lower by more than ``min_delta``), so ``restore_best`` keeps the step ``plateau`` reports."""
+
+    min_delta: float
+    loss: float = math.inf
+    step: int | None = None
+    embedding: torch.Tensor | None = None
+
+    def update(self, record: dict[str, Any], prompt: SoftPrompt) -> None:
+        if "val_loss" in record and record["val_loss"] < self.loss - self.min_delta:
+            self.loss, self.step = record["val_loss"], record["step"]
+            self.embedding = prompt.embedding.detach().clone()
+
+    def state(self) -> dict[str, Any]:
+        return {"loss": self.loss, "step": self.step, "embedding": self.embedding}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.loss, self.step, self.embedding = state["loss"], state["step"], state["embedding"]
+
+    def restore(self, prompt: SoftPrompt) -> None:
+        """Put the best prompt in place, and say so when it is not the last one."""
+        last = max((h["step"] for h in prompt.history), default=0)
+        if self.embedding is None:
+            return
+        with torch.no_grad():
+            prompt.embedding.copy_(self.embedding)
+        prompt.config.kept_step = self.step
+        if self.step != last:
+            logger.info(
+                "training: kept the prompt of step %d (held-out loss %.4f), not the last (%d)",
+                self.step, self.loss, last,
+            )  # fmt: skip
 
 
 def plateau(history: Sequence[dict[str, Any]], patience: int, min_delta: float = 0.0) -> dict:
@@ -283,6 +336,7 @@ def _checkpoint(
     optimizer: torch.optim.Optimizer,
     step: int,
     settings: dict[str, Any],
+    best: _Best,
 ) -> None:
     """Write the whole training state as one file, replaced in one rename."""
     payload = {
@@ -291,6 +345,7 @@ def _checkpoint(
         "embedding": prompt.embedding.detach().cpu(),
         "history": prompt.history,
         "optimizer": optimizer.state_dict(),
+        "best": best.state(),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -304,6 +359,7 @@ def _read_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         step, saved, embedding = state["step"], state["settings"], state["embedding"]
+        state["best"]["step"]  # written by every checkpoint since restore_best
         adam_steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
         trained = [h["step"] for h in state["history"] if "train_loss" in h]
     except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as err:
@@ -336,8 +392,10 @@ def _resume(
     prompt: SoftPrompt,
     optimizer: torch.optim.Optimizer,
     settings: dict[str, Any],
+    best: _Best,
 ) -> int:
-    """Load the last checkpoint in ``directory`` into ``prompt`` and ``optimizer``; return its step."""
+    """Load the last checkpoint in ``directory`` into ``prompt``, ``optimizer`` and ``best``;
+    return its step."""
     path = directory / CHECKPOINT_FILE
     if not path.exists():
         return 0
@@ -346,5 +404,6 @@ def _resume(
         prompt.embedding.copy_(state["embedding"])
     prompt.history = list(state["history"])
     optimizer.load_state_dict(state["optimizer"])
+    best.load(state["best"])
     logger.info("resuming from step %d in %s", state["step"], directory)
     return state["step"]

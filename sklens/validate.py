@@ -122,25 +122,27 @@ def choices(field: str, text: str, options: Sequence[str]) -> list[str]:
 def device(value: Any) -> None:
     """A device torch has here; ``cuda`` without a GPU is refused with the CPU as the fix.
 
-    The syntax is checked without importing torch; only a GPU device needs torch to look.
+    ``mps`` is refused: MPS has no float64, in which the scan accumulates its statistics. The
+    syntax (and ``mps``) is checked without importing torch; only CUDA needs torch to look.
     """
     if value is None:
         return
     match = _DEVICE.fullmatch(str(value))
     if match is None:
         raise ValueError(
-            f"{name('device')} {str(value)!r} is not a device sklens can use; use cpu, cuda, "
-            "cuda:N or mps"
+            f"{name('device')} {str(value)!r} is not a device sklens can use; use cpu, cuda or "
+            "cuda:N"
         )
     kind, index = match.group(1), int(match.group(2) or 0)
     if kind == "cpu":
         return
+    if kind == "mps":
+        raise ValueError(
+            f"{name('device')} {value}: MPS has no float64, which the scan's statistics need; "
+            f"use {assign('device', 'cpu')}"
+        )
     import torch
 
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(
-            f"{name('device')} mps: no Apple GPU is available; use {assign('device', 'cpu')}"
-        )
     if kind == "cuda":
         if torch.version.cuda is None:
             why = f"this torch ({torch.__version__}) was built without CUDA"
@@ -282,7 +284,7 @@ def study(config: Any) -> None:
     if config.steering:
         factors = items(config.steering)
         bad = [f for f in factors if not _finite_number(f)]
-        if bad:
+        if bad or not factors:
             raise ValueError(
                 f"{name('steering')} must be numbers separated by commas (the factors that scale "
                 f"the top-K), got {bad}; e.g. {assign('steering', '0,0.5,2,4')}"
@@ -360,9 +362,12 @@ def study_data(config: Any, task: Any) -> str:
     if spec is None:
         raise ValueError(f"task {task.name!r} has no default metric: pass {name('metric')}")
     if spec.startswith("label:"):
-        _label_values(spec, task.val)
+        for split, examples, fix in _metric_splits(config, task):
+            _label_values(spec, examples, split, fix)
     if config.permutation_groups is not None:
         _field_everywhere("permutation_groups", config.permutation_groups, task.val)
+        if spec.startswith("label:"):
+            _varies_within_groups(spec, config.permutation_groups, task.val)
     for covariate in items(config.covariates):
         _field_everywhere("covariates", covariate, task.val, numeric=True)
     grouped = [m for m in items(config.measures) if m in GROUP_MEASURES]
@@ -372,6 +377,33 @@ def study_data(config: Any, task: Any) -> str:
             f"names none (only {', '.join(TASKS)} do); drop them"
         )
     return spec
+
+
+def _metric_splits(config: Any, task: Any) -> list[tuple[str, Sequence[Any], str]]:
+    """The splits a run computes its metric on: each one's name, examples, and the setting that
+    changes it (where a constant metric there can be fixed)."""
+    splits = [("validation", task.val, f"raise {name('n_val')}")]
+    if task.confirm:
+        fix = f"raise {name('n_confirm')} or skip the confirmation ({assign('n_confirm', 0)})"
+        splits.append(("confirmation", task.confirm, fix))
+    if task.causal and (config.ablate or config.steering):
+        splits.append(("causal", task.causal, f"raise {name('n_causal')}"))
+    return splits
+
+
+def _varies_within_groups(spec: str, groups: str, examples: Sequence[Any]) -> None:
+    """A within-group correlation needs the metric to vary inside some group."""
+    key, positive = label_spec(spec)
+    seen: dict[Any, set[Any]] = {}
+    for e in examples:
+        value = e.meta[key] == positive if positive is not None else e.meta[key]
+        seen.setdefault(str(e.meta[groups]), set()).add(value)
+    if all(len(values) < 2 for values in seen.values()):
+        raise ValueError(
+            f"{name('metric')} {spec} is constant within every group of {groups!r} (it is "
+            f"a function of {groups!r}), so a within-group correlation is undefined; group by "
+            f"another field or drop {name('permutation_groups')}"
+        )
 
 
 def _field_everywhere(
@@ -394,19 +426,22 @@ def _field_everywhere(
             )
 
 
-def _label_values(spec: str, examples: Sequence[Any]) -> None:
-    """The checks ``sklens.metrics.label`` makes while scanning, made before training and phrased
-    as the spec the user wrote."""
+def _label_values(
+    spec: str, examples: Sequence[Any], split: str = "validation", fix: str = ""
+) -> None:
+    """The checks ``sklens.metrics.label`` makes while scanning, made before training on the
+    ``split`` it will be computed on, and phrased as the spec the user wrote."""
     key, positive = label_spec(spec)
     _field_everywhere("metric", key, examples, typed=spec)
     values = [e.meta[key] for e in examples]
     if positive is None:
         for v in values:
             if not isinstance(v, (bool, Real)):
+                usable = next((u for u in values if u is not None), v)  # None never matches
                 raise ValueError(
                     f"{name('metric')} {spec}: meta field {key!r} holds {v!r}, not a number; "
                     f"compare it with a value to make a binary metric, e.g. "
-                    f"{assign('metric', f'label:{key}={v}')}"
+                    f"{assign('metric', f'label:{key}={usable}')}"
                 )
         numbers = [float(v) for v in values]
         bad = [i for i, v in enumerate(numbers) if not math.isfinite(v)]
@@ -420,14 +455,17 @@ def _label_values(spec: str, examples: Sequence[Any]) -> None:
         numbers = [1.0 if v == positive else 0.0 for v in values]
     if len(set(numbers)) < 2:
         seen = sorted({str(v) for v in values})
+        usable = [v for v in seen if v != "None" and v != str(positive)] or seen
         raise ValueError(
-            f"{name('metric')} {spec} is {numbers[0]} for every validation example, so no neuron "
-            f"can correlate with it; {key!r} takes the values {seen[:10]}"
+            f"{name('metric')} {spec} is {numbers[0]} for every {split} example "
+            f"({len(examples)}), so no neuron can correlate with it there; {key!r} takes the "
+            f"values {seen[:10]}"
             + (
-                f": choose one that occurs, e.g. {assign('metric', f'label:{key}={seen[0]}')}"
+                f": choose one that occurs, e.g. {assign('metric', f'label:{key}={usable[0]}')}"
                 if positive is not None
                 else ""
             )
+            + (f"; or {fix}" if fix and split != "validation" else "")
         )
 
 

@@ -87,3 +87,18 @@ def test_an_interrupted_gguf_conversion_leaves_no_partial_directory(llama_dir, t
     assert len(list(cache.glob(".partial-*"))) == 1
     converted = sklens.gguf_to_checkpoint(gguf, cache_dir=cache)
     assert (converted / "config.json").exists() and not list(cache.glob(".partial-*"))
+
+
+@pytest.mark.parametrize("text", ["Line one\rLine two", "trailing\r", "a\r\nb", 'quote " and ,'])
+def test_case_I13_csv_round_trips_any_text(tmp_path, text):
+    """A carriage return inside a field must not end a row (pandas reads a bare one as a row
+    break unless the field is quoted); floats come back as written."""
+    import pandas as pd
+
+    from sklens.atomic import write_csv
+
+    frame = pd.DataFrame({"instruction": [text, "plain"], "p": [0.05, 1 / 3], "k": [1, 2]})
+    write_csv(frame, tmp_path / "t.csv")
+    back = pd.read_csv(tmp_path / "t.csv", keep_default_na=False)
+    assert back.instruction.tolist() == [text, "plain"]
+    assert back.p.tolist() == [0.05, 1 / 3] and back.k.tolist() == [1, 2]

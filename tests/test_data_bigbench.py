@@ -184,3 +184,22 @@ def test_bad_bigbench_files(tmp_path):
         task_examples(bad)
     with pytest.raises(ValueError, match="unknown arithmetic subtasks"):
         sklens.data.bigbench.bigbench_arithmetic(["7_digit_addition"])
+
+
+@pytest.mark.parametrize(
+    ("scores", "problem"),
+    [
+        ({"116549": 0, "2": 0, "banana": 0}, "scores no choice above 0: it has no correct answer"),
+        ({"116549": 1, "2": 1, "banana": 0}, "scores 2 choices highest ('116549', '2')"),
+    ],
+)
+def test_case_I4_I5_an_example_without_one_correct_choice_is_refused(tmp_path, scores, problem):
+    """The reliability probe's I4 (all scored 0: used with its first choice as the answer) and I5
+    (two scored 1: the first taken silently): refused, naming the file, line and example."""
+    good = {"input": "What is 1 plus 1?", "target_scores": {"2": 1, "3": 0}}
+    bad = {"input": "What is 68824 plus 47725?", "target_scores": scores}
+    path = tmp_path / "5_digit_addition" / "task.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"examples": [good, bad]}, indent=1))
+    with pytest.raises(ValueError, match=rf"task.json:\d+: example 1 {re.escape(problem)}"):
+        task_examples(path)

@@ -97,3 +97,28 @@ def test_figures_display_in_a_notebook_without_matplotlib_inline():
     fig = figures.kde_by_group([0.1, 0.5, 0.9, 1.2], ["a", "a", "b", "b"])
     data, _ = InteractiveShell.instance().display_formatter.format(fig)
     assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_case_I14_terminal_control_codes_are_spelled_out(tmp_path):
+    """ESC sequences (clear screen, window title, colour), BEL, BS and NUL in task text reach the
+    terminal as ``<U+001B>``..., never raw."""
+    codes = "\x1b[2J\x1b]0;pwned\x07\x1b[31m\x08\x00\x7f"
+    pd.DataFrame([{"layer": 0, "neuron": 1, "slot": 0, "score": 0.5}]).to_csv(
+        tmp_path / "neurons.csv", index=False
+    )
+    rows = [
+        {
+            "neuron_rank": 0,
+            "rank": 0,
+            "direction": d,
+            "instruction": f"a{codes}b",
+            "completion": "x",
+        }
+        for d in ("most", "least")
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "examples.csv", index=False)
+    table = format_table(tmp_path)
+    assert not any(c in table for c in codes if ord(c) < 32 or ord(c) == 0x7F)
+    assert "a<U+001B>[2J<U+001B>]0;pwned<U+0007><U+001B>[31m<U+0008>" in table  # then cut
+    assert visible("\x00\x7fb") == "<U+0000><U+007F>b"
+    assert visible("tab\tkept") == "tab\tkept"

@@ -220,3 +220,96 @@ def test_report_works_from_another_working_directory(qwen_dir, tmp_path, monkeyp
     assert main(args) == 0
     monkeypatch.chdir(tmp_path)
     assert build_report(start / "run").exists()
+
+
+def test_case_K9_out_that_is_a_symlink_writes_where_it_points_every_time(qwen_dir, tmp_path):
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "linkrun"
+    link.symlink_to(target, target_is_directory=True)
+    for _ in range(2):  # the second run used to fail on the link left behind by the first
+        assert main(_args(qwen_dir, link)) == 0
+        assert link.is_symlink() and (target / "summary.json").exists()
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith("-lock"))
+    assert left == ["linkrun", "real"]  # no .linkrun.sklens-old left behind
+
+
+def test_out_dot_is_the_working_directory(qwen_dir, tmp_path, monkeypatch):
+    """``--out .`` used to fail after all the work with "Device or resource busy"."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(_args(qwen_dir, ".")) == 0
+    assert (here / "summary.json").exists()
+    assert main([*_args(qwen_dir, "."), "--resume"]) == 0
+    left = [p for p in tmp_path.glob(".*sklens*") if not p.name.endswith("-lock")]
+    assert (here / "summary.json").exists() and not left
+
+
+def test_case_I13_carriage_returns_in_task_text(qwen_dir, tmp_path, capsys):
+    """Every result is written and read back: examples.csv parses, the table prints, the report
+    shows each unit's examples (the probe saw an IndexError, an unreadable CSV, empty tables)."""
+    task = tmp_path / "cr.jsonl"
+    rows = [
+        {"instruction": f"Line {i}\rWhere is it{'?' if i % 2 else ''}\r", "completion": " x",
+         "skill": "spatial" if i % 2 else "metaphor"}
+        for i in range(60)
+    ]  # fmt: skip
+    task.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "run"
+    args = _args(qwen_dir, out)
+    args[args.index("skillmix")] = str(task)
+    assert main([*args, "--report", "--metric", "label:skill=spatial"]) == 0
+    examples = pd.read_csv(out / "examples.csv")
+    assert len(examples) == 3 * 2 * 2 and examples.instruction.str.contains("\r").all()
+    assert "\r" not in capsys.readouterr().out.replace("\r\n", "")
+    html = (out / "report.html").read_text()
+    assert html.count("Line ") >= 3 * 2  # each unit's example table has its rows
+
+
+def test_case_K6_K8_report_on_a_file_or_an_interrupted_swap_says_what_happened(
+    qwen_dir, tmp_path, capsys
+):
+    plain = tmp_path / "notes.txt"
+    plain.write_text("x")
+    assert main(["report", str(plain)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a run directory" in err and f"--out {plain}" not in err
+    out = tmp_path / "run"
+    assert main(_args(qwen_dir, out)) == 0
+    # a kill between the swap's two renames: the results sit beside RUN, RUN is missing
+    os.replace(out, rundir._sibling(out, "old"))
+    for command in ("report", "explain"):
+        assert main([command, str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "stopped while replacing its results" in err and "--resume" in err
+        assert str(rundir._sibling(out, "old")) in " ".join(err.split())
+    assert main([*_args(qwen_dir, out), "--resume"]) == 0  # and --resume finishes it
+    assert main(["report", str(out)]) == 0
+
+
+def test_case_K7_open_run_refuses_an_edited_run(qwen_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(_args(qwen_dir, out)) == 0
+    neurons = out / "neurons.csv"
+    neurons.write_text(neurons.read_text().replace(",", ";", 1))  # an edited header
+    with pytest.raises(rundir.RunDirError, match="mixes files from different runs: neurons.csv"):
+        sklens.open_run(out)
+    (out / "manifest.json").unlink()
+    with pytest.raises(rundir.RunDirError, match="has no valid manifest.json"):
+        sklens.open_run(out)
+
+
+def test_case_92a_a_full_disk_at_the_lock_names_the_path_and_leaves_no_lock(
+    qwen_dir, tmp_path, monkeypatch, capsys
+):
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "pwrite", full)
+    out = tmp_path / "run0"
+    assert main(_args(qwen_dir, out)) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    lock = rundir._sibling(out, "lock")
+    assert f"cannot write the lock file {lock} (No space left on device)" in err
+    assert "free space" in err and not lock.exists()

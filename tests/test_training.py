@@ -265,3 +265,63 @@ def test_non_finite_training_is_refused(qwen, examples):
         sklens.train_soft_prompt(qwen, examples[:8], steps=2, lr=float("inf"), progress=False)
     with pytest.raises(RuntimeError, match=r"training diverged: .* step \d+ .*lower the learning"):
         sklens.train_soft_prompt(qwen, examples[:8], n_tokens=3, steps=5, lr=1e30, progress=False)
+
+
+def _scripted_losses(monkeypatch, losses):
+    """Held-out losses read from a script, and the prompt as it was at each evaluation."""
+    from sklens import training
+
+    seen = []
+
+    def scripted(model, prompt, encoded, batch_size):
+        seen.append(prompt.embedding.detach().clone())
+        return losses[len(seen) - 1]
+
+    monkeypatch.setattr(training, "_mean_loss", scripted)
+    return seen
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_training_keeps_the_best_prompt_not_the_last(qwen, examples, monkeypatch, restore_best):
+    """The trial as a researcher: the main job stopped on its plateau with the last held-out loss
+    0.518 and the best 0.401, and kept the last. With ``restore_best`` (the default) the prompt
+    is the best evaluation's, and ``kept_step`` says which."""
+    seen = _scripted_losses(monkeypatch, [3.0, 1.0, 2.0, 2.5, 2.7])  # best at step 1
+    prompt = sklens.train_soft_prompt(
+        qwen, examples[:8], n_tokens=3, steps=10, val_examples=examples[8:12], eval_every=1,
+        patience=2, restore_best=restore_best, progress=False,
+    )  # fmt: skip
+    assert plateau(prompt.history, 2)["best_step"] == 1 and len(seen) == 4  # stopped at step 3
+    kept = seen[1] if restore_best else prompt.embedding.detach()
+    assert torch.equal(prompt.embedding.detach(), kept)
+    assert not torch.equal(seen[1], seen[3])  # training did move the prompt after the best
+    assert prompt.config.kept_step == (1 if restore_best else None)
+
+
+def test_a_resumed_training_keeps_the_same_best_prompt(qwen, examples, tmp_path, monkeypatch):
+    losses = [3.0, 1.0, 2.0, 2.5, 2.7]
+    kwargs = dict(n_tokens=3, steps=10, val_examples=examples[8:12], eval_every=1, patience=2,
+                  checkpoint_every=1, progress=False)  # fmt: skip
+    _scripted_losses(monkeypatch, losses)
+    whole = sklens.train_soft_prompt(qwen, examples[:8], **kwargs)
+    ckpt = tmp_path / "ckpt"
+    _scripted_losses(monkeypatch, losses)
+    from sklens import training
+
+    real = training._checkpoint
+    calls = {"n": 0}
+
+    def dies_after_two(*args, **kw):  # killed after the checkpoint of step 2
+        real(*args, **kw)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_checkpoint", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        sklens.train_soft_prompt(qwen, examples[:8], checkpoint_dir=ckpt, **kwargs)
+    monkeypatch.setattr(training, "_checkpoint", real)
+    _scripted_losses(monkeypatch, losses[3:])  # the evaluations after the resume
+    resumed = sklens.train_soft_prompt(qwen, examples[:8], checkpoint_dir=ckpt, **kwargs)
+    assert resumed.config.kept_step == whole.config.kept_step == 1
+    assert torch.equal(resumed.embedding, whole.embedding)

@@ -76,7 +76,7 @@ def test_messages_give_the_accepted_values(task_file, tmp_path, capsys, no_work)
         (["--ablate-modes", "explode"], "zero, mean, resample, noise, scale, shift"),
         (["--metric", "label:=1"], "label:KEY=VALUE, e.g. --metric label:skill=spatial"),
         (["--seeds", "a,b"], "e.g. --seeds 0,1,2"),
-        (["--device", "tpu"], "use cpu, cuda, cuda:N or mps"),
+        (["--device", "tpu"], "use cpu, cuda or cuda:N"),
         (["--n-plateau", "500"], "or pass --patience 0 to train all --steps"),
     ):
         assert main(probe_args("unused", task_file, tmp_path / "out", *extra)) == 2

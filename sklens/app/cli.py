@@ -53,8 +53,9 @@ HELP = {
     "n_extremal": "Most and least activating examples kept per unit.",
     "backend": "How TransformerLens holds the model: auto (HookedTransformer where it loads "
     "the model, else TransformerBridge), hooked or bridge.",
-    "device": "Where the model runs: cpu, cuda, cuda:N or mps. Default: cuda when torch sees "
-    "a GPU, else cpu.",
+    "device": "Where the model runs: cpu, cuda or cuda:N (MPS has no float64, which the scan's "
+    "statistics need). Default: cuda:LOCAL_RANK under torchrun, cuda when torch sees a GPU, "
+    "else cpu.",
     "reduce": "How a unit's score is read off its slots: max (the paper's signed rule) or "
     "absmax (the slot of largest |r|).",
     "ablate": "Also run the causal check of the top units against random controls.",
@@ -174,7 +175,8 @@ class _StderrHandler(logging.StreamHandler):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    hold_freed_memory()  # a pass re-faults every freed activation otherwise (sklens/allocator.py)
+    if args.command != "run":  # ``run`` holds it once it knows the model's device (``_run``)
+        hold_freed_memory()  # a pass re-faults every freed activation otherwise (allocator.py)
     log = logging.getLogger("sklens")  # only ours: other libraries' INFO chatter stays quiet
     if not log.handlers:
         handler = _StderrHandler()
@@ -223,6 +225,10 @@ def _run(args: argparse.Namespace) -> int:
     config = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
     validate.study(config)  # before importing torch: a bad flag fails in a fraction of a second
     validate.output_dir(args.out, create=False)  # a finished run creates it
+    if _model_on_cpu(config.device):
+        # a pass re-faults every freed activation otherwise (sklens/allocator.py); not for a
+        # GPU, where it would keep the freed host copy of the weights in the process
+        hold_freed_memory()
     from sklens.app.printed import format_next_steps, format_table
     from sklens.app.study import run_study
 
@@ -232,6 +238,13 @@ def _run(args: argparse.Namespace) -> int:
         _report(Path(args.out))
     print(format_next_steps(args.out, summary, reported=args.report))
     return 0
+
+
+def _model_on_cpu(device: str | None) -> bool:
+    """Whether ``load_model(device=device)`` puts the model on the CPU (resolved as it does)."""
+    from sklens.distributed import local_device
+
+    return local_device(device).startswith("cpu")
 
 
 def _report(run_dir: Path) -> int:

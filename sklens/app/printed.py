@@ -52,7 +52,7 @@ def format_explanations(run_dir: str | Path, top: int = 3) -> str:
     skipped = (summary.get("explanations") or {}).get("skipped") or {}
     if skipped:
         lines.append("Not tested: " + "; ".join(f"{name} ({why})" for name, why in skipped.items()))
-    return "\n".join(lines).rstrip()
+    return visible("\n".join(lines).rstrip())  # n-grams of the data may hold control codes
 
 
 def format_table(out: str | Path, width: int = 60) -> str:

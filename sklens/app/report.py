@@ -72,7 +72,7 @@ def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
     the fix."""
     path = run / "summary.json"
     if not path.exists():
-        raise FileNotFoundError(f"{run} has no summary.json: run `sklens run --out {run}` first")
+        raise FileNotFoundError(rundir.missing_run(run))
     rerun = f"run `sklens run --out {run}` again with the run's settings to rewrite it"
     summary = validate.json_file(path, rerun)
     saved = summary.get("config") if isinstance(summary, dict) else None

@@ -76,6 +76,21 @@ def _sibling(out: Path, kind: str) -> Path:
     return out.with_name(f".{out.name}.sklens-{kind}")
 
 
+def missing_run(run: Path) -> str:
+    """Why ``run`` holds no results, and what to do: a file is not a run directory; a swap that
+    a kill interrupted left the results beside it; else nothing was run into it yet."""
+    if run.is_file():
+        return f"{run} is a file, not a run directory: pass the directory `sklens run --out` wrote"
+    old, staging = _sibling(run, "old"), staging_dir(run)
+    if not run.exists() and old.is_dir():
+        return (
+            f"{run} is missing: a run into it was stopped while replacing its results, which "
+            f"are in {old} (the previous run) and {staging} (the new one); run `sklens run "
+            f"--out {run} --resume` with the new run's settings to finish it"
+        )
+    return f"{run} has no summary.json: run `sklens run --out {run}` first"
+
+
 def staging_dir(out: Path) -> Path:
     """Where a run into ``out`` writes until it is complete."""
     return _sibling(out, "staging")
@@ -132,8 +147,15 @@ def locked(out: Path, command: str) -> Iterator[None]:
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": command,
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError as err:  # a full disk: say where, and what to do
+            path.unlink(missing_ok=True)
+            raise RunDirError(
+                f"cannot write the lock file {path} ({err.strerror}); free space on that disk "
+                "or pass an --out on another one"
+            ) from err
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -165,11 +187,7 @@ def staged(out: Path, *, resume: bool) -> Iterator[Path]:
         try:
             staging.mkdir(parents=True, exist_ok=True)
             yield staging
-            old = _sibling(out, "old")
-            if out.exists():
-                os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap(staging, out)
         except BaseException as err:
             if out.exists():
                 logger.warning("the previous results in %s are unchanged", out)
@@ -180,6 +198,25 @@ def staged(out: Path, *, resume: bool) -> Iterator[Path]:
                     "--out, then run again with --resume to keep the finished steps"
                 ) from err
             raise
+
+
+def _swap(staging: Path, out: Path) -> None:
+    """Put the finished run in place of ``out``: two renames of whole directories, or, when
+    ``out`` is the working directory (``--out .``), of its entries, so the directory (and the
+    shell that ran sklens in it) stays the same one."""
+    old = _sibling(out, "old")
+    if out.is_dir() and Path.cwd().resolve() == out.resolve():
+        old.mkdir()
+        for entry in out.iterdir():
+            os.replace(entry, old / entry.name)
+        for entry in staging.iterdir():
+            os.replace(entry, out / entry.name)
+        staging.rmdir()
+    else:
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _disk_error(err: BaseException, staging: Path) -> bool:

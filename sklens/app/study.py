@@ -49,7 +49,8 @@ from sklens.metrics import from_spec
 from sklens.models.layout import linear_layout
 from sklens.models.load import load_model, resolve_backend
 from sklens.result import Scan
-from sklens.scan import scan
+from sklens.scan import resolve_layers, scan
+from sklens.sites import resolve_site
 from sklens.soft_prompt import SoftPrompt
 from sklens.stats.held_out import read_neurons
 from sklens.steering import steering_curve
@@ -153,6 +154,7 @@ def open_run(run_dir: str | Path) -> FinishedRun:
     and its splits, so the examples no split used (``task.rest``) stay unused."""
     run = Path(run_dir)
     _, config = read_summary(run)
+    rundir.check_consistent(run)  # an edited or mixed run directory is refused, as by report
     model = load_model(config.model, backend=config.backend, device=config.device)
     return FinishedRun(
         config=config,
@@ -184,7 +186,8 @@ def run_study(
         The summary also written to ``out/summary.json``.
     """
     validate.study(config)
-    final = validate.output_dir(out, create=False)  # a finished run creates it
+    # a finished run creates it; resolved, so that "." and a symlink name the real directory
+    final = validate.output_dir(out, create=False).resolve()
     with rundir.staged(final, resume=resume) as staging:
         return _study(config, staging, final, resume=resume, progress=progress)
 
@@ -208,10 +211,15 @@ def _study(
     fit, plateau_kwargs = training_kwargs(config, task)
     metric_spec = validate.study_data(config, task)
     metric = from_spec(metric_spec)
+    for examples in (task.val, task.confirm, task.causal):  # e.g. choices for choice_confidence
+        if examples:
+            metric.check(examples)
     site = study_site(config.site)
     stages = stage_settings(config, metric_spec, task, site.name)
     lap("data")
     model = load_model(config.model, backend=config.backend, device=config.device)
+    bound = resolve_site(site, model)  # the hook, its position axis, an SAE's width and layer,
+    bound.check_layers(resolve_layers(model, bound.layers_in(model) or None), model)  # pre-training
     lap("load_model")
     with linear_layout(model):  # every phase's passes read the weights without copying them
         rundir.prepare(
@@ -363,6 +371,7 @@ def _study(
             "last": prompt.history[-1] if prompt.history else None,
             "max_steps": config.steps,
             **({"plateau": plateau(prompt.history, config.patience)} if config.patience else {}),
+            "kept_step": prompt.config.kept_step,  # the best held-out loss's prompt, not the last
         },
         "metric_values": {
             "mean": float(values.mean()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from sklens.data.jsonl import load_jsonl
 from sklens.data.skillmix import generate_skillmix, load_skillmix
 from sklens.data.split import train_val_split
 from sklens.sites import SAELatents, Site, site_of
+
+logger = logging.getLogger("sklens")
 
 DEFAULT_METRICS = {
     "arithmetic": "loss",  # RQ3: no label, the model's own per-example loss
@@ -63,7 +66,12 @@ def load_task(
     validate.task(task, data)
     n = n_train + n_val + n_confirm + n_causal
     pool, origin = _pool(task, data, n, seed)
-    random.Random(seed).shuffle(pool)
+    pool = _distinct(pool, task)
+    if origin["kind"] == "files" or task == "arithmetic":
+        # a fixed pool: shuffled whole, so its order does not depend on how many are used. A
+        # generated one is random already and prefix-stable, and stays in order: growing a later
+        # split (--n-confirm, the causal split of --ablate) leaves the earlier ones as they were.
+        random.Random(seed).shuffle(pool)
     if len(pool) < n:
         raise ValueError(
             f"task {task!r} has {len(pool)} examples, fewer than the {n} its splits need "
@@ -83,6 +91,24 @@ def load_task(
         rest=pool[n:],
         source=origin,
     )
+
+
+def _distinct(pool: list[Example], task: str) -> list[Example]:
+    """The pool with each (instruction, completion) once: a repeated example would sit in two
+    splits and make held-out numbers partly in-sample."""
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for e in pool:
+        if (e.instruction, e.completion) not in seen:
+            seen.add((e.instruction, e.completion))
+            unique.append(e)
+    if len(unique) < len(pool):
+        logger.warning(
+            "task %s has %d repeated examples (the same instruction and completion); each is "
+            "used once, leaving %d, so no two splits share one",
+            task, len(pool) - len(unique), len(unique),
+        )  # fmt: skip
+    return unique
 
 
 def _pool(task: str, data: str | None, n: int, seed: int) -> tuple[list[Example], dict[str, Any]]:

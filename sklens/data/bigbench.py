@@ -90,6 +90,13 @@ def _problem(ex: Any) -> str | None:
             return "has a 'target_scores' that is not a non-empty object"
         if not all(isinstance(v, (int, float)) for v in scores.values()):
             return "has a non-number in 'target_scores'"
+        best = max(scores.values())
+        if best <= 0:
+            return "scores no choice above 0: it has no correct answer"
+        tops = [k for k, v in scores.items() if v == best]
+        if len(tops) > 1:
+            shown = ", ".join(map(repr, tops))
+            return f"scores {len(tops)} choices highest ({shown}): say which one is correct"
         return None
     target = ex.get("target")
     if isinstance(target, str) or (

@@ -128,10 +128,11 @@ def encode(
             )
         total = len(prefix) + n_slots + len(completion)
         if total > model.cfg.n_ctx:
+            start = " ".join(example.instruction.split())[:40]
             raise ValueError(
-                f"example {i} is {total} tokens ({len(prefix)} instruction + {n_slots} soft-prompt "
-                f"+ {len(completion)} completion), longer than the model's context "
-                f"n_ctx={model.cfg.n_ctx}; shorten it or use fewer soft-prompt tokens"
+                f"example {i} ({start!r}…) is {total} tokens ({len(prefix)} instruction + "
+                f"{n_slots} soft-prompt + {len(completion)} completion), longer than the model's "
+                f"context n_ctx={model.cfg.n_ctx}; shorten it or use fewer soft-prompt tokens"
             )
         encoded.append(Encoded(tuple(prefix), tuple(completion)))
     return encoded

@@ -246,12 +246,14 @@ def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
 
 
 def generate_hans(n: int = 600, *, seed: int = 0) -> list[Example]:
-    """``n`` HANS-style pairs, balanced over the 12 subcases (3 heuristics × entailed or not)."""
+    """``n`` HANS-style pairs, balanced over the 12 subcases (3 heuristics × entailed or not)
+    in every 12 consecutive pairs; the first ``m`` of ``n`` are ``generate_hans(m)``."""
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
     rng = random.Random(seed)
-    out = []
-    while len(out) < n:
+    out: list[Example] = []
+    while len(out) < n:  # one shuffled round of the 12 subcases at a time: ``generate_hans(m)``
+        block = []  # is the first m of ``generate_hans(n)``, so a longer pool keeps a shorter one
         for (heuristic, subcase), (premise, hypothesis, template) in _pairs(rng).items():
             label = "entailment" if subcase[1] == "e" else "non-entailment"
             meta = {
@@ -260,6 +262,7 @@ def generate_hans(n: int = 600, *, seed: int = 0) -> list[Example]:
                 "label": label,
                 "template": template,
             }
-            out.append(Example(nli_instruction(premise, hypothesis), label, meta))
-    rng.shuffle(out)
+            block.append(Example(nli_instruction(premise, hypothesis), label, meta))
+        rng.shuffle(block)
+        out.extend(block)
     return out[:n]

@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from sklens import _compat, validate
 from sklens.atomic import partial_dir
 from sklens.config import BACKENDS, DEFAULT_MODEL, Backend
+from sklens.distributed import local_device
 from sklens.models.artifacts import SMOLLM2, fetch, home, repair_hint, sha256_of
 from sklens.models.hook_check import check_neuron_hooks
 
@@ -54,7 +55,8 @@ SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
 
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """CUDA when torch sees a GPU (under torchrun ``cuda:{LOCAL_RANK}``), else the CPU."""
+    return local_device(None)
 
 
 def embedded_model_path(name: str = DEFAULT_MODEL) -> Path:
@@ -82,13 +84,19 @@ def load_model(
         backend: ``"auto"`` (HookedTransformer where it loads the model, else the bridge;
             ``resolve_backend``), ``"hooked"`` for HookedTransformer, ``"bridge"`` for
             TransformerBridge in compatibility mode.
-        device: defaults to CUDA when available, else CPU.
+        device: defaults to CUDA when available, else CPU. Under torchrun (``LOCAL_RANK`` set),
+            the default and a bare ``"cuda"`` are ``cuda:{LOCAL_RANK}``: one GPU per rank.
         dtype: the model's dtype; statistics are always accumulated in float64.
         check_hooks: run the neuron-hook self-test (recommended).
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(
+            "name_or_path must be a model name (str) or a path to a checkpoint, got "
+            f"{type(name_or_path).__name__}: e.g. load_model('smollm2-135m-instruct')"
+        )
     backend = resolve_backend(name_or_path, backend)
     validate.device(device)
-    device = device or default_device()
+    device = local_device(device)  # None or a bare "cuda": under torchrun, cuda:{LOCAL_RANK}
     path = Path(name_or_path).expanduser()
     if str(name_or_path) == DEFAULT_MODEL:
         path = embedded_model_path()

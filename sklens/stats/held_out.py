@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sklens import metrics
+from sklens import arguments, metrics
 from sklens.activations import NeuronReader, at_selected_slot
 from sklens.data.example import Example
 from sklens.data.format import encode
@@ -113,7 +113,9 @@ def confirm_neurons(
     Args:
         model: the model the neurons were selected on.
         prompt: the soft prompt they were selected with.
-        examples: held-out examples (at least 4), none of them used for the selection.
+        examples: held-out examples (at least 4), none of them used for the selection: any of
+            the examples a ``Scan.top_k`` table came from is refused, as ``sklens.explain``
+            does (a table read back from a file cannot be checked, and gets a warning).
         metric: the selection's metric (a ``sklens.metrics`` metric, callable, or values).
         neurons: a ``Scan.top_k`` table (its ``slot`` column is each neuron's slot).
         measures: further measures by name (``sklens.config.MEASURES``).
@@ -124,10 +126,13 @@ def confirm_neurons(
         batch_size: examples per forward pass.
         progress: show a tqdm bar.
     """
-    examples = list(examples)
+    arguments.model(model)
+    arguments.prompt(prompt, optional=False)
+    examples = arguments.examples(examples)
     if len(examples) < 4:
         raise ValueError(f"confirmation needs at least 4 held-out examples, got {len(examples)}")
     check_measures(measures)
+    arguments.held_out(examples, neurons, "confirm_neurons")
     picked, values = read_neurons(
         model, prompt, examples, neurons, metric, batch_size=batch_size, progress=progress
     )
