@@ -79,7 +79,7 @@ _EXPORTS = {
     "SoftPromptConfig": "sklens.soft_prompt",
     "seed_stability": "sklens.stats.stability",
     "MutualInfo": "sklens.stats.mutual_info",
-    "compare_with_pearson": "sklens.stats.mutual_info",
+    "compare_with_pearson": "sklens.app.statistics",
     "steering_curve": "sklens.steering",
     "run_study": "sklens.app.study",
     "open_run": "sklens.app.study",
@@ -109,6 +109,7 @@ if TYPE_CHECKING:
     from sklens.activations import slot_activations as slot_activations
     from sklens.activations import top_examples as top_examples
     from sklens.allocator import hold_freed_memory as hold_freed_memory
+    from sklens.app.statistics import compare_with_pearson as compare_with_pearson
     from sklens.app.study import open_run as open_run
     from sklens.app.study import run_study as run_study
     from sklens.causal import causal_check as causal_check
@@ -153,7 +154,6 @@ if TYPE_CHECKING:
     from sklens.stats.held_out import confirm_neurons as confirm_neurons
     from sklens.stats.held_out import held_out as held_out
     from sklens.stats.mutual_info import MutualInfo as MutualInfo
-    from sklens.stats.mutual_info import compare_with_pearson as compare_with_pearson
     from sklens.stats.stability import seed_stability as seed_stability
     from sklens.steering import steering_curve as steering_curve
     from sklens.training import plateau as plateau

@@ -3,7 +3,6 @@ the examples that drive them."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -193,7 +192,6 @@ def top_examples(
     slot: int | None = None,
     batch_size: int = 8,
     chat_template: bool | None = None,
-    position: int | None = None,
     site: SiteLike | None = None,
 ) -> pd.DataFrame:
     """The ``n`` examples that activate a neuron most (``largest=False``: least).
@@ -212,20 +210,12 @@ def top_examples(
         slot: the slot to read, or None for the mean over slots.
         batch_size: examples per forward pass.
         chat_template: use the tokenizer's chat template (default: when it has one).
-        position: deprecated name of ``slot``.
         site: the unit's site (``sklens.sites``; default MLP neurons), e.g. ``scan.site``.
 
     Returns:
         One row per example, ranked: ``rank``, ``example``, ``activation``, ``instruction``,
         ``completion`` and the scalar meta fields as ``meta.<field>``.
     """
-    if position is not None:
-        warnings.warn(
-            "top_examples(position=) is now top_examples(slot=): the soft-prompt slot",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        slot = position if slot is None else slot
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     examples = list(examples)

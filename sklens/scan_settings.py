@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -55,15 +54,3 @@ class ScanSettings:
             return cls(**{**saved, "layers": tuple(int(L) for L in saved["layers"])})
         except (KeyError, TypeError) as err:
             raise ValueError(f"incomplete settings ({err})") from err
-
-    def __getitem__(self, name: str) -> Any:
-        """Deprecated: scan settings used to be a dict; use the attribute (``settings.metric``)."""
-        warnings.warn(
-            f"scan.settings[{name!r}] is deprecated; use scan.settings.{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        try:
-            return getattr(self, name)
-        except AttributeError:
-            raise KeyError(name) from None

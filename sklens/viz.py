@@ -17,7 +17,6 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -157,20 +156,3 @@ def topk_view(
             first_dimension_labels=list(labels),
         )
     )
-
-
-def __getattr__(name: str) -> Any:
-    """``viz.neuron_text_view`` / ``viz.neuron_topk_view`` moved to ``sklens.evidence`` (views
-    here render only; those run the model first)."""
-    if name in ("neuron_text_view", "neuron_topk_view"):
-        import warnings
-
-        from sklens import evidence
-
-        warnings.warn(
-            f"sklens.viz.{name} is now sklens.{name} (sklens.evidence)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(evidence, name)
-    raise AttributeError(f"module 'sklens.viz' has no attribute {name!r}")

@@ -12,7 +12,8 @@ import torch
 
 import sklens
 from sklens import metrics
-from sklens.stats.mutual_info import compare_with_pearson, top_k_overlap
+from sklens.app.statistics import compare_with_pearson
+from sklens.stats.mutual_info import top_k_overlap
 from tests.helpers import arithmetic_examples, reference_losses, reference_slot_acts
 
 

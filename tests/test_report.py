@@ -94,8 +94,7 @@ def test_views_render_only_from_tokens_and_arrays(monkeypatch):
         [[["<bos>", "x", "y"]]], [[np.array([9.0, 0.25, 0.75])]], ["L0 N3"]
     ).split()
     assert '[[[["x", "y"]]]]' in mount and "[[[[0.25, 0.75]]]]" in mount and "L0 N3" in mount
-    with pytest.warns(DeprecationWarning, match="sklens.neuron_text_view"):
-        assert viz.neuron_text_view is sklens.neuron_text_view
+    assert not hasattr(viz, "neuron_text_view")  # views render; sklens.neuron_text_view runs
 
 
 def test_evidence_equals_the_activations_it_summarises(qwen, examples):

@@ -120,8 +120,6 @@ def test_save_load_roundtrip_and_corruption(qwen, prompt, examples, tmp_path):
     assert loaded.top_k(5).equals(result.top_k(5))
     assert "Top 10 neurons" in loaded._repr_html_()
     assert loaded.settings.metric == result.settings.metric and loaded.layers == [0, 1]
-    with pytest.warns(DeprecationWarning, match=r"use scan.settings.metric"):
-        assert loaded.settings["metric"] == result.settings.metric
     with safe_open(str(path), "pt") as fh:
         header = json.loads(fh.metadata()["sklens"])
     edited = tmp_path / "edited.safetensors"

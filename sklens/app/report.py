@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import os
-import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,7 @@ def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
     return summary, StudyConfig(**saved)
 
 
-def build_report(run_dir: str | os.PathLike, *, n: int = 5, model: Any = None) -> Path:
+def build_report(run_dir: str | os.PathLike, *, n: int = 5) -> Path:
     """Write ``RUN_DIR/report.html`` from the outputs of ``sklens run`` and return its path.
 
     Everything comes from the run's files (``evidence.json`` holds what the views draw), so no
@@ -97,12 +96,6 @@ def build_report(run_dir: str | os.PathLike, *, n: int = 5, model: Any = None) -
     are shown. Refuses a directory whose files are not the ones its manifest lists (files from
     different runs, or changed since), and one that a run is writing at the moment.
     """
-    if model is not None:
-        warnings.warn(
-            "build_report(model=) is ignored: the report is drawn from the run's files",
-            DeprecationWarning,
-            stacklevel=2,
-        )
     run = Path(run_dir)
     read_summary(run)  # a missing, damaged or foreign summary.json names itself and the fix
     validate.output_dir(run, "the run directory")  # before the model loads: report.html goes here

@@ -1,7 +1,5 @@
 """Examples, their token layout, and the paper's three task families."""
 
-from typing import Any
-
 from sklens.data.arithmetic import SUBTASKS, arithmetic_task, write_arithmetic
 from sklens.data.bigbench import (
     bigbench_arithmetic,
@@ -38,18 +36,3 @@ __all__ = [
     "train_val_split",
     "write_arithmetic",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """``sklens.data.load_task`` (a BigBench file's records) is now ``read_bigbench_records``, so
-    that ``load_task`` names one thing: a task's splits (``sklens.app.tasks.load_task``)."""
-    if name == "load_task":
-        import warnings
-
-        warnings.warn(
-            "sklens.data.load_task is now sklens.data.read_bigbench_records",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return read_bigbench_records
-    raise AttributeError(f"module 'sklens.data' has no attribute {name!r}")

@@ -17,21 +17,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 
-class ModelConfig(Protocol):
-    """The sizes and placement sklens reads from ``model.cfg``."""
-
-    n_layers: int
-    d_model: int
-    d_mlp: int
-    n_ctx: int
-    device: Any
-
-
 @runtime_checkable
 class Model(Protocol):
     """A hookable language model (see the module doc)."""
 
-    cfg: Any  # a ModelConfig; ``Any`` because TransformerLens types it as its own config class
+    cfg: Any  # n_layers, d_model, d_mlp, n_ctx, device; TransformerLens types it as its own class
     tokenizer: Any
 
     def hooks(

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -43,13 +42,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sklens import validate
-from sklens.config import Reduce
 from sklens.slot_buffer import Block
 from sklens.stats.permutation import PermutationNull
-from sklens.stats.rank_tests import average_ranks
-
-if TYPE_CHECKING:
-    from sklens.result import Scan
 
 
 def equal_frequency_edges(
@@ -293,45 +287,3 @@ def top_k_overlap(first: pd.DataFrame, second: pd.DataFrame) -> dict[str, object
         "only_second": sorted(b - a),
         "jaccard": len(a & b) / len(a | b) if a | b else float("nan"),
     }
-
-
-def compare_with_pearson(
-    scan: Scan, k: int, reduce: Reduce = "max", alpha: float = 0.05
-) -> tuple[pd.DataFrame, dict[str, object]]:
-    """How the MI ranking of a scan differs from its Pearson ranking (both in-sample).
-
-    Returns the MI top-``k`` with an ``in_pearson_top`` column (is the unit in Pearson's top-``k``
-    under ``reduce``), and a summary: the top-``k`` overlap, the overlap of the top ``10·k`` and
-    ``100·k``, Spearman's ρ between the two scores over every unit, and with a null how many
-    units pass the family-wise test at ``alpha`` under each measure.
-    """
-    mutual_info = scan.mutual_info
-    if mutual_info is None:
-        raise ValueError("this scan has no mutual information: scan with mi_bins=4")
-    table = mutual_info.top_k(k).assign(site=scan.settings.site)
-    units = set(top_k_overlap(scan.top_k(k, reduce), table)["shared"])
-    table["in_pearson_top"] = [
-        unit in units for unit in zip(table.layer, table.neuron, strict=True)
-    ]
-    pearson = scan.scores(reduce)[0].abs().nan_to_num(nan=0.0).flatten()
-    ranks = average_ranks(torch.stack([pearson.double(), mutual_info.scores()[0].flatten()]))
-    rho = torch.corrcoef(ranks)[0, 1]
-    summary: dict[str, object] = {
-        "bins": mutual_info.n_bins,
-        "k": k,
-        "shared_with_pearson": len(units),
-        "only_mi": " ".join(
-            f"L{layer}N{n}"
-            for layer, n in sorted(set(zip(table.layer, table.neuron, strict=True)) - units)
-        ),
-        "spearman_rho_all_units": float(rho),
-    }
-    for wider in (10 * k, 100 * k):
-        if wider < pearson.numel():
-            shared = top_k_overlap(scan.top_k(wider, reduce), mutual_info.top_k(wider))["shared"]
-            summary[f"shared_top_{wider}"] = len(shared)
-    if mutual_info.null is not None and scan.null is not None:
-        summary["n_fwer_0.05_mi"] = int((mutual_info.p_values("fwer") <= alpha).sum())
-        summary["n_fwer_0.05_pearson"] = int((scan.p_values(reduce, "fwer") <= alpha).sum())
-        summary["n_permutations"] = mutual_info.null.n_permutations
-    return table, summary
