@@ -35,22 +35,20 @@ def test_case_106_views_keep_every_character(qwen, examples):
     assert TEXT in shown and "\ufffd" not in shown and len(tokens) == acts.shape[0]
 
 
-def test_case_106_terminal_table_shows_bidi_controls(tmp_path):
-    pd.DataFrame([{"layer": 0, "neuron": 1, "slot": 0, "score": 0.5}]).to_csv(
-        tmp_path / "neurons.csv", index=False
-    )
+def _table_of_one_unit(run, instruction: str) -> str:
+    """``format_table`` of a run whose one unit's extremal examples both read ``instruction``."""
+    neurons = [{"layer": 0, "neuron": 1, "slot": 0, "score": 0.5}]
+    pd.DataFrame(neurons).to_csv(run / "neurons.csv", index=False)
     rows = [
-        {
-            "neuron_rank": 0,
-            "rank": 0,
-            "direction": d,
-            "instruction": "abc\u202edef",
-            "completion": "x",
-        }
+        {"neuron_rank": 0, "rank": 0, "direction": d, "instruction": instruction, "completion": "x"}
         for d in ("most", "least")
     ]
-    pd.DataFrame(rows).to_csv(tmp_path / "examples.csv", index=False)
-    table = format_table(tmp_path)
+    pd.DataFrame(rows).to_csv(run / "examples.csv", index=False)
+    return format_table(run)
+
+
+def test_case_106_terminal_table_shows_bidi_controls(tmp_path):
+    table = _table_of_one_unit(tmp_path, "abc\u202edef")
     assert "\u202e" not in table and "abc<U+202E>def" in table
     header, most, least = table.splitlines()
     assert header.split()[:5] == ["#", "unit", "slot", "score", "held-out"] and "L0 N1" in most
@@ -103,21 +101,7 @@ def test_case_I14_terminal_control_codes_are_spelled_out(tmp_path):
     """ESC sequences (clear screen, window title, colour), BEL, BS and NUL in task text reach the
     terminal as ``<U+001B>``..., never raw."""
     codes = "\x1b[2J\x1b]0;pwned\x07\x1b[31m\x08\x00\x7f"
-    pd.DataFrame([{"layer": 0, "neuron": 1, "slot": 0, "score": 0.5}]).to_csv(
-        tmp_path / "neurons.csv", index=False
-    )
-    rows = [
-        {
-            "neuron_rank": 0,
-            "rank": 0,
-            "direction": d,
-            "instruction": f"a{codes}b",
-            "completion": "x",
-        }
-        for d in ("most", "least")
-    ]
-    pd.DataFrame(rows).to_csv(tmp_path / "examples.csv", index=False)
-    table = format_table(tmp_path)
+    table = _table_of_one_unit(tmp_path, f"a{codes}b")
     assert not any(c in table for c in codes if ord(c) < 32 or ord(c) == 0x7F)
     assert "a<U+001B>[2J<U+001B>]0;pwned<U+0007><U+001B>[31m<U+0008>" in table  # then cut
     assert visible("\x00\x7fb") == "<U+0000><U+007F>b"
