@@ -37,6 +37,8 @@ _EXPORTS = {
     "ablated": "sklens.ablate",
     "ablation_hooks": "sklens.ablate",
     "run_with_cache": "sklens.activation_cache",
+    "Attribution": "sklens.attribution",
+    "attribute": "sklens.attribution",
     "hold_freed_memory": "sklens.allocator",
     "neuron_activations": "sklens.activations",
     "slot_activations": "sklens.activations",
@@ -112,6 +114,8 @@ if TYPE_CHECKING:
     from sklens.app.statistics import compare_with_pearson as compare_with_pearson
     from sklens.app.study import open_run as open_run
     from sklens.app.study import run_study as run_study
+    from sklens.attribution import Attribution as Attribution
+    from sklens.attribution import attribute as attribute
     from sklens.causal import causal_check as causal_check
     from sklens.causal import dose_response as dose_response
     from sklens.causal import evaluate as evaluate

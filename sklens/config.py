@@ -67,6 +67,7 @@ class StudyConfig:
     n_causal: int = 48  # a third disjoint split, used by the causal check
     match_scale: bool = True  # random control neurons matched in mean |activation|
     steering: str = ""  # e.g. "0,0.5,2,4": a steering curve of the top-K (sklens.steering_curve)
+    attribute: bool = False  # attribution of the loss to every unit on the causal split
     permutations: int = 0  # B > 0: max-statistic permutation null, FWER and FDR
     permutation_groups: str | None = None
     mi_bins: int = 0  # A > 0: also rank units by binned mutual information (A bins per unit)

@@ -281,6 +281,11 @@ def study(config: Any) -> None:
                 f"commas, got {config.seeds!r}; e.g. {assign('seeds', '0,1,2')}"
             )
     choices("ablate_modes", config.ablate_modes, ABLATION_MODES)
+    if getattr(config, "attribute", False) and config.site != "mlp":
+        raise ValueError(
+            f"{name('attribute')} attributes to MLP neurons only for now, but "
+            f"{assign('site', config.site)}: drop one of them"
+        )
     if config.steering:
         factors = items(config.steering)
         bad = [f for f in factors if not _finite_number(f)]

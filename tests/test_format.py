@@ -78,7 +78,9 @@ def test_formatting_errors(qwen, examples):
     with pytest.raises(ValueError, match="example 1 has an empty completion"):
         encode(qwen, [examples[0], sklens.Example("q", "", {})], 4)
     long = sklens.Example("word " * 600, "1", {})
-    with pytest.raises(ValueError, match=r"example 0 \('word word .*'…\) is \d+ tokens .* n_ctx=512"):
+    with pytest.raises(
+        ValueError, match=r"example 0 \('word word .*'…\) is \d+ tokens .* n_ctx=512"
+    ):
         encode(qwen, [long], 4)
     with pytest.raises(ValueError, match="no chat template"):
         encode(sklens.tiny_model("llama", seed=1), examples[:1], 4, chat_template=True)

@@ -65,6 +65,9 @@ HELP = {
     "against.",
     "n_causal": "Examples of a third disjoint split, used by the causal check.",
     "match_scale": "Match random control units in mean |activation| (--no-match-scale: off).",
+    "attribute": "Also attribute the completion loss to every unit at the slots on the causal "
+    "split (sklens.attribute), and join it with the correlation ranking (attribution.csv, "
+    "joined.csv).",
     "steering": "Comma-separated factors of a steering curve of the top units on the causal "
     "split, against random sets (e.g. 0,0.5,2,4). Default: none.",
     "permutations": "B > 0 adds a max-statistic permutation null with B permutations (FWER "

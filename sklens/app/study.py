@@ -37,6 +37,7 @@ import torch
 
 from sklens import validate
 from sklens.app import rundir
+from sklens.app.attribution_stage import attribution_stage
 from sklens.app.report import read_summary
 from sklens.app.statistics import causal_summary, run_statistics
 from sklens.app.tasks import load_task, study_site, training_kwargs
@@ -64,7 +65,7 @@ logger = logging.getLogger("sklens")
 # later, is taken to change it, so a new setting can never let stale work be reused. The device
 # only says where the work runs: a run may be resumed on another one.
 _AFTER_SCAN = {"top_k", "n_extremal", "reduce", "ablate", "ablate_modes", "n_random", "n_causal"}
-_AFTER_SCAN |= {"steering"}
+_AFTER_SCAN |= {"steering", "attribute"}
 _AFTER_SCAN |= {"match_scale", "n_confirm", "seeds", "measures", "covariates"}
 _NOT_IN = {
     "training": _AFTER_SCAN
@@ -133,7 +134,7 @@ def study_task(config: StudyConfig) -> Any:
         seed=config.seed,
         data=config.data,
         n_confirm=config.n_confirm,
-        n_causal=config.n_causal if config.ablate or config.steering else 0,
+        n_causal=config.n_causal if config.ablate or config.steering or config.attribute else 0,
     )
 
 
@@ -322,6 +323,10 @@ def _study(
             )
             write_csv(causal, out / "causal.csv")
             lap("causal")
+        attributed = None
+        if config.attribute:
+            attributed = attribution_stage(config, out, model, prompt, task, result, progress)
+            lap("attribute")
         if config.steering:
             curve = steering_curve(
                 model,
@@ -381,6 +386,7 @@ def _study(
         },
         "top_neurons": neurons.to_dict(orient="records"),
         "causal": causal_summary(causal) if config.ablate else None,
+        "attribution": attributed,
         **extras,
         "fingerprints": {stage: rundir.fingerprint(settings) for stage, settings in stages.items()},
         "timings_s": timings,

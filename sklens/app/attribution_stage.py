@@ -1,0 +1,92 @@
+"""``sklens run --attribute``: the study's attribution stage, and the table that joins what
+predicts the metric (the scan's correlation ranking) with what moves the model (attribution).
+
+Attribution runs on the causal split, disjoint from the examples that trained the prompt and
+selected the units, with the completion loss as the behaviour (a label is not a model output).
+``joined.csv`` has one row per unit in either top-K, with both numbers and both ranks; a unit is a
+*candidate* when it is predictive (past the max-statistic null at 0.05, where the run has one)
+and causal (its effect's 95% interval excludes 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from sklens.atomic import write_csv
+from sklens.attribution import Attribution, attribute
+from sklens.config import StudyConfig
+from sklens.result import Scan
+
+ALPHA = 0.05
+
+
+def _ranks(size: Tensor) -> Tensor:
+    """1 for the largest value of ``size`` ``[layer, unit]``, 2 for the next, ... (NaN last)."""
+    flat = size.nan_to_num(nan=-1.0).flatten()
+    ranks = torch.empty_like(flat, dtype=torch.long)
+    ranks[flat.argsort(descending=True, stable=True)] = torch.arange(1, flat.numel() + 1)
+    return ranks.view(size.shape)
+
+
+def joined_table(scan: Scan, found: Attribution, k: int, reduce: str = "max") -> pd.DataFrame:
+    """Every unit in the correlation top-``k`` or the attribution top-``k``: its r at the slot,
+    the neuron's score and rank (by |score|), its p_fwer where the scan has a null, its effect
+    with interval and rank (by the largest |effect| over slots), and whether it is a candidate."""
+    by_corr = scan.top_k(k, reduce)[["layer", "neuron", "slot"]]
+    by_effect = found.top_k(k)[["layer", "neuron", "slot"]]
+    units = pd.concat([by_corr, by_effect]).drop_duplicates(["layer", "neuron"], keep="first")
+    index = {layer: i for i, layer in enumerate(scan.layers)}
+    score, _ = scan.scores(reduce)
+    corr_rank, effect_rank = _ranks(score.abs()), _ranks(found.effect.abs().amax(-1))
+    p = scan.p_values(reduce, "fwer") if scan.null is not None else None
+    lo, hi = found.interval()
+    rows = []
+    for layer, neuron, slot in units.itertuples(index=False):
+        i = index[layer]
+        rows.append({
+            "layer": layer, "neuron": neuron, "slot": slot,
+            "corr": float(scan.corr[i, neuron, slot]), "score": float(score[i, neuron]),
+            "corr_rank": int(corr_rank[i, neuron]),
+            "p_fwer": float(p[i, neuron]) if p is not None else float("nan"),
+            "effect": float(found.effect[layer, neuron, slot]),
+            "effect_lo": float(lo[layer, neuron, slot]),
+            "effect_hi": float(hi[layer, neuron, slot]),
+            "effect_rank": int(effect_rank[layer, neuron]),
+        })  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["in_corr_top"] = table.corr_rank <= k
+    table["in_effect_top"] = table.effect_rank <= k
+    causal = (table.effect_lo > 0) | (table.effect_hi < 0)
+    table["candidate"] = causal & (table.p_fwer <= ALPHA)
+    return table.sort_values(["candidate", "corr_rank"], ascending=[False, True], ignore_index=True)
+
+
+def attribution_stage(
+    config: StudyConfig, out: Path, model: Any, prompt: Any, task: Any, scan: Scan, progress: bool
+) -> dict[str, Any]:
+    """Attribute the loss on the causal split; write ``attribution.pt``'s table
+    (``attribution.csv``: the top-K by |effect|) and ``joined.csv``; return their summary."""
+    found = attribute(model, prompt, task.causal, "loss", batch_size=config.batch_size,
+                      progress=progress)  # fmt: skip
+    found.save(out / "attribution.safetensors")
+    write_csv(found.top_k(config.top_k), out / "attribution.csv")
+    joined = joined_table(scan, found, config.top_k, config.reduce)
+    write_csv(joined, out / "joined.csv")
+    top_corr = joined[joined.in_corr_top]
+    causal = (top_corr.effect_lo > 0) | (top_corr.effect_hi < 0)
+    return {
+        "method": found.settings.method,
+        "examples": f"the causal split (n={len(task.causal)}), metric loss",
+        "n_in_both_top": int((joined.in_corr_top & joined.in_effect_top).sum()),
+        "n_corr_top_with_effect_excluding_0": int(causal.sum()),
+        "n_candidates": int(joined.candidate.sum()),
+        "top_by_effect": [
+            f"L{r.layer} N{r.neuron} @slot{r.slot}: {r.effect:+.4f}"
+            for r in found.top_k(3).itertuples()
+        ],
+    }
