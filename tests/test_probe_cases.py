@@ -164,3 +164,12 @@ def test_a_dataframe_with_carriage_returns_survives_examples_csv(tmp_path):
 
     write_csv(pd.DataFrame({"instruction": ["a\rb"]}), tmp_path / "x.csv")
     assert pd.read_csv(tmp_path / "x.csv").instruction.tolist() == ["a\rb"]
+
+
+def test_generated_hans_pairs_are_distinct_so_the_default_splits_fit():
+    """The templates make a pair twice now and then (3 in 600 before): repeats are used once, so
+    the generator skips them and still gives ``n``, and the default study's splits fit."""
+    pairs = sklens.data.generate_hans(1200, seed=0)
+    assert len({(e.instruction, e.completion) for e in pairs}) == 1200
+    data = tasks.load_task("hans", n_train=240, n_val=160, seed=0, n_confirm=80, n_causal=48)
+    assert len(data.train) + len(data.val) + len(data.confirm) + len(data.causal) == 528

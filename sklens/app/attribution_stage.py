@@ -69,8 +69,9 @@ def joined_table(scan: Scan, found: Attribution, k: int, reduce: str = "max") ->
 def attribution_stage(
     config: StudyConfig, out: Path, model: Any, prompt: Any, task: Any, scan: Scan, progress: bool
 ) -> dict[str, Any]:
-    """Attribute the loss on the causal split; write ``attribution.pt``'s table
-    (``attribution.csv``: the top-K by |effect|) and ``joined.csv``; return their summary."""
+    """Attribute the loss on the causal split; write every unit's effect
+    (``attribution.safetensors``), the top-K by |effect| (``attribution.csv``) and
+    ``joined.csv``; return their summary."""
     found = attribute(model, prompt, task.causal, "loss", batch_size=config.batch_size,
                       progress=progress)  # fmt: skip
     found.save(out / "attribution.safetensors")

@@ -247,14 +247,23 @@ def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
 
 def generate_hans(n: int = 600, *, seed: int = 0) -> list[Example]:
     """``n`` HANS-style pairs, balanced over the 12 subcases (3 heuristics × entailed or not)
-    in every 12 consecutive pairs; the first ``m`` of ``n`` are ``generate_hans(m)``."""
+    in every round of 12, no pair twice; the first ``m`` of ``n`` are ``generate_hans(m)``."""
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
     rng = random.Random(seed)
     out: list[Example] = []
-    while len(out) < n:  # one shuffled round of the 12 subcases at a time: ``generate_hans(m)``
-        block = []  # is the first m of ``generate_hans(n)``, so a longer pool keeps a shorter one
-        for (heuristic, subcase), (premise, hypothesis, template) in _pairs(rng).items():
+    seen: set[str] = set()
+    while len(out) < n:  # one shuffled round of the 12 subcases at a time, so
+        block = []  # ``generate_hans(m)`` is the first m of ``generate_hans(n)``
+        for (heuristic, subcase), pair in _pairs(rng).items():
+            for _ in range(1000):  # a pair the templates made before: draw the subcase again
+                if nli_instruction(*pair[:2]) not in seen:
+                    break
+                pair = _pairs(rng)[heuristic, subcase]
+            else:
+                raise ValueError(f"cannot generate {n} distinct HANS pairs; ask for fewer")
+            premise, hypothesis, template = pair
+            seen.add(nli_instruction(premise, hypothesis))
             label = "entailment" if subcase[1] == "e" else "non-entailment"
             meta = {
                 "heuristic": heuristic,
