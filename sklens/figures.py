@@ -120,6 +120,27 @@ def score_histogram(
     return fig
 
 
+def predictive_vs_causal(
+    score: np.ndarray, effect: np.ndarray, marked: Sequence[tuple[float, float, str]] = ()
+) -> NotebookFigure:
+    """Every neuron's |score| (the scan's in-sample ranking) against its largest |effect| over the
+    slots (attribution), the ``marked`` units — ``(x, y, label)`` — drawn and named: whether
+    the units that predict the metric are the ones that move the model."""
+    fig = NotebookFigure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(score, effect, s=2, alpha=0.3, rasterized=True, label=f"{len(score)} neurons")
+    for x, y, label in marked:
+        ax.scatter([x], [y], s=14, color="C3")
+        ax.annotate(plain(label), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(
+        xlabel="|score| (in-sample r, the scan's ranking)",
+        ylabel="largest |effect| over slots (attribution)",
+        title="predictive against causal",
+    )
+    ax.legend(fontsize=8)
+    return fig
+
+
 def training_curve(history: Sequence[dict[str, float | int]]) -> NotebookFigure:
     """Training loss per step and validation loss where it was measured."""
     fig = NotebookFigure(figsize=(6, 3.2), layout="constrained")

@@ -42,6 +42,11 @@ def test_run_with_attribute_writes_the_joined_table(qwen_dir, tmp_path):
     assert summary["n_in_both_top"] == int((joined.in_corr_top & joined.in_effect_top).sum())
     assert summary["n_candidates"] == int(joined.candidate.sum())
     assert main(["report", str(out)]) == 0  # the manifest lists the new files
+    html = (out / "report.html").read_text()
+    panel = html.split("Attribution: which units move the loss")[1]
+    assert f"{summary['n_in_both_top']} of the top 3 by |score| are also in the top 3" in panel
+    assert f"{summary['n_candidates']} units are candidates" in panel
+    assert panel.count("data:image/png;base64") >= 1  # the scatter of |score| against |effect|
 
 
 def test_attribute_with_another_site_is_refused_at_once(qwen_dir, tmp_path, capsys):

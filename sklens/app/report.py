@@ -21,6 +21,7 @@ import pandas as pd
 from sklens import figures, validate
 from sklens.app import rundir
 from sklens.atomic import write_text
+from sklens.attribution import Attribution
 from sklens.config import StudyConfig
 from sklens.evidence import NeuronEvidence
 from sklens.explain import summary_lines, unit_label
@@ -103,6 +104,33 @@ def build_report(run_dir: str | os.PathLike, *, n: int = 5) -> Path:
         return _build(run, n)
 
 
+def _attribution_section(
+    run: Path, result: Scan, summary: dict[str, Any], config: StudyConfig
+) -> list[str]:
+    """The attribution panel: |score| against |effect| for every neuron, the joined table."""
+    found = Attribution.load(run / "attribution.safetensors")
+    joined = pd.read_csv(run / "joined.csv")
+    score = result.scores(config.reduce)[0].abs()
+    effect = found.effect.abs().amax(-1)[result.layers]
+    index = {layer: i for i, layer in enumerate(result.layers)}
+    marked = [
+        (float(score[index[r.layer], r.neuron]), float(effect[index[r.layer], r.neuron]),
+         f"L{r.layer} N{r.neuron}")
+        for r in joined.itertuples()
+    ]  # fmt: skip
+    s = summary["attribution"]
+    return [
+        f"<h3>Attribution: which units move the loss ({html.escape(s['examples'])}, "
+        f"{s['method']})</h3>",
+        f"<p>{s['n_in_both_top']} of the top {config.top_k} by |score| are also in the top "
+        f"{config.top_k} by |effect|; {s['n_corr_top_with_effect_excluding_0']} of the top by "
+        f"|score| have an effect whose 95% interval excludes 0; {s['n_candidates']} units are "
+        "candidates (past the FWER null and an effect excluding 0).</p>",
+        _png(figures.predictive_vs_causal(score.numpy(), effect.numpy(), marked)),
+        _table(joined),
+    ]
+
+
 def _build(run: Path, n: int) -> Path:
     rundir.check_consistent(run)
     summary, config = read_summary(run)
@@ -163,6 +191,8 @@ def _build(run: Path, n: int) -> Path:
         if (run / name).exists():
             parts += [f"<h3>{title}</h3>", _table(pd.read_csv(run / name))]
 
+    if (run / "attribution.safetensors").exists():
+        parts += _attribution_section(run, result, summary, config)
     if (run / "steering.csv").exists():
         curve = pd.read_csv(run / "steering.csv")
         parts += [
