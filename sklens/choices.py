@@ -114,6 +114,10 @@ def score_examples(
         for row, example in enumerate(owner):
             groups[example].append(row)
         passes = shared_prefix_pass(model, encoded, n_slots, parts, groups, batch_size=batch_size)
+    elif getattr(intervention, "mode", None) == "resample" and len(examples) > 1:
+        order, size = _mixed_batches(owner, batch_size)  # a donor from another question
+        passes = batched_pass(model, encoded, n_slots, parts, order=order, batch_size=size,
+                              logprobs=True)  # fmt: skip
     else:
         passes = batched_pass(model, encoded, n_slots, parts, batch_size=batch_size, logprobs=True)
     try:
@@ -149,3 +153,22 @@ def score_examples(
         else missing,
         chosen=(pick - first).double() if choice else missing,
     )
+
+
+def _mixed_batches(owner: Sequence[int], batch_size: int) -> tuple[list[int], int]:
+    """An order of the rows and a batch size such that every batch holds rows of at least two
+    examples, so resampling finds a donor from another question in each batch (the shared-prefix
+    pass batches whole questions; a plain pass over a question's choices in a row would leave a
+    batch, often the last, with one question only): every example's first choice, then every
+    example's second, ...; with the largest batch size up to ``batch_size`` that mixes them all."""
+    rank: dict[int, int] = {}
+    keyed = []
+    for row, example in enumerate(owner):
+        keyed.append((rank.get(example, 0), row))
+        rank[example] = rank.get(example, 0) + 1
+    order = [row for _, row in sorted(keyed)]
+    for size in range(max(2, batch_size), 1, -1):
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        if all(len({owner[row] for row in batch}) > 1 for batch in batches):
+            return order, size
+    return order, batch_size  # none mixes (e.g. one question): the ablation says why

@@ -367,3 +367,18 @@ def test_choices_share_one_pass_over_the_question_and_give_the_same_numbers(qwen
         assert got.mean_loss[k].item() == pytest.approx(means[0], abs=1e-4)
         probs = np.exp(np.array(totals) - max(totals))
         assert got.choice_confidence[k].item() == pytest.approx(probs[0] / probs.sum(), rel=1e-4)
+
+
+def test_resample_batches_of_choices_always_mix_questions():
+    """On the bridge each choice runs whole, and a batch of one question's choices (the last,
+    often) has no donor from another question: the README's causal check failed there."""
+    from sklens.choices import _mixed_batches
+
+    owner = [q for q, n in enumerate([7, 6, 7, 6, 7, 7, 6]) for _ in range(n)]
+    for batch_size in (2, 3, 5, 8, 16):
+        order, size = _mixed_batches(owner, batch_size)
+        assert sorted(order) == list(range(len(owner))) and 2 <= size <= max(2, batch_size)
+        for start in range(0, len(order), size):
+            assert len({owner[r] for r in order[start : start + size]}) > 1
+    plain = [owner[i : i + 8] for i in range(0, len(owner), 8)]
+    assert any(len(set(batch)) == 1 for batch in plain)  # the plain order does leave one

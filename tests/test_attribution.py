@@ -118,6 +118,8 @@ def _effects(result, units):
 # -- tests ------------------------------------------------------------------------------------------
 
 
+@needs_hooked  # plants through HookedTransformer's own weights (ln_final, W_out); under TL 3 the
+# bridge gives the same effects as HookedTransformer (test_a_bridge_gives_the_same_effects)
 @pytest.mark.parametrize("method", ["atp", "ig"])
 def test_a_unit_on_a_linear_path_gets_its_exact_effect_and_stderr(qwen, method):
     """Genuinely linear: with ``ln_final`` removed, a neuron of the *last* layer at the *last*
@@ -160,6 +162,8 @@ def test_the_exact_patching_helper_equals_a_plain_hook(qwen, examples, metric, a
         )
 
 
+@needs_hooked  # plants through HookedTransformer's own weights (ln_final, W_out); under TL 3 the
+# bridge gives the same effects as HookedTransformer (test_a_bridge_gives_the_same_effects)
 @pytest.mark.parametrize("method", ["atp", "ig"])
 def test_a_planted_causal_unit_ranks_first_and_a_silent_tracker_gets_zero(qwen, examples, method):
     data = examples[:12]
@@ -189,6 +193,8 @@ def test_a_planted_causal_unit_ranks_first_and_a_silent_tracker_gets_zero(qwen, 
     assert tracker.layer_corr(t_layer)[t_neuron].abs().max() > 0.5  # it did track the label
 
 
+@needs_hooked  # plants through HookedTransformer's own weights (ln_final, W_out); under TL 3 the
+# bridge gives the same effects as HookedTransformer (test_a_bridge_gives_the_same_effects)
 def test_ig_beats_atp_on_a_saturating_unit(qwen, examples):
     """A planted unit strong enough to saturate the completion's probability: the gradient at
     the clean point is nearly 0 (AtP sees almost nothing) though ablating it costs nats; IG
