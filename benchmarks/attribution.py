@@ -3,7 +3,7 @@
 On a model (default: the embedded SmolLM2; ``--model tiny`` for the tiny test model), a soft
 prompt trained for a few steps on arithmetic questions, and N other BigBench arithmetic
 questions: every estimator's effects for all units (layer, neuron, slot), then exact patching
-(``sklens.attribution_exact.exact_effects``: one unit ablated at a time) of a stratified sample
+(``sklens.causal.attribution_exact.exact_effects``: one unit ablated at a time) of a stratified sample
 of units, pooled over the estimators — each estimator's top ``--n-top``, ``--n-random`` units
 drawn uniformly, ``--per-layer`` from every layer, and ``--n-low`` from the bottom 90% of its
 ranking. It reports
@@ -34,7 +34,7 @@ from common import examples, interleaved, parser, ratios, write_results
 
 import sklens
 from sklens.app.study import versions
-from sklens.attribution_exact import exact_effects
+from sklens.causal.attribution_exact import exact_effects
 
 
 def estimators(spec: str) -> dict[str, dict]:

@@ -14,7 +14,7 @@ import statistics
 from common import examples, interleaved, parser, ratios, write_results
 
 import sklens
-from sklens import choices
+from sklens.scanning import choices
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 import sklens
 from sklens.data.format import encode, iter_batches
 from sklens.models.layout import linear_layout
-from sklens.training import frozen, train_logprobs
+from sklens.prompt.training import frozen, train_logprobs
 
 
 def split(forward, repeats: int = 3) -> tuple[float, float]:

@@ -5,7 +5,7 @@ the layout the forward reads (``sklens.models.layout``, as the scan holds them):
 
 * **loss floor**: the rows with their completions, the residual stream through every layer, and
   ``ln_final`` + unembedding only at the positions that predict completion tokens (what a loss
-  metric needs, ``sklens.forward.completion_logprobs``);
+  metric needs, ``sklens.prompt.forward.completion_logprobs``);
 * **label floor**: the rows cut after the slots (a causal model's slot activations cannot depend
   on what follows), every layer, nothing unembedded.
 
@@ -25,8 +25,8 @@ from common import examples, metric, paired, paired_rows, parser, write_results
 
 import sklens
 from sklens.data.format import encode, iter_batches
-from sklens.forward import completion_logprobs
 from sklens.models.layout import linear_layout
+from sklens.prompt.forward import completion_logprobs
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ from transformers import AutoModelForCausalLM
 
 import sklens
 from sklens.data.format import encode, iter_batches
-from sklens.forward import completion_logprobs
 from sklens.models.layout import linear_layout
-from sklens.training import frozen, train_logprobs
+from sklens.prompt.forward import completion_logprobs
+from sklens.prompt.training import frozen, train_logprobs
 
 
 def main() -> None:

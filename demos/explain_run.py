@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 
 import sklens
-from sklens import edits
 from sklens.app.study import open_run
+from sklens.causal import edits
 
 EDITS = {
     "last_digit_decides": functools.partial(edits.last_digit_decides, decide=True),

@@ -16,7 +16,7 @@ threshold, how to group the KDE) and calls ``main``. The phases, each timed:
 5. **causal** — the top-K ablated on the causal split against scale-matched random sets of the
    same layers (``sklens.causal_check``; two-sided rank p).
 6. **stability** — top-K overlap and consensus neurons across seeds
-   (``sklens.stats.stability.compare_scans`` on the scans of phase 3).
+   (``sklens.confirm.stability.compare_scans`` on the scans of phase 3).
 7. **figures** — the top neuron's activation KDE by group, the score histogram with the top-10
    threshold and the null, the training curve (``sklens.figures``).
 8. **extras** — the study's own questions (RQ3: ``shortcut_check``).
@@ -45,12 +45,12 @@ from sparsity import sparsity
 from study_spec import SIZES, Context, Sizes, Study
 
 import sklens
-from sklens import figures
 from sklens.app.statistics import causal_summary
 from sklens.app.study import versions
 from sklens.app.tasks import load_task
-from sklens.metrics import from_spec
-from sklens.stats.stability import compare_scans
+from sklens.confirm.stability import compare_scans
+from sklens.scanning.metrics import from_spec
+from sklens.views import figures
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"

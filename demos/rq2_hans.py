@@ -21,7 +21,7 @@ LABELS = ["entailment", "non-entailment"]
 
 
 def with_choices(examples: list[sklens.Example]) -> list[sklens.Example]:
-    """Mark each pair as a two-way choice, so accuracy can be measured (``sklens.choices``)."""
+    """Mark each pair as a two-way choice, so accuracy can be measured (``sklens.scanning.choices``)."""
     return [
         sklens.Example(
             e.instruction, e.completion, {**e.meta, "choices": LABELS, "answer": e.completion}

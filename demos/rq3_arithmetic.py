@@ -26,8 +26,8 @@ from reproduce import main
 from study_spec import Context, Grouping, Study
 
 import sklens
-from sklens import edits
-from sklens.counterfactual import MIN_PAIRS
+from sklens.causal import edits
+from sklens.causal.counterfactual import MIN_PAIRS
 
 # the shortcuts the paper's manual step points to, each as an edit that makes it hold
 SHORTCUT_EDITS = {

@@ -12,54 +12,50 @@ command checks its flags before it pays for importing torch and TransformerLens.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from sklens.version import __version__
 
-# public submodules by attribute name; measures, stability and confirm keep their old names
+# public submodules by attribute name (``sklens.metrics.label(...)``)
 _SUBMODULES = {
     "data": "sklens.data",
-    "edits": "sklens.edits",
-    "figures": "sklens.figures",
-    "metrics": "sklens.metrics",
-    "viz": "sklens.viz",
+    "edits": "sklens.causal.edits",
+    "figures": "sklens.views.figures",
+    "metrics": "sklens.scanning.metrics",
+    "viz": "sklens.views.viz",
     "stats": "sklens.stats",
     "models": "sklens.models",
-    "sites": "sklens.sites",
-    "measures": "sklens.stats.measures",
-    "stability": "sklens.stats.stability",
-    "confirm": "sklens.stats.held_out",
+    "sites": "sklens.units.sites",
 }
 _EXPORTS = {
-    "NeuronIntervention": "sklens.ablate",
-    "ablated": "sklens.ablate",
-    "ablation_hooks": "sklens.ablate",
-    "run_with_cache": "sklens.activation_cache",
-    "Attribution": "sklens.attribution",
-    "attribute": "sklens.attribution",
+    "NeuronIntervention": "sklens.causal.ablate",
+    "ablated": "sklens.causal.ablate",
+    "ablation_hooks": "sklens.causal.ablate",
+    "run_with_cache": "sklens.scanning.activation_cache",
+    "Attribution": "sklens.causal.attribution",
+    "attribute": "sklens.causal.attribution",
     "hold_freed_memory": "sklens.allocator",
-    "neuron_activations": "sklens.activations",
-    "slot_activations": "sklens.activations",
-    "top_examples": "sklens.activations",
-    "causal_check": "sklens.causal",
-    "Counterfactual": "sklens.counterfactual",
-    "counterfactual": "sklens.counterfactual",
-    "Explanations": "sklens.explain",
-    "explain": "sklens.explain",
-    "dose_response": "sklens.causal",
-    "evaluate": "sklens.causal",
-    "neuron_stats": "sklens.causal",
-    "NeuronEvidence": "sklens.evidence",
-    "collect_evidence": "sklens.evidence",
-    "neuron_text_view": "sklens.evidence",
-    "neuron_topk_view": "sklens.evidence",
-    "random_sets": "sklens.causal",
-    "DEFAULT_MODEL": "sklens.config",
-    "StudyConfig": "sklens.config",
-    "confirm_neurons": "sklens.stats.held_out",
-    "held_out": "sklens.stats.held_out",
+    "neuron_activations": "sklens.scanning.activations",
+    "slot_activations": "sklens.scanning.activations",
+    "top_examples": "sklens.scanning.activations",
+    "causal_check": "sklens.causal.check",
+    "Counterfactual": "sklens.causal.counterfactual",
+    "counterfactual": "sklens.causal.counterfactual",
+    "Explanations": "sklens.explanation.explain",
+    "explain": "sklens.explanation.explain",
+    "dose_response": "sklens.causal.check",
+    "evaluate": "sklens.causal.check",
+    "neuron_stats": "sklens.causal.check",
+    "NeuronEvidence": "sklens.explanation.evidence",
+    "collect_evidence": "sklens.explanation.evidence",
+    "neuron_text_view": "sklens.explanation.evidence",
+    "neuron_topk_view": "sklens.explanation.evidence",
+    "random_sets": "sklens.causal.check",
+    "DEFAULT_MODEL": "sklens.vocabulary",
+    "StudyConfig": "sklens.vocabulary",
+    "confirm_neurons": "sklens.confirm.held_out",
+    "held_out": "sklens.confirm.held_out",
+    "neuron_measures": "sklens.confirm.held_out",
     "Example": "sklens.data.example",
     "HookMeaningError": "sklens.models.hook_check",
     "check_neuron_hooks": "sklens.models.hook_check",
@@ -67,28 +63,28 @@ _EXPORTS = {
     "gguf_to_checkpoint": "sklens.models.load",
     "load_model": "sklens.models.load",
     "Model": "sklens.models.protocol",
-    "GroupedMoments": "sklens.moments",
-    "Moments": "sklens.moments",
-    "scan_activations": "sklens.precomputed",
-    "Scan": "sklens.result",
-    "scan": "sklens.scan",
-    "Site": "sklens.sites",
-    "Directions": "sklens.sites",
-    "SAELatents": "sklens.sites",
-    "NeuronSet": "sklens.neurons",
-    "InitMode": "sklens.soft_prompt",
-    "SoftPrompt": "sklens.soft_prompt",
-    "SoftPromptConfig": "sklens.soft_prompt",
-    "seed_stability": "sklens.stats.stability",
+    "GroupedMoments": "sklens.stats.moments",
+    "Moments": "sklens.stats.moments",
+    "scan_activations": "sklens.scanning.precomputed",
+    "Scan": "sklens.scanning.result",
+    "scan": "sklens.scanning.scan",
+    "Site": "sklens.units.sites",
+    "Directions": "sklens.units.sites",
+    "SAELatents": "sklens.units.sites",
+    "NeuronSet": "sklens.units.neuron_set",
+    "InitMode": "sklens.prompt.soft_prompt",
+    "SoftPrompt": "sklens.prompt.soft_prompt",
+    "SoftPromptConfig": "sklens.prompt.soft_prompt",
+    "seed_stability": "sklens.confirm.stability",
     "MutualInfo": "sklens.stats.mutual_info",
     "compare_with_pearson": "sklens.app.statistics",
-    "steering_curve": "sklens.steering",
+    "steering_curve": "sklens.causal.steering",
     "run_study": "sklens.app.study",
     "open_run": "sklens.app.study",
     "tiny_checkpoint": "sklens.models.tiny",
     "tiny_model": "sklens.models.tiny",
-    "plateau": "sklens.training",
-    "train_soft_prompt": "sklens.training",
+    "plateau": "sklens.prompt.training",
+    "train_soft_prompt": "sklens.prompt.training",
 }
 
 # for type checkers and IDEs only: the same names as the two dicts above (which stay the single
@@ -96,42 +92,37 @@ _EXPORTS = {
 # each name as re-exported.
 if TYPE_CHECKING:
     from sklens import data as data
-    from sklens import edits as edits
-    from sklens import figures as figures
-    from sklens import metrics as metrics
     from sklens import models as models
-    from sklens import sites as sites
     from sklens import stats as stats
-    from sklens import viz as viz
-    from sklens.ablate import NeuronIntervention as NeuronIntervention
-    from sklens.ablate import ablated as ablated
-    from sklens.ablate import ablation_hooks as ablation_hooks
-    from sklens.activation_cache import run_with_cache as run_with_cache
-    from sklens.activations import neuron_activations as neuron_activations
-    from sklens.activations import slot_activations as slot_activations
-    from sklens.activations import top_examples as top_examples
     from sklens.allocator import hold_freed_memory as hold_freed_memory
     from sklens.app.statistics import compare_with_pearson as compare_with_pearson
     from sklens.app.study import open_run as open_run
     from sklens.app.study import run_study as run_study
-    from sklens.attribution import Attribution as Attribution
-    from sklens.attribution import attribute as attribute
-    from sklens.causal import causal_check as causal_check
-    from sklens.causal import dose_response as dose_response
-    from sklens.causal import evaluate as evaluate
-    from sklens.causal import neuron_stats as neuron_stats
-    from sklens.causal import random_sets as random_sets
-    from sklens.config import DEFAULT_MODEL as DEFAULT_MODEL
-    from sklens.config import StudyConfig as StudyConfig
-    from sklens.counterfactual import Counterfactual as Counterfactual
-    from sklens.counterfactual import counterfactual as counterfactual
+    from sklens.causal import edits as edits
+    from sklens.causal.ablate import NeuronIntervention as NeuronIntervention
+    from sklens.causal.ablate import ablated as ablated
+    from sklens.causal.ablate import ablation_hooks as ablation_hooks
+    from sklens.causal.attribution import Attribution as Attribution
+    from sklens.causal.attribution import attribute as attribute
+    from sklens.causal.check import causal_check as causal_check
+    from sklens.causal.check import dose_response as dose_response
+    from sklens.causal.check import evaluate as evaluate
+    from sklens.causal.check import neuron_stats as neuron_stats
+    from sklens.causal.check import random_sets as random_sets
+    from sklens.causal.counterfactual import Counterfactual as Counterfactual
+    from sklens.causal.counterfactual import counterfactual as counterfactual
+    from sklens.causal.steering import steering_curve as steering_curve
+    from sklens.confirm.held_out import confirm_neurons as confirm_neurons
+    from sklens.confirm.held_out import held_out as held_out
+    from sklens.confirm.held_out import neuron_measures as neuron_measures
+    from sklens.confirm.stability import seed_stability as seed_stability
     from sklens.data.example import Example as Example
-    from sklens.evidence import NeuronEvidence as NeuronEvidence
-    from sklens.evidence import collect_evidence as collect_evidence
-    from sklens.evidence import neuron_text_view as neuron_text_view
-    from sklens.evidence import neuron_topk_view as neuron_topk_view
-    from sklens.explain import Explanations as Explanations
-    from sklens.explain import explain as explain
+    from sklens.explanation.evidence import NeuronEvidence as NeuronEvidence
+    from sklens.explanation.evidence import collect_evidence as collect_evidence
+    from sklens.explanation.evidence import neuron_text_view as neuron_text_view
+    from sklens.explanation.evidence import neuron_topk_view as neuron_topk_view
+    from sklens.explanation.explain import Explanations as Explanations
+    from sklens.explanation.explain import explain as explain
     from sklens.models.hook_check import HookMeaningError as HookMeaningError
     from sklens.models.hook_check import check_neuron_hooks as check_neuron_hooks
     from sklens.models.load import SUPPORTED_ARCHITECTURES as SUPPORTED_ARCHITECTURES
@@ -140,32 +131,31 @@ if TYPE_CHECKING:
     from sklens.models.protocol import Model as Model
     from sklens.models.tiny import tiny_checkpoint as tiny_checkpoint
     from sklens.models.tiny import tiny_model as tiny_model
-    from sklens.moments import GroupedMoments as GroupedMoments
-    from sklens.moments import Moments as Moments
-    from sklens.neurons import NeuronSet as NeuronSet
-    from sklens.precomputed import scan_activations as scan_activations
-    from sklens.result import Scan as Scan
-    from sklens.scan import scan as scan
-    from sklens.sites import Directions as Directions
-    from sklens.sites import SAELatents as SAELatents
-    from sklens.sites import Site as Site
-    from sklens.soft_prompt import InitMode as InitMode
-    from sklens.soft_prompt import SoftPrompt as SoftPrompt
-    from sklens.soft_prompt import SoftPromptConfig as SoftPromptConfig
-    from sklens.stats import held_out as _held_out_module
-    from sklens.stats import measures as measures
-    from sklens.stats import stability as stability
-    from sklens.stats.held_out import confirm_neurons as confirm_neurons
-    from sklens.stats.held_out import held_out as held_out
+    from sklens.prompt.soft_prompt import InitMode as InitMode
+    from sklens.prompt.soft_prompt import SoftPrompt as SoftPrompt
+    from sklens.prompt.soft_prompt import SoftPromptConfig as SoftPromptConfig
+    from sklens.prompt.training import plateau as plateau
+    from sklens.prompt.training import train_soft_prompt as train_soft_prompt
+    from sklens.scanning import metrics as metrics
+    from sklens.scanning.activation_cache import run_with_cache as run_with_cache
+    from sklens.scanning.activations import neuron_activations as neuron_activations
+    from sklens.scanning.activations import slot_activations as slot_activations
+    from sklens.scanning.activations import top_examples as top_examples
+    from sklens.scanning.precomputed import scan_activations as scan_activations
+    from sklens.scanning.result import Scan as Scan
+    from sklens.scanning.scan import scan as scan
+    from sklens.stats.moments import GroupedMoments as GroupedMoments
+    from sklens.stats.moments import Moments as Moments
     from sklens.stats.mutual_info import MutualInfo as MutualInfo
-    from sklens.stats.stability import seed_stability as seed_stability
-    from sklens.steering import steering_curve as steering_curve
-    from sklens.training import plateau as plateau
-    from sklens.training import train_soft_prompt as train_soft_prompt
-
-    # the submodule under its old name: an assignment, since pyright would take a renaming import
-    # for a private one
-    confirm = _held_out_module
+    from sklens.units import sites as sites
+    from sklens.units.neuron_set import NeuronSet as NeuronSet
+    from sklens.units.sites import Directions as Directions
+    from sklens.units.sites import SAELatents as SAELatents
+    from sklens.units.sites import Site as Site
+    from sklens.views import figures as figures
+    from sklens.views import viz as viz
+    from sklens.vocabulary import DEFAULT_MODEL as DEFAULT_MODEL
+    from sklens.vocabulary import StudyConfig as StudyConfig
 
 __all__ = [*_SUBMODULES, *_EXPORTS, "__version__"]
 
@@ -182,16 +172,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-class _Package(types.ModuleType):
-    """Keeps ``sklens.scan`` the function: the first import of the submodule ``sklens.scan``
-    would otherwise rebind the package attribute to the module."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

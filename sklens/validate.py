@@ -21,7 +21,7 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
-from sklens.config import (
+from sklens.vocabulary import (
     ABLATION_MODES,
     BACKENDS,
     DATA_TASKS,

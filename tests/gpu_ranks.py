@@ -18,8 +18,8 @@ def main(out: str) -> None:
     torch.cuda.is_available = lambda: True
     torch.cuda.device_count = lambda: 2
     dist.init_process_group("gloo")
-    from sklens.distributed import local_device
     from sklens.models import load
+    from sklens.stats.distributed import local_device
 
     loaded = []
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sklens
-from sklens._compat import has_hooked_transformer
+from sklens.models._compat import has_hooked_transformer
 
 # TransformerLens 4 removed HookedTransformer: the suite runs under both majors (scripts/test.sh),
 # and a test of the HookedTransformer path itself is skipped there, saying why.

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import sklens
-from sklens.ablate import NeuronIntervention, ablated, ablation_hooks
-from sklens.causal import causal_check, dose_response, evaluate, neuron_stats, random_sets
-from sklens.choices import score_examples
+from sklens.causal.ablate import NeuronIntervention, ablated, ablation_hooks
+from sklens.causal.check import causal_check, dose_response, evaluate, neuron_stats, random_sets
 from sklens.data.format import encode, iter_batches
-from sklens.forward import gather_slots
-from sklens.neurons import NeuronSet
+from sklens.prompt.forward import gather_slots
+from sklens.scanning.choices import score_examples
 from sklens.stats import rank_p
+from sklens.units.neuron_set import NeuronSet
 from tests.helpers import (
     reference_cache,
     reference_slot_acts,
@@ -308,7 +308,7 @@ def test_choices_share_one_pass_over_the_question_and_give_the_same_numbers(qwen
     continue from its keys and values; every choice's log-probability still equals an unpadded
     ``run_with_cache`` of that choice alone, with the prompt written in and the neurons zeroed
     at the slots by hooks made here."""
-    import sklens.choices as choices_module
+    import sklens.scanning.choices as choices_module
 
     calls = []
     real = choices_module.shared_prefix_pass
@@ -372,7 +372,7 @@ def test_choices_share_one_pass_over_the_question_and_give_the_same_numbers(qwen
 def test_resample_batches_of_choices_always_mix_questions():
     """On the bridge each choice runs whole, and a batch of one question's choices (the last,
     often) has no donor from another question: the README's causal check failed there."""
-    from sklens.choices import _mixed_batches
+    from sklens.scanning.choices import _mixed_batches
 
     owner = [q for q, n in enumerate([7, 6, 7, 6, 7, 7, 6]) for _ in range(n)]
     for batch_size in (2, 3, 5, 8, 16):

@@ -15,9 +15,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import sklens
-from sklens.explain import explain
-from sklens.neurons import NeuronSet
-from sklens.sites import Directions
+from sklens.explanation.explain import explain
+from sklens.units.neuron_set import NeuronSet
+from sklens.units.sites import Directions
 from tests.helpers import arithmetic_examples, without_type_checks
 
 

@@ -11,9 +11,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import sklens
-from sklens import metrics
 from sklens.models.hook_check import HookMeaningError, check_neuron_hooks
 from sklens.models.load import ARCHITECTURES, resolve_backend
+from sklens.scanning import metrics
 from tests.helpers import (
     HOOKED,
     arithmetic_examples,
@@ -113,7 +113,7 @@ def test_attention_only_model_gets_a_sklens_error():
 
 def test_without_hooked_transformer_auto_is_the_bridge(monkeypatch):
     """TransformerLens 4 removed HookedTransformer: auto takes the bridge, hooked names the fix."""
-    from sklens import _compat
+    from sklens.models import _compat
 
     # under TransformerLens 4 this is the real thing; under 3 it is made so
     monkeypatch.setattr(_compat, "has_hooked_transformer", lambda: False)

@@ -1,6 +1,6 @@
 """``sklens.attribute``: gradient estimates of each slot unit's ablation effect, checked against
 exact patching written here as a plain TransformerLens hook (independent of
-``sklens.attribution``'s hooks and of ``sklens.attribution_exact``)."""
+``sklens.causal.attribution``'s hooks and of ``sklens.causal.attribution_exact``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import sklens
-from sklens import metrics
-from sklens.attribution_exact import exact_effects
+from sklens.causal.attribution_exact import exact_effects
 from sklens.data.format import encode, iter_batches
-from sklens.forward import completion_logprobs
+from sklens.prompt.forward import completion_logprobs
+from sklens.scanning import metrics
 from tests.helpers import needs_hooked
 
 # -- the reference: one unit ablated at each row's slot by a plain hook -------------------------

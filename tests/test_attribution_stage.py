@@ -10,7 +10,7 @@ import pytest
 
 import sklens
 from sklens.app.cli import main
-from sklens.attribution import Attribution
+from sklens.causal.attribution import Attribution
 from tests.test_cli import _args
 
 

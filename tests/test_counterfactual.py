@@ -13,8 +13,8 @@ import torch
 from scipy import stats as ss
 
 import sklens
-from sklens import edits
-from sklens.counterfactual import sign_flip_p
+from sklens.causal import edits
+from sklens.causal.counterfactual import sign_flip_p
 from sklens.data.bigbench import (
     arithmetic_instruction,
     arithmetic_meta,

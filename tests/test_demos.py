@@ -209,7 +209,7 @@ def test_load_bigbench_refuses_a_folder_without_tasks(tmp_path):
 
 
 def test_compare_scans_needs_two_seed_scans():
-    from sklens.stats.stability import compare_scans
+    from sklens.confirm.stability import compare_scans
 
     with pytest.raises(ValueError, match="at least two scans named 'seed"):
         compare_scans({})

@@ -12,11 +12,12 @@ import io
 import pandas as pd
 
 import sklens
-from sklens import figures, metrics
-from sklens.activations import token_activations
 from sklens.app.printed import format_table
 from sklens.display import token_texts, visible
-from sklens.soft_prompt import SoftPrompt
+from sklens.prompt.soft_prompt import SoftPrompt
+from sklens.scanning import metrics
+from sklens.scanning.activations import token_activations
+from sklens.views import figures
 
 TEXT = "Grüße, Straße ö 😀👩‍👩‍👧 مرحبا עברית"
 
@@ -76,7 +77,7 @@ def test_views_drop_position_zero_only_when_it_is_a_measured_sink():
     it. A sink (≥ SINK_RATIO times the rest, as SmolLM2's BOS at |a| ≈ 3000) is left out."""
     import numpy as np
 
-    from sklens import viz
+    from sklens.views import viz
 
     words = ["The", " cat", " sat"]
     plain = np.array([[0.5, -1.0], [0.8, 0.2], [-0.3, 1.1]])

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import sklens.result
+import sklens.scanning.result
 
 
-@pytest.mark.parametrize("module", [sklens.result])
+@pytest.mark.parametrize("module", [sklens.scanning.result])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -13,8 +13,8 @@ from scipy import stats as ss
 
 import sklens
 from sklens.app.cli import main
-from sklens.explain import explain, explain_activations
-from sklens.hypotheses import candidate_hypotheses, meta_hypotheses
+from sklens.explanation.explain import explain, explain_activations
+from sklens.explanation.hypotheses import candidate_hypotheses, meta_hypotheses
 from sklens.stats.rank_tests import (
     average_ranks,
     bootstrap_effects,
@@ -89,7 +89,7 @@ def test_bootstrap_intervals_equal_a_loop_over_the_same_resamples():
     lo, hi = bootstrap_effects(acts, groups, "eta_squared", n_boot=100, seed=4)
     index = torch.randint(0, 30, (100, 30), generator=torch.Generator().manual_seed(4))
     eta = [
-        float(sklens.measures.eta_squared(acts[rows, :1], groups[rows].tolist())[0])
+        float(sklens.stats.measures.eta_squared(acts[rows, :1], groups[rows].tolist())[0])
         for rows in index
     ]
     assert (lo[0], hi[0]) == pytest.approx(tuple(np.quantile(eta, [0.025, 0.975])))

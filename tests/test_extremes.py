@@ -9,15 +9,15 @@ import pytest
 import torch
 
 import sklens
-from sklens import metrics
-from sklens.extremes import Extremes
-from sklens.slot_buffer import Block
+from sklens.scanning import metrics
+from sklens.stats.extremes import Extremes
+from sklens.stats.slot_buffer import Block
 from tests.helpers import reference_slot_acts
 
 
 @pytest.mark.parametrize("block", [7, 128])  # several blocks merged, or all held at once
 def test_kept_extremes_equal_the_second_pass(qwen, examples, block, monkeypatch):
-    monkeypatch.setattr(importlib.import_module("sklens.scan"), "_BLOCK", block)
+    monkeypatch.setattr(importlib.import_module("sklens.scanning.scan"), "_BLOCK", block)
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=1)
     result = sklens.scan(
         qwen, prompt, examples, metrics.loss(), batch_size=5, n_extremal=4, progress=False

@@ -7,7 +7,7 @@ import torch
 
 import sklens
 from sklens.data.format import encode, iter_batches
-from sklens.forward import completion_logprobs, gather_slots
+from sklens.prompt.forward import completion_logprobs, gather_slots
 from tests.helpers import reference_tokens
 
 

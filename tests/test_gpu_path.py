@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import torch
 
-from sklens import distributed
 from sklens.app.cli import main
 from sklens.models import load
-from sklens.moments import GroupedMoments, Moments
+from sklens.stats import distributed
+from sklens.stats.moments import GroupedMoments, Moments
 from tests.helpers import probe_args, write_probe_task
 
 ROOT = Path(__file__).resolve().parent.parent

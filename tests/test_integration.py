@@ -11,7 +11,7 @@ import torch
 
 import sklens
 from sklens.data.format import encode, iter_batches
-from sklens.forward import completion_logprobs
+from sklens.prompt.forward import completion_logprobs
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

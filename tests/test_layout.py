@@ -13,9 +13,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import sklens
-from sklens import metrics
 from sklens.models.layout import _targets, linear_layout
 from sklens.models.load import ARCHITECTURES
+from sklens.scanning import metrics
 from tests.helpers import needs_hooked
 from tests.test_architectures import HF_NAMES
 

@@ -8,10 +8,10 @@ import torch
 from scipy import stats as sps
 
 import sklens
-from sklens import metrics
+from sklens.confirm.held_out import held_out
+from sklens.confirm.stability import seed_stability
+from sklens.scanning import metrics
 from sklens.stats import measures
-from sklens.stats.held_out import held_out
-from sklens.stats.stability import seed_stability
 from tests.helpers import corrcoef_rows
 
 
@@ -92,7 +92,7 @@ def test_neuron_measures_for_a_top_k_table(qwen, examples):
         qwen, prompt, examples, metrics.label("op", positive="plus"), progress=False
     )
     top = result.top_k(4)
-    table = measures.neuron_measures(
+    table = sklens.neuron_measures(
         qwen,
         prompt,
         examples,
@@ -105,9 +105,7 @@ def test_neuron_measures_for_a_top_k_table(qwen, examples):
     np.testing.assert_allclose(table.pearson, top["corr"], atol=1e-6)
     assert ((table.auroc > 0.5) == (top["corr"] > 0)).all()
     with pytest.raises(ValueError, match="unknown measures"):
-        measures.neuron_measures(
-            qwen, prompt, examples, top, result.metric_values, measures=("mi",)
-        )
+        sklens.neuron_measures(qwen, prompt, examples, top, result.metric_values, measures=("mi",))
 
 
 def test_last_token_baseline_scan(qwen, examples):
@@ -172,7 +170,7 @@ def test_seed_stability_reports_overlap_and_consensus(qwen, examples):
 def test_confirmation_reads_the_neurons_and_a_loss_in_one_pass(qwen, examples, monkeypatch):
     """confirm_neurons: one pass gives each neuron's held-out r, equal to numpy.corrcoef of
     run_with_cache's activations against the loss computed from full logits."""
-    from sklens.stats import held_out as held_out_module
+    from sklens.confirm import held_out as held_out_module
     from tests.helpers import reference_losses, reference_slot_acts
 
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=4)

@@ -13,7 +13,7 @@ import pytest
 import sklens
 from sklens.app.cli import main
 from sklens.data.bigbench import task_examples
-from sklens.soft_prompt import SoftPrompt
+from sklens.prompt.soft_prompt import SoftPrompt
 from tests.helpers import forbid_work, probe_args, write_probe_task
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sklens.moments import Moments
+from sklens.stats.moments import Moments
 
 
 def _fold(moments: Moments, acts: torch.Tensor, m: torch.Tensor) -> None:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import sklens
-from sklens import metrics
 from sklens.app.statistics import compare_with_pearson
+from sklens.scanning import metrics
 from sklens.stats.mutual_info import top_k_overlap
 from tests.helpers import arithmetic_examples, reference_losses, reference_slot_acts
 
@@ -151,7 +151,7 @@ def test_mutual_info_survives_save_and_load(qwen, tmp_path):
 def test_bad_mutual_info_settings_get_clear_errors_before_the_pass(qwen, monkeypatch):
     examples = arithmetic_examples(12, seed=0)
     prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
-    scan_module = importlib.import_module("sklens.scan")  # sklens.scan is the function
+    scan_module = importlib.import_module("sklens.scanning.scan")  # sklens.scan is the function
     monkeypatch.setattr(
         scan_module, "encode", lambda *a, **k: pytest.fail("the pass ran before the check")
     )

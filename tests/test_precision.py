@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 import sklens
-from sklens.moments import Moments
-from sklens.slot_buffer import SlotBuffer
+from sklens.stats.moments import Moments
 from sklens.stats.permutation import PermutationAccumulator
+from sklens.stats.slot_buffer import SlotBuffer
 from tests.helpers import corrcoef_rows
 
 

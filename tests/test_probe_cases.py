@@ -92,7 +92,7 @@ def test_case_H16_a_label_constant_on_the_confirmation_split_is_named(qwen_dir, 
     """The probe: 2 positives in the selection split, none in the confirmation split; the check
     used to look at the selection split only and fail after training and the scan."""
     from sklens import validate
-    from sklens.config import StudyConfig
+    from sklens.vocabulary import StudyConfig
 
     def example(i, decides):
         return sklens.Example(f"What is {i} times 3?", f" {3 * i}", {"decides": decides})

@@ -16,10 +16,11 @@ import pytest
 from matplotlib.figure import Figure
 
 import sklens
-from sklens import figures, metrics, viz
 from sklens.app.cli import main
 from sklens.app.report import build_report
 from sklens.app.rundir import RunDirError
+from sklens.scanning import metrics
+from sklens.views import figures, viz
 from tests.test_cli import _args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +113,7 @@ def test_evidence_equals_the_activations_it_summarises(qwen, examples):
         assert evidence.most[j] == list(np.argsort(-column, kind="stable")[:2])
         tokens, per_token = evidence.view_data(j)
         chosen = evidence.most[j] + evidence.least[j]
-        direct = sklens.activations.token_activations(
+        direct = sklens.scanning.activations.token_activations(
             qwen, prompt, [examples[i] for i in chosen], top.iloc[[j]]
         )
         assert tokens == [t for t, _ in direct]

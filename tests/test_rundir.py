@@ -135,7 +135,7 @@ def test_a_full_disk_keeps_the_previous_results_and_the_finished_steps(
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("sklens.result.write_bytes", full)
+    monkeypatch.setattr("sklens.scanning.result.write_bytes", full)
     assert main(_args(qwen_dir, out, "--seed", "1")) == 2
     err = capsys.readouterr().err
     assert "could not write the results (No space left on device" in err

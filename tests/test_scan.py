@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import sklens
-from sklens import metrics
+from sklens.scanning import metrics
 from tests.helpers import corrcoef_rows, reference_losses, reference_slot_acts
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import sklens
-from sklens import sites
 from sklens.app.cli import main
-from sklens.neurons import NeuronSet
+from sklens.units import sites
+from sklens.units.neuron_set import NeuronSet
 from tests.helpers import arithmetic_examples
 
 try:  # installed by the test command (pyproject's dev extra); SAELens needs TransformerLens 3
@@ -374,7 +374,7 @@ def test_an_sae_attached_to_saelens_bridge_is_a_hook_template():
 
 
 def test_settings_saved_before_sites_read_as_mlp_units():
-    from sklens.scan_settings import ScanSettings
+    from sklens.scanning.scan_settings import ScanSettings
 
     old = {"n_layers": 2, "d_mlp": 8, "layers": [0, 1], "n_tokens": 3, "metric": "loss",
            "n_examples": 10, "positions": "soft_prompt"}  # fmt: skip

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import sklens
 from sklens.data.format import Batch
-from sklens.soft_prompt import SoftPrompt, SoftPromptConfig
+from sklens.prompt.soft_prompt import SoftPrompt, SoftPromptConfig
 
 
 def test_init_modes(qwen):

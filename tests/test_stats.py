@@ -10,8 +10,8 @@ import torch
 from statsmodels.stats.multitest import multipletests
 
 import sklens
-from sklens import metrics
-from sklens.precomputed import scan_activations
+from sklens.scanning import metrics
+from sklens.scanning.precomputed import scan_activations
 from sklens.stats import fisher_ci, q_values
 from sklens.stats.permutation import permutations
 from tests.helpers import corrcoef_rows, reference_slot_acts, without_type_checks
@@ -29,7 +29,7 @@ from tests.helpers import corrcoef_rows, reference_slot_acts, without_type_check
 def test_streaming_permuted_correlations_match_direct(
     qwen, examples, metric_kind, n_permutations, passes, monkeypatch
 ):
-    scan_module = importlib.import_module("sklens.scan")
+    scan_module = importlib.import_module("sklens.scanning.scan")
 
     monkeypatch.setattr(scan_module, "_BLOCK", 10)
     calls = []
@@ -147,7 +147,7 @@ def test_fisher_interval_covers():
 def test_slot_scores_are_the_documented_rules():
     """``ranking.slot_scores`` (the scan's and the null's one rule function) against a direct
     numpy reading of the two rules, with a neuron NaN at every slot and one NaN at one slot."""
-    from sklens.ranking import slot_scores
+    from sklens.stats.ranking import slot_scores
 
     corr = torch.tensor(
         [[0.2, -0.9, 0.5], [-0.3, -0.1, -0.6], [float("nan")] * 3, [0.4, float("nan"), -0.7]],

@@ -9,8 +9,8 @@ import pytest
 from matplotlib.figure import Figure
 
 import sklens
-from sklens import figures
 from sklens.app.cli import main
+from sklens.views import figures
 from tests.test_cli import _args
 
 

@@ -86,3 +86,70 @@ def test_no_import_cycles():
     for package in [m for m in graph if (PACKAGE.parent / m.replace(".", "/")).is_dir()]:
         graph[package] = set()
     assert cycles(graph) == []
+
+
+# The method's stages, lowest first: a module may import its own layer and the layers below it.
+# The top-level modules (the vocabulary, validation, atomic writes, ...) are the base.
+LAYERS = (
+    "<base>",
+    "stats",
+    "models",
+    "data",
+    "units",
+    "views",
+    "prompt",
+    "scanning",
+    "confirm",
+    "explanation",
+    "causal",
+    "app",
+)
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) == 2 and parts[1] not in LAYERS:
+        return 0
+    return LAYERS.index(parts[1])
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Each import from a lower layer into a higher one (the package and the ``python -m``
+    entry point excepted: they sit above everything)."""
+    return sorted(
+        (m, d)
+        for m, deps in graph.items()
+        if m not in ("sklens", "sklens.__main__")
+        for d in deps
+        if d != "sklens" and layer(d) > layer(m)
+    )
+
+
+def test_every_folder_is_a_layer():
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert folders == set(LAYERS[1:])
+
+
+def test_no_import_runs_up_the_layers():
+    graph = import_graph()
+    assert upward_imports({"sklens.stats.a": {"sklens.app.b"}}) == [
+        ("sklens.stats.a", "sklens.app.b")
+    ]  # a planted one is found
+    assert upward_imports(graph) == []
+
+
+def test_contributing_maps_every_module():
+    """CONTRIBUTING's layout block names each module of each folder, and nothing else."""
+    text = (PACKAGE.parent / "CONTRIBUTING.md").read_text()
+    block = text.split("## How the code is laid out", 1)[1].split("```", 2)[1]
+    listed = set()
+    for line in block.strip().splitlines():
+        folder, *names = line.split("#", 1)[0].split()
+        prefix = "" if folder == "sklens/" else folder
+        listed |= {f"{prefix}{name}" for name in names}
+    actual = {
+        str(p.relative_to(PACKAGE).with_suffix(""))
+        for p in PACKAGE.rglob("*.py")
+        if p.stem not in ("__init__", "__main__")
+    }
+    assert listed == actual

@@ -15,8 +15,8 @@ import torch
 
 import sklens
 from sklens.data.format import encode, iter_batches, split_batch
-from sklens.forward import completion_logprobs, prefill
-from sklens.training import frozen, plateau, train_logprobs
+from sklens.prompt.forward import completion_logprobs, prefill
+from sklens.prompt.training import frozen, plateau, train_logprobs
 from tests.helpers import reference_cache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,7 +269,7 @@ def test_non_finite_training_is_refused(qwen, examples):
 
 def _scripted_losses(monkeypatch, losses):
     """Held-out losses read from a script, and the prompt as it was at each evaluation."""
-    from sklens import training
+    from sklens.prompt import training
 
     seen = []
 
@@ -306,7 +306,7 @@ def test_a_resumed_training_keeps_the_same_best_prompt(qwen, examples, tmp_path,
     whole = sklens.train_soft_prompt(qwen, examples[:8], **kwargs)
     ckpt = tmp_path / "ckpt"
     _scripted_losses(monkeypatch, losses)
-    from sklens import training
+    from sklens.prompt import training
 
     real = training._checkpoint
     calls = {"n": 0}

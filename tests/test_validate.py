@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import sklens
-from sklens import metrics
 from sklens.app.cli import main
+from sklens.scanning import metrics
 from tests.helpers import forbid_work, probe_args, write_probe_task
 
 ROOT = Path(__file__).resolve().parent.parent

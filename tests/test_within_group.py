@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import sklens
-from sklens import metrics
-from sklens.precomputed import scan_activations
-from sklens.result import Scan
+from sklens.scanning import metrics
+from sklens.scanning.precomputed import scan_activations
+from sklens.scanning.result import Scan
 from tests.helpers import corrcoef_rows, reference_slot_acts
 
 

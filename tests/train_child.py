@@ -14,8 +14,8 @@ import time
 import torch
 
 import sklens
-from sklens import training
 from sklens.atomic import atomic_path
+from sklens.prompt import training
 from tests.helpers import arithmetic_examples
 
 

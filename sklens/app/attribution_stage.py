@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from sklens.atomic import write_csv
-from sklens.attribution import Attribution, attribute
-from sklens.config import StudyConfig
-from sklens.result import Scan
+from sklens.causal.attribution import Attribution, attribute
+from sklens.scanning.result import Scan
+from sklens.vocabulary import StudyConfig
 
 ALPHA = 0.05
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sklens import validate
 from sklens.allocator import hold_freed_memory
-from sklens.config import StudyConfig
 from sklens.version import __version__
+from sklens.vocabulary import StudyConfig
 
 PACKAGE = Path(__file__).resolve().parent.parent  # sklens/, where every check of ours lives
 
@@ -245,7 +245,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _model_on_cpu(device: str | None) -> bool:
     """Whether ``load_model(device=device)`` puts the model on the CPU (resolved as it does)."""
-    from sklens.distributed import local_device
+    from sklens.stats.distributed import local_device
 
     return local_device(device).startswith("cpu")
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from sklens import sites
 from sklens.app import rundir
 from sklens.app.report import read_summary
 from sklens.display import visible
-from sklens.explain import summary_lines, unit_label
+from sklens.explanation.explain import summary_lines, unit_label
+from sklens.units import sites
 
 
 def format_explanations(run_dir: str | Path, top: int = 3) -> str:

@@ -18,17 +18,18 @@ from typing import Any
 
 import pandas as pd
 
-from sklens import figures, validate
+from sklens import validate
 from sklens.app import rundir
 from sklens.atomic import write_text
-from sklens.attribution import Attribution
-from sklens.config import StudyConfig
-from sklens.evidence import NeuronEvidence
-from sklens.explain import summary_lines, unit_label
-from sklens.result import Scan
-from sklens.soft_prompt import SoftPrompt
+from sklens.causal.attribution import Attribution
+from sklens.explanation.evidence import NeuronEvidence
+from sklens.explanation.explain import summary_lines, unit_label
+from sklens.prompt.soft_prompt import SoftPrompt
+from sklens.scanning.result import Scan
 from sklens.version import __version__
-from sklens.viz import text_view
+from sklens.views import figures
+from sklens.views.viz import text_view
+from sklens.vocabulary import StudyConfig
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}

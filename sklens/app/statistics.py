@@ -21,14 +21,14 @@ import torch
 from sklens import validate
 from sklens.app.tasks import training_kwargs
 from sklens.atomic import write_csv
-from sklens.config import Reduce
-from sklens.explain import explain_activations
-from sklens.hypotheses import candidate_hypotheses
-from sklens.result import Scan
-from sklens.stats.held_out import confirm_from
+from sklens.confirm.held_out import confirm_from
+from sklens.confirm.stability import seed_stability
+from sklens.explanation.explain import explain_activations
+from sklens.explanation.hypotheses import candidate_hypotheses
+from sklens.scanning.result import Scan
 from sklens.stats.mutual_info import top_k_overlap
 from sklens.stats.rank_tests import average_ranks
-from sklens.stats.stability import seed_stability
+from sklens.vocabulary import Reduce
 
 
 def run_statistics(

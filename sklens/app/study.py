@@ -42,21 +42,21 @@ from sklens.app.report import read_summary
 from sklens.app.statistics import causal_summary, run_statistics
 from sklens.app.tasks import load_task, study_site, training_kwargs
 from sklens.atomic import write_csv, write_text
-from sklens.causal import causal_check
-from sklens.config import StudyConfig
+from sklens.causal.check import causal_check
+from sklens.causal.steering import steering_curve
+from sklens.confirm.held_out import read_neurons
 from sklens.data.example import data_hash
-from sklens.evidence import collect_evidence
-from sklens.metrics import from_spec
+from sklens.explanation.evidence import collect_evidence
 from sklens.models.layout import linear_layout
 from sklens.models.load import load_model, resolve_backend
-from sklens.result import Scan
-from sklens.scan import resolve_layers, scan
-from sklens.sites import resolve_site
-from sklens.soft_prompt import SoftPrompt
-from sklens.stats.held_out import read_neurons
-from sklens.steering import steering_curve
-from sklens.training import plateau, train_soft_prompt
+from sklens.prompt.soft_prompt import SoftPrompt
+from sklens.prompt.training import plateau, train_soft_prompt
+from sklens.scanning.metrics import from_spec
+from sklens.scanning.result import Scan
+from sklens.scanning.scan import resolve_layers, scan
+from sklens.units.sites import resolve_site
 from sklens.version import __version__
+from sklens.vocabulary import StudyConfig
 
 logger = logging.getLogger("sklens")
 

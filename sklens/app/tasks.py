@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sklens import validate
-from sklens.config import StudyConfig
 from sklens.data import source
 from sklens.data.arithmetic import generated_source
 from sklens.data.bigbench import bigbench_arithmetic, load_bigbench
@@ -17,7 +16,8 @@ from sklens.data.hans import generate_hans, load_hans
 from sklens.data.jsonl import load_jsonl
 from sklens.data.skillmix import generate_skillmix, load_skillmix
 from sklens.data.split import train_val_split
-from sklens.sites import SAELatents, Site, site_of
+from sklens.units.sites import SAELatents, Site, site_of
+from sklens.vocabulary import StudyConfig
 
 logger = logging.getLogger("sklens")
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from sklens import _compat
+from sklens.models import _compat
 from sklens.models.protocol import Model
 
 

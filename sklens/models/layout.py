@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from torch import Tensor, nn
 
-from sklens import _compat
+from sklens.models import _compat
 from sklens.models.protocol import Model
 
 # the permutation of each weight whose result the forward hands to F.linear, as a contiguous tensor

@@ -27,12 +27,13 @@ from urllib.parse import urlparse
 import torch
 from safetensors import SafetensorError, safe_open
 
-from sklens import _compat, validate
+from sklens import validate
 from sklens.atomic import partial_dir
-from sklens.config import BACKENDS, DEFAULT_MODEL, Backend
-from sklens.distributed import local_device
+from sklens.models import _compat
 from sklens.models.artifacts import SMOLLM2, fetch, home, repair_hint, sha256_of
 from sklens.models.hook_check import check_neuron_hooks
+from sklens.stats.distributed import local_device
+from sklens.vocabulary import BACKENDS, DEFAULT_MODEL, Backend
 
 logger = logging.getLogger("sklens")
 

@@ -5,7 +5,7 @@ point is typed without tying it to one class. sklens reads the config's sizes an
 by name inside a ``hooks(...)`` context (``blocks.{L}.mlp.hook_post``, ``hook_embed``), calls the
 model on token ids with an attention mask, and uses the tokenizer to lay out examples
 (``sklens.data.format``). Anything else it touches (``embed.W_E`` for text initialisation,
-``blocks[L].mlp`` for the hook self-test) is reached through ``sklens._compat``.
+``blocks[L].mlp`` for the hook self-test) is reached through ``sklens.models._compat``.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from typing import Any, Literal, get_args
 import torch
 
 from sklens.atomic import partial_dir
-from sklens.config import Backend
 from sklens.models.artifacts import home
 from sklens.models.load import load_model
+from sklens.vocabulary import Backend
 
 Arch = Literal["qwen2", "llama", "mistral", "gpt_neox", "gptj", "gpt2", "gemma", "gemma2"]
 ARCHS: tuple[str, ...] = get_args(Arch)

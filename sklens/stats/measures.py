@@ -9,7 +9,7 @@ All take ``acts [n_examples, n_neurons]`` and return one value per neuron:
 * ``kruskal_wallis`` — H statistic and its chi-square p-value (multi-group, rank-based);
 * ``partial_pearson`` — Pearson after regressing covariates (e.g. digit count, length) out of both.
 
-``neuron_measures`` computes them for a ``top_k`` table from one pass over the examples.
+``sklens.confirm.held_out`` computes them for a ``top_k`` table on held-out examples.
 """
 
 from __future__ import annotations
@@ -17,16 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sklens.activations import at_selected_slot, slot_activations
-from sklens.config import GROUP_MEASURES, MEASURES
-from sklens.data.example import Example
-from sklens.models.protocol import Model
+from sklens.vocabulary import MEASURES
 
 
 def _ranks(x: Tensor) -> Tensor:
@@ -144,71 +139,3 @@ def check_measures(measures: Sequence[str]) -> None:
     unknown = [m for m in measures if m not in MEASURES]
     if unknown:
         raise ValueError(f"unknown measures {unknown}; choose from {MEASURES}")
-
-
-def neuron_measures(
-    model: Model,
-    prompt: Any,
-    examples: Sequence[Example],
-    neurons: pd.DataFrame,
-    metric_values: Sequence[float] | Tensor | np.ndarray,
-    *,
-    measures: Sequence[str] = ("spearman",),
-    group_by: str | None = None,
-    covariates: Sequence[str] = (),
-    batch_size: int = 8,
-) -> pd.DataFrame:
-    """The measures for each neuron of a ``top_k`` table at its selected slot (its ``slot`` column)."""
-    check_measures(measures)
-    examples = list(examples)
-    acts = slot_activations(model, prompt, examples, neurons, batch_size=batch_size)
-    return measures_of(
-        at_selected_slot(acts, neurons),
-        neurons,
-        examples,
-        metric_values,
-        measures=measures,
-        group_by=group_by,
-        covariates=covariates,
-    )
-
-
-def measures_of(
-    picked: Float[Tensor, "n_examples n_neurons"],
-    neurons: pd.DataFrame,
-    examples: Sequence[Example],
-    metric_values: Sequence[float] | Tensor | np.ndarray,
-    *,
-    measures: Sequence[str] = ("spearman",),
-    group_by: str | None = None,
-    covariates: Sequence[str] = (),
-) -> pd.DataFrame:
-    """``neuron_measures`` from activations already read: ``picked[i, j]`` is neuron ``j``'s
-    activation at its selected slot on example ``i``."""
-    check_measures(measures)
-    examples = list(examples)
-    metric = torch.as_tensor(np.asarray(metric_values, dtype=np.float64))
-    if len(metric) != len(examples):
-        raise ValueError(f"{len(metric)} metric values for {len(examples)} examples")
-    picked = picked.double()
-    out = neurons[["layer", "neuron", "slot"]].copy()
-    for name in measures:
-        if name in GROUP_MEASURES:
-            if group_by is None:
-                raise ValueError(f"{name} needs group_by, a meta field with the groups")
-            groups = [e.meta[group_by] for e in examples]
-            if name == "eta_squared":
-                out[name] = eta_squared(picked, groups).numpy()
-            else:
-                h, p = kruskal_wallis(picked, groups)
-                out["kruskal_h"], out["kruskal_p"] = h.numpy(), p.numpy()
-        elif name == "partial_pearson":
-            if not covariates:
-                raise ValueError(
-                    "partial_pearson needs covariates, numeric meta fields to control for"
-                )
-            cov = torch.tensor([[float(e.meta[c]) for c in covariates] for e in examples])
-            out[name] = partial_pearson(picked, metric, cov).numpy()
-        else:
-            out[name] = PAIRED[name](picked, metric).numpy()
-    return out

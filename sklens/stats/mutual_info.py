@@ -17,7 +17,7 @@ goes far from its typical value in *either* direction on hard examples (the metr
   ``(A−1)(M−1) / 2N``, is nearly the same for every unit (their bins are about equally full), so
   it does not reorder units; significance comes from the permutation null, never from the value.
 * **Ranking.** A unit's score is its largest MI over the slots: the max-over-slots rule of
-  Pearson's ``"max"`` (``sklens.ranking``). MI is never negative, so ``"absmax"`` is the same.
+  Pearson's ``"max"`` (``sklens.stats.ranking``). MI is never negative, so ``"absmax"`` is the same.
 * **Null.** Permuting the metric keeps both marginals, so only ``Σ c log c`` changes. The
   permuted joint counts are one product per layer and chunk of units,
   ``onehot(codes)ᵀ · onehot(metric_bins[π])`` of shape ``[units·(A−1), B·(M−1)]`` (the last row
@@ -42,8 +42,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sklens import validate
-from sklens.slot_buffer import Block
 from sklens.stats.permutation import PermutationNull
+from sklens.stats.slot_buffer import Block
 
 
 def equal_frequency_edges(

@@ -20,7 +20,7 @@ Permutations can be restricted to exchangeability blocks (a meta field), e.g. to
 neuron tracks the metric *within* each operation. Then the statistic is within-group too: the
 metric is centred within each block (``Σ z_b = 0`` in every block, so the activations' group means
 drop out of ``Σ a z_b``) and the scan divides by the within-group ``M2_a``; observed scores and null
-are the same pooled within-group r (``sklens.moments.GroupedMoments``).
+are the same pooled within-group r (``sklens.stats.moments.GroupedMoments``).
 
 What the test tests: exchangeability of the metric with the activations, i.e. **independence**,
 not ρ = 0 (with heteroscedastic dependence it can reject while ρ = 0; DiCiccio & Romano 2017).
@@ -44,10 +44,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sklens import distributed
-from sklens.moments import centre_within, group_codes
-from sklens.ranking import RULES, Reduce, from_extremes, slot_scores
-from sklens.slot_buffer import Block, SlotBuffer
+from sklens.stats import distributed
+from sklens.stats.moments import centre_within, group_codes
+from sklens.stats.ranking import RULES, Reduce, from_extremes, slot_scores
+from sklens.stats.slot_buffer import Block, SlotBuffer
 
 
 def permutations(

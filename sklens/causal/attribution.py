@@ -1,0 +1,615 @@
+"""Attribution patching: the estimated effect on the model's behaviour of ablating each MLP
+neuron at each soft-prompt slot, for every unit at once, from a few forward and backward passes.
+
+A scan finds units whose activation *tracks* a metric; attribution asks which units, if changed,
+change what the model does. For unit ``u = (L, i, k)`` (neuron ``i`` of
+``blocks.L.mlp.hook_post`` at slot ``k``) and example ``e`` the exact effect is
+``M_e(a_u → ã_u) − M_e(a)``: the change of the example's metric when that one activation is
+replaced by its ablated value ``ã_u`` (0, or its mean over the examples at that slot) and
+everything downstream is recomputed. Patching it exactly takes a forward pass per unit, out of
+reach for the ~10⁶ units of a small model; two estimators cost a few passes in all
+(``d_u = ã_u − a_u``, ``g_u(x) = ∂M_e/∂a_u`` at activations ``x``):
+
+* ``"atp"`` — attribution patching (Nanda 2023; Kramár et al. 2024): ``g_u(a) · d_u``, one
+  forward and one backward pass per batch. Exact when ``M_e`` is linear in ``a_u`` along the
+  edit; to second order its error is ``−½ H_uu d_u²``, the curvature of the unit's own effect (a
+  large edit that saturates the softmax, a downstream MLP that switches off).
+* ``"ig"`` — integrated gradients, ``d_u · ∫₀¹ g_u(a + α·d∘1_G) dα`` with ``steps``
+  Gauss–Legendre points, where ``G`` is the unit's *group*: the units are split at random into
+  ``groups`` groups (every group holds ~``1/groups`` of the neurons of every layer and slot) and
+  each group has its own path, on which only its units move from clean (``α = 0``) to ablated
+  (``α = 1``; ``α·d_v`` is added to each moved unit's activation as recomputed on the path),
+  with hooks at every layer at once and everything else recomputed. On a path of
+  the unit alone (one unit per group) this is the exact effect up to quadrature error. Moving
+  every slot unit of every layer on one path (``groups=1``) would instead measure a unit's
+  gradient in a model with all its slots ablated, a different model: to second order the error
+  is ``½ d_u Σ_{v∈G, v≠u} H_uv d_v``, the unit's interaction with the others that move with it.
+  Groups keep IG's correction of AtP's own-curvature error and shrink that interaction about
+  ``groups``-fold. A neuron's units at different slots write the same ``W_out`` row and
+  interact most, so they are dealt to different groups. On the tiny test model (16 units: the
+  top 8 by AtP and 8 random; loss, mean ablation; summed |error| against exact patching) AtP's
+  0.0030 became 0.0061 with one path for all units, 0.00066 with 16 groups and 0.00025 with 64;
+  with a planted unit that writes the completion's unembedding, 0.138 → 0.230, 0.021, 0.011.
+  Two points per path gave nearly the numbers of eight: the error is the groups', so spend the
+  budget on groups before steps. Cost per batch: one forward pass for the clean activations
+  and ``steps · groups`` forward and backward passes (``steps · groups`` times AtP's work).
+
+Per example the effects are folded into float64 sums and sums of squares per unit, so memory is
+``O(layers × d_mlp × slots)`` whatever the number of examples, and each unit gets the standard
+error of its mean effect. Metrics are what the model does, per example: ``"loss"`` (the mean
+cross-entropy of the completion, the scan's loss), ``"logprob"`` (the completion's total
+log-probability) and ``"margin"`` (for multiple-choice examples: the answer's total
+log-probability minus the best distractor's; an edit at a slot reaches every choice's row). The
+text before the slots cannot depend on a slot: on a HookedTransformer it runs once per batch
+without autograd, and every pass continues from its keys and values (``_Scorer``).
+``sklens.causal.attribution_exact.exact_effects`` is the exact reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Float64, Int
+from safetensors import safe_open
+from safetensors.torch import save
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sklens import validate
+from sklens.atomic import write_bytes
+from sklens.causal.check import neuron_stats
+from sklens.data.example import Example, data_hash
+from sklens.data.format import Batch, Encoded, encode, split_batch
+from sklens.models import _compat
+from sklens.models.layout import linear_layout_for
+from sklens.models.protocol import Model
+from sklens.prompt import arguments
+from sklens.prompt.forward import CompletionLogprobs, completion_logprobs, prefill
+from sklens.prompt.soft_prompt import SlotWriter, SoftPrompt
+from sklens.prompt.training import frozen, train_logprobs
+from sklens.scanning import metrics as metrics_mod
+from sklens.scanning.choices import expand_choices, is_multiple_choice
+from sklens.units.sites import MLP, Site
+from sklens.version import __version__
+
+METRICS = ("loss", "logprob", "margin")
+METHODS = ("atp", "ig")
+ABLATIONS = ("zero", "mean")
+Z95 = 1.959963984540054  # the two-sided 95% normal quantile
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """What made an ``Attribution``: the user's choices parsed once, and the model's sizes."""
+
+    metric: str
+    method: str
+    ablation: str
+    steps: int
+    groups: int
+    site: str
+    n_layers: int
+    d_mlp: int
+    n_slots: int
+    n_examples: int
+    batch_size: int
+    model_name: str | None = None
+    data_hash: str = ""
+    backend: str = ""
+    sklens_version: str = __version__
+
+
+@dataclass
+class Attribution:
+    """Estimated effects of ablating each MLP neuron at each soft-prompt slot.
+
+    ``effect[L, i, k]`` is the estimated change of the *mean* metric over the examples when
+    neuron ``i`` of layer ``L`` is ablated at slot ``k`` (in the metric's units: nats for loss,
+    logprob and margin); ``stderr`` its standard error over the examples. A positive effect on
+    ``loss`` means the ablation raises the loss (the unit helps); on ``logprob`` or ``margin``
+    it means the ablation helps.
+    """
+
+    effect: Float64[Tensor, "layer unit slot"]
+    stderr: Float64[Tensor, "layer unit slot"]
+    settings: AttributionSettings
+    selection_ids: tuple[str, ...] = ()
+
+    @property
+    def site(self) -> Site:
+        return MLP
+
+    def interval(self, z: float = Z95) -> tuple[Tensor, Tensor]:
+        """The normal interval ``effect ± z·stderr`` (95% by default)."""
+        return self.effect - z * self.stderr, self.effect + z * self.stderr
+
+    def top_k(self, k: int = 10, *, per_slot: bool = False) -> pd.DataFrame:
+        """The ``k`` units with the largest ``|effect|``, best first, as a ``Scan.top_k`` table.
+
+        One row per neuron at the slot of its largest ``|effect|`` (``per_slot=True``: one row per
+        (neuron, slot)), with ``layer``, ``neuron``, ``slot``, ``site``, ``effect``, ``stderr`` and
+        the 95% normal interval ``lo``, ``hi``. Accepted wherever neurons are
+        (``sklens.causal_check``, ``sklens.ablated``, ``sklens.NeuronSet.of``). The numbers are
+        in-sample for the examples that ranked the units (``attrs``).
+        """
+        validate.integer("k", k, minimum=0, meaning="how many units")
+        n_layers, n_units, n_slots = self.effect.shape
+        size = self.effect.abs()
+        if per_slot:
+            flat = size.flatten()
+            top = flat.topk(min(k, flat.numel())).indices
+            layer, rest = top // (n_units * n_slots), top % (n_units * n_slots)
+            neuron, slot = rest // n_slots, rest % n_slots
+        else:
+            best, best_slot = size.max(-1)
+            top = best.flatten().topk(min(k, best.numel())).indices
+            layer, neuron = top // n_units, top % n_units
+            slot = best_slot[layer, neuron]
+        lo, hi = self.interval()
+        table = pd.DataFrame(
+            {
+                "layer": layer.tolist(),
+                "neuron": neuron.tolist(),
+                "slot": slot.tolist(),
+                "effect": self.effect[layer, neuron, slot].tolist(),
+                "stderr": self.stderr[layer, neuron, slot].tolist(),
+                "lo": lo[layer, neuron, slot].tolist(),
+                "hi": hi[layer, neuron, slot].tolist(),
+                "site": self.settings.site,
+            }
+        )
+        s = self.settings
+        table.attrs["sample"] = (
+            f"in-sample: {s.method} effects on {s.metric} ({s.ablation} ablation), ranked and "
+            f"measured on the same {s.n_examples} examples"
+        )
+        table.attrs["selection_hash"] = s.data_hash
+        table.attrs["selection_ids"] = self.selection_ids
+        return table
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``effect`` and ``stderr`` with the settings into one safetensors file."""
+        meta = {"settings": json.dumps(asdict(self.settings))}
+        meta["selection_ids"] = json.dumps(list(self.selection_ids))
+        tensors = {"effect": self.effect.contiguous(), "stderr": self.stderr.contiguous()}
+        write_bytes(Path(path), save(tensors, metadata=meta))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Attribution:
+        """Read what ``save`` wrote."""
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+            effect, stderr = fh.get_tensor("effect"), fh.get_tensor("stderr")
+        settings = AttributionSettings(**json.loads(meta["settings"]))
+        return cls(effect, stderr, settings, tuple(json.loads(meta["selection_ids"])))
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"<Attribution {s.method} of {s.metric}, {s.ablation} ablation: {s.n_layers} layers × "
+            f"{s.d_mlp} neurons × {s.n_slots} slots, {s.n_examples} examples>"
+        )
+
+
+# -- the metric ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows a metric scores: one per example, or one per choice for ``margin``.
+
+    ``owner[r]`` is row ``r``'s example, ``correct[e]`` the row of example ``e``'s answer.
+    """
+
+    encoded: list[Encoded]
+    owner: list[int]
+    correct: list[int]
+    by_example: list[list[int]]
+
+
+def metric_rows(model: Model, examples: Sequence[Example], n_slots: int, metric: str) -> Rows:
+    """Encode the rows ``metric`` scores (every choice of each question for ``margin``)."""
+    if metric == "margin":
+        rows, owner, correct = expand_choices(examples)
+    else:
+        ids = list(range(len(examples)))
+        rows, owner, correct = list(examples), ids, ids
+    by_example: list[list[int]] = [[] for _ in examples]
+    for r, e in enumerate(owner):
+        by_example[e].append(r)
+    return Rows(encode(model, rows, n_slots), owner, correct, by_example)
+
+
+def example_metric(
+    metric: str,
+    scores: CompletionLogprobs,
+    owner: Int[Tensor, " rows"],
+    correct: Int[Tensor, " examples"],
+) -> Float[Tensor, " examples"]:
+    """Per-example metric from the scored rows (``owner``: each row's example, numbered from 0
+    within the batch; ``correct``: each example's answer row), differentiable."""
+    if metric == "loss":
+        return scores.mean_loss[correct]
+    total = scores.total_logprob
+    if metric == "logprob":
+        return total[correct]
+    is_answer = torch.zeros(len(owner), dtype=torch.bool, device=total.device)
+    distractors = total.masked_fill(is_answer.index_fill(0, correct, True), -torch.inf)
+    best = torch.full((len(correct),), -torch.inf, dtype=total.dtype, device=total.device)
+    best = best.scatter_reduce(0, owner, distractors, reduce="amax")  # the best distractor's
+    return total[correct] - best
+
+
+# -- the hooks -----------------------------------------------------------------------------------
+
+Ablated = Callable[[int, Tensor], Tensor]  # (layer, clean slot activations) -> ablated values
+
+
+class _SlotPaths:
+    """``hook_post`` hooks at every layer that add, at each row's slots, a zero ``delta`` whose
+    gradient is ``∂M/∂a`` there, and on an IG path ``α·d`` to the units of the current group.
+
+    A pass with ``alpha=None`` (AtP, or IG's clean pass) records ``d = ablated − clean`` from the
+    activations it sees. The hooks leave the pass over the text before the slots alone (the
+    prompt's writer is paused there) and read where the slots are from the writer.
+    """
+
+    def __init__(self, writer: SlotWriter, n_layers: int, n_slots: int, ablated: Ablated):
+        self.writer, self.n_layers, self.n_slots, self.ablated = writer, n_layers, n_slots, ablated
+        self.alpha: float | None = None
+        self.moved: Tensor | None = None  # [layer, slot, d_mlp] bool: the units on the path
+        self.deltas: dict[int, Tensor] = {}
+        self.d: dict[int, Tensor] = {}  # layer -> ablated − clean at the slots (R, k, d_mlp)
+
+    def hooks(self) -> list[tuple[str, Callable[..., Any]]]:
+        return [(MLP.hook(L), self._hook(L)) for L in range(self.n_layers)]
+
+    def begin(self, alpha: float | None = None, moved: Tensor | None = None) -> None:
+        """Before a pass: the clean point (``None``), or ``alpha`` along the path of ``moved``."""
+        self.alpha, self.moved, self.deltas = alpha, moved, {}
+
+    def _hook(self, layer: int) -> Callable[..., Any]:
+        def hook(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> Tensor:
+            if not self.writer.active:  # the pass over the text before the slots
+                return act
+            rows = torch.arange(act.shape[0], device=act.device)[:, None]  # (R, 1)
+            start = self.writer.slot_start.to(act.device)
+            pos = start[:, None] + torch.arange(self.n_slots, device=act.device)  # (R, k)
+            delta = torch.zeros(
+                (act.shape[0], self.n_slots, act.shape[-1]), dtype=act.dtype, device=act.device
+            ).requires_grad_(torch.is_grad_enabled())
+            self.deltas[layer] = delta
+            if self.alpha is None:
+                clean = act[rows, pos].detach()  # (R, k, d_mlp)
+                self.d[layer] = self.ablated(layer, clean) - clean
+                shift = delta
+            else:
+                moved = self.moved[layer].to(act.device, act.dtype)  # (k, d_mlp)
+                shift = delta + self.alpha * moved * self.d[layer]
+            return act.index_put((rows, pos), shift, accumulate=True)
+
+        return hook
+
+
+# -- the estimators ------------------------------------------------------------------------------
+
+
+def gauss_legendre(steps: int) -> tuple[list[float], list[float]]:
+    """``steps`` Gauss–Legendre nodes and weights on [0, 1]: exact for an integrand polynomial
+    of degree ``2·steps − 1`` in α, where a uniform rule of as many points is exact to degree 1."""
+    x, w = np.polynomial.legendre.leggauss(steps)
+    return ((x + 1) / 2).tolist(), (w / 2).tolist()
+
+
+def unit_groups(
+    n_layers: int, n_slots: int, d_mlp: int, groups: int, seed: int = 0
+) -> Int[Tensor, "layer slot d_mlp"]:
+    """Each unit's IG group: neurons are dealt at random (seeded) into ``groups`` groups, and a
+    neuron's unit at slot ``k`` goes ``k`` groups further on. Every group holds ~``1/groups`` of
+    the neurons of every layer and slot, and one neuron's slots, which write the same ``W_out``
+    row into the residual stream and so interact most, never share a path (``groups ≥ slots``)."""
+    n = n_layers * d_mlp
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    base = torch.empty(n, dtype=torch.long)
+    base[perm] = torch.arange(n) % groups
+    base = base.view(n_layers, 1, d_mlp)
+    return (base + torch.arange(n_slots)[None, :, None]) % groups
+
+
+@dataclass
+class _Batch:
+    """One batch of examples: its rows (``order``), each row's example numbered within the
+    batch (``owner``) and each example's answer row within the batch (``correct``)."""
+
+    examples: list[int]
+    order: list[int]
+    owner: Tensor
+    correct: Tensor
+
+
+def _batches(rows: Rows, n_examples: int, batch_size: int) -> list[_Batch]:
+    out = []
+    for start in range(0, n_examples, batch_size):
+        chosen = list(range(start, min(start + batch_size, n_examples)))
+        order = [r for e in chosen for r in rows.by_example[e]]
+        local = {r: j for j, r in enumerate(order)}
+        owner = torch.tensor([rows.owner[r] - start for r in order])
+        correct = torch.tensor([local[rows.correct[e]] for e in chosen])
+        out.append(_Batch(chosen, order, owner, correct))
+    return out
+
+
+class _Scorer:
+    """Scores one batch's rows, pass after pass, with the prompt and the hooks attached.
+
+    On a HookedTransformer the text before the slots runs once per batch, without autograd and
+    with the prompt's writer paused (it cannot depend on a slot), and every pass continues from
+    its frozen keys and values: ``training.train_logprobs`` split in two so that an IG batch's
+    ``1 + steps·groups`` passes share the prefix. A TransformerBridge takes whole rows.
+    """
+
+    def __init__(self, model: Model, writer: SlotWriter, rows: Rows, order: list[int]):
+        self.model, self.writer, self.rows, self.order = model, writer, rows, order
+        self.rest: Batch | None = None
+        self.cache: Any = None
+        if not _compat.is_bridge(model):
+            prefix, mask, self.rest = split_batch(
+                model, rows.encoded, writer.prompt.n_tokens, order
+            )
+            with writer.paused():
+                self.cache = prefill(model, prefix, mask)
+            self.cache.freeze()  # every pass reads it, none appends to it
+
+    def __call__(self) -> CompletionLogprobs:
+        if self.rest is None:
+            return train_logprobs(self.model, self.writer, self.rows.encoded, self.order)
+        self.writer.start(self.rest)
+        return completion_logprobs(self.model, self.rest, past_kv_cache=self.cache)
+
+
+def _gradients(paths: _SlotPaths, score: _Scorer, batch: _Batch, metric: str) -> dict[int, Tensor]:
+    """One forward and backward pass over the batch's rows; the summed metric's gradient at
+    every layer's slots, ``(R, k, d_mlp)`` per layer."""
+    scores = score()
+    device = scores.logprobs.device
+    metric_sum = example_metric(metric, scores, batch.owner.to(device), batch.correct.to(device))
+    layers = sorted(paths.deltas)
+    grads = torch.autograd.grad(
+        metric_sum.sum(), [paths.deltas[L] for L in layers], allow_unused=True
+    )
+    return {
+        L: torch.zeros_like(paths.deltas[L]) if g is None else g
+        for L, g in zip(layers, grads, strict=True)
+    }
+
+
+@dataclass(frozen=True)
+class _Method:
+    """The estimator, parsed: ``atp``, or ``ig`` with its quadrature and unit groups."""
+
+    name: str
+    steps: int = 1
+    groups: Tensor | None = None  # [layer, slot, d_mlp] group ids (ig)
+    n_groups: int = 1
+
+    @property
+    def passes(self) -> int:
+        """Forward passes per batch (each with a backward but IG's clean pass)."""
+        return 1 if self.name == "atp" else 1 + self.steps * self.n_groups
+
+
+def _row_effects(
+    model: Model, paths: _SlotPaths, rows: Rows, batch: _Batch, metric: str, method: _Method
+) -> dict[int, Tensor]:
+    """Each row's estimated effect at every slot unit, ``(R, k, d_mlp)`` per layer: the
+    gradient at the clean point (AtP), or its Gauss–Legendre mean along the path of the unit's
+    group (IG), times ``d``."""
+    score = _Scorer(model, paths.writer, rows, batch.order)
+    paths.begin()
+    if method.name == "atp":
+        grads = _gradients(paths, score, batch, metric)
+        return {L: g * paths.d[L] for L, g in grads.items()}
+    with torch.no_grad():  # the clean pass: d
+        score()
+    mean_grad = {L: torch.zeros_like(d) for L, d in paths.d.items()}
+    for group in range(method.n_groups):
+        moved = method.groups == group  # (layer, k, d_mlp)
+        for alpha, weight in zip(*gauss_legendre(method.steps), strict=True):
+            paths.begin(alpha, moved)
+            for L, g in _gradients(paths, score, batch, metric).items():
+                mean_grad[L] += (weight * g) * moved[L].to(g.device, g.dtype)
+    return {L: g * paths.d[L] for L, g in mean_grad.items()}
+
+
+class _Sums:
+    """Per-example effects folded into float64 sums and sums of squares per unit."""
+
+    def __init__(self, n_layers: int, d_mlp: int, n_slots: int):
+        shape = (n_layers, d_mlp, n_slots)
+        self.sum = torch.zeros(shape, dtype=torch.float64)
+        self.sq = torch.zeros(shape, dtype=torch.float64)
+        self.n = 0
+
+    def fold(self, layer: int, per_example: Float[Tensor, "examples slot d_mlp"]) -> None:
+        x = per_example.detach().double().cpu()
+        self.sum[layer] += x.sum(0).T
+        self.sq[layer] += x.square().sum(0).T
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """The mean effect and its standard error ``sqrt(s² / n)``, ``s²`` the sample variance."""
+        mean = self.sum / self.n
+        var = ((self.sq - self.n * mean.square()) / (self.n - 1)).clamp_min(0)
+        return mean, (var / self.n).sqrt()
+
+
+# -- the entry point -----------------------------------------------------------------------------
+
+
+def _metric_name(metric: Any) -> str:
+    """``metric`` as one of ``METRICS``; a label or anything not computed from the model's
+    output is refused (an ablation cannot change a label)."""
+    name = metric.name if isinstance(metric, metrics_mod.Metric) else metric
+    if isinstance(name, str) and name.startswith("label:"):
+        raise ValueError(
+            f"metric={name!r} is a label, not a model output: an ablation cannot change it; "
+            "attribute a behaviour metric: 'loss', 'logprob' or 'margin'"
+        )
+    if name not in METRICS:
+        raise ValueError(
+            f"metric must be 'loss', 'logprob' or 'margin' (what the model does), got {name!r}"
+        )
+    return name
+
+
+def _site_name(site: Any) -> str:
+    """Only MLP neurons for now: other sites are refused by name."""
+    if site == "mlp" or (isinstance(site, Site) and site.name == "mlp"):
+        return "mlp"
+    shown = site.name if isinstance(site, Site) else site
+    raise ValueError(
+        f"site={shown!r}: attribution covers MLP neurons (site='mlp', blocks.L.mlp.hook_post) "
+        "only for now"
+    )
+
+
+def _check(
+    model: Any, prompt: Any, examples: Any, metric: Any, site: Any, method: Any, steps: Any,
+    groups: Any, ablation: Any, batch_size: Any,
+) -> tuple[list[Example], str]:  # fmt: skip
+    """Every argument, before any pass; the examples as a list and the metric's name."""
+    arguments.model(model)
+    arguments.prompt(prompt, optional=False)
+    examples = arguments.examples(examples)
+    if len(examples) < 2:
+        raise ValueError(
+            f"examples: attribution needs at least 2 examples for a standard error, got "
+            f"{len(examples)}"
+        )
+    name = _metric_name(metric)
+    validate.choice("method", method, METHODS)
+    validate.choice("ablation", ablation, ABLATIONS)
+    validate.integer("steps", steps, minimum=1, meaning="points on each integration path")
+    validate.integer("groups", groups, minimum=1, meaning="unit groups, one IG path each")
+    validate.integer("batch_size", batch_size, minimum=1)
+    _site_name(site)
+    if prompt.config.d_model != model.cfg.d_model:
+        raise ValueError(
+            f"prompt has width d_model={prompt.config.d_model} but the model has "
+            f"d_model={model.cfg.d_model}: pass a prompt trained for this model"
+        )
+    prompt.check_fits(model)
+    if name == "margin" and not is_multiple_choice(examples):
+        raise ValueError(
+            "metric='margin' needs multiple-choice examples (every Example.meta with a 'choices' "
+            "list and an 'answer' among them); use metric='loss' or 'logprob' otherwise"
+        )
+    return examples, name
+
+
+def _ablated_values(
+    model: Model, prompt: SoftPrompt, examples: list[Example], ablation: str, batch_size: int
+) -> Ablated:
+    """What a unit is set to: 0, or its position-matched mean over ``examples`` at each slot
+    (``sklens.neuron_stats``, as the causal check's ``mean`` ablation)."""
+    if ablation == "zero":
+        return lambda layer, clean: torch.zeros_like(clean)
+    layers = list(range(model.cfg.n_layers))
+    means, _ = neuron_stats(model, prompt, examples, layers, batch_size=batch_size)
+    by_layer = {L: m.T.contiguous() for L, m in means.items()}  # (k, d_mlp)
+    return lambda layer, clean: by_layer[layer].to(clean).expand_as(clean)
+
+
+def _fold(sums: _Sums, batch: _Batch, effects: dict[int, Tensor]) -> None:
+    """Add each example's effects (the sum over its rows: the choices of a question share its
+    slots) to the streaming sums."""
+    for L, per_row in effects.items():
+        per_row = per_row.detach()
+        per_example = torch.zeros(
+            (len(batch.examples), *per_row.shape[1:]), dtype=per_row.dtype, device=per_row.device
+        ).index_add_(0, batch.owner.to(per_row.device), per_row)
+        sums.fold(L, per_example)
+    sums.n += len(batch.examples)
+
+
+def attribute(
+    model: Model,
+    prompt: SoftPrompt,
+    examples: Sequence[Example],
+    metric: str | metrics_mod.Metric = "loss",
+    *,
+    site: str | Site = "mlp",
+    method: str = "atp",
+    steps: int = 8,
+    groups: int = 16,
+    ablation: str = "mean",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Attribution:
+    """Estimate, for every MLP neuron at every soft-prompt slot, how ablating it changes the mean
+    of a behaviour metric over ``examples`` (the estimators: the module doc).
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prompt: the trained soft prompt; the units are its slots.
+        examples: at least 2 (the standard error needs them); ideally not those that trained
+            the prompt.
+        metric: ``"loss"`` (mean completion cross-entropy, also ``sklens.metrics.loss()``),
+            ``"logprob"`` (the completion's log-probability) or ``"margin"`` (multiple choice:
+            the answer's log-probability minus the best distractor's). A label is refused.
+        site: ``"mlp"`` (``blocks.L.mlp.hook_post``); other sites are not supported yet.
+        method: ``"atp"`` (first order: one forward and one backward pass a batch; the default,
+            chosen by measurement: on the embedded SmolLM2-135M it reached Pearson r 0.987 with
+            exact patching over 112 units at 2.45× a loss scan, against IG 2×8's 0.995 at
+            11.4×, ``benchmarks/results/attribution-2026-12-07.md``) or ``"ig"`` (integrated
+            gradients, ``1 + steps·groups`` passes a batch).
+        steps: Gauss–Legendre points on each IG path.
+        groups: IG paths per batch, each moving a random ``1/groups`` of the units; more groups
+            shrink the bias from units that move together (the module doc).
+        ablation: ``"mean"`` (the unit's mean over ``examples`` at that slot) or ``"zero"``.
+        batch_size: examples per pass.
+        progress: show a tqdm bar.
+
+    Returns:
+        An ``Attribution``: ``effect`` and ``stderr`` ``[layer, neuron, slot]``, ``top_k``.
+    """
+    examples, name = _check(
+        model, prompt, examples, metric, site, method, steps, groups, ablation, batch_size
+    )
+    n_layers, d_mlp, n_slots = model.cfg.n_layers, model.cfg.d_mlp, prompt.n_tokens
+    if method == "atp":
+        parsed = _Method("atp")
+    else:
+        n_groups = min(groups, n_layers * n_slots * d_mlp)
+        ids = unit_groups(n_layers, n_slots, d_mlp, n_groups).to(model.cfg.device)
+        parsed = _Method("ig", steps, ids, n_groups)
+    rows = metric_rows(model, examples, n_slots, name)
+    ablated = _ablated_values(model, prompt, examples, ablation, batch_size)
+    batches = _batches(rows, len(examples), batch_size)
+    sums = _Sums(n_layers, d_mlp, n_slots)
+    passes = len(batches) * parsed.passes
+    bar = tqdm(total=passes, desc=f"attribution ({method})", disable=not progress)
+    with frozen(model), linear_layout_for(model, passes), prompt.attached(model) as writer:
+        paths = _SlotPaths(writer, n_layers, n_slots, ablated)
+        with model.hooks(fwd_hooks=paths.hooks()):
+            for batch in batches:
+                _fold(sums, batch, _row_effects(model, paths, rows, batch, name, parsed))
+                bar.update(parsed.passes)
+    bar.close()
+    effect, stderr = sums.result()
+    settings = AttributionSettings(
+        metric=name, method=method, ablation=ablation, steps=parsed.steps,
+        groups=parsed.n_groups, site="mlp", n_layers=n_layers, d_mlp=d_mlp, n_slots=n_slots,
+        n_examples=len(examples), batch_size=batch_size,
+        model_name=getattr(model.cfg, "model_name", None), data_hash=data_hash(examples),
+        backend=type(model).__name__,
+    )  # fmt: skip
+    return Attribution(effect, stderr, settings, arguments.example_ids(examples))

@@ -1,0 +1,395 @@
+"""Causal checks: does editing the selected neurons change the metric, the loss, the accuracy —
+more than editing random neurons of the same layers?
+
+For each mode (zero, mean, resample, ...) the selected set and ``n_random`` random sets with the
+same number of neurons per layer (optionally matched in mean |activation|) are applied in turn.
+Per example: the change of the metric, of the completion loss and, for multiple-choice examples
+(``meta["choices"]`` and ``meta["answer"]``), of correctness (the correct choice has the highest
+total log-likelihood, and, length-normalised, the highest mean per-token log-likelihood).
+Reported overall and per group of a meta field, with bootstrap 95% intervals, and a two-sided
+rank p-value of the selected set's mean change among the random sets' mean changes, taken around
+the random sets' median (``sklens.stats.rank_p``): it asks whether the selected edit is unusual
+*for an edit of that many neurons*, not whether it differs from zero. Random sets are matched in
+activation scale by default (``match_scale``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sklens import validate
+from sklens.causal.ablate import NeuronIntervention
+from sklens.data.example import Example
+from sklens.data.format import Batch, encode
+from sklens.models.protocol import Model
+from sklens.prompt import arguments
+from sklens.prompt.forward import BatchPart, batched_pass, gather_slots
+from sklens.prompt.soft_prompt import SoftPrompt
+from sklens.scanning import metrics as metrics_mod
+from sklens.scanning.choices import score_examples
+from sklens.stats import bootstrap_ci, rank_p
+from sklens.units.neuron_set import NeuronSet, nonempty
+from sklens.units.sites import Site, SiteLike, resolve_site
+from sklens.vocabulary import ABLATION_MODES, AblationMode, Positions
+
+
+def evaluate(
+    model: Model,
+    prompt: SoftPrompt | None,
+    examples: Sequence[Example],
+    *,
+    metric: Any = "loss",
+    intervention: NeuronIntervention | None = None,
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """Per-example ``loss``, ``metric``, and for multiple-choice examples ``correct`` (highest
+    total log-probability), ``correct_per_token`` (highest mean per-token log-probability) and
+    ``choice_confidence`` and ``chosen`` (the index of the model's choice) (NaN otherwise), under
+    an optional intervention (``sklens.scanning.choices``).
+    ``metric`` is a sklens metric, a callable, or ``"loss"``/``"confidence"``."""
+    examples = list(examples)
+    metric = metrics_mod.resolve(metric, len(examples))
+    metric.check(examples)
+    scores = score_examples(
+        model, prompt, examples, intervention=intervention, batch_size=batch_size
+    )
+    out = pd.DataFrame({"example": range(len(examples)), "loss": scores.mean_loss.numpy()})
+    given = scores if (metric.needs_logprobs or metric.needs_choices) else None
+    out["metric"] = metric(examples, range(len(examples)), given).numpy()
+    out["correct"] = scores.correct.numpy()
+    out["correct_per_token"] = scores.correct_per_token.numpy()
+    out["choice_confidence"] = scores.choice_confidence.numpy()
+    out["chosen"] = scores.chosen.numpy()
+    return out
+
+
+class _Sums:
+    """Sums of unit values (per unit and slot, or per unit) and of |value| over the batches of a
+    ``batched_pass``, for ``neuron_stats``."""
+
+    def __init__(self, layers: Sequence[int], site: Site, n_slots: int, *, slots: bool):
+        self.slots, self.site, self.n_slots = slots, site, n_slots
+        shape = (site.size, n_slots) if slots else (site.size,)
+        self.sums = {L: torch.zeros(shape, dtype=torch.float64) for L in layers}
+        self.abs_sums = {L: torch.zeros(site.size, dtype=torch.float64) for L in layers}
+        self.rows = self.positions = 0
+        self.batch: Batch | None = None
+
+    def start(self, batch: Batch) -> None:
+        self.batch = batch
+        self.rows += len(batch.indices)
+        n = int(batch.attention_mask.sum())
+        self.positions += len(batch.indices) * self.n_slots if self.slots else n
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        return [(self.site.hook(L), self._reader(L)) for L in self.sums]
+
+    def _reader(self, layer: int) -> Any:
+        def read(act: Float[Tensor, "batch pos *site"], hook: Any) -> None:
+            if self.slots:
+                units = self.site.units(gather_slots(act, self.batch), layer)
+                picked = units.double().cpu()  # (B, k, units)
+                self.sums[layer] += picked.sum(0).T
+            else:
+                mask = self.batch.attention_mask.bool().to(act.device)
+                picked = self.site.units(act, layer)[mask].double().cpu()  # (n_pos, units)
+                self.sums[layer] += picked.sum(0)
+            self.abs_sums[layer] += picked.abs().reshape(-1, self.site.size).sum(0)
+
+        return read
+
+
+def neuron_stats(
+    model: Model,
+    prompt: SoftPrompt | None,
+    examples: Sequence[Example],
+    layers: Sequence[int],
+    *,
+    positions: Positions = "slots",
+    batch_size: int = 8,
+    site: SiteLike | None = None,
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Per-unit means over ``examples`` and mean |activation|, at ``positions`` (units of
+    ``site``, default MLP neurons; ``d_mlp`` below is the site's units per layer).
+
+    With ``positions="slots"`` the means are position-matched, one per (neuron, slot):
+    ``[d_mlp, n_slots]`` per layer, because each slot is its own learned vector with its own
+    typical activation (a mean pooled over slots would add a slot-specific shift, a steering
+    edit, on top of removing the example's information). With ``"all"`` they are ``[d_mlp]``.
+    The mean |activation| (``[d_mlp]``, for scale-matched random sets) pools every position.
+    """
+    if positions == "slots" and prompt is None:
+        raise ValueError(
+            "positions='slots' needs a soft prompt; use positions='all' on a plain model"
+        )
+    n_slots = prompt.n_tokens if prompt is not None else 0
+    encoded = encode(model, list(examples), n_slots)
+    site = resolve_site(site, model) if not isinstance(site, Site) or not site.size else site
+    acc = _Sums(layers, site, n_slots, slots=positions == "slots")
+    parts: list[BatchPart] = [prompt.writer(), acc] if prompt is not None else [acc]
+    for _ in batched_pass(
+        model,
+        encoded,
+        n_slots,
+        parts,
+        batch_size=batch_size,
+        with_completion=positions == "all",
+        stop_after=site.hook(max(layers)),
+    ):
+        pass
+    per_mean = acc.rows if positions == "slots" else acc.positions
+    means = {L: s / per_mean for L, s in acc.sums.items()}
+    return means, {L: s / acc.positions for L, s in acc.abs_sums.items()}
+
+
+def random_sets(
+    model: Model,
+    neurons: Any,
+    n_random: int,
+    *,
+    seed: int = 0,
+    scale: dict[int, torch.Tensor] | None = None,
+    pool: int = 20,
+) -> list[dict[int, torch.Tensor]]:
+    """``n_random`` sets (``{layer: ids}``) of the same site with the same number of units per layer as
+    ``neurons``, never containing a selected unit. With ``scale`` (per-unit mean |activation|),
+    each selected unit is replaced by one of the ``pool`` units of its layer closest in scale."""
+    selected = NeuronSet.of(neurons, model)
+    index = selected.by_layer()
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_random):
+        drawn = {}
+        for L, ids in index.items():
+            taken = set(ids.tolist())
+            others = torch.tensor([i for i in range(selected.site.size) if i not in taken])
+            if len(others) < len(ids):
+                raise ValueError(f"layer {L} has too few unselected neurons for a random control")
+            if scale is None:
+                chosen = others[torch.randperm(len(others), generator=gen)[: len(ids)]]
+            else:
+                chosen_list: list[int] = []
+                for i in ids.tolist():
+                    free = torch.tensor([o for o in others.tolist() if o not in chosen_list])
+                    near = free[(scale[L][free] - scale[L][i]).abs().argsort()[:pool]]
+                    chosen_list.append(int(near[torch.randint(len(near), (1,), generator=gen)]))
+                chosen = torch.tensor(chosen_list)
+            drawn[L] = chosen.sort().values
+        out.append(drawn)
+    return out
+
+
+def causal_check(
+    model: Model,
+    prompt: SoftPrompt | None,
+    examples: Sequence[Example],
+    neurons: Any,
+    *,
+    metric: Any = "loss",
+    modes: Sequence[str] | str = ("zero", "mean"),
+    n_random: int = 10,
+    seed: int = 0,
+    positions: str | None = None,
+    group_by: str | None = None,
+    match_scale: bool = True,
+    reference: Sequence[Example] | None = None,
+    n_boot: int = 1000,
+    batch_size: int = 8,
+    progress: bool = True,
+    site: SiteLike | None = None,
+    **mode_options: Any,
+) -> pd.DataFrame:
+    """Edit ``neurons`` and matched random sets; report the changes against the unedited model.
+
+    The random sets are units of the same site (``sklens.sites``) as ``neurons``: a table's
+    ``site`` column, or ``site=`` for pairs (e.g. ``scan.site``).
+
+    Args:
+        modes: the edits (``sklens.causal.ablate``), e.g. ``("zero", "mean")``; one name is one mode.
+        n_random: random sets to compare with (at least 1).
+        positions: where to edit: "slots" (default with a prompt) or "all" (default without).
+        group_by: a meta field every example has; results are also reported per value.
+        match_scale: draw random neurons with a similar mean |activation| (on ``reference``);
+            on by default, since selection by |r| can favour neurons of a particular scale.
+        reference: examples for ``mean`` ablation (per-slot means) and scale matching (default:
+            ``examples``; a split disjoint from the neurons' selection set is cleaner).
+        mode_options: passed to the interventions (``noise_std``, ``factor``, ``shift``).
+
+    Returns one row per (mode, set, group) with ``n``, mean changes ``d_metric``, ``d_loss``,
+    ``d_accuracy`` (argmax of total log-probability) and ``d_accuracy_per_token`` (argmax of mean
+    per-token log-probability), their bootstrap 95% intervals (``*_lo``, ``*_hi``), the baseline
+    accuracies, ``match_scale``, and on the selected rows ``p_metric``, ``p_loss``,
+    ``p_accuracy``, ``p_accuracy_per_token``: two-sided rank p-values against the random sets'
+    changes around their median (smallest possible ``1/(n_random+1)``).
+    """
+    arguments.model(model)
+    arguments.prompt(prompt)
+    examples = arguments.examples(examples)
+    if len(examples) < 2:
+        raise ValueError("a causal check needs at least 2 examples")
+    modes = _modes(modes)
+    validate.integer("n_random", n_random, minimum=1, meaning="random sets to compare with")
+    if group_by is not None:
+        _check_group_by(examples, group_by)
+    positions = positions or ("slots" if prompt is not None else "all")
+    selected = nonempty(NeuronSet.of(neurons, model, site=site))
+    layers = selected.layers
+    reference = list(reference) if reference is not None else examples
+    means = scale = None
+    if "mean" in modes or match_scale:
+        means, scale = neuron_stats(
+            model,
+            prompt,
+            reference,
+            layers,
+            positions=positions,
+            batch_size=batch_size,
+            site=selected.site,
+        )
+    sets = {"selected": NeuronSet.of(selected.by_layer(), site=selected.site)}
+    for r, drawn in enumerate(
+        random_sets(model, selected, n_random, seed=seed, scale=scale if match_scale else None)
+    ):
+        sets[f"random_{r}"] = NeuronSet.of(drawn, site=selected.site)
+    base = evaluate(model, prompt, examples, metric=metric, batch_size=batch_size)
+    groups = {"all": np.ones(len(examples), dtype=bool)}
+    if group_by is not None:
+        labels = np.array([str(e.meta[group_by]) for e in examples])
+        groups |= {f"{group_by}={v}": labels == v for v in sorted(set(labels))}
+    rng = np.random.default_rng(seed)
+    records = []
+    total = len(modes) * len(sets)
+    bar = tqdm(total=total, desc="causal check", disable=not progress)
+    for mode in modes:
+        for name, chosen in sets.items():
+            intervention = NeuronIntervention(
+                model,
+                chosen,
+                mode,
+                positions=positions,
+                means=means,
+                seed=seed,
+                **mode_options,
+            )
+            edited = evaluate(
+                model,
+                prompt,
+                examples,
+                metric=metric,
+                intervention=intervention,
+                batch_size=batch_size,
+            )
+            deltas = {k: (edited[k] - base[k]).to_numpy() for k in _CHANGES}
+            for group, mask in groups.items():
+                row = {
+                    "mode": mode,
+                    "set": name,
+                    "group": group,
+                    "n": int(mask.sum()),
+                    "n_neurons": len(chosen),
+                    "match_scale": match_scale,
+                    "accuracy_base": _mean(base["correct"].to_numpy()[mask]),
+                    "accuracy_per_token_base": _mean(base["correct_per_token"].to_numpy()[mask]),
+                }
+                for k, key in _CHANGES.items():
+                    d = deltas[k][mask]
+                    row[f"d_{key}"] = _mean(d)
+                    row[f"d_{key}_lo"], row[f"d_{key}_hi"] = bootstrap_ci(
+                        np.mean, d[~np.isnan(d)], n_boot=n_boot, seed=rng
+                    )
+                records.append(row)
+            bar.update(1)
+    bar.close()
+    table = pd.DataFrame(records)
+    for key in _CHANGES.values():
+        table[f"p_{key}"] = np.nan
+    for _, part in table.groupby(["mode", "group"]):
+        selected = part[part.set == "selected"]
+        randoms = part[part.set != "selected"]
+        for key in _CHANGES.values():
+            p = rank_p(float(selected[f"d_{key}"].iloc[0]), randoms[f"d_{key}"].to_numpy())
+            table.loc[selected.index, f"p_{key}"] = p
+    return table
+
+
+def _modes(modes: Sequence[str] | str) -> tuple[str, ...]:
+    """``modes`` as a tuple of known modes; one name (``modes="zero"``) is one mode."""
+    if isinstance(modes, str):
+        modes = (modes,)
+    modes = tuple(modes)
+    unknown = [m for m in modes if m not in ABLATION_MODES]
+    if not modes or unknown:
+        raise ValueError(
+            f"modes must be one or more of {ABLATION_MODES}, got {list(modes)}: e.g. "
+            "modes=('zero', 'mean')"
+        )
+    return modes
+
+
+def _check_group_by(examples: Sequence[Example], field: str) -> None:
+    """Every example has the meta field ``group_by`` names (a missing one is no group)."""
+    lacking = next((i for i, e in enumerate(examples) if field not in e.meta), None)
+    if lacking is not None:
+        have = sorted({str(k) for e in examples for k in e.meta})
+        raise ValueError(
+            f"group_by={field!r}: example {lacking} has no meta field {field!r}; the examples' "
+            f"meta fields are {have}"
+        )
+
+
+# evaluate's per-example columns whose change a causal check reports, and their names there
+_CHANGES = {
+    "metric": "metric",
+    "loss": "loss",
+    "correct": "accuracy",
+    "correct_per_token": "accuracy_per_token",
+}
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if not np.isnan(values).all() else np.nan
+
+
+def dose_response(
+    model: Model,
+    prompt: SoftPrompt | None,
+    examples: Sequence[Example],
+    ranked: pd.DataFrame,
+    *,
+    ks: Sequence[int] = (1, 2, 5, 10),
+    mode: AblationMode = "zero",
+    n_random: int = 5,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """The causal check of the top-``k`` neurons of ``ranked`` (a ``top_k`` table) for each k.
+
+    Args:
+        model: a HookedTransformer or TransformerBridge.
+        prompt: the soft prompt (None: no prompt).
+        examples: examples that neither trained the prompt nor selected the neurons.
+        ranked: a ``Scan.top_k`` table with at least ``max(ks)`` rows, best first.
+        ks: the set sizes to ablate.
+        mode: the ablation mode (``sklens.causal.ablate``).
+        n_random: random sets per k, matched in layers (and scale, by default).
+        **kwargs: passed to ``causal_check`` (``metric``, ``reference``, ``match_scale``, ...).
+
+    Returns:
+        ``causal_check``'s table for every k, with a ``k`` column.
+    """
+    parts = []
+    for k in ks:
+        if k > len(ranked):
+            raise ValueError(f"k={k} exceeds the {len(ranked)} ranked neurons given")
+        part = causal_check(
+            model, prompt, examples, ranked.head(k), modes=(mode,), n_random=n_random, **kwargs
+        )
+        parts.append(part.assign(k=k))
+    return pd.concat(parts, ignore_index=True)
