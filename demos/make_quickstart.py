@@ -13,7 +13,7 @@ cells = [
     nbf.v4.new_code_cell(
         "import os\n\n"
         "import sklens\n"
-        "from sklens import __MOVED__figures, __MOVED__metrics\n"
+        "from sklens import figures, metrics\n"
         "from sklens.data import bigbench_arithmetic, train_val_split\n\n"
         "SMALL = os.environ.get('SKLENS_DEMO_SIZE') == 'small'\n"
         "STEPS, N_TRAIN, N_VAL, N_TOKENS = (2, 16, 24, 4) if SMALL else (30, 240, 160, 20)"
