@@ -52,7 +52,12 @@ _EXPORTS = {
     "neuron_topk_view": "sklens.explanation.evidence",
     "random_sets": "sklens.causal.check",
     "DEFAULT_MODEL": "sklens.vocabulary",
-    "StudyConfig": "sklens.vocabulary",
+    "StudyConfig": "sklens.app.config",
+    "TrainConfig": "sklens.app.config",
+    "ScanConfig": "sklens.app.config",
+    "SelectConfig": "sklens.app.config",
+    "ConfirmConfig": "sklens.app.config",
+    "CausalConfig": "sklens.app.config",
     "confirm_neurons": "sklens.confirm.held_out",
     "held_out": "sklens.confirm.held_out",
     "neuron_measures": "sklens.confirm.held_out",
@@ -95,6 +100,12 @@ if TYPE_CHECKING:
     from sklens import models as models
     from sklens import stats as stats
     from sklens.allocator import hold_freed_memory as hold_freed_memory
+    from sklens.app.config import CausalConfig as CausalConfig
+    from sklens.app.config import ConfirmConfig as ConfirmConfig
+    from sklens.app.config import ScanConfig as ScanConfig
+    from sklens.app.config import SelectConfig as SelectConfig
+    from sklens.app.config import StudyConfig as StudyConfig
+    from sklens.app.config import TrainConfig as TrainConfig
     from sklens.app.statistics import compare_with_pearson as compare_with_pearson
     from sklens.app.study import open_run as open_run
     from sklens.app.study import run_study as run_study
@@ -155,7 +166,6 @@ if TYPE_CHECKING:
     from sklens.views import figures as figures
     from sklens.views import viz as viz
     from sklens.vocabulary import DEFAULT_MODEL as DEFAULT_MODEL
-    from sklens.vocabulary import StudyConfig as StudyConfig
 
 __all__ = [*_SUBMODULES, *_EXPORTS, "__version__"]
 

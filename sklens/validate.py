@@ -22,17 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from sklens.vocabulary import (
-    ABLATION_MODES,
-    BACKENDS,
     DATA_TASKS,
-    GROUP_MEASURES,
-    MEASURES,
-    REDUCE_RULES,
     SITE_NAMES,
     TASKS,
 )
 
 _FLAGS: ContextVar[bool] = ContextVar("sklens_flags", default=False)
+_FILES: ContextVar[bool] = ContextVar("sklens_files", default=True)
 _DEVICE = re.compile(r"(cpu|cuda|mps)(?::(\d+))?")
 MIN_SCAN = 3  # examples a correlation needs (sklens.scan refuses fewer)
 
@@ -45,6 +41,23 @@ def spelled_as_flags() -> Iterator[None]:
         yield
     finally:
         _FLAGS.reset(token)
+
+
+@contextmanager
+def files_unchecked() -> Iterator[None]:
+    """Inside, settings that name files are not checked for the files: a saved run's settings
+    are read back (``sklens report``) whether or not its task file is still there."""
+    token = _FILES.set(False)
+    try:
+        yield
+    finally:
+        _FILES.reset(token)
+
+
+def example(field: str, flag: str, python: Any) -> str:
+    """A fix in the user's syntax where the two spell the value differently: ``--seeds 0,1,2``
+    on the command line, ``seeds=(0, 1, 2)`` in Python."""
+    return f"{name(field)} {flag}" if _FLAGS.get() else f"{field}={python!r}"
 
 
 def name(field: str) -> str:
@@ -237,78 +250,13 @@ def task(value: str, data: str | None = None) -> None:
             _existing_file("data", data)
 
 
-def study(config: Any) -> None:
-    """Every setting of a ``StudyConfig`` that can be checked without data or a model."""
-    task(config.task, config.data)
-    if config.metric is not None:
-        metric_spec(config.metric)
-    choice("backend", config.backend, BACKENDS)
-    choice("reduce", config.reduce, REDUCE_RULES)
-    device(config.device)
-    for field, minimum, meaning in (
-        ("top_k", 1, "how many top neurons to report"),
-        ("n_tokens", 1, "soft-prompt length"),
-        ("steps", 1, "training steps"),
-        ("batch_size", 1, "examples per forward pass"),
-        ("n_train", 1, "training examples"),
-        ("n_val", MIN_SCAN, "validation examples; a correlation needs 3"),
-        ("n_extremal", 1, "examples shown per neuron and direction"),
-        ("n_random", 1, "random neuron sets in the causal check"),
-        ("n_causal", 2, "examples in the causal check"),
-        ("permutations", 0, "0 for none"),
-        ("patience", 0, "evaluations without improvement before training stops; 0: never"),
-        ("eval_every", 1, "training steps between plateau evaluations"),
-        ("n_plateau", 0, "training examples held out to detect the plateau"),
-        ("n_confirm", 0, "examples that re-measure the top-K; 0 skips the confirmation"),
-    ):
-        integer(field, getattr(config, field), minimum=minimum, meaning=meaning)
-    integer("seed", config.seed)
-    mi_bins(config.mi_bins, config.n_val)
-    site(config.site)
-    if config.mi_bins and config.permutation_groups:
-        raise ValueError(
-            f"{name('mi_bins')} ranks by marginal mutual information, but "
-            f"{name('permutation_groups')} asks for a within-group statistic: drop one of them"
-        )
-    positive("lr", config.lr)
-    _splits(config)
-    if config.seeds:
-        seeds = items(config.seeds)
-        bad = [s for s in seeds if not re.fullmatch(r"-?\d+", s)]
-        if bad or len(set(seeds)) < 2:
-            raise ValueError(
-                f"{name('seeds')} must be two or more different whole numbers separated by "
-                f"commas, got {config.seeds!r}; e.g. {assign('seeds', '0,1,2')}"
-            )
-    choices("ablate_modes", config.ablate_modes, ABLATION_MODES)
-    if getattr(config, "attribute", False) and config.site != "mlp":
-        raise ValueError(
-            f"{name('attribute')} attributes to MLP neurons only for now, but "
-            f"{assign('site', config.site)}: drop one of them"
-        )
-    if config.steering:
-        factors = items(config.steering)
-        bad = [f for f in factors if not _finite_number(f)]
-        if bad or not factors:
-            raise ValueError(
-                f"{name('steering')} must be numbers separated by commas (the factors that scale "
-                f"the top-K), got {bad}; e.g. {assign('steering', '0,0.5,2,4')}"
-            )
-    measures = choices("measures", config.measures, MEASURES)
-    if bool(items(config.covariates)) != ("partial_pearson" in measures):
-        raise ValueError(
-            f"{name('covariates')} and {name('measures')} partial_pearson go together: the "
-            "covariates are what partial_pearson controls for"
-        )
-
-
 def site(value: str) -> None:
     """A site as the command line spells it: a builtin, a hook (template), or ``sae:DIR,...``."""
     if value in SITE_NAMES:
         return
     if value.startswith("sae:"):
         dirs = [d for d in value[len("sae:") :].split(",") if d]
-        bad = [d for d in dirs if not (Path(d) / "cfg.json").is_file()]
+        bad = [d for d in dirs if _FILES.get() and not (Path(d) / "cfg.json").is_file()]
         if not dirs or bad:
             raise ValueError(
                 f"{name('site')} sae:DIR needs directories of SAEs saved by SAELens "
@@ -324,7 +272,8 @@ def site(value: str) -> None:
         )
 
 
-def _finite_number(text: str) -> bool:
+def finite_number(text: str) -> bool:
+    """Whether ``text`` spells a finite number (``--steering`` factors)."""
     try:
         return math.isfinite(float(text))
     except ValueError:
@@ -332,151 +281,9 @@ def _finite_number(text: str) -> bool:
 
 
 def _existing_file(field: str, path: str) -> None:
-    if not Path(path).is_file():
+    if _FILES.get() and not Path(path).is_file():
         where = "is a directory" if Path(path).is_dir() else "does not exist"
         raise FileNotFoundError(f"{name(field)} {path}: {where}; pass an existing file")
-
-
-def _splits(config: Any) -> None:
-    """The plateau slice and the confirmation split leave enough examples to use."""
-    if config.patience and not 1 <= config.n_plateau < config.n_train:
-        raise ValueError(
-            f"{assign('n_plateau', config.n_plateau)} must hold out between 1 and "
-            f"{name('n_train')} − 1 = {config.n_train - 1} training examples to detect the "
-            f"plateau; change it, or pass {assign('patience', 0)} to train all {name('steps')}"
-        )
-    if 0 < config.n_confirm < 4:
-        raise ValueError(
-            f"{assign('n_confirm', config.n_confirm)} is too few to confirm on (at least 4); "
-            f"raise it, or pass {assign('n_confirm', 0)} to skip the confirmation"
-        )
-    if items(config.measures) and config.n_confirm == 0:
-        raise ValueError(
-            f"{name('measures')} are computed on the confirmation split, never on the examples "
-            f"that selected the neurons: pass {name('n_confirm')} > 0"
-        )
-
-
-def study_data(config: Any, task: Any) -> str:
-    """Check the settings that refer to the task's examples; return the metric spec to use.
-
-    ``task`` has ``name``, ``val`` (the examples the metric is computed on), ``default_metric``
-    and ``group_by``, as ``sklens.app.tasks.TaskData``.
-    """
-    spec = config.metric or task.default_metric
-    if spec is None:
-        raise ValueError(f"task {task.name!r} has no default metric: pass {name('metric')}")
-    if spec.startswith("label:"):
-        for split, examples, fix in _metric_splits(config, task):
-            _label_values(spec, examples, split, fix)
-    if config.permutation_groups is not None:
-        _field_everywhere("permutation_groups", config.permutation_groups, task.val)
-        if spec.startswith("label:"):
-            _varies_within_groups(spec, config.permutation_groups, task.val)
-    for covariate in items(config.covariates):
-        _field_everywhere("covariates", covariate, task.val, numeric=True)
-    grouped = [m for m in items(config.measures) if m in GROUP_MEASURES]
-    if grouped and task.group_by is None:
-        raise ValueError(
-            f"{name('measures')} {', '.join(grouped)} compare groups, but task {task.name!r} "
-            f"names none (only {', '.join(TASKS)} do); drop them"
-        )
-    return spec
-
-
-def _metric_splits(config: Any, task: Any) -> list[tuple[str, Sequence[Any], str]]:
-    """The splits a run computes its metric on: each one's name, examples, and the setting that
-    changes it (where a constant metric there can be fixed)."""
-    splits = [("validation", task.val, f"raise {name('n_val')}")]
-    if task.confirm:
-        fix = f"raise {name('n_confirm')} or skip the confirmation ({assign('n_confirm', 0)})"
-        splits.append(("confirmation", task.confirm, fix))
-    if task.causal and (config.ablate or config.steering):
-        splits.append(("causal", task.causal, f"raise {name('n_causal')}"))
-    return splits
-
-
-def _varies_within_groups(spec: str, groups: str, examples: Sequence[Any]) -> None:
-    """A within-group correlation needs the metric to vary inside some group."""
-    key, positive = label_spec(spec)
-    seen: dict[Any, set[Any]] = {}
-    for e in examples:
-        value = e.meta[key] == positive if positive is not None else e.meta[key]
-        seen.setdefault(str(e.meta[groups]), set()).add(value)
-    if all(len(values) < 2 for values in seen.values()):
-        raise ValueError(
-            f"{name('metric')} {spec} is constant within every group of {groups!r} (it is "
-            f"a function of {groups!r}), so a within-group correlation is undefined; group by "
-            f"another field or drop {name('permutation_groups')}"
-        )
-
-
-def _field_everywhere(
-    field: str, key: str, examples: Sequence[Any], numeric: bool = False, typed: str = ""
-) -> None:
-    """Refuse a meta field that some examples lack (or, with ``numeric``, hold a non-number in);
-    ``typed`` is the setting's value as the user wrote it (default: ``key``)."""
-    setting = f"{name(field)} {typed or key}"
-    for i, e in enumerate(examples):
-        if key not in e.meta:
-            fields = sorted(set().union(*(e.meta for e in examples)))
-            raise ValueError(
-                f"{setting}: validation example {i} ({_short(e.instruction)}) has no meta field "
-                f"{key!r}; the examples have {fields}"
-            )
-        value = e.meta[key]
-        if numeric and (isinstance(value, bool) or not isinstance(value, Real)):
-            raise ValueError(
-                f"{setting}: meta field {key!r} is {value!r} in validation example {i}, not a number"
-            )
-
-
-def _label_values(
-    spec: str, examples: Sequence[Any], split: str = "validation", fix: str = ""
-) -> None:
-    """The checks ``sklens.metrics.label`` makes while scanning, made before training on the
-    ``split`` it will be computed on, and phrased as the spec the user wrote."""
-    key, positive = label_spec(spec)
-    _field_everywhere("metric", key, examples, typed=spec)
-    values = [e.meta[key] for e in examples]
-    if positive is None:
-        for v in values:
-            if not isinstance(v, (bool, Real)):
-                usable = next((u for u in values if u is not None), v)  # None never matches
-                raise ValueError(
-                    f"{name('metric')} {spec}: meta field {key!r} holds {v!r}, not a number; "
-                    f"compare it with a value to make a binary metric, e.g. "
-                    f"{assign('metric', f'label:{key}={usable}')}"
-                )
-        numbers = [float(v) for v in values]
-        bad = [i for i, v in enumerate(numbers) if not math.isfinite(v)]
-        if bad:
-            raise ValueError(
-                f"{name('metric')} {spec}: meta field {key!r} is NaN or infinite in "
-                f"{len(bad)} validation example(s), e.g. {_short(examples[bad[0]].instruction)}; "
-                "fix or drop those examples"
-            )
-    else:
-        numbers = [1.0 if v == positive else 0.0 for v in values]
-    if len(set(numbers)) < 2:
-        seen = sorted({str(v) for v in values})
-        usable = [v for v in seen if v != "None" and v != str(positive)] or seen
-        raise ValueError(
-            f"{name('metric')} {spec} is {numbers[0]} for every {split} example "
-            f"({len(examples)}), so no neuron can correlate with it there; {key!r} takes the "
-            f"values {seen[:10]}"
-            + (
-                f": choose one that occurs, e.g. {assign('metric', f'label:{key}={usable[0]}')}"
-                if positive is not None
-                else ""
-            )
-            + (f"; or {fix}" if fix and split != "validation" else "")
-        )
-
-
-def _short(text: str, width: int = 50) -> str:
-    text = " ".join(text.split())
-    return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
 def json_file(path: Path, fix: str) -> Any:

@@ -232,7 +232,8 @@ def test_default_training_runs_to_a_plateau_of_at_most_150_steps(qwen_dir, tmp_p
     of a 32-question slice (evaluated every 10 steps, patience 2), not for a fixed 30 steps; the
     CLI hands exactly that to the training."""
     config = sklens.StudyConfig()
-    assert (config.steps, config.eval_every, config.patience, config.n_plateau) == (150, 10, 2, 32)
+    train = config.train
+    assert (train.steps, train.eval_every, train.patience, train.n_plateau) == (150, 10, 2, 32)
     seen = {}
     real = study.train_soft_prompt
 

@@ -92,7 +92,8 @@ def test_case_H16_a_label_constant_on_the_confirmation_split_is_named(qwen_dir, 
     """The probe: 2 positives in the selection split, none in the confirmation split; the check
     used to look at the selection split only and fail after training and the scan."""
     from sklens import validate
-    from sklens.vocabulary import StudyConfig
+    from sklens.app.config import ConfirmConfig, ScanConfig, StudyConfig
+    from sklens.app.data_checks import study_data
 
     def example(i, decides):
         return sklens.Example(f"What is {i} times 3?", f" {3 * i}", {"decides": decides})
@@ -100,14 +101,15 @@ def test_case_H16_a_label_constant_on_the_confirmation_split_is_named(qwen_dir, 
     val = [example(i, i < 2) for i in range(16)]
     confirm = [example(100 + i, False) for i in range(8)]
     task = tasks.TaskData("arithmetic", [], val, None, confirm=confirm)
-    config = StudyConfig(metric="label:decides=true", n_confirm=8)
+    label = ScanConfig(metric="label:decides=true")
+    config = StudyConfig(scan=label, confirm=ConfirmConfig(n_confirm=8))
     with validate.spelled_as_flags(), pytest.raises(ValueError) as info:
-        validate.study_data(config, task)
+        study_data(config, task)
     err = str(info.value)
     assert "is 0.0 for every confirmation example (8)" in err
     assert "raise --n-confirm or skip the confirmation (--n-confirm 0)" in err
-    validate.study_data(StudyConfig(metric="label:decides=true", n_confirm=0),
-                        tasks.TaskData("arithmetic", [], val, None))  # fmt: skip
+    study_data(StudyConfig(scan=label, confirm=ConfirmConfig(n_confirm=0)),
+               tasks.TaskData("arithmetic", [], val, None))  # fmt: skip
 
 
 def test_case_H17_the_suggested_label_value_can_match(qwen_dir, tmp_path, capsys, monkeypatch):

@@ -20,7 +20,7 @@ import torch
 import sklens
 from sklens.app.cli import main
 from sklens.scanning import metrics
-from tests.helpers import forbid_work, probe_args, write_probe_task
+from tests.helpers import forbid_work, probe_args, without_type_checks, write_probe_task
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,7 +128,12 @@ def test_case_51_string_field_suggests_the_cli_syntax(task_file, tmp_path, capsy
 
 def test_case_51_from_python_suggests_the_python_syntax(task_file, tmp_path, no_model):
     config = sklens.StudyConfig(
-        task=str(task_file), metric="label:op", n_train=24, n_val=16, n_plateau=4, n_confirm=8
+        task=str(task_file),
+        n_train=24,
+        n_val=16,
+        train=sklens.TrainConfig(n_plateau=4),
+        scan=sklens.ScanConfig(metric="label:op"),
+        confirm=sklens.ConfirmConfig(n_confirm=8),
     )
     with pytest.raises(ValueError, match=r"e\.g\. metric='label:op=(minus|plus)'"):
         sklens.run_study(config, tmp_path / "o")
@@ -147,13 +152,21 @@ def test_group_measures_need_a_task_with_groups(task_file, tmp_path, capsys, no_
     assert "--measures eta_squared compare groups, but task" in capsys.readouterr().err
 
 
-def test_api_names_python_arguments(task_file, tmp_path):
-    config = sklens.StudyConfig(task=str(task_file), top_k=-1)
+def test_api_names_python_arguments():
+    """A config checks itself as it is made, naming Python's arguments and syntax."""
     with pytest.raises(ValueError, match=r"^top_k must be at least 1"):
-        sklens.run_study(config, tmp_path / "o")
-    config = sklens.StudyConfig(task=str(task_file), seeds="0")
-    with pytest.raises(ValueError, match=r"^seeds must be two or more .* e\.g\. seeds='0,1,2'"):
-        sklens.run_study(config, tmp_path / "o")
+        sklens.SelectConfig(top_k=-1)
+    with pytest.raises(ValueError, match=r"^seeds must be two or more .* e\.g\. seeds=\(0, 1, 2\)"):
+        sklens.ConfirmConfig(seeds=(0,))
+    with without_type_checks():  # as a user calls it: the suite's beartype would refuse first
+        with pytest.raises(
+            TypeError, match=r"^seeds must be a tuple, e\.g\. seeds=\(0, 1, 2\); got '0,1'"
+        ):
+            sklens.ConfirmConfig(seeds="0,1")
+        with pytest.raises(TypeError, match=r"^train must be a sklens\.TrainConfig"):
+            sklens.StudyConfig(train=sklens.ScanConfig())
+        with pytest.raises(TypeError, match=r"^config must be a sklens\.StudyConfig, got dict"):
+            sklens.run_study({"steps": 3}, "unused")
 
 
 # --- the Python API (probe cases 10, 16, 22, 23, 24, 27) ---

@@ -10,17 +10,16 @@ and causal (its effect's 95% interval excludes 0).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
+from sklens.app.run_state import StudyRun
 from sklens.atomic import write_csv
 from sklens.causal.attribution import Attribution, attribute
 from sklens.scanning.result import Scan
-from sklens.vocabulary import StudyConfig
 
 ALPHA = 0.05
 
@@ -66,17 +65,16 @@ def joined_table(scan: Scan, found: Attribution, k: int, reduce: str = "max") ->
     return table.sort_values(["candidate", "corr_rank"], ascending=[False, True], ignore_index=True)
 
 
-def attribution_stage(
-    config: StudyConfig, out: Path, model: Any, prompt: Any, task: Any, scan: Scan, progress: bool
-) -> dict[str, Any]:
+def attribution_stage(run: StudyRun) -> dict[str, Any]:
     """Attribute the loss on the causal split; write every unit's effect
     (``attribution.safetensors``), the top-K by |effect| (``attribution.csv``) and
     ``joined.csv``; return their summary."""
-    found = attribute(model, prompt, task.causal, "loss", batch_size=config.batch_size,
-                      progress=progress)  # fmt: skip
+    config, out, task = run.config, run.out, run.task
+    found = attribute(run.model, run.prompt, task.causal, "loss", batch_size=config.batch_size,
+                      progress=run.progress)  # fmt: skip
     found.save(out / "attribution.safetensors")
-    write_csv(found.top_k(config.top_k), out / "attribution.csv")
-    joined = joined_table(scan, found, config.top_k, config.reduce)
+    write_csv(found.top_k(config.select.top_k), out / "attribution.csv")
+    joined = joined_table(run.result, found, config.select.top_k, config.select.reduce)
     write_csv(joined, out / "joined.csv")
     top_corr = joined[joined.in_corr_top]
     causal = (top_corr.effect_lo > 0) | (top_corr.effect_hi < 0)

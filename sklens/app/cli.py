@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from sklens import validate
 from sklens.allocator import hold_freed_memory
+from sklens.app.config import StudyConfig
 from sklens.version import __version__
-from sklens.vocabulary import StudyConfig
 
 PACKAGE = Path(__file__).resolve().parent.parent  # sklens/, where every check of ours lives
 
@@ -110,16 +109,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Train a soft prompt, scan every unit at its slots against the metric, "
         "re-measure the top units on held-out examples and write a run directory.",
     )
-    defaults = StudyConfig()
-    for f in fields(StudyConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
+    for setting, default in StudyConfig.flags():
+        flag = "--" + setting.replace("_", "-")
         if isinstance(default, bool):
             action = argparse.BooleanOptionalAction
-            run.add_argument(flag, action=action, default=default, help=_help(f.name, default))
+            run.add_argument(flag, action=action, default=default, help=_help(setting, default))
             continue
+        if isinstance(default, tuple):  # comma-separated on the command line
+            default = ",".join(map(str, default))
         kind = type(default) if default is not None else str
-        run.add_argument(flag, type=kind, default=default, help=_help(f.name, default))
+        run.add_argument(flag, type=kind, default=default, help=_help(setting, default))
     run.add_argument(
         "--out", default="sklens-out", help="The run directory to write. Default: sklens-out."
     )
@@ -225,8 +224,8 @@ def _for_the_user(err: Exception) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
-    validate.study(config)  # before importing torch: a bad flag fails in a fraction of a second
+    # checked as it is made, before importing torch: a bad flag fails in a fraction of a second
+    config = StudyConfig.from_flags({name: getattr(args, name) for name, _ in StudyConfig.flags()})
     validate.output_dir(args.out, create=False)  # a finished run creates it
     if _model_on_cpu(config.device):
         # a pass re-faults every freed activation otherwise (sklens/allocator.py); not for a

@@ -26,7 +26,7 @@ def format_explanations(run_dir: str | Path, top: int = 3) -> str:
     if not path.exists():
         why = (
             "it was run with --n-confirm 0, and explanations need held-out examples"
-            if config.n_confirm == 0
+            if config.confirm.n_confirm == 0
             else "it was written by an older sklens"
         )
         raise rundir.RunDirError(

@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pandas as pd
 
 from sklens import validate
 from sklens.app import rundir
+from sklens.app.config import StudyConfig
 from sklens.atomic import write_text
 from sklens.causal.attribution import Attribution
 from sklens.explanation.evidence import NeuronEvidence
@@ -29,7 +29,6 @@ from sklens.scanning.result import Scan
 from sklens.version import __version__
 from sklens.views import figures
 from sklens.views.viz import text_view
-from sklens.vocabulary import StudyConfig
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -79,15 +78,15 @@ def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
     saved = summary.get("config") if isinstance(summary, dict) else None
     if not isinstance(saved, dict):
         raise ValueError(f"{path} has no 'config' object: not a sklens summary; {rerun}")
-    known = {f.name for f in fields(StudyConfig)}
-    unknown = sorted(set(saved) - known)
-    if unknown:
+    try:
+        config = StudyConfig.from_dict(saved)
+    except KeyError as err:
         version = (summary.get("versions") or {}).get("sklens", "another version")
         raise ValueError(
-            f"{path} has settings this sklens ({__version__}) does not know: {', '.join(unknown)}. "
+            f"{path} has settings this sklens ({__version__}) does not know: {err.args[0]}. "
             f"It was written by sklens {version}; report it with that version, or {rerun}"
-        )
-    return summary, StudyConfig(**saved)
+        ) from None
+    return summary, config
 
 
 def build_report(run_dir: str | os.PathLike, *, n: int = 5) -> Path:
@@ -111,7 +110,7 @@ def _attribution_section(
     """The attribution panel: |score| against |effect| for every neuron, the joined table."""
     found = Attribution.load(run / "attribution.safetensors")
     joined = pd.read_csv(run / "joined.csv")
-    score = result.scores(config.reduce)[0].abs()
+    score = result.scores(config.select.reduce)[0].abs()
     effect = found.effect.abs().amax(-1)[result.layers]
     index = {layer: i for i, layer in enumerate(result.layers)}
     marked = [
@@ -123,8 +122,8 @@ def _attribution_section(
     return [
         f"<h3>Attribution: which units move the loss ({html.escape(s['examples'])}, "
         f"{s['method']})</h3>",
-        f"<p>{s['n_in_both_top']} of the top {config.top_k} by |score| are also in the top "
-        f"{config.top_k} by |effect|; {s['n_corr_top_with_effect_excluding_0']} of the top by "
+        f"<p>{s['n_in_both_top']} of the top {config.select.top_k} by |score| are also in the top "
+        f"{config.select.top_k} by |effect|; {s['n_corr_top_with_effect_excluding_0']} of the top by "
         f"|score| have an effect whose 95% interval excludes 0; {s['n_candidates']} units are "
         "candidates (past the FWER null and an effect excluding 0).</p>",
         _png(figures.predictive_vs_causal(score.numpy(), effect.numpy(), marked)),
@@ -152,14 +151,15 @@ def _build(run: Path, n: int) -> Path:
         f"<h1>sklens report: {html.escape(config.task)}</h1>",
         f"<p>Model <code>{html.escape(str(summary['model']['name']))}</code>, metric "
         f"<code>{html.escape(summary['metric'])}</code>, {summary['data']['n_val']} validation "
-        f"examples, {config.n_tokens} soft tokens, ranking rule <code>{config.reduce}</code>.</p>",
+        f"examples, {config.train.n_tokens} soft tokens, ranking rule "
+        f"<code>{config.select.reduce}</code>.</p>",
         "<h2>Settings</h2>",
         _table(
             pd.DataFrame([summary["config"]]).T.reset_index().set_axis(["setting", "value"], axis=1)
         ),
         "<h2>Training and scores</h2><div class='grid'>",
         _png(figures.training_curve(prompt.history)),
-        _png(figures.score_histogram(result, k=config.top_k, reduce=config.reduce)),
+        _png(figures.score_histogram(result, k=config.select.top_k, reduce=config.select.reduce)),
         _png(figures.layer_position_heatmap(result)),
         "</div>",
         f"<p>{html.escape(_training_line(summary))}</p>",
@@ -183,7 +183,7 @@ def _build(run: Path, n: int) -> Path:
         (
             "causal.csv",
             f"Causal check on a third split ({splits.get('causal')} examples): selected vs random "
-            f"neurons ({'scale-matched' if config.match_scale else 'not scale-matched'})",
+            f"neurons ({'scale-matched' if config.causal.match_scale else 'not scale-matched'})",
         ),
         ("consensus.csv", "Consensus neurons across seeds"),
     ):

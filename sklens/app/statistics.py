@@ -18,8 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from sklens import validate
-from sklens.app.tasks import training_kwargs
+from sklens.app.run_state import StudyRun
 from sklens.atomic import write_csv
 from sklens.confirm.held_out import confirm_from
 from sklens.confirm.stability import seed_stability
@@ -31,77 +30,96 @@ from sklens.stats.rank_tests import average_ranks
 from sklens.vocabulary import Reduce
 
 
-def run_statistics(
-    config, out, model, prompt, task, metric, result, neurons, confirmed, progress, lap
-) -> dict:
+def run_statistics(run: StudyRun) -> dict[str, Any]:
     """The statistics of a study beyond the top-K, each written to its own file; their summary."""
     extras: dict[str, Any] = {}
-    if result.null is not None:
-        extras["significance"] = {
-            "n_permutations": result.null.n_permutations,
-            "statistic": result.settings.statistic,
-            "null_top_score_95": float(result.null.max_null(config.reduce).quantile(0.95)),
-            **{
-                f"n_{m}_0.05": len(result.significant(0.05, m, config.reduce))
-                for m in ("fwer", "fdr_bh", "fdr_by")
-            },
-            "sample": f"in-sample (selection set, n={len(task.val)})",
-        }
-    if result.mutual_info is not None:
+    if run.result.null is not None:
+        extras["significance"] = _significance(run)
+    if run.result.mutual_info is not None:
+        select = run.config.select
         by_mi, extras["mutual_information"] = compare_with_pearson(
-            result, config.top_k, config.reduce
+            run.result, select.top_k, select.reduce
         )
-        write_csv(by_mi, out / "neurons_mi.csv")
-    if confirmed is not None:
-        table = confirm_from(
-            *confirmed,
-            neurons,
-            task.confirm,
-            measures=validate.items(config.measures),
-            group_by=task.group_by,
-            covariates=validate.items(config.covariates),
-            seed=config.seed,
-        )
-        write_csv(table, out / "heldout.csv")
-        extras["held_out"] = {
-            "n_select": len(task.val),
-            "n_heldout": len(task.confirm),
-            "mean_r_select": float(table.r_select.mean()),
-            "mean_r_heldout": float(table.r_heldout.mean()),
-            "n_ci_excludes_0": int(((table.r_lo > 0) | (table.r_hi < 0)).sum()),
-            "n_adjusted_ci_excludes_0": int(((table.r_lo_adj > 0) | (table.r_hi_adj < 0)).sum()),
-            **({"mean_auroc": float(table.auroc.mean())} if "auroc" in table else {}),
-        }
-        hypotheses, skipped = candidate_hypotheses(model.tokenizer, task.confirm)
-        explained = explain_activations(
-            confirmed[0], neurons, hypotheses, skipped=skipped, seed=config.seed
-        )
-        write_csv(explained.table, out / "explanations.csv")
-        extras["explanations"] = {"n_hypotheses": len(hypotheses), "skipped": skipped}
-        lap("explain")
-    if config.seeds:
-        fit, plateau_kwargs = training_kwargs(config, task)  # never train on the plateau slice
-        stability = seed_stability(
-            model,
-            fit,
-            task.val,
-            metric,
-            seeds=[int(x) for x in validate.items(config.seeds)],
-            k=config.top_k,
-            reduce=config.reduce,
-            batch_size=config.batch_size,
-            progress=progress,
-            site=result.site,
-            n_tokens=config.n_tokens,
-            lr=config.lr,
-            **plateau_kwargs,
-        )
-        write_csv(stability.jaccard.reset_index(names="run"), out / "stability_jaccard.csv")
-        write_csv(stability.rank_corr.reset_index(names="run"), out / "stability_rank_corr.csv")
-        write_csv(stability.consensus, out / "consensus.csv")
-        extras["stability"] = stability.summary()
-        lap("stability")
+        write_csv(by_mi, run.out / "neurons_mi.csv")
+    if run.confirmed is not None:
+        extras |= _held_out(run)
+        run.lap("explain")
+    if run.config.confirm.seeds:
+        extras["stability"] = _stability(run)
+        run.lap("stability")
     return extras
+
+
+def _significance(run: StudyRun) -> dict[str, Any]:
+    """The permutation null's FWER and FDR counts (in-sample)."""
+    result, reduce = run.result, run.config.select.reduce
+    return {
+        "n_permutations": result.null.n_permutations,
+        "statistic": result.settings.statistic,
+        "null_top_score_95": float(result.null.max_null(reduce).quantile(0.95)),
+        **{
+            f"n_{m}_0.05": len(result.significant(0.05, m, reduce))
+            for m in ("fwer", "fdr_bh", "fdr_by")
+        },
+        "sample": f"in-sample (selection set, n={len(run.task.val)})",
+    }
+
+
+def _held_out(run: StudyRun) -> dict[str, Any]:
+    """``heldout.csv`` (the top-K re-measured on the confirmation split) and
+    ``explanations.csv`` (their candidate explanations ranked there)."""
+    config, task, acts = run.config, run.task, run.confirmed[0]
+    table = confirm_from(
+        *run.confirmed,
+        run.neurons,
+        task.confirm,
+        measures=list(config.confirm.measures),
+        group_by=task.group_by,
+        covariates=list(config.confirm.covariates),
+        seed=config.seed,
+    )
+    write_csv(table, run.out / "heldout.csv")
+    held_out = {
+        "n_select": len(task.val),
+        "n_heldout": len(task.confirm),
+        "mean_r_select": float(table.r_select.mean()),
+        "mean_r_heldout": float(table.r_heldout.mean()),
+        "n_ci_excludes_0": int(((table.r_lo > 0) | (table.r_hi < 0)).sum()),
+        "n_adjusted_ci_excludes_0": int(((table.r_lo_adj > 0) | (table.r_hi_adj < 0)).sum()),
+        **({"mean_auroc": float(table.auroc.mean())} if "auroc" in table else {}),
+    }
+    hypotheses, skipped = candidate_hypotheses(run.model.tokenizer, task.confirm)
+    explained = explain_activations(
+        acts, run.neurons, hypotheses, skipped=skipped, seed=config.seed
+    )
+    write_csv(explained.table, run.out / "explanations.csv")
+    explanations = {"n_hypotheses": len(hypotheses), "skipped": skipped}
+    return {"held_out": held_out, "explanations": explanations}
+
+
+def _stability(run: StudyRun) -> dict[str, Any]:
+    """Seed stability of the top-K: a prompt trained and scanned per seed (never on the plateau
+    slice); the tables ``stability_*.csv`` and ``consensus.csv``."""
+    config = run.config
+    stability = seed_stability(
+        run.model,
+        run.fit,
+        run.task.val,
+        run.metric,
+        seeds=list(config.confirm.seeds),
+        k=config.select.top_k,
+        reduce=config.select.reduce,
+        batch_size=config.batch_size,
+        progress=run.progress,
+        site=run.result.site,
+        n_tokens=config.train.n_tokens,
+        lr=config.train.lr,
+        **run.plateau_kwargs,
+    )
+    write_csv(stability.jaccard.reset_index(names="run"), run.out / "stability_jaccard.csv")
+    write_csv(stability.rank_corr.reset_index(names="run"), run.out / "stability_rank_corr.csv")
+    write_csv(stability.consensus, run.out / "consensus.csv")
+    return stability.summary()
 
 
 def causal_summary(table: pd.DataFrame | str | Path) -> list[dict[str, Any]]:

@@ -19,6 +19,11 @@ timings) and ``manifest.json`` (the fingerprint of each stage and the sha256 of 
 a staging directory beside ``out`` and replaces ``out`` as a whole when it has finished, under a
 lock (``sklens.app.rundir``); with ``resume=True`` a stage's earlier work (from a failed or killed
 run, or from the finished one) is reused only when its fingerprint matches.
+
+The study is a list of stages (``PIPELINE``), each a function of the run in progress
+(``StudyRun``) that reads what earlier stages made and writes its named files. Three are
+fingerprinted (``StudyConfig.stage_settings``): ``training`` (``checkpoint/``, ``prompt/``),
+``scan`` (``scan.safetensors``) and ``results`` (every later file, written anew each time).
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,9 +43,12 @@ import torch
 from sklens import validate
 from sklens.app import rundir
 from sklens.app.attribution_stage import attribution_stage
+from sklens.app.config import StudyConfig
+from sklens.app.data_checks import study_data
 from sklens.app.report import read_summary
+from sklens.app.run_state import StudyRun
 from sklens.app.statistics import causal_summary, run_statistics
-from sklens.app.tasks import load_task, study_site, training_kwargs
+from sklens.app.tasks import TaskData, load_task, study_site, training_kwargs
 from sklens.atomic import write_csv, write_text
 from sklens.causal.check import causal_check
 from sklens.causal.steering import steering_curve
@@ -49,6 +57,7 @@ from sklens.data.example import data_hash
 from sklens.explanation.evidence import collect_evidence
 from sklens.models.layout import linear_layout
 from sklens.models.load import load_model, resolve_backend
+from sklens.models.protocol import Model
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.prompt.training import plateau, train_soft_prompt
 from sklens.scanning.metrics import from_spec
@@ -56,42 +65,8 @@ from sklens.scanning.result import Scan
 from sklens.scanning.scan import resolve_layers, scan
 from sklens.units.sites import resolve_site
 from sklens.version import __version__
-from sklens.vocabulary import StudyConfig
 
 logger = logging.getLogger("sklens")
-
-
-# StudyConfig fields that do not change a stage's output. Every other field, including any added
-# later, is taken to change it, so a new setting can never let stale work be reused. The device
-# only says where the work runs: a run may be resumed on another one.
-_AFTER_SCAN = {"top_k", "n_extremal", "reduce", "ablate", "ablate_modes", "n_random", "n_causal"}
-_AFTER_SCAN |= {"steering", "attribute"}
-_AFTER_SCAN |= {"match_scale", "n_confirm", "seeds", "measures", "covariates"}
-_NOT_IN = {
-    "training": _AFTER_SCAN
-    | {"metric", "permutations", "permutation_groups", "mi_bins", "site", "device"},
-    "scan": _AFTER_SCAN | {"device"},
-    "results": {"device"},
-}
-
-
-def stage_settings(
-    config: StudyConfig, metric: str, task: Any, site: str = "mlp"
-) -> dict[str, dict[str, Any]]:
-    """What determines each stage's output: its settings and its inputs' fingerprints (``site``:
-    the site's name, which for SAEs carries a hash of their weights)."""
-    fields = {**asdict(config), "metric": metric, "sklens version": __version__}
-    training = {k: v for k, v in fields.items() if k not in _NOT_IN["training"]}
-    training |= {"train data": data_hash(task.train), "validation data": data_hash(task.val)}
-    scan = {k: v for k, v in fields.items() if k not in _NOT_IN["scan"]}
-    scan |= {
-        "trained prompt": rundir.fingerprint(training),
-        "validation data": data_hash(task.val),
-        "site unit": site,
-    }
-    results = {k: v for k, v in fields.items() if k not in _NOT_IN["results"]}
-    results |= {"scan": rundir.fingerprint(scan)}
-    return {"training": training, "scan": scan, "results": results}
 
 
 def versions() -> dict[str, str]:
@@ -109,10 +84,10 @@ def versions() -> dict[str, str]:
     }
 
 
-def group_field(config: StudyConfig, task: Any) -> str | None:
+def group_field(config: StudyConfig, task: TaskData) -> str | None:
     """The meta field the report groups activations by: the label metric's field, else the
     task's grouping field."""
-    metric = config.metric or task.default_metric or ""
+    metric = config.scan.metric or task.default_metric or ""
     if metric.startswith("label:"):
         return metric[len("label:") :].partition("=")[0]
     return task.group_by
@@ -125,7 +100,7 @@ _RESULT_FILES = sorted(
 )
 
 
-def study_task(config: StudyConfig) -> Any:
+def study_task(config: StudyConfig) -> TaskData:
     """The task data of a study, cut into its disjoint splits."""
     return load_task(
         config.task,
@@ -133,8 +108,8 @@ def study_task(config: StudyConfig) -> Any:
         n_val=config.n_val,
         seed=config.seed,
         data=config.data,
-        n_confirm=config.n_confirm,
-        n_causal=config.n_causal if config.ablate or config.steering or config.attribute else 0,
+        n_confirm=config.confirm.n_confirm,
+        n_causal=config.causal.n_causal if config.causal.uses_causal_split else 0,
     )
 
 
@@ -144,8 +119,8 @@ class FinishedRun:
     examples, from the same seed), its model, trained prompt and top-K neurons."""
 
     config: StudyConfig
-    task: Any
-    model: Any
+    task: TaskData
+    model: Model
     prompt: SoftPrompt
     neurons: pd.DataFrame
 
@@ -171,11 +146,11 @@ def run_study(
 ) -> dict[str, Any]:
     """Run a study into ``out`` and return its summary.
 
-    Every setting is checked first (``sklens.validate``), and against the task's examples before
-    the model loads, so a bad one fails in seconds instead of after training. ``out`` is replaced
-    as a whole when the run has finished; until then the previous results stay as they were.
-    With ``resume`` the training, the scan or both are reused from a failed or killed run, or from
-    the finished one, when the settings that determine them are the same.
+    Every setting was checked when ``config`` was made, and is checked against the task's
+    examples before the model loads, so a bad one fails in seconds instead of after training.
+    ``out`` is replaced as a whole when the run has finished; until then the previous results
+    stay as they were. With ``resume`` the training, the scan or both are reused from a failed or
+    killed run, or from the finished one, when the settings that determine them are the same.
 
     Args:
         config: every setting of the study (``StudyConfig``; the ``sklens run`` flags).
@@ -186,196 +161,240 @@ def run_study(
     Returns:
         The summary also written to ``out/summary.json``.
     """
-    validate.study(config)
+    if not isinstance(config, StudyConfig):
+        raise TypeError(f"config must be a sklens.StudyConfig, got {type(config).__name__}")
     # a finished run creates it; resolved, so that "." and a symlink name the real directory
     final = validate.output_dir(out, create=False).resolve()
     with rundir.staged(final, resume=resume) as staging:
-        return _study(config, staging, final, resume=resume, progress=progress)
+        run = _prepare(config, staging, final, resume=resume, progress=progress)
+        with linear_layout(run.model):  # every stage's passes read the weights without copies
+            for stage in PIPELINE:
+                stage(run)
+        return _write_summary(run)
 
 
-def _study(
+def _prepare(
     config: StudyConfig, out: Path, final: Path, *, resume: bool, progress: bool
-) -> dict[str, Any]:
-    """The study itself, written into the staging directory ``out`` (see ``run_study``)."""
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 2)
-        clock = now
-
+) -> StudyRun:
+    """The run's data, checked against the settings, then its model (in that order: a bad
+    setting fails before the model loads), with the site bound and its layers checked."""
     # the backend "auto" picks is fingerprinted, so a run resumes whichever way it was asked for
-    config = replace(config, backend=resolve_backend(config.model, config.backend))
+    config = config.with_backend(resolve_backend(config.model, config.backend))
     task = study_task(config)
     fit, plateau_kwargs = training_kwargs(config, task)
-    metric_spec = validate.study_data(config, task)
+    metric_spec = study_data(config, task)
     metric = from_spec(metric_spec)
     for examples in (task.val, task.confirm, task.causal):  # e.g. choices for choice_confidence
         if examples:
             metric.check(examples)
-    site = study_site(config.site)
-    stages = stage_settings(config, metric_spec, task, site.name)
-    lap("data")
-    model = load_model(config.model, backend=config.backend, device=config.device)
-    bound = resolve_site(site, model)  # the hook, its position axis, an SAE's width and layer,
-    bound.check_layers(resolve_layers(model, bound.layers_in(model) or None), model)  # pre-training
-    lap("load_model")
-    with linear_layout(model):  # every phase's passes read the weights without copying them
-        rundir.prepare(
-            out, final, "training", stages["training"], ["checkpoint", "prompt"], resume=resume
-        )
-        prompt = train_soft_prompt(
-            model,
-            fit,
-            n_tokens=config.n_tokens,
-            lr=config.lr,
+    site = study_site(config.scan.site)
+    hashes = {"train": data_hash(task.train), "val": data_hash(task.val)}
+    run = StudyRun(
+        config=config,
+        out=out,
+        final=final,
+        resume=resume,
+        progress=progress,
+        task=task,
+        fit=fit,
+        plateau_kwargs=plateau_kwargs,
+        metric_spec=metric_spec,
+        metric=metric,
+        site=site,
+        stages=config.stage_settings(metric_spec, hashes, site.name, __version__),
+    )
+    run.lap("data")
+    run.model = load_model(config.model, backend=config.backend, device=config.device)
+    bound = resolve_site(site, run.model)  # the hook, its position axis, an SAE's width, layer
+    bound.check_layers(resolve_layers(run.model, bound.layers_in(run.model) or None), run.model)
+    run.lap("load_model")
+    return run
+
+
+def _train(run: StudyRun) -> None:
+    """Stage ``training``: the soft prompt, resumed from ``checkpoint/`` where it matches."""
+    config, out = run.config, run.out
+    rundir.prepare(
+        out, run.final, "training", run.stages["training"], ["checkpoint", "prompt"],
+        resume=run.resume,
+    )  # fmt: skip
+    run.prompt = train_soft_prompt(
+        run.model,
+        run.fit,
+        n_tokens=config.train.n_tokens,
+        lr=config.train.lr,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        checkpoint_dir=out / "checkpoint",
+        progress=run.progress,
+        **run.plateau_kwargs,
+    )
+    run.prompt.save(out / "prompt")
+    run.lap("train")
+
+
+def _scan(run: StudyRun) -> None:
+    """Stage ``scan``: every unit at every slot against the metric on the selection split,
+    reused from ``scan.safetensors`` where its fingerprint matches."""
+    config, path = run.config, run.out / "scan.safetensors"
+    reused = rundir.prepare(
+        run.out, run.final, "scan", run.stages["scan"], [path.name], resume=run.resume
+    )
+    if reused and path.exists():
+        try:
+            run.result = Scan.load(path)
+        except ValueError as err:
+            logger.warning("%s; scanning again", err)
+    if run.result is None:
+        run.result = scan(
+            run.model,
+            run.prompt,
+            run.task.val,
+            run.metric,
             batch_size=config.batch_size,
-            seed=config.seed,
-            checkpoint_dir=out / "checkpoint",
-            progress=progress,
-            **plateau_kwargs,
+            n_permutations=config.scan.permutations,
+            permutation_groups=config.scan.permutation_groups,
+            permutation_seed=config.seed,
+            n_extremal=config.select.n_extremal,
+            mi_bins=config.scan.mi_bins,
+            site=run.site,
+            progress=run.progress,
         )
-        prompt.save(out / "prompt")
-        lap("train")
-        scan_path = out / "scan.safetensors"
-        result = None
-        reused = rundir.prepare(out, final, "scan", stages["scan"], [scan_path.name], resume=resume)
-        if reused and scan_path.exists():
-            try:
-                result = Scan.load(scan_path)
-            except ValueError as err:
-                logger.warning("%s; scanning again", err)
-        if result is None:
-            result = scan(
-                model,
-                prompt,
-                task.val,
-                metric,
-                batch_size=config.batch_size,
-                n_permutations=config.permutations,
-                permutation_groups=config.permutation_groups,
-                permutation_seed=config.seed,
-                n_extremal=config.n_extremal,
-                mi_bins=config.mi_bins,
-                site=site,
-                progress=progress,
-            )
-            result.save(scan_path)
-        lap("scan")
-        rundir.prepare(out, final, "results", stages["results"], _RESULT_FILES, resume=False)
-        neurons = result.top_k(config.top_k, reduce=config.reduce)
-        write_csv(neurons, out / "neurons.csv")
-        confirmed = spread = None
-        if config.n_confirm > 0:  # one pass: the held-out statistics and the evidence's figure
-            confirmed = read_neurons(
-                model,
-                prompt,
-                task.confirm,
-                neurons,
-                metric,
-                batch_size=config.batch_size,
-                progress=progress,
-            )
-            spread = (
-                task.confirm,
-                confirmed[0],
-                f"the confirmation split (held out, n={len(task.confirm)})",
-            )
-            lap("confirm")
-        kept = (
-            result
-            if result.extremes is not None and result.extremes.n >= config.n_extremal
-            else None
-        )
-        evidence, examples = collect_evidence(
-            model,
-            prompt,
-            task.val,
-            neurons,
-            n=config.n_extremal,
-            group_field=group_field(config, task),
-            batch_size=config.batch_size,
-            kept=kept,
-            spread=spread,
-        )
-        write_csv(examples, out / "examples.csv")
-        evidence.save(out / "evidence.json")
-        lap("examples")
-        controls = {  # the causal check and the steering curve edit against the same random sets
-            "metric": metric,
-            "n_random": config.n_random,
-            "match_scale": config.match_scale,
-            "seed": config.seed,
-            "batch_size": config.batch_size,
-            "progress": progress,
-        }
-        if config.ablate:
-            causal = causal_check(
-                model,
-                prompt,
-                task.causal,
-                neurons,
-                modes=tuple(config.ablate_modes.split(",")),
-                group_by=task.group_by,
-                **controls,
-            )
-            write_csv(causal, out / "causal.csv")
-            lap("causal")
-        attributed = None
-        if config.attribute:
-            attributed = attribution_stage(config, out, model, prompt, task, result, progress)
-            lap("attribute")
-        if config.steering:
-            curve = steering_curve(
-                model,
-                prompt,
-                task.causal,
-                neurons,
-                factors=[float(f) for f in validate.items(config.steering)],
-                **controls,
-            )
-            write_csv(curve, out / "steering.csv")
-            lap("steering")
-        extras = run_statistics(
-            config, out, model, prompt, task, metric, result, neurons, confirmed, progress, lap
-        )
-    values = result.metric_values
+        run.result.save(path)
+    run.lap("scan")
+
+
+def _select(run: StudyRun) -> None:
+    """Stage ``results`` begins: every later file is written anew; the top-K table."""
+    select = run.config.select
+    rundir.prepare(run.out, run.final, "results", run.stages["results"], _RESULT_FILES,
+                   resume=False)  # fmt: skip
+    run.neurons = run.result.top_k(select.top_k, reduce=select.reduce)
+    write_csv(run.neurons, run.out / "neurons.csv")
+
+
+def _confirm(run: StudyRun) -> None:
+    """The top-K on the confirmation split, in one pass: the held-out statistics and the
+    evidence's figure read the same activations."""
+    if run.config.confirm.n_confirm == 0:
+        return
+    run.confirmed = read_neurons(
+        run.model,
+        run.prompt,
+        run.task.confirm,
+        run.neurons,
+        run.metric,
+        batch_size=run.batch_size,
+        progress=run.progress,
+    )
+    run.lap("confirm")
+
+
+def _evidence(run: StudyRun) -> None:
+    """``examples.csv`` and ``evidence.json``: each top unit's extremal selection examples (kept
+    by the scan itself where it kept enough) and its spread on the confirmation split."""
+    n = run.config.select.n_extremal
+    extremes = run.result.extremes
+    kept = run.result if extremes is not None and extremes.n >= n else None
+    spread = None
+    if run.confirmed is not None:
+        where = f"the confirmation split (held out, n={len(run.task.confirm)})"
+        spread = (run.task.confirm, run.confirmed[0], where)
+    evidence, examples = collect_evidence(
+        run.model,
+        run.prompt,
+        run.task.val,
+        run.neurons,
+        n=n,
+        group_field=group_field(run.config, run.task),
+        batch_size=run.batch_size,
+        kept=kept,
+        spread=spread,
+    )
+    write_csv(examples, run.out / "examples.csv")
+    evidence.save(run.out / "evidence.json")
+    run.lap("examples")
+
+
+def _causal(run: StudyRun) -> None:
+    """The causal follow-ups on the causal split: the causal check, attribution and the
+    steering curve (the check and the curve edit against the same random sets)."""
+    causal = run.config.causal
+    controls = {
+        "metric": run.metric,
+        "n_random": causal.n_random,
+        "match_scale": causal.match_scale,
+        "seed": run.config.seed,
+        "batch_size": run.batch_size,
+        "progress": run.progress,
+    }
+    run.summary["causal"] = run.summary["attribution"] = None
+    if causal.ablate:
+        table = causal_check(
+            run.model, run.prompt, run.task.causal, run.neurons, modes=causal.ablate_modes,
+            group_by=run.task.group_by, **controls,
+        )  # fmt: skip
+        write_csv(table, run.out / "causal.csv")
+        run.summary["causal"] = causal_summary(table)
+        run.lap("causal")
+    if causal.attribute:
+        run.summary["attribution"] = attribution_stage(run)
+        run.lap("attribute")
+    if causal.steering:
+        curve = steering_curve(
+            run.model, run.prompt, run.task.causal, run.neurons,
+            factors=list(causal.steering), **controls,
+        )  # fmt: skip
+        write_csv(curve, run.out / "steering.csv")
+        run.lap("steering")
+
+
+def _statistics(run: StudyRun) -> None:
+    """Significance, mutual information, held-out measures, explanations, seed stability."""
+    run.summary["extras"] = run_statistics(run)
+
+
+# The study, in order. Each stage reads what the earlier ones left on ``run`` and writes its files.
+PIPELINE: tuple[Callable[[StudyRun], None], ...] = (
+    _train,
+    _scan,
+    _select,
+    _confirm,
+    _evidence,
+    _causal,
+    _statistics,
+)
+
+
+def _write_summary(run: StudyRun) -> dict[str, Any]:
+    """``summary.json`` (settings, splits, versions, data hashes, training, timings) and the
+    manifest's file hashes; returns the summary."""
+    config, task, values = run.config, run.task, run.result.metric_values
+    prompt, model = run.prompt, run.model
+    extras = run.summary.pop("extras")
     summary = {
         "config": asdict(config),
-        "metric": metric.name,
+        "metric": run.metric.name,
         "versions": versions(),
-        "data": {
-            "task": task.name,
-            "source": task.source,
-            "n_train": len(task.train),
-            "n_val": len(task.val),
-            "train_hash": data_hash(task.train),
-            "val_hash": data_hash(task.val),
-        },
-        "splits": {
-            "train": len(fit),
-            "plateau": len(plateau_kwargs.get("val_examples", [])),
-            "select": len(task.val),
-            "confirm": len(task.confirm),
-            "causal": len(task.causal),
-            "in_sample": "neurons.csv (corr, score, corr_min, corr_max, p_fwer, p_neuron, q_bh), "
-            "examples.csv and significance are computed on the selection set",
-        },
+        "data": _data_summary(task),
+        "splits": _splits_summary(run),
         "model": {
             "name": model.cfg.model_name,
             "n_layers": model.cfg.n_layers,
             "d_mlp": model.cfg.d_mlp,
             "d_model": model.cfg.d_model,
-            "site": result.settings.site,
-            "units_per_layer": result.settings.n_units,
+            "site": run.result.settings.site,
+            "units_per_layer": run.result.settings.n_units,
         },
         "training": {
             "first": prompt.history[0] if prompt.history else None,
             "last": prompt.history[-1] if prompt.history else None,
-            "max_steps": config.steps,
-            **({"plateau": plateau(prompt.history, config.patience)} if config.patience else {}),
+            "max_steps": config.train.steps,
+            **(
+                {"plateau": plateau(prompt.history, config.train.patience)}
+                if config.train.patience
+                else {}
+            ),
             "kept_step": prompt.config.kept_step,  # the best held-out loss's prompt, not the last
         },
         "metric_values": {
@@ -384,14 +403,37 @@ def _study(
             "min": float(values.min()),
             "max": float(values.max()),
         },
-        "top_neurons": neurons.to_dict(orient="records"),
-        "causal": causal_summary(causal) if config.ablate else None,
-        "attribution": attributed,
+        "top_neurons": run.neurons.to_dict(orient="records"),
+        **run.summary,
         **extras,
-        "fingerprints": {stage: rundir.fingerprint(settings) for stage, settings in stages.items()},
-        "timings_s": timings,
+        "fingerprints": {stage: rundir.fingerprint(s) for stage, s in run.stages.items()},
+        "timings_s": run.timings,
     }
-    write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
-    manifest = rundir.read_manifest(out)
-    rundir.write_manifest(out, {**manifest, "files": rundir.file_hashes(out)})
+    write_text(run.out / "summary.json", json.dumps(summary, indent=2, default=str))
+    manifest = rundir.read_manifest(run.out)
+    rundir.write_manifest(run.out, {**manifest, "files": rundir.file_hashes(run.out)})
     return summary
+
+
+def _data_summary(task: TaskData) -> dict[str, Any]:
+    return {
+        "task": task.name,
+        "source": task.source,
+        "n_train": len(task.train),
+        "n_val": len(task.val),
+        "train_hash": data_hash(task.train),
+        "val_hash": data_hash(task.val),
+    }
+
+
+def _splits_summary(run: StudyRun) -> dict[str, Any]:
+    task = run.task
+    return {
+        "train": len(run.fit),
+        "plateau": len(run.plateau_kwargs.get("val_examples", [])),
+        "select": len(task.val),
+        "confirm": len(task.confirm),
+        "causal": len(task.causal),
+        "in_sample": "neurons.csv (corr, score, corr_min, corr_max, p_fwer, p_neuron, q_bh), "
+        "examples.csv and significance are computed on the selection set",
+    }

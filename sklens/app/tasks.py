@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sklens import validate
+from sklens.app.config import StudyConfig
 from sklens.data import source
 from sklens.data.arithmetic import generated_source
 from sklens.data.bigbench import bigbench_arithmetic, load_bigbench
@@ -17,7 +18,6 @@ from sklens.data.jsonl import load_jsonl
 from sklens.data.skillmix import generate_skillmix, load_skillmix
 from sklens.data.split import train_val_split
 from sklens.units.sites import SAELatents, Site, site_of
-from sklens.vocabulary import StudyConfig
 
 logger = logging.getLogger("sklens")
 
@@ -133,15 +133,18 @@ def _pool(task: str, data: str | None, n: int, seed: int) -> tuple[list[Example]
 
 def training_kwargs(config: StudyConfig, task: TaskData) -> tuple[list, dict[str, Any]]:
     """The examples the prompt trains on, and the plateau settings, from a study's config
-    (``validate.study`` has checked that the plateau slice fits)."""
-    if config.patience == 0:
-        return task.train, {"steps": config.steps}
-    fit, plateau_slice = task.train[: -config.n_plateau], task.train[-config.n_plateau :]
+    (``StudyConfig`` has checked that the plateau slice fits)."""
+    if config.train.patience == 0:
+        return task.train, {"steps": config.train.steps}
+    fit, plateau_slice = (
+        task.train[: -config.train.n_plateau],
+        task.train[-config.train.n_plateau :],
+    )
     return fit, {
-        "steps": config.steps,
+        "steps": config.train.steps,
         "val_examples": plateau_slice,
-        "eval_every": config.eval_every,
-        "patience": config.patience,
+        "eval_every": config.train.eval_every,
+        "patience": config.train.patience,
     }
 
 

@@ -1,0 +1,400 @@
+"""The settings of a study (``sklens run``), one typed config per stage.
+
+``StudyConfig`` holds what every stage shares (the task, its splits, the model, the seed) and
+composes one config per stage of the method: ``TrainConfig`` (the soft prompt), ``ScanConfig``
+(the metric, the units, the null), ``SelectConfig`` (the top-K and its examples),
+``ConfirmConfig`` (held-out measures, seed stability) and ``CausalConfig`` (ablation, steering,
+attribution). Each is a frozen dataclass that checks its own fields when it is made, with errors
+that name the setting as the user wrote it (``top_k`` from Python, ``--top-k`` from the command
+line, inside ``validate.spelled_as_flags()``), as TransformerLens's
+``HookedTransformerTrainConfig`` and PEFT's ``PromptTuningConfig`` are plain typed configs.
+
+Each stage owns its fingerprint: a stage's output is determined by the shared settings (less the
+device, which only says where the work runs), its own config and the configs of the stages before
+it (``StudyConfig.stage_settings``), so ``--resume`` needs no hand-kept list of fields to ignore,
+and a field added to a stage's config changes that stage's fingerprint and the later ones' only.
+
+The command line's flags are the fields of all these configs, by name (``--steps`` is
+``TrainConfig.steps``); ``StudyConfig.from_flags`` builds the configs from them, reading the
+comma-separated flags (``--seeds 0,1,2``) into tuples. This module imports nothing heavy (no
+torch, no TransformerLens), so ``sklens run`` refuses a bad flag in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sklens import validate
+from sklens.validate import assign, name
+from sklens.vocabulary import (
+    ABLATION_MODES,
+    BACKENDS,
+    DEFAULT_MODEL,
+    MEASURES,
+    REDUCE_RULES,
+)
+
+# the shared settings that say where the work runs, not what it computes
+_WHERE = {"device"}
+
+
+def _minimums(config: Any, rules: tuple[tuple[str, int, str], ...]) -> None:
+    """Each ``(field, minimum, meaning)`` of ``rules`` a whole number of at least ``minimum``."""
+    for f, minimum, meaning in rules:
+        validate.integer(f, getattr(config, f), minimum=minimum, meaning=meaning)
+
+
+def _tuple_of(config: Any, f: str, kind: type, example: str) -> None:
+    """Store a sequence field as a tuple of ``kind`` (a list is taken as the tuple it holds); a
+    comma-separated string is the command line's spelling, refused here with the fix."""
+    value = getattr(config, f)
+    if isinstance(value, str) or not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name(f)} must be a tuple, e.g. {f}={example}; got {value!r}")
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, kind)]
+    if kind is float:
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise TypeError(
+            f"{name(f)} must hold {kind.__name__}s, e.g. {assign(f, example)}; got {bad}"
+        )
+    object.__setattr__(config, f, tuple(kind(v) for v in value))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the soft prompt is trained (``sklens.train_soft_prompt``): its length, the most steps,
+    the learning rate and the plateau rule on a held-out slice of the training examples."""
+
+    n_tokens: int = 20
+    steps: int = 150  # the maximum: training stops earlier on a plateau
+    patience: int = 2  # evaluations without a better plateau-slice loss; 0 trains all `steps`
+    eval_every: int = 10  # steps between evaluations of the plateau slice
+    lr: float = 3e-3
+    n_plateau: int = 32  # training examples held out to detect the plateau
+
+    def __post_init__(self) -> None:
+        _minimums(
+            self,
+            (
+                ("n_tokens", 1, "soft-prompt length"),
+                ("steps", 1, "training steps"),
+                ("patience", 0, "evaluations without improvement before training stops; 0: never"),
+                ("eval_every", 1, "training steps between plateau evaluations"),
+                ("n_plateau", 0, "training examples held out to detect the plateau"),
+            ),
+        )
+        validate.positive("lr", self.lr)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """What the scan correlates (``sklens.scan``): the metric, the units (the site) and the null.
+
+    ``metric`` None takes the task's own; ``site`` is spelled as on the command line (``mlp``,
+    ``heads``, a hook template, ``sae:DIR``)."""
+
+    metric: str | None = None
+    site: str = "mlp"
+    permutations: int = 0  # B > 0: max-statistic permutation null, FWER and FDR
+    permutation_groups: str | None = None
+    mi_bins: int = 0  # A > 0: also rank units by binned mutual information (A bins per unit)
+
+    def __post_init__(self) -> None:
+        if self.metric is not None:
+            validate.metric_spec(self.metric)
+        validate.site(self.site)
+        validate.integer("permutations", self.permutations, minimum=0, meaning="0 for none")
+        if self.mi_bins and self.permutation_groups:
+            raise ValueError(
+                f"{name('mi_bins')} ranks by marginal mutual information, but "
+                f"{name('permutation_groups')} asks for a within-group statistic: drop one of them"
+            )
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """Which units the study reports: the top-K by the ranking rule, with their extremal
+    examples."""
+
+    top_k: int = 10
+    reduce: str = "max"  # a sklens.vocabulary.Reduce, checked here
+    n_extremal: int = 5
+
+    def __post_init__(self) -> None:
+        validate.choice("reduce", self.reduce, REDUCE_RULES)
+        _minimums(
+            self,
+            (
+                ("top_k", 1, "how many top neurons to report"),
+                ("n_extremal", 1, "examples shown per neuron and direction"),
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ConfirmConfig:
+    """The confirmation: a disjoint split that re-measures the top-K (``n_confirm``; 0 skips it),
+    further measures there, and seed stability of the top-K."""
+
+    n_confirm: int = 80
+    measures: tuple[str, ...] = ()  # e.g. ("spearman", "auroc", "partial_pearson")
+    covariates: tuple[str, ...] = ()  # numeric meta fields for partial_pearson
+    seeds: tuple[int, ...] = ()  # e.g. (0, 1, 2): seed stability of the top-K
+
+    def __post_init__(self) -> None:
+        validate.integer(
+            "n_confirm",
+            self.n_confirm,
+            minimum=0,
+            meaning="examples that re-measure the top-K; 0 skips the confirmation",
+        )
+        _tuple_of(self, "measures", str, "('spearman', 'auroc')")
+        _tuple_of(self, "covariates", str, "('n_digits',)")
+        _tuple_of(self, "seeds", int, "(0, 1, 2)")
+        validate.choices("measures", ",".join(self.measures), MEASURES)
+        if bool(self.covariates) != ("partial_pearson" in self.measures):
+            raise ValueError(
+                f"{name('covariates')} and {name('measures')} partial_pearson go together: the "
+                "covariates are what partial_pearson controls for"
+            )
+        if self.seeds and len(set(self.seeds)) < 2:
+            raise ValueError(
+                f"{name('seeds')} must be two or more different whole numbers, got "
+                f"{self.seeds!r}; e.g. {validate.example('seeds', '0,1,2', (0, 1, 2))}"
+            )
+        if 0 < self.n_confirm < 4:
+            raise ValueError(
+                f"{assign('n_confirm', self.n_confirm)} is too few to confirm on (at least 4); "
+                f"raise it, or pass {assign('n_confirm', 0)} to skip the confirmation"
+            )
+        if self.measures and self.n_confirm == 0:
+            raise ValueError(
+                f"{name('measures')} are computed on the confirmation split, never on the "
+                f"examples that selected the neurons: pass {name('n_confirm')} > 0"
+            )
+
+
+@dataclass(frozen=True)
+class CausalConfig:
+    """The causal follow-ups on a third disjoint split (``n_causal`` examples): the causal check
+    of the top-K against random sets (``ablate``), a steering curve (``steering`` factors) and
+    attribution of the loss to every unit (``attribute``)."""
+
+    ablate: bool = False
+    ablate_modes: tuple[str, ...] = ("zero", "mean")
+    n_random: int = 5
+    n_causal: int = 48
+    match_scale: bool = True  # random control units matched in mean |activation|
+    steering: tuple[float, ...] = ()  # e.g. (0, 0.5, 2, 4)
+    attribute: bool = False
+
+    def __post_init__(self) -> None:
+        _minimums(
+            self,
+            (
+                ("n_random", 1, "random neuron sets in the causal check"),
+                ("n_causal", 2, "examples in the causal check"),
+            ),
+        )
+        _tuple_of(self, "ablate_modes", str, "('zero', 'mean')")
+        _tuple_of(self, "steering", float, "(0, 0.5, 2, 4)")
+        validate.choices("ablate_modes", ",".join(self.ablate_modes), ABLATION_MODES)
+
+    @property
+    def uses_causal_split(self) -> bool:
+        """Whether any follow-up runs, so the task is cut with a causal split."""
+        return self.ablate or bool(self.steering) or self.attribute
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Settings of one study (the README's first command uses the defaults): the shared ones
+    here, each stage's in its own config.
+
+    Example::
+
+        StudyConfig(task="hans", train=TrainConfig(steps=60), causal=CausalConfig(ablate=True))
+    """
+
+    task: str = "arithmetic"
+    model: str = DEFAULT_MODEL
+    data: str | None = None
+    backend: str = "auto"  # hooked where HookedTransformer loads the model, else bridge
+    device: str | None = None
+    seed: int = 0  # the data split, the prompt's initialisation and every random control
+    batch_size: int = 8
+    n_train: int = 240  # includes the plateau slice
+    n_val: int = 160  # the selection set: the scan that picks the top-K
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    causal: CausalConfig = field(default_factory=CausalConfig)
+
+    STAGES: ClassVar[tuple[str, ...]] = ("train", "scan", "select", "confirm", "causal")
+
+    def __post_init__(self) -> None:
+        validate.task(self.task, self.data)
+        for f in ("task", "data"):  # a run's files are found from any working directory
+            value = getattr(self, f)
+            if value is not None and (f == "data" or value.endswith(".jsonl")):
+                object.__setattr__(self, f, str(Path(value).absolute()))
+        validate.choice("backend", self.backend, BACKENDS)
+        validate.device(self.device)
+        _minimums(
+            self,
+            (
+                ("batch_size", 1, "examples per forward pass"),
+                ("n_train", 1, "training examples"),
+                ("n_val", validate.MIN_SCAN, "validation examples; a correlation needs 3"),
+            ),
+        )
+        validate.integer("seed", self.seed)
+        for stage, kind in _STAGE_TYPES.items():
+            if not isinstance(getattr(self, stage), kind):
+                raise TypeError(
+                    f"{stage} must be a sklens.{kind.__name__}, got {getattr(self, stage)!r}"
+                )
+        validate.mi_bins(self.scan.mi_bins, self.n_val)
+        train = self.train
+        if train.patience and not 1 <= train.n_plateau < self.n_train:
+            raise ValueError(
+                f"{assign('n_plateau', train.n_plateau)} must hold out between 1 and "
+                f"{name('n_train')} − 1 = {self.n_train - 1} training examples to detect the "
+                f"plateau; change it, or pass {assign('patience', 0)} to train all "
+                f"{name('steps')}"
+            )
+        if self.causal.attribute and self.scan.site != "mlp":
+            raise ValueError(
+                f"{name('attribute')} attributes to MLP neurons only for now, but "
+                f"{assign('site', self.scan.site)}: drop one of them"
+            )
+
+    # -- the stages' fingerprints ---------------------------------------------------------------
+
+    def shared(self) -> dict[str, Any]:
+        """The shared settings that determine every stage's output (the device does not)."""
+        return {f.name: getattr(self, f.name) for f in _shared_fields() if f.name not in _WHERE}
+
+    def stage_settings(
+        self, metric: str, hashes: Mapping[str, str], site: str, version: str
+    ) -> dict[str, dict[str, Any]]:
+        """What determines each stage's output, for ``rundir``'s fingerprints: the shared
+        settings, the stage's own config and the fingerprints of the stages before it.
+
+        ``metric`` is the spec in use (the task's default where ``scan.metric`` is None),
+        ``hashes`` the data hashes of the ``train`` and ``val`` splits, ``site`` the site's
+        name (for SAEs it carries a hash of their weights)."""
+        from sklens.app.rundir import fingerprint  # rundir imports the artifacts' hashing
+
+        common = {**self.shared(), "sklens version": version}
+        training = {**common, **asdict(self.train), "train data": hashes["train"]}
+        training["validation data"] = hashes["val"]
+        scan = {**common, **asdict(self.scan), "metric": metric}
+        scan |= {"trained prompt": fingerprint(training), "site unit": site}
+        scan["validation data"] = hashes["val"]
+        results = {**common, "scan": fingerprint(scan)}
+        results |= {stage: asdict(getattr(self, stage)) for stage in ("select", "confirm")}
+        results["causal"] = asdict(self.causal)
+        return {"training": training, "scan": scan, "results": results}
+
+    # -- flags and saved summaries ---------------------------------------------------------------
+
+    @classmethod
+    def flags(cls) -> Iterator[tuple[str, Any]]:
+        """Every setting as the command line names it (``n_tokens`` for ``--n-tokens``), with
+        its default, the shared ones first, then each stage's in order."""
+        defaults = cls()
+        for f in _shared_fields():
+            yield f.name, getattr(defaults, f.name)
+        for stage in _STAGE_TYPES:
+            config = getattr(defaults, stage)
+            for f in fields(config):
+                yield f.name, getattr(config, f.name)
+
+    @classmethod
+    def from_flags(cls, values: Mapping[str, Any]) -> StudyConfig:
+        """The configs from flat settings named as the flags are (comma-separated strings for
+        the tuple fields, as the command line passes them)."""
+        try:
+            return cls._from_flat({k: _parse_flag(k, v) for k, v in values.items()})
+        except KeyError as err:
+            raise ValueError(f"unknown settings {err.args[0]}") from None
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any]) -> StudyConfig:
+        """The config ``asdict`` wrote (``summary.json``'s ``config``); a key this version does
+        not know raises ``KeyError`` naming it. The files it names need not exist any more."""
+        flat = {k: v for k, v in saved.items() if k not in cls.STAGES}
+        for stage in cls.STAGES:
+            own = saved.get(stage, {})
+            if not isinstance(own, Mapping):
+                raise KeyError(stage)
+            flat |= {k: tuple(v) if isinstance(v, list) else v for k, v in own.items()}
+        with validate.files_unchecked():
+            return cls._from_flat(flat)
+
+    @classmethod
+    def _from_flat(cls, flat: Mapping[str, Any]) -> StudyConfig:
+        """The configs from settings named as the flags are; ``KeyError`` names unknown ones."""
+        unknown = sorted(set(flat) - {n for n, _ in cls.flags()})
+        if unknown:
+            raise KeyError(", ".join(unknown))
+        shared = {f.name: flat[f.name] for f in _shared_fields() if f.name in flat}
+        stages = {
+            stage: kind(**{f.name: flat[f.name] for f in fields(kind) if f.name in flat})
+            for stage, kind in _STAGE_TYPES.items()
+        }
+        return cls(**shared, **stages)
+
+    def with_backend(self, backend: str) -> StudyConfig:
+        """The same settings with ``backend`` resolved (``auto`` picks one per model)."""
+        return replace(self, backend=backend)
+
+
+_STAGE_TYPES = {
+    "train": TrainConfig,
+    "scan": ScanConfig,
+    "select": SelectConfig,
+    "confirm": ConfirmConfig,
+    "causal": CausalConfig,
+}
+
+
+def _shared_fields() -> list[Any]:
+    return [f for f in fields(StudyConfig) if f.name not in StudyConfig.STAGES]
+
+
+def _parse_flag(flag: str, value: Any) -> Any:
+    """A comma-separated flag's string as its field's tuple, with the command line's errors."""
+    if not isinstance(value, str) or flag not in _LIST_FLAGS:
+        return value
+    parts = validate.items(value)
+    if flag == "seeds":
+        bad = [s for s in parts if not re.fullmatch(r"-?\d+", s)]
+        if bad or (parts and len(set(parts)) < 2):
+            raise ValueError(
+                f"{name('seeds')} must be two or more different whole numbers separated by "
+                f"commas, got {value!r}; e.g. {assign('seeds', '0,1,2')}"
+            )
+        return tuple(int(s) for s in parts)
+    if flag == "steering":
+        bad = [f for f in parts if not validate.finite_number(f)]
+        if bad or (value.strip() and not parts):
+            raise ValueError(
+                f"{name('steering')} must be numbers separated by commas (the factors that scale "
+                f"the top-K), got {bad}; e.g. {assign('steering', '0,0.5,2,4')}"
+            )
+        return tuple(float(f) for f in parts)
+    if flag == "measures":
+        return tuple(validate.choices("measures", value, MEASURES))
+    if flag == "ablate_modes":
+        return tuple(validate.choices("ablate_modes", value, ABLATION_MODES))
+    return tuple(parts)
+
+
+_LIST_FLAGS = {"seeds", "steering", "measures", "ablate_modes", "covariates"}
