@@ -35,7 +35,7 @@ def test_streaming_permuted_correlations_match_direct(
     calls = []
     real_pass = scan_module._pass
     monkeypatch.setattr(
-        scan_module, "_pass", lambda *a, **k: calls.append(a[-2]) or real_pass(*a, **k)
+        scan_module, "_pass", lambda *a, **k: calls.append(k["desc"]) or real_pass(*a, **k)
     )
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
     metric = metrics.label("a") if metric_kind == "label" else metrics.loss()

@@ -16,12 +16,9 @@ from torch import Tensor
 
 from sklens import validate
 from sklens.scanning.result import Scan
-from sklens.scanning.scan import check_varies_within
+from sklens.scanning.scan import ScanAccumulator, check_varies_within
 from sklens.scanning.scan_settings import ScanSettings
-from sklens.stats.moments import GroupedMoments, Moments, group_codes
-from sklens.stats.mutual_info import MutualInfoAccumulator
-from sklens.stats.permutation import PermutationAccumulator
-from sklens.stats.slot_buffer import SlotBuffer
+from sklens.stats.moments import group_codes
 from sklens.units.sites import SiteLike, site_of
 
 
@@ -56,41 +53,26 @@ def scan_activations(
     values = torch.as_tensor(values, dtype=torch.float64)
     if len(values) != n:
         raise ValueError(f"{len(values)} metric values for {n} examples of activations")
-    shape = (n_layers, d, k)
-    codes = group_codes(list(groups)) if groups is not None else None
-    if codes is None:
-        moments: Moments | GroupedMoments = Moments.zeros(*shape, "cpu")
-    else:
-        check_varies_within(values, codes, "values", "groups")
-        moments = GroupedMoments.zeros(codes, *shape, "cpu")
+    if groups is not None:
+        check_varies_within(values, group_codes(list(groups)), "values", "groups")
     validate.mi_bins(mi_bins, n)
     if mi_bins and groups is not None:
         raise ValueError("mutual information is marginal: use mi_bins without groups")
-    perm = mi = None
-    if n_permutations:
-        perm = PermutationAccumulator(
-            n, shape, n_permutations, seed=permutation_seed, groups=groups
-        )
-        perm.set_values(values)
-    if mi_bins:
-        mi = MutualInfoAccumulator(n, shape, mi_bins)
-    sinks = [s for s in (perm, mi) if s is not None]
-    # the bins are fixed by the first block: with mutual information it holds every example
-    buffer = SlotBuffer(shape, n if mi else chunk, sinks) if sinks else None
+    accumulator = ScanAccumulator.zeros(
+        n,
+        (n_layers, d, k),
+        # the bins are fixed by the first block: with mutual information it holds every example
+        capacity=n if mi_bins else chunk,
+        groups=groups,
+        n_permutations=n_permutations,
+        permutation_seed=permutation_seed,
+        values=values,
+        mi_bins=mi_bins,
+    )
     for start in range(0, n, chunk):
         rows = list(range(start, min(n, start + chunk)))
-        m = values[rows]
-        for j in range(n_layers):
-            if codes is None:
-                moments.fold_layer(j, acts[rows, j], m)
-            else:
-                moments.fold_layer(j, acts[rows, j], m, rows)
-            if buffer is not None:
-                buffer.fold_layer(j, acts[rows, j], rows)
-        if codes is None:
-            moments.fold_metric(m)
-        else:
-            moments.fold_metric(m, rows)
+        accumulator.fold({j: acts[rows, j] for j in range(n_layers)}, values[rows], rows)
+    accumulator.take_held()
     settings = ScanSettings(
         n_layers=n_layers,
         n_units=d,
@@ -100,15 +82,12 @@ def scan_activations(
         metric="values",
         n_examples=n,
         n_permutations=n_permutations,
-        statistic="pearson" if codes is None else "within-group pearson (groups)",
+        statistic="pearson" if groups is None else "within-group pearson (groups)",
         permutation_seed=permutation_seed,
         positions="precomputed",
         mi_bins=mi_bins,
     )
-    null = perm.reduce(buffer, moments.mean_a, moments.m2_a) if perm is not None else None
-    mutual_info = None
-    if mi is not None:
-        for j in range(n_layers):
-            mi.take(buffer.held(j))
-        mutual_info = mi.result(values, list(range(n_layers)), None if perm is None else perm.perms)
-    return Scan(moments, values, settings, null, mutual_info=mutual_info, site=site_of(site))
+    return Scan(
+        accumulator.moments, values, settings, accumulator.null(),
+        mutual_info=accumulator.mutual_info(values, list(range(n_layers))), site=site_of(site),
+    )  # fmt: skip
