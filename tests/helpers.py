@@ -264,3 +264,12 @@ def write_llama_gguf(checkpoint, path) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def scan_op(model, prompt, examples, positive: str, **settings) -> sklens.Scan:
+    """``sklens.scan`` of the arithmetic examples against their ``op`` label (``positive`` scores
+    1), without a progress bar: the scan that several statistics tests read."""
+    from sklens.scanning import metrics
+
+    label = metrics.label("op", positive=positive)
+    return sklens.scan(model, prompt, examples, label, progress=False, **settings)

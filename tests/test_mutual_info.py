@@ -14,7 +14,7 @@ import sklens
 from sklens.app.statistics import compare_with_pearson
 from sklens.scanning import metrics
 from sklens.stats.mutual_info import top_k_overlap
-from tests.helpers import arithmetic_examples, reference_losses, reference_slot_acts
+from tests.helpers import arithmetic_examples, reference_losses, reference_slot_acts, scan_op
 
 
 def numpy_mi(acts: np.ndarray, edges: np.ndarray, metric_bins: np.ndarray) -> np.ndarray:
@@ -78,15 +78,7 @@ def test_mi_and_its_null_equal_numpy_on_run_with_cache_activations(qwen):
 def test_edges_fixed_by_the_first_block_bin_every_later_block_alike(qwen):
     examples = arithmetic_examples(150, seed=4)  # more than a SlotBuffer block (128)
     prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=2)
-    result = sklens.scan(
-        qwen,
-        prompt,
-        examples,
-        metrics.label("op", positive="minus"),
-        batch_size=10,
-        mi_bins=3,
-        progress=False,
-    )
+    result = scan_op(qwen, prompt, examples, "minus", batch_size=10, mi_bins=3)
     mi = result.mutual_info
     labels = np.array([e.meta["op"] == "minus" for e in examples])
     np.testing.assert_array_equal(mi.metric_bins.numpy(), labels.astype(int))  # two levels

@@ -14,7 +14,7 @@ from sklens.scanning import metrics
 from sklens.scanning.precomputed import scan_activations
 from sklens.stats import fisher_ci, q_values
 from sklens.stats.permutation import permutations
-from tests.helpers import corrcoef_rows, reference_slot_acts, without_type_checks
+from tests.helpers import corrcoef_rows, reference_slot_acts, scan_op, without_type_checks
 
 
 @pytest.mark.parametrize(
@@ -122,15 +122,7 @@ def test_permutations_respect_exchangeability_blocks():
 
 def test_null_survives_save_and_load(qwen, examples, tmp_path):
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
-    result = sklens.scan(
-        qwen,
-        prompt,
-        examples,
-        metrics.label("op", positive="plus"),
-        n_permutations=9,
-        permutation_groups="big",
-        progress=False,
-    )
+    result = scan_op(qwen, prompt, examples, "plus", n_permutations=9, permutation_groups="big")
     loaded = sklens.Scan.load(result.save(tmp_path / "s.safetensors"))
     torch.testing.assert_close(loaded.p_values(), result.p_values(), equal_nan=True)
     assert {"p_fwer", "q_bh"} <= set(loaded.top_k(3).columns)

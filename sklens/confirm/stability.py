@@ -22,7 +22,7 @@ from sklens.prompt.training import train_soft_prompt
 from sklens.scanning.result import Scan
 from sklens.scanning.scan import scan
 from sklens.stats.measures import spearman
-from sklens.stats.ranking import Reduce
+from sklens.stats.ranking import Reduce, layer_and_unit
 from sklens.units.sites import SiteLike
 
 
@@ -144,12 +144,12 @@ def compare_scans(scans: dict[str, Scan], *, k: int = 10, reduce: Reduce = "max"
     per_seed = torch.stack([scans[n].scores(reduce)[0].abs() for n in seed_names])  # (S, L, d)
     mean, least = per_seed.nanmean(0), per_seed.amin(0)
     flat = mean.nan_to_num(-1.0).flatten().topk(k).indices
-    n_units = mean.shape[1]
+    rows, neurons = layer_and_unit(flat, mean.shape[1])
     layers = scans[seed_names[0]].layers
     consensus = pd.DataFrame(
         {
-            "layer": [layers[int(i) // n_units] for i in flat],
-            "neuron": [int(i) % n_units for i in flat],
+            "layer": [layers[r] for r in rows.tolist()],
+            "neuron": neurons.tolist(),
             "mean_abs_score": mean.flatten()[flat].tolist(),
             "min_abs_score": least.flatten()[flat].tolist(),
             "site": scans[seed_names[0]].settings.site,

@@ -41,13 +41,12 @@ from sklens.prompt import arguments
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning.activations import at_selected_slot, require_slots, slot_activations
 from sklens.stats.inference import q_values
-from sklens.stats.measures import eta_squared, kruskal_wallis
+from sklens.stats.measures import eta_squared, kruskal_wallis, ranks_and_ties
 from sklens.stats.rank_tests import (
     bootstrap_effects,
     fisher_exact,
     log_odds,
     mann_whitney,
-    ranks_and_ties,
     spearman_test,
 )
 from sklens.units import sites

@@ -61,23 +61,38 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(*arrays)``, resampling rows jointly.
 
-    The one bootstrap of sklens (held-out AUROC and Cohen's d, the causal changes, the demos).
-    ``seed`` may be a ``numpy`` Generator to draw many intervals from one stream. NaN if fewer
-    than two rows, or fewer than ten resamples give a number.
+    The bootstrap of one statistic at a time (held-out AUROC and Cohen's d, the causal changes,
+    the demos); ``rank_tests.bootstrap_effects`` resamples many units' effects in one batch, and
+    both read the interval off the resamples with ``percentile_interval``. ``seed`` may be a
+    ``numpy`` Generator to draw many intervals from one stream. NaN if fewer than two rows, or
+    fewer than ten resamples give a number.
     """
     rng = np.random.default_rng(seed)
     n = len(arrays[0])
     if n < 2:
         return (math.nan, math.nan)
-    stats = []
-    for idx in rng.integers(0, n, (n_boot, n)):
-        value = statistic(*(a[idx] for a in arrays))
-        if not math.isnan(value):
-            stats.append(value)
-    if len(stats) < 10:
-        return (math.nan, math.nan)
+    values = np.array(
+        [statistic(*(a[idx] for a in arrays)) for idx in rng.integers(0, n, (n_boot, n))],
+        dtype=np.float64,
+    )
+    lo, hi = percentile_interval(values, level)
+    return float(lo), float(hi)
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval of resampled statistics ``values [n_boot, ...]`` along axis 0, the
+    rule of every bootstrap in sklens: NaN resamples (a statistic that gave no number) are left
+    out, and an interval needs ten resamples that are not, else it is NaN."""
+    enough = (~np.isnan(values)).sum(0) >= 10
+    if not enough.any():  # no quantile to take (nor one of zero resamples to warn about)
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan.copy()
     alpha = (1 - level) / 2
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+    with np.errstate(all="ignore"):
+        kept = np.where(enough, values, 0.0)
+        lo = np.where(enough, np.nanquantile(kept, alpha, axis=0), np.nan)
+        hi = np.where(enough, np.nanquantile(kept, 1 - alpha, axis=0), np.nan)
+    return lo, hi
 
 
 def rank_p(selected: float, randoms: Sequence[float] | np.ndarray) -> float:

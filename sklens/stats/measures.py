@@ -9,6 +9,11 @@ All take ``acts [n_examples, n_neurons]`` and return one value per neuron:
 * ``kruskal_wallis`` — H statistic and its chi-square p-value (multi-group, rank-based);
 * ``partial_pearson`` — Pearson after regressing covariates (e.g. digit count, length) out of both.
 
+Each statistic is written once, in a batched form that puts the examples on the last axis and
+takes any leading shape (``batched_pearson``, ``batched_spearman``, ``batched_auroc``,
+``batched_eta_squared``, on ``average_ranks``): the functions above call it on one sample, and
+``sklens.stats.rank_tests`` on it, on a stack of bootstrap resamples and for its tests.
+
 ``sklens.confirm.held_out`` computes them for a ``top_k`` table on held-out examples.
 """
 
@@ -18,39 +23,88 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 from sklens.vocabulary import MEASURES
 
 
-def _ranks(x: Tensor) -> Tensor:
-    """Average ranks along dim 0 (ties share their mean rank), 1-based."""
-    order = x.argsort(0)
-    ranks = torch.empty_like(x, dtype=torch.float64)
-    ranks.scatter_(
-        0,
-        order,
-        torch.arange(1, x.shape[0] + 1, dtype=torch.float64)[:, None].expand_as(x).contiguous(),
-    )
-    out = ranks.clone()
-    for j in range(x.shape[1]):  # average over ties
-        values, inverse = torch.unique(x[:, j], return_inverse=True)
-        if len(values) < x.shape[0]:
-            sums = torch.zeros(len(values), dtype=torch.float64).index_add_(0, inverse, ranks[:, j])
-            counts = torch.bincount(inverse, minlength=len(values)).double()
-            out[:, j] = (sums / counts)[inverse]
-    return out
+def _ranks_and_group_sizes(
+    x: Float[Tensor, "... n"],
+) -> tuple[Float[Tensor, "... n"], Float[Tensor, "... n"]]:
+    """Average ranks along the last axis and the size of each value's group of ties (one sort
+    serves both: how many values are below each value, and how many are at most it)."""
+    x = x.double().contiguous()
+    ordered = x.sort(-1).values
+    below = torch.searchsorted(ordered, x, right=False)
+    through = torch.searchsorted(ordered, x, right=True)
+    return (below + through + 1).double() / 2, (through - below).double()
+
+
+def average_ranks(x: Float[Tensor, "... n"]) -> Float[Tensor, "... n"]:
+    """1-based ranks along the last axis; tied values share the mean of their ranks (any leading
+    shape, so a whole stack of bootstrap resamples is ranked in one call)."""
+    return _ranks_and_group_sizes(x)[0]
+
+
+def ranks_and_ties(
+    acts: Float[Tensor, "n units"],
+) -> tuple[Float[Tensor, "units n"], Float[Tensor, " units"]]:
+    """Each unit's average ranks and tie term, which ``rank_tests.mann_whitney`` may take
+    precomputed (many properties tested against the same activations rank them once)."""
+    ranks, t = _ranks_and_group_sizes(acts.T)
+    # each of a group's t members adds t² − 1: Σ t(t² − 1) = Σ(t³ − t) over the groups
+    return ranks, (t * t - 1).sum(-1)
+
+
+def batched_pearson(
+    a: Float[Tensor, "*batch units n"], v: Float[Tensor, "*batch n"]
+) -> Float[Tensor, "*batch units"]:
+    """Pearson's r of each row of ``a`` with ``v`` along the last axis: the one correlation of
+    sklens's measures (Spearman's ρ is this on ranks). NaN for a constant row."""
+    a = a - a.mean(-1, keepdim=True)
+    v = v - v.mean(-1, keepdim=True)
+    return torch.einsum("...un,...n->...u", a, v) / (a.norm(dim=-1) * v.norm(dim=-1, keepdim=True))
+
+
+def batched_spearman(
+    a: Float[Tensor, "*batch units n"], v: Float[Tensor, "*batch n"]
+) -> Float[Tensor, "*batch units"]:
+    """Spearman's ρ of each row of ``a`` with ``v``: Pearson's r of their average ranks."""
+    return batched_pearson(average_ranks(a), average_ranks(v))
+
+
+def batched_auroc(
+    ranks: Float[Tensor, "*batch units n"], positive: Shaped[Tensor, "*batch n"]
+) -> Float[Tensor, "*batch units"]:
+    """AUROC of each row from its average ``ranks``: the Mann–Whitney U of the ``positive``
+    examples, (Σ their ranks − n₁(n₁ + 1)/2), over n₁·n₀. NaN (0/0) where a class is empty."""
+    positive = positive.double()
+    n1 = positive.sum(-1, keepdim=True)
+    n0 = positive.shape[-1] - n1
+    u = torch.einsum("...un,...n->...u", ranks, positive) - n1 * (n1 + 1) / 2
+    return u / (n1 * n0)
+
+
+def batched_eta_squared(
+    acts: Float[Tensor, "*batch units n"], codes: Int[Tensor, "*batch n"], n_groups: int
+) -> Float[Tensor, "*batch units"]:
+    """η² of each row for the group ``codes`` (``0 .. n_groups − 1``): the between-group sum of
+    squares Σ_g n_g (mean_g − mean)² over the total one. A group with no example adds nothing."""
+    onehot = torch.nn.functional.one_hot(codes, n_groups).to(acts.dtype)  # [*batch, n, groups]
+    counts = onehot.sum(-2)[..., None, :]  # [*batch, 1, groups]
+    group_means = torch.einsum("...un,...ng->...ug", acts, onehot) / counts.clamp_min(1)
+    mean = acts.mean(-1, keepdim=True)
+    between = (counts * (group_means - mean).pow(2)).sum(-1)
+    return between / (acts - mean).pow(2).sum(-1)
 
 
 def pearson(acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"]) -> Float[Tensor, " k"]:
-    a = acts.double() - acts.double().mean(0)
-    m = metric.double() - metric.double().mean()
-    return (a * m[:, None]).sum(0) / (a.norm(dim=0) * m.norm())
+    return batched_pearson(acts.double().T, metric.double())
 
 
 def spearman(acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"]) -> Float[Tensor, " k"]:
-    return pearson(_ranks(acts.double()), _ranks(metric.double()[:, None])[:, 0])
+    return batched_spearman(acts.double().T, metric.double())
 
 
 def _binary(metric: Tensor) -> Tensor:
@@ -61,10 +115,7 @@ def _binary(metric: Tensor) -> Tensor:
 
 
 def auroc(acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"]) -> Float[Tensor, " k"]:
-    positive = _binary(metric)
-    ranks = _ranks(acts.double())
-    n1, n0 = int(positive.sum()), int((~positive).sum())
-    return (ranks[positive].sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return batched_auroc(average_ranks(acts.T), _binary(metric))
 
 
 def cohens_d(acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"]) -> Float[Tensor, " k"]:
@@ -77,44 +128,28 @@ def cohens_d(acts: Float[Tensor, "n k"], metric: Float[Tensor, " n"]) -> Float[T
     return (a1.mean(0) - a0.mean(0)) / pooled
 
 
-def _codes(groups: Sequence[Any]) -> Tensor:
+def _codes(groups: Sequence[Any]) -> tuple[Tensor, int]:
+    """Each example's group as a code ``0 .. n_groups − 1``, and ``n_groups``."""
     labels = {g: i for i, g in enumerate(dict.fromkeys(groups))}
     if len(labels) < 2:
         raise ValueError("a group measure needs at least two groups")
-    return torch.tensor([labels[g] for g in groups])
+    return torch.tensor([labels[g] for g in groups]), len(labels)
 
 
 def eta_squared(acts: Float[Tensor, "n k"], groups: Sequence[Any]) -> Float[Tensor, " k"]:
-    codes = _codes(groups)
-    a = acts.double()
-    total = (a - a.mean(0)).pow(2).sum(0)
-    between = sum(
-        (codes == g).sum() * (a[codes == g].mean(0) - a.mean(0)).pow(2) for g in codes.unique()
-    )
-    return between / total
+    return batched_eta_squared(acts.double().T, *_codes(groups))
 
 
 def kruskal_wallis(
     acts: Float[Tensor, "n k"], groups: Sequence[Any]
 ) -> tuple[Float[Tensor, " k"], Float[Tensor, " k"]]:
-    """H statistic (tie-corrected) and its chi-square p-value with ``groups − 1`` dof."""
-    codes = _codes(groups)
-    ranks = _ranks(acts.double())
-    n = ranks.shape[0]
-    h = (
-        sum(
-            (codes == g).sum() * (ranks[codes == g].mean(0) - (n + 1) / 2).pow(2)
-            for g in codes.unique()
-        )
-        * 12
-        / (n * (n + 1))
-    )
-    counts = [
-        torch.unique(acts[:, j], return_counts=True)[1].double() for j in range(acts.shape[1])
-    ]
-    ties = torch.stack([(c.pow(3) - c).sum() for c in counts])
-    h = h / (1 - ties / (n**3 - n))
-    dof = torch.tensor((len(codes.unique()) - 1) / 2, dtype=torch.float64)
+    """H statistic (tie-corrected) and its chi-square p-value with ``groups − 1`` dof.
+
+    The tie-corrected H is (n − 1)·η² of the average ranks: the ranks' between-group sum of
+    squares over their total one, which ties shrink from (n³ − n)/12 by Σ(t³ − t)/12."""
+    codes, n_groups = _codes(groups)
+    h = (acts.shape[0] - 1) * batched_eta_squared(average_ranks(acts.T), codes, n_groups)
+    dof = torch.tensor((n_groups - 1) / 2, dtype=torch.float64)
     return h, torch.special.gammaincc(dof, h / 2)
 
 

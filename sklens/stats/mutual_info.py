@@ -43,6 +43,7 @@ from torch import Tensor
 
 from sklens import validate
 from sklens.stats.permutation import PermutationNull
+from sklens.stats.ranking import layer_and_unit
 from sklens.stats.slot_buffer import Block
 
 
@@ -233,7 +234,7 @@ class MutualInfo:
         score, slot = self.scores()
         d_mlp = score.shape[1]
         top = score.flatten().topk(min(k, score.numel())).indices
-        rows, neurons = top // d_mlp, top % d_mlp
+        rows, neurons = layer_and_unit(top, d_mlp)
         table = pd.DataFrame(
             {
                 "layer": [self.layers[r] for r in rows.tolist()],

@@ -2,8 +2,6 @@
 to say how strongly a held-out property explains a unit's activation, and whether that could be
 chance.
 
-* ``average_ranks`` — ranks along the last axis, ties sharing their mean rank (any leading shape,
-  so a whole stack of bootstrap resamples is ranked in one call);
 * ``mann_whitney`` — AUROC of a binary property for every unit, with the two-sided
   Mann–Whitney p-value (normal approximation, tie-corrected, no continuity correction);
 * ``spearman_test`` — Spearman's ρ with a p-value and an interval from Fisher's z with the
@@ -11,7 +9,11 @@ chance.
 * ``fisher_exact`` — the two-sided exact test of a 2×2 table (the p of every table with the same
   margins that is at most as likely), and ``log_odds`` with Woolf's interval (Haldane's +½);
 * ``bootstrap_effects`` — percentile intervals of AUROC, ρ or η² from resampled rows, all units
-  in one batched computation (``sklens.stats.bootstrap_ci`` does one statistic at a time).
+  in one batched computation (``sklens.stats.bootstrap_ci`` does one statistic at a time; both
+  read the interval off the resamples with ``inference.percentile_interval``).
+
+The effects themselves, and the ranks (``average_ranks``, ``ranks_and_ties``), are
+``sklens.stats.measures``'s batched statistics, imported here.
 """
 
 from __future__ import annotations
@@ -23,36 +25,20 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from sklens.stats.inference import percentile_interval
+from sklens.stats.measures import (
+    average_ranks,
+    batched_auroc,
+    batched_eta_squared,
+    batched_spearman,
+    ranks_and_ties,
+)
+
 _Z95 = 1.959963984540054
-
-
-def _tie_bounds(x: Float[Tensor, "... n"]) -> tuple[Tensor, Tensor]:
-    """For each value along the last axis: how many values are below it, and how many are at
-    most it (one sort serves both the ranks and the tie term)."""
-    x = x.double().contiguous()
-    ordered = x.sort(-1).values
-    return torch.searchsorted(ordered, x, right=False), torch.searchsorted(ordered, x, right=True)
-
-
-def average_ranks(x: Float[Tensor, "... n"]) -> Float[Tensor, "... n"]:
-    """1-based ranks along the last axis; tied values share the mean of their ranks."""
-    below, through = _tie_bounds(x)
-    return (below + through + 1).double() / 2
 
 
 def _normal_two_sided(z: Tensor) -> Tensor:
     return torch.special.erfc(z.abs() / math.sqrt(2))
-
-
-def ranks_and_ties(
-    acts: Float[Tensor, "n units"],
-) -> tuple[Float[Tensor, "units n"], Float[Tensor, " units"]]:
-    """Each unit's average ranks and tie term, which ``mann_whitney`` may take precomputed (many
-    properties tested against the same activations rank them once)."""
-    below, through = _tie_bounds(acts.T)
-    t = (through - below).double()  # the size of each value's group of ties
-    # each of a group's t members adds t² − 1: Σ t(t² − 1) = Σ(t³ − t) over the groups
-    return (below + through + 1).double() / 2, (t * t - 1).sum(-1)
 
 
 def mann_whitney(
@@ -72,10 +58,10 @@ def mann_whitney(
         nan = torch.full((units,), torch.nan, dtype=torch.float64)
         return nan, nan.clone()
     ranks, ties = ranked if ranked is not None else ranks_and_ties(acts)  # [units, n], [units]
-    u = ranks[:, positive].sum(-1) - n1 * (n1 + 1) / 2
-    auroc = u / (n1 * n0)
-    variance = n1 * n0 / 12 * ((n + 1) - ties / (n * (n - 1)))
-    z = (u - n1 * n0 / 2) / variance.clamp_min(1e-300).sqrt()
+    auroc = batched_auroc(ranks, positive)
+    pairs = n1 * n0  # U = AUROC · n₁n₀, whose mean under the null is n₁n₀ / 2
+    variance = pairs / 12 * ((n + 1) - ties / (n * (n - 1)))
+    z = (auroc - 0.5) * pairs / variance.clamp_min(1e-300).sqrt()
     p = torch.where(variance > 0, _normal_two_sided(z), torch.ones_like(z))
     return auroc, p
 
@@ -89,11 +75,7 @@ def spearman_test(
     """Spearman's ρ per unit, its two-sided p-value and 95% interval (Fisher z, variance
     1.06/(n−3)); p and interval NaN for n ≤ 3, ρ NaN for a constant column."""
     n = acts.shape[0]
-    a = average_ranks(acts.T)
-    v = average_ranks(values[None])
-    a = a - a.mean(-1, keepdim=True)
-    v = v - v.mean(-1, keepdim=True)
-    rho = ((a * v).sum(-1) / (a.norm(dim=-1) * v.norm(dim=-1))).clamp(-1, 1)
+    rho = batched_spearman(acts.T, values.double()).clamp(-1, 1)
     if n <= 3:
         nan = torch.full_like(rho, torch.nan)
         return rho, nan, nan.clone(), nan.clone()
@@ -137,32 +119,16 @@ def log_odds(a: int, b: int, c: int, d: int) -> tuple[float, float, float]:
     return value, value - _Z95 * se, value + _Z95 * se
 
 
-def _auroc_of_resamples(ranks: Tensor, positive: Tensor) -> Tensor:
-    """AUROC per resample and unit from ``ranks [boot, units, n]`` and ``positive [boot, n]``."""
-    n1 = positive.sum(-1, keepdim=True)
-    n0 = positive.shape[-1] - n1
-    u = torch.einsum("bun,bn->bu", ranks, positive) - n1 * (n1 + 1) / 2
-    return u / (n1 * n0)  # NaN (0/0) or ±inf where a resample lost a class; dropped below
-
-
-def _spearman_of_resamples(ranks: Tensor, values: Tensor) -> Tensor:
-    v = average_ranks(values)  # [boot, n]
-    a = ranks - ranks.mean(-1, keepdim=True)
-    v = v - v.mean(-1, keepdim=True)
-    return torch.einsum("bun,bn->bu", a, v) / (a.norm(dim=-1) * v.norm(dim=-1, keepdim=True))
-
-
-def _eta_squared_of_resamples(acts: Tensor, codes: Tensor, n_groups: int) -> Tensor:
-    """η² per resample and unit from ``acts [boot, units, n]`` and group ``codes [boot, n]``."""
-    onehot = torch.nn.functional.one_hot(codes, n_groups).double()  # [boot, n, groups]
-    counts = onehot.sum(1)  # [boot, groups]
-    sums = torch.einsum("bun,bng->bug", acts, onehot)
-    mean = acts.mean(-1, keepdim=True)
-    between = (sums.pow(2) / counts[:, None].clamp_min(1)).sum(-1) - acts.shape[-1] * mean[
-        ..., 0
-    ].pow(2)
-    total = (acts - mean).pow(2).sum(-1)
-    return between / total
+def _effects_of_resamples(
+    sample: Float[Tensor, "boot units n"], drawn: Tensor, kind: str, n_groups: int
+) -> Float[Tensor, "boot units"]:
+    """``kind``'s effect per resample and unit; ``drawn [boot, n]`` is the feature's rows. NaN or
+    ±inf where a resample lost a class or a group's variance (dropped by the caller)."""
+    if kind == "auroc":
+        return batched_auroc(average_ranks(sample), drawn)
+    if kind == "spearman":
+        return batched_spearman(sample, drawn.double())
+    return batched_eta_squared(sample, drawn.long(), n_groups)
 
 
 def bootstrap_effects(
@@ -186,20 +152,11 @@ def bootstrap_effects(
     gen = torch.Generator().manual_seed(seed)
     index = torch.randint(0, n, (n_boot, n), generator=gen)
     acts = acts.double()
-    parts = []
-    for rows in index.split(chunk):
-        sample = acts[rows].transpose(1, 2)  # [boot, units, n]
-        drawn = feature[rows]
-        if kind == "auroc":
-            parts.append(_auroc_of_resamples(average_ranks(sample), drawn.double()))
-        elif kind == "spearman":
-            parts.append(_spearman_of_resamples(average_ranks(sample), drawn.double()))
-        else:
-            parts.append(_eta_squared_of_resamples(sample, drawn.long(), int(feature.max()) + 1))
+    n_groups = int(feature.max()) + 1 if kind == "eta_squared" else 0
+    parts = [
+        _effects_of_resamples(acts[rows].transpose(1, 2), feature[rows], kind, n_groups)
+        for rows in index.split(chunk)  # [boot, units, n] resampled activations
+    ]
     values = torch.cat(parts).numpy()
     values[~np.isfinite(values)] = np.nan
-    enough = (~np.isnan(values)).sum(0) >= 10
-    with np.errstate(all="ignore"):
-        lo = np.where(enough, np.nanquantile(np.where(enough, values, 0.0), 0.025, axis=0), np.nan)
-        hi = np.where(enough, np.nanquantile(np.where(enough, values, 0.0), 0.975, axis=0), np.nan)
-    return lo, hi
+    return percentile_interval(values)

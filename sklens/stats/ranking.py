@@ -10,6 +10,9 @@ One function serves the observed scan (``Scan.scores``) and every permutation of
   treating both signs alike (on an exact tie, the positive one).
 
 A neuron whose correlation is NaN at every slot (it never varies) scores NaN.
+
+``layer_and_unit`` turns an index into a flattened ``[layers, units]`` score (what ``topk`` of
+``score.flatten()`` gives) back into its row and unit, for every table of top units.
 """
 
 from __future__ import annotations
@@ -49,3 +52,11 @@ def from_extremes(
     """A rule's score from a neuron's largest (``hi``) and smallest (``lo``) r over its slots:
     ``"max"`` is ``hi``; ``"absmax"`` the one of larger magnitude (a tie goes to ``hi``)."""
     return hi if reduce == "max" else torch.where(lo + hi < 0, lo, hi)  # |lo| > |hi|, lo ≤ hi
+
+
+def layer_and_unit(
+    flat: Int[Tensor, " k"], n_units: int
+) -> tuple[Int[Tensor, " k"], Int[Tensor, " k"]]:
+    """The row (the position among the scanned layers) and the unit of each index ``flat`` into a
+    flattened ``[layers, n_units]`` tensor."""
+    return flat // n_units, flat % n_units
