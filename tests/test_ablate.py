@@ -8,7 +8,14 @@ import torch
 
 import sklens
 from sklens.causal.ablate import NeuronIntervention, ablated, ablation_hooks
-from sklens.causal.check import causal_check, dose_response, evaluate, neuron_stats, random_sets
+from sklens.causal.check import (
+    RandomUnits,
+    causal_check,
+    dose_response,
+    evaluate,
+    neuron_stats,
+    random_sets,
+)
 from sklens.data.format import encode, iter_batches
 from sklens.prompt.forward import gather_slots
 from sklens.scanning.choices import score_examples
@@ -155,6 +162,12 @@ def test_random_controls_are_reproducible_and_match_layers(qwen):
     scale = {0: torch.arange(128.0), 1: torch.arange(128.0)}
     matched = random_sets(qwen, selected, 20, seed=0, scale=scale, pool=4)
     assert all(abs(int(i) - 7) <= 3 for m in matched for i in m[1])
+    # the counterfactual's controls come from the same sampler: distinct, never selected, and
+    # every unselected unit of the layer when fewer are left than asked for
+    units = RandomUnits(NeuronSet.of(selected, qwen), seed=4)
+    assert torch.equal(units.draw(0, 2).sort().values, a[0][0])
+    drawn = units.draw(0, 500).tolist()
+    assert sorted(drawn) == [i for i in range(128) if i not in (1, 2)]
 
 
 def test_choice_accuracy_matches_an_independent_computation(qwen):

@@ -266,6 +266,14 @@ def test_unit_ids_carry_their_site(qwen):
     assert sklens.viz.neuron_labels(heads)[0].split()[1].startswith("H")
 
 
+def test_one_label_per_unit_and_per_unit_at_a_slot():
+    assert sites.unit_label("mlp", 3, 5) == "L3 N5" and sites.unit_label("heads", 3, 5) == "L3 H5"
+    assert sites.unit_label("sae:x", 8, 1234) == "L8 F1234"
+    # tables and summaries write the slot as @slot, views as @soft, from the same unit label
+    assert sites.unit_slot_label("heads", 3, 5, 2) == "L3 H5 @slot2"
+    assert sites.unit_slot_label("mlp", 3, 5, 2, word="soft") == "L3 N5 @soft2"
+
+
 def test_save_load_keeps_the_site(qwen, tmp_path):
     examples = arithmetic_examples(10, seed=4)
     metric = [float(e.meta["a"]) for e in examples]

@@ -13,7 +13,7 @@ import pandas as pd
 from sklens.app import rundir
 from sklens.app.report import read_summary
 from sklens.display import visible
-from sklens.explanation.explain import summary_lines, unit_label
+from sklens.explanation.explain import summary_lines
 from sklens.units import sites
 
 
@@ -46,7 +46,7 @@ def format_explanations(run_dir: str | Path, top: int = 3) -> str:
     ]
     shown = ["rank", "hypothesis", "kind", "measure", "effect", "lo", "hi", "q", "passes"]
     for row in neurons.itertuples():
-        label = unit_label(row.layer, row.neuron, row.slot, getattr(row, "site", "mlp"))
+        label = sites.unit_slot_label(getattr(row, "site", "mlp"), row.layer, row.neuron, row.slot)
         rows = table[table.unit == label].head(top)[shown]
         lines += [label, rows.to_string(index=False, float_format=lambda x: f"{x:.3g}"), ""]
     skipped = (summary.get("explanations") or {}).get("skipped") or {}

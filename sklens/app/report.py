@@ -23,9 +23,10 @@ from sklens.app.config import StudyConfig
 from sklens.atomic import write_text
 from sklens.causal.attribution import Attribution
 from sklens.explanation.evidence import NeuronEvidence
-from sklens.explanation.explain import summary_lines, unit_label
+from sklens.explanation.explain import summary_lines
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning.result import Scan
+from sklens.units.sites import unit_slot_label
 from sklens.version import __version__
 from sklens.views import figures
 from sklens.views.viz import text_view
@@ -245,8 +246,8 @@ def _build(run: Path, n: int) -> Path:
                     _table(
                         explained[
                             explained.unit
-                            == unit_label(
-                                row.layer, row.neuron, row.slot, getattr(row, "site", "mlp")
+                            == unit_slot_label(
+                                getattr(row, "site", "mlp"), row.layer, row.neuron, row.slot
                             )
                         ].head(5)
                     ),

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -150,6 +150,40 @@ def neuron_stats(
     return means, {L: s / acc.positions for L, s in acc.abs_sums.items()}
 
 
+class RandomUnits:
+    """Units drawn at random, with one seeded generator, among the units of a site's layers that
+    are not selected: the controls of a causal check (``random_sets``) and of a counterfactual
+    test (``sklens.causal.counterfactual``), so both draw them the same way."""
+
+    def __init__(self, selected: NeuronSet, seed: int):
+        self.gen = torch.Generator().manual_seed(seed)
+        taken = {L: set(ids.tolist()) for L, ids in selected.by_layer().items()}
+        self.others = {  # each selected layer's unselected units, ascending
+            L: torch.tensor(
+                [i for i in range(selected.site.size) if i not in ids], dtype=torch.long
+            )
+            for L, ids in taken.items()
+        }
+
+    def draw(self, layer: int, k: int) -> Int[Tensor, " drawn"]:
+        """``k`` distinct unselected units of ``layer`` (all of them when it has fewer)."""
+        others = self.others[layer]
+        return others[torch.randperm(len(others), generator=self.gen)[:k]]
+
+    def matched(
+        self, layer: int, ids: Int[Tensor, " k"], scale: Float[Tensor, " units"], pool: int
+    ) -> Int[Tensor, " k"]:
+        """One distinct unselected unit of ``layer`` per unit of ``ids``, each drawn among the
+        ``pool`` units left that are closest to it in ``scale``."""
+        others = self.others[layer].tolist()
+        chosen: list[int] = []
+        for i in ids.tolist():
+            free = torch.tensor([o for o in others if o not in chosen], dtype=torch.long)
+            near = free[(scale[free] - scale[i]).abs().argsort()[:pool]]
+            chosen.append(int(near[torch.randint(len(near), (1,), generator=self.gen)]))
+        return torch.tensor(chosen, dtype=torch.long)
+
+
 def random_sets(
     model: Model,
     neurons: Any,
@@ -164,25 +198,18 @@ def random_sets(
     each selected unit is replaced by one of the ``pool`` units of its layer closest in scale."""
     selected = NeuronSet.of(neurons, model)
     index = selected.by_layer()
-    gen = torch.Generator().manual_seed(seed)
+    units = RandomUnits(selected, seed)
+    for L, ids in index.items():
+        if n_random and len(units.others[L]) < len(ids):
+            raise ValueError(f"layer {L} has too few unselected neurons for a random control")
     out = []
     for _ in range(n_random):
         drawn = {}
         for L, ids in index.items():
-            taken = set(ids.tolist())
-            others = torch.tensor([i for i in range(selected.site.size) if i not in taken])
-            if len(others) < len(ids):
-                raise ValueError(f"layer {L} has too few unselected neurons for a random control")
             if scale is None:
-                chosen = others[torch.randperm(len(others), generator=gen)[: len(ids)]]
+                drawn[L] = units.draw(L, len(ids)).sort().values
             else:
-                chosen_list: list[int] = []
-                for i in ids.tolist():
-                    free = torch.tensor([o for o in others.tolist() if o not in chosen_list])
-                    near = free[(scale[L][free] - scale[L][i]).abs().argsort()[:pool]]
-                    chosen_list.append(int(near[torch.randint(len(near), (1,), generator=gen)]))
-                chosen = torch.tensor(chosen_list)
-            drawn[L] = chosen.sort().values
+                drawn[L] = units.matched(L, ids, scale[L], pool).sort().values
         out.append(drawn)
     return out
 
@@ -230,6 +257,47 @@ def causal_check(
     ``p_accuracy``, ``p_accuracy_per_token``: two-sided rank p-values against the random sets'
     changes around their median (smallest possible ``1/(n_random+1)``).
     """
+    examples, modes = _checked(model, prompt, examples, modes, n_random, group_by)
+    positions = positions or ("slots" if prompt is not None else "all")
+    selected = nonempty(NeuronSet.of(neurons, model, site=site))
+    means = scale = None
+    if "mean" in modes or match_scale:
+        means, scale = neuron_stats(
+            model,
+            prompt,
+            list(reference) if reference is not None else examples,
+            selected.layers,
+            positions=positions,
+            batch_size=batch_size,
+            site=selected.site,
+        )
+    sets = _sets(model, selected, n_random, seed, scale if match_scale else None)
+    base = evaluate(model, prompt, examples, metric=metric, batch_size=batch_size)
+    changes = _Changes(base, _groups(examples, group_by), match_scale, n_boot, seed)
+    bar = tqdm(total=len(modes) * len(sets), desc="causal check", disable=not progress)
+    for mode in modes:
+        for name, chosen in sets.items():
+            edit = NeuronIntervention(
+                model, chosen, mode, positions=positions, means=means, seed=seed, **mode_options
+            )
+            edited = evaluate(
+                model, prompt, examples, metric=metric, intervention=edit, batch_size=batch_size
+            )
+            changes.add(mode, name, len(chosen), edited)
+            bar.update(1)
+    bar.close()
+    return changes.table()
+
+
+def _checked(
+    model: Model,
+    prompt: SoftPrompt | None,
+    examples: Sequence[Example],
+    modes: Sequence[str] | str,
+    n_random: int,
+    group_by: str | None,
+) -> tuple[list[Example], tuple[str, ...]]:
+    """A causal check's examples (at least 2) and modes, its arguments checked before any pass."""
     arguments.model(model)
     arguments.prompt(prompt)
     examples = arguments.examples(examples)
@@ -239,85 +307,86 @@ def causal_check(
     validate.integer("n_random", n_random, minimum=1, meaning="random sets to compare with")
     if group_by is not None:
         _check_group_by(examples, group_by)
-    positions = positions or ("slots" if prompt is not None else "all")
-    selected = nonempty(NeuronSet.of(neurons, model, site=site))
-    layers = selected.layers
-    reference = list(reference) if reference is not None else examples
-    means = scale = None
-    if "mean" in modes or match_scale:
-        means, scale = neuron_stats(
-            model,
-            prompt,
-            reference,
-            layers,
-            positions=positions,
-            batch_size=batch_size,
-            site=selected.site,
-        )
+    return examples, modes
+
+
+def _sets(
+    model: Model,
+    selected: NeuronSet,
+    n_random: int,
+    seed: int,
+    scale: dict[int, torch.Tensor] | None,
+) -> dict[str, NeuronSet]:
+    """The sets a causal check edits, by their name in its table: ``selected``, then
+    ``random_0`` ... (``random_sets``, scale-matched when ``scale`` is given)."""
     sets = {"selected": NeuronSet.of(selected.by_layer(), site=selected.site)}
-    for r, drawn in enumerate(
-        random_sets(model, selected, n_random, seed=seed, scale=scale if match_scale else None)
-    ):
+    for r, drawn in enumerate(random_sets(model, selected, n_random, seed=seed, scale=scale)):
         sets[f"random_{r}"] = NeuronSet.of(drawn, site=selected.site)
-    base = evaluate(model, prompt, examples, metric=metric, batch_size=batch_size)
+    return sets
+
+
+def _groups(examples: Sequence[Example], group_by: str | None) -> dict[str, np.ndarray]:
+    """The examples' groups as masks: ``all``, and with ``group_by`` one per value of that meta
+    field (``"field=value"``, values sorted as text)."""
     groups = {"all": np.ones(len(examples), dtype=bool)}
     if group_by is not None:
         labels = np.array([str(e.meta[group_by]) for e in examples])
         groups |= {f"{group_by}={v}": labels == v for v in sorted(set(labels))}
-    rng = np.random.default_rng(seed)
-    records = []
-    total = len(modes) * len(sets)
-    bar = tqdm(total=total, desc="causal check", disable=not progress)
-    for mode in modes:
-        for name, chosen in sets.items():
-            intervention = NeuronIntervention(
-                model,
-                chosen,
-                mode,
-                positions=positions,
-                means=means,
-                seed=seed,
-                **mode_options,
-            )
-            edited = evaluate(
-                model,
-                prompt,
-                examples,
-                metric=metric,
-                intervention=intervention,
-                batch_size=batch_size,
-            )
-            deltas = {k: (edited[k] - base[k]).to_numpy() for k in _CHANGES}
-            for group, mask in groups.items():
-                row = {
-                    "mode": mode,
-                    "set": name,
-                    "group": group,
-                    "n": int(mask.sum()),
-                    "n_neurons": len(chosen),
-                    "match_scale": match_scale,
-                    "accuracy_base": _mean(base["correct"].to_numpy()[mask]),
-                    "accuracy_per_token_base": _mean(base["correct_per_token"].to_numpy()[mask]),
-                }
-                for k, key in _CHANGES.items():
-                    d = deltas[k][mask]
-                    row[f"d_{key}"] = _mean(d)
-                    row[f"d_{key}_lo"], row[f"d_{key}_hi"] = bootstrap_ci(
-                        np.mean, d[~np.isnan(d)], n_boot=n_boot, seed=rng
-                    )
-                records.append(row)
-            bar.update(1)
-    bar.close()
-    table = pd.DataFrame(records)
-    for key in _CHANGES.values():
-        table[f"p_{key}"] = np.nan
-    for _, part in table.groupby(["mode", "group"]):
-        selected = part[part.set == "selected"]
-        randoms = part[part.set != "selected"]
+    return groups
+
+
+class _Changes:
+    """A causal check's table, row by row: each edit's changes from the unedited evaluation
+    ``base``, per group, with bootstrap intervals drawn in table order from one generator."""
+
+    def __init__(
+        self,
+        base: pd.DataFrame,
+        groups: dict[str, np.ndarray],
+        match_scale: bool,
+        n_boot: int,
+        seed: int,
+    ):
+        self.base, self.groups, self.match_scale, self.n_boot = base, groups, match_scale, n_boot
+        self.rng = np.random.default_rng(seed)
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, mode: str, name: str, n_neurons: int, edited: pd.DataFrame) -> None:
+        """One row per group for the edit of set ``name`` (``n_neurons`` units) by ``mode``."""
+        base = self.base
+        deltas = {k: (edited[k] - base[k]).to_numpy() for k in _CHANGES}
+        for group, mask in self.groups.items():
+            row = {
+                "mode": mode,
+                "set": name,
+                "group": group,
+                "n": int(mask.sum()),
+                "n_neurons": n_neurons,
+                "match_scale": self.match_scale,
+                "accuracy_base": _mean(base["correct"].to_numpy()[mask]),
+                "accuracy_per_token_base": _mean(base["correct_per_token"].to_numpy()[mask]),
+            }
+            for k, key in _CHANGES.items():
+                d = deltas[k][mask]
+                row[f"d_{key}"] = _mean(d)
+                row[f"d_{key}_lo"], row[f"d_{key}_hi"] = bootstrap_ci(
+                    np.mean, d[~np.isnan(d)], n_boot=self.n_boot, seed=self.rng
+                )
+            self.records.append(row)
+
+    def table(self) -> pd.DataFrame:
+        """The rows, and on the selected ones the rank p-value of each change among the random
+        sets' changes of the same mode and group."""
+        table = pd.DataFrame(self.records)
         for key in _CHANGES.values():
-            p = rank_p(float(selected[f"d_{key}"].iloc[0]), randoms[f"d_{key}"].to_numpy())
-            table.loc[selected.index, f"p_{key}"] = p
-    return table
+            table[f"p_{key}"] = np.nan
+        for _, part in table.groupby(["mode", "group"]):
+            selected = part[part.set == "selected"]
+            randoms = part[part.set != "selected"]
+            for key in _CHANGES.values():
+                p = rank_p(float(selected[f"d_{key}"].iloc[0]), randoms[f"d_{key}"].to_numpy())
+                table.loc[selected.index, f"p_{key}"] = p
+        return table
 
 
 def _modes(modes: Sequence[str] | str) -> tuple[str, ...]:

@@ -30,16 +30,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sklens.causal.check import evaluate
+from sklens.causal.check import RandomUnits, evaluate
 from sklens.data.example import Example
-from sklens.explanation.explain import unit_label
 from sklens.models.protocol import Model
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning.activations import at_selected_slot, require_slots, slot_activations
 from sklens.stats import bootstrap_ci
 from sklens.stats.inference import q_values
 from sklens.units.neuron_set import NeuronSet
-from sklens.units.sites import SiteLike
+from sklens.units.sites import SiteLike, unit_slot_label
 
 # evaluate's per-example columns whose paired change is reported, by the name reported
 BEHAVIOUR = {
@@ -83,16 +82,17 @@ def sign_flip_p(
     return (1 + hits) / (1 + n_permutations)
 
 
-def _random_units(neurons: pd.DataFrame, n_units: int, n_random: int, seed: int) -> pd.DataFrame:
-    """``n_random`` units per row, of its layer at its slot, none of them a selected unit
-    (``n_units``: the site's units per layer)."""
-    rng = np.random.default_rng(seed)
-    taken = set(zip(neurons.layer, neurons.neuron, strict=True))
-    rows = []
-    for j, row in enumerate(neurons.itertuples()):
-        pool = [i for i in range(n_units) if (row.layer, i) not in taken]
-        for i in rng.choice(pool, size=min(n_random, len(pool)), replace=False):
-            rows.append({"of": j, "layer": row.layer, "neuron": int(i), "slot": row.slot})
+def _random_units(
+    neurons: pd.DataFrame, selected: NeuronSet, n_random: int, seed: int
+) -> pd.DataFrame:
+    """``n_random`` distinct units per row (``of``), of its layer at its slot, none of them a
+    selected unit (``RandomUnits``, as a causal check draws them)."""
+    units = RandomUnits(selected, seed)
+    rows = [
+        {"of": j, "layer": row.layer, "neuron": i, "slot": row.slot}
+        for j, row in enumerate(neurons.itertuples())
+        for i in units.draw(row.layer, n_random).tolist()
+    ]
     return pd.DataFrame(rows, columns=["of", "layer", "neuron", "slot"])
 
 
@@ -136,43 +136,73 @@ def counterfactual(
     """
     pairs = list(pairs)
     neurons = require_slots(neurons, "counterfactual").reset_index(drop=True)
+    _check_pairs(pairs, n_random)
+    before = [a for a, _ in pairs]
+    after = [b for _, b in pairs]
+    selected = NeuronSet.of(neurons, model, site=site)  # controls are units of the same site
+    controls = _random_units(neurons, selected, n_random, seed)
+    columns = ["layer", "neuron", "slot"]
+    read = pd.concat([neurons[columns], controls[columns]], ignore_index=True).astype(int)
+    read_set = NeuronSet.of(read[["layer", "neuron"]], site=selected.site)
+    acts = at_selected_slot(
+        slot_activations(
+            model, prompt, before + after, read_set, batch_size=batch_size, progress=progress
+        ),
+        read,
+    ).double()
+    a0, a1 = acts[: len(pairs)], acts[len(pairs) :]
+    p = sign_flip_p((a1 - a0)[:, : len(neurons)], n_permutations, seed).numpy()
+    rng = np.random.default_rng(seed)
+    units = _unit_table(
+        neurons, controls, a0, a1, site=selected.site.name, p=p, n_boot=n_boot, rng=rng
+    )
+    behaviour = _behaviour(model, prompt, before, after, metric, n_boot, seed, batch_size, rng)
+    per_pair = pd.DataFrame(
+        {f"{u} before": a0[:, j].numpy() for j, u in enumerate(units.unit)}
+        | {f"{u} after": a1[:, j].numpy() for j, u in enumerate(units.unit)}
+    )
+    return Counterfactual(units, behaviour, per_pair)
+
+
+def _check_pairs(pairs: list[Any], n_random: int) -> None:
+    """Refuse too few pairs, pairs that are not ``(original, edited)`` tuples, a negative
+    ``n_random``."""
     if len(pairs) < MIN_PAIRS:
         raise ValueError(f"counterfactual needs at least {MIN_PAIRS} pairs, got {len(pairs)}")
     if not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
         raise TypeError("pairs must be (original, edited) tuples; sklens.edits.pairs builds them")
     if n_random < 0:
         raise ValueError(f"n_random must be at least 0, got {n_random}")
-    before = [a for a, _ in pairs]
-    after = [b for _, b in pairs]
-    site = NeuronSet.of(neurons, model, site=site).site  # controls are units of the same site
-    controls = _random_units(neurons, site.size, n_random, seed)
-    columns = ["layer", "neuron", "slot"]
-    read = pd.concat([neurons[columns], controls[columns]], ignore_index=True).astype(int)
-    units = NeuronSet.of(read[["layer", "neuron"]], site=site)
-    acts = at_selected_slot(
-        slot_activations(
-            model, prompt, before + after, units, batch_size=batch_size, progress=progress
-        ),
-        read,
-    ).double()
-    n = len(pairs)
-    a0, a1 = acts[:n], acts[n:]
+
+
+def _unit_table(
+    neurons: pd.DataFrame,
+    controls: pd.DataFrame,
+    a0: Float[Tensor, "pair read"],
+    a1: Float[Tensor, "pair read"],
+    *,
+    site: str,
+    p: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """One row per selected unit from the activations read before (``a0``) and after (``a1``)
+    the edit, the selected units' columns first and then ``controls``': the paired change with
+    its interval, ``d_std``, the sign-flip ``p`` and its BH ``q``, and against the unit's random
+    controls ``p_vs_random`` (the share moving at least as much, |d_std|) and their median."""
     changes = a1 - a0
-    scale = a0.std(0)
-    d_std = (changes.mean(0) / scale).numpy()
+    d_std = (changes.mean(0) / a0.std(0)).numpy()
     k = len(neurons)
-    p = sign_flip_p(changes[:, :k], n_permutations, seed).numpy()
-    rng = np.random.default_rng(seed)
     records = []
     for j, row in enumerate(neurons.itertuples()):
         lo, hi = _mean_ci(changes[:, j].numpy(), n_boot, rng)
         mine = controls.index[controls["of"] == j].to_numpy() + k
         record = {
-            "unit": unit_label(row.layer, row.neuron, row.slot, site.name),
+            "unit": unit_slot_label(site, row.layer, row.neuron, row.slot),
             "layer": row.layer,
             "neuron": row.neuron,
             "slot": row.slot,
-            "n": n,
+            "n": len(a0),
             "mean_before": float(a0[:, j].mean()),
             "mean_after": float(a1[:, j].mean()),
             "d_act": float(changes[:, j].mean()),
@@ -189,12 +219,7 @@ def counterfactual(
         records.append(record)
     units = pd.DataFrame(records)
     units.insert(units.columns.get_loc("p") + 1, "q", q_values(units["p"].to_numpy(), "bh"))
-    behaviour = _behaviour(model, prompt, before, after, metric, n_boot, seed, batch_size, rng)
-    per_pair = pd.DataFrame(
-        {f"{u} before": a0[:, j].numpy() for j, u in enumerate(units.unit)}
-        | {f"{u} after": a1[:, j].numpy() for j, u in enumerate(units.unit)}
-    )
-    return Counterfactual(units, behaviour, per_pair)
+    return units
 
 
 def _behaviour(

@@ -81,11 +81,6 @@ class Explanations:
         return "\n".join(self.summary)
 
 
-def unit_label(layer: int, neuron: int, slot: int, site: str = "mlp") -> str:
-    """``L3 N5 @slot2``: the unit's label at its site (``sklens.sites.unit_label``) and slot."""
-    return f"{sites.unit_label(site, layer, neuron)} @slot{slot}"
-
-
 def explain(
     model: Model,
     prompt: SoftPrompt,
@@ -258,7 +253,8 @@ def explain_activations(
         table[name] = units[name].to_numpy()[table["j"].to_numpy()].astype(int)
     table["site"] = np.array(sites.site_names(units), dtype=object)[table["j"].to_numpy()]
     table["unit"] = [
-        unit_label(*x) for x in zip(table.layer, table.neuron, table.slot, table.site, strict=True)
+        sites.unit_slot_label(*x)
+        for x in zip(table.site, table.layer, table.neuron, table.slot, strict=True)
     ]
     table = table[list(COLUMNS)].reset_index(drop=True)
     return Explanations(table, summary_lines(table, units, alpha), dict(skipped or {}), alpha)
@@ -279,7 +275,7 @@ def summary_lines(table: pd.DataFrame, units: pd.DataFrame, alpha: float = 0.05)
     lines = []
     rows_of = zip(units.layer, units.neuron, units.slot, sites.site_names(units), strict=True)
     for L, neuron, slot, site in rows_of:
-        label = unit_label(int(L), int(neuron), int(slot), site)
+        label = sites.unit_slot_label(site, int(L), int(neuron), int(slot))
         rows = table[table.unit == label]
         if rows.empty:
             lines.append(f"{label}: no hypothesis could be tested")

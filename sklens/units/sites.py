@@ -476,6 +476,13 @@ def unit_label(site_name: str, layer: int, unit: int) -> str:
     return f"L{layer} {kind}{unit}" if kind else site_of(site_name).label(layer, unit)
 
 
+def unit_slot_label(site_name: str, layer: int, unit: int, slot: int, word: str = "slot") -> str:
+    """A unit at a soft-prompt slot, ``unit_label`` then ``@{word}{slot}``: ``L3 N5 @slot2`` in
+    tables and summaries (``explain``, ``counterfactual``), ``L3 N5 @soft2`` in views (``viz``),
+    as each has been written to runs and reports."""
+    return f"{unit_label(site_name, layer, unit)} @{word}{slot}"
+
+
 def site_names(table: Any) -> list[str]:
     """Each row's site name: a table's ``site`` column, or MLP neurons for a table without one."""
     return list(table["site"]) if "site" in table.columns else ["mlp"] * len(table)

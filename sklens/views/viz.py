@@ -26,7 +26,7 @@ from circuitsvis.utils.render import RenderedHTML
 
 from sklens.atomic import write_text
 from sklens.units.neuron_set import NeuronSet
-from sklens.units.sites import site_names, unit_label
+from sklens.units.sites import site_names, unit_slot_label
 
 _RENDER = re.compile(r"\n\s*CircuitsVis\.render\(")
 
@@ -71,7 +71,7 @@ def neuron_labels(neurons: pd.DataFrame | Sequence[tuple[int, int]]) -> list[str
     the table has one (``@soft2``)."""
     if isinstance(neurons, pd.DataFrame) and "slot" in neurons:
         return [
-            f"{unit_label(site, L, i)} @soft{p}"
+            unit_slot_label(site, L, i, p, word="soft")
             for L, i, p, site in zip(
                 neurons.layer, neurons.neuron, neurons.slot, site_names(neurons), strict=True
             )
