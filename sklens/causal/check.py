@@ -31,7 +31,7 @@ from sklens.data.example import Example
 from sklens.data.format import Batch, encode
 from sklens.models.protocol import Model
 from sklens.prompt import arguments
-from sklens.prompt.forward import BatchPart, batched_pass, gather_slots
+from sklens.prompt.forward import batched_pass, gather_slots, slot_count, with_prompt
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning import metrics as metrics_mod
 from sklens.scanning.choices import score_examples
@@ -130,11 +130,11 @@ def neuron_stats(
         raise ValueError(
             "positions='slots' needs a soft prompt; use positions='all' on a plain model"
         )
-    n_slots = prompt.n_tokens if prompt is not None else 0
+    n_slots = slot_count(prompt)
     encoded = encode(model, list(examples), n_slots)
     site = resolve_site(site, model) if not isinstance(site, Site) or not site.size else site
     acc = _Sums(layers, site, n_slots, slots=positions == "slots")
-    parts: list[BatchPart] = [prompt.writer(), acc] if prompt is not None else [acc]
+    parts = with_prompt(prompt, acc)
     for _ in batched_pass(
         model,
         encoded,

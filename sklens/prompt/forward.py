@@ -35,6 +35,7 @@ from sklens.data.format import Batch, Encoded, collate, iter_batches, pad_id
 from sklens.models import _compat
 from sklens.models.layout import linear_layout_for
 from sklens.models.protocol import Model
+from sklens.prompt.soft_prompt import SoftPrompt
 
 Hook = tuple[str, Callable[..., Any]]
 
@@ -46,6 +47,17 @@ class BatchPart(Protocol):
     def hooks(self) -> list[Hook]: ...
 
     def start(self, batch: Batch) -> None: ...
+
+
+def with_prompt(prompt: SoftPrompt | None, *parts: BatchPart) -> list[BatchPart]:
+    """The prompt's writer (where there is a prompt) before ``parts``: the parts of a pass that
+    runs on a prompted model or a plain one alike."""
+    return [prompt.writer(), *parts] if prompt is not None else list(parts)
+
+
+def slot_count(prompt: SoftPrompt | None) -> int:
+    """How many slots a pass writes: the prompt's, or none without one."""
+    return prompt.n_tokens if prompt is not None else 0
 
 
 class _StopForward(Exception):

@@ -19,6 +19,7 @@ from torch import Tensor
 from sklens.data.example import Example
 from sklens.data.format import Batch, encode, iter_batches
 from sklens.models.protocol import Model
+from sklens.prompt.forward import slot_count
 from sklens.prompt.soft_prompt import SoftPrompt
 
 
@@ -48,7 +49,7 @@ def run_with_cache(
     position past ``batch.attention_mask.sum(1)`` is padding.
     """
     examples = list(examples)
-    n_slots = prompt.n_tokens if prompt is not None else 0
+    n_slots = slot_count(prompt)
     encoded = encode(model, examples, n_slots, chat_template=chat_template)
     batch = next(
         iter_batches(model, encoded, n_slots, len(examples), with_completion=with_completion)

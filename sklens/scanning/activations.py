@@ -15,7 +15,7 @@ from sklens.data.example import Example
 from sklens.data.format import Batch, encode
 from sklens.display import token_texts
 from sklens.models.protocol import Model
-from sklens.prompt.forward import BatchPart, batched_pass, gather_slots
+from sklens.prompt.forward import batched_pass, gather_slots, slot_count, with_prompt
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.units.neuron_set import NeuronLike, NeuronSet
 from sklens.units.sites import SiteLike
@@ -258,10 +258,10 @@ def token_activations(
     """
     neurons = NeuronSet.of(neurons, model)
     examples = list(examples)
-    n_slots = prompt.n_tokens if prompt is not None else 0
+    n_slots = slot_count(prompt)
     encoded = encode(model, examples, n_slots, chat_template=chat_template)
     reader = NeuronReader(neurons, slots_only=False)
-    parts: list[BatchPart] = [prompt.writer(), reader] if prompt is not None else [reader]
+    parts = with_prompt(prompt, reader)
     out: list[tuple[list[str], Tensor]] = [None] * len(examples)  # type: ignore[list-item]
     decode = model.tokenizer.decode
     for batch, _ in batched_pass(

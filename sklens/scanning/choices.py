@@ -33,7 +33,7 @@ from sklens.data.example import Example
 from sklens.data.format import encode
 from sklens.models import _compat
 from sklens.models.protocol import Model
-from sklens.prompt.forward import BatchPart, batched_pass, shared_prefix_pass
+from sklens.prompt.forward import batched_pass, shared_prefix_pass, slot_count, with_prompt
 
 
 def is_multiple_choice(examples: Sequence[Example]) -> bool:
@@ -101,11 +101,11 @@ def score_examples(
         rows, owner, correct_rows = expand_choices(examples)
     else:
         rows, owner, correct_rows = examples, list(range(len(examples))), list(range(len(examples)))
-    n_slots = prompt.n_tokens if prompt is not None else 0
+    n_slots = slot_count(prompt)
     encoded = encode(model, rows, n_slots)
     total = torch.empty(len(rows), dtype=torch.float64)
     mean_loss = torch.empty(len(rows), dtype=torch.float64)
-    parts: list[BatchPart] = [prompt.writer()] if prompt is not None else []
+    parts = with_prompt(prompt)
     if intervention is not None:
         intervention.owners = owner
         parts.append(intervention)

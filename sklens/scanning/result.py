@@ -39,7 +39,7 @@ from sklens.stats.inference import QMethod
 from sklens.stats.moments import GroupedMoments, Moments
 from sklens.stats.mutual_info import MutualInfo
 from sklens.stats.permutation import PermutationNull
-from sklens.stats.ranking import RULES, Reduce, slot_scores
+from sklens.stats.ranking import RULES, Reduce, layer_and_unit, slot_scores
 from sklens.units.sites import Site, rebuild
 
 PMethod = Literal["fwer", "neuron", "pooled"]
@@ -173,7 +173,7 @@ class Scan:
         k = min(k, int((~score.isnan()).sum()))
         top = ranked.topk(k).indices
         n_units = score.shape[1]
-        rows, neurons = top // n_units, top % n_units
+        rows, neurons = layer_and_unit(top, n_units)
         corr = self.corr
         layers = self.layers
         pos = slot[rows, neurons]

@@ -26,7 +26,7 @@ from sklens.data.example import Example, data_hash
 from sklens.data.format import Batch, encode
 from sklens.models.protocol import Model
 from sklens.prompt import arguments
-from sklens.prompt.forward import BatchPart, batched_pass, gather_slots
+from sklens.prompt.forward import batched_pass, gather_slots, slot_count, with_prompt
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning import metrics as metrics_mod
 from sklens.scanning.choices import score_examples
@@ -335,7 +335,7 @@ class _Plan:
         if prompt is not None:
             prompt.check_fits(model)
         groups = _group_labels(examples, options.permutation_groups)
-        n_slots = prompt.n_tokens if prompt is not None else 0
+        n_slots = slot_count(prompt)
         encoded = encode(model, examples, n_slots, chat_template=chat_template)
         known = values_before_pass(model, prompt, examples, metric, options.batch_size)
         plan = cls(
@@ -349,7 +349,7 @@ class _Plan:
     @property
     def n_slots(self) -> int:
         """The soft prompt's length (0: no prompt, the instruction's last token is read)."""
-        return self.prompt.n_tokens if self.prompt is not None else 0
+        return slot_count(self.prompt)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -387,7 +387,7 @@ def _pass(plan: _Plan, folder: _Folder, *, desc: str) -> Tensor:
     before the pass (``folder.known``) it stops after the last scanned layer."""
     values = torch.full((len(plan.examples),), torch.nan, dtype=torch.float64)
     known = folder.known is not None
-    parts: list[BatchPart] = [plan.prompt.writer(), folder] if plan.prompt is not None else [folder]
+    parts = with_prompt(plan.prompt, folder)
     moments = folder.accumulator.moments
     checked = moments is None
     for batch, scores in batched_pass(
