@@ -269,9 +269,11 @@ def _constituent(rng: random.Random, words: _Words) -> _Pairs:
             (f"The {n2} {i2}.", "N1 I1, or N2 I2 -> N2 I2"),
         )
     )
+    if_, since = rng.choice(SUBORDINATE_NE), rng.choice(SUBORDINATE_E)
+    adverb = rng.choice(ADVERBS_E)
     return {
         ("constituent", "cn_embedded_under_if"): (
-            f"{rng.choice(SUBORDINATE_NE)} the {n1} {i1}, the {n2} {i2}.",
+            f"{if_} the {n1} {i1}, the {n2} {i2}.",
             f"The {n1} {i1}.",
             "If N1 I1, N2 I2 -> N1 I1",
         ),
@@ -280,12 +282,12 @@ def _constituent(rng: random.Random, words: _Words) -> _Pairs:
             *disjunct,
         ),
         ("constituent", "ce_embedded_under_since"): (
-            f"{rng.choice(SUBORDINATE_E)} the {n1} {i1}, the {n2} {i2}.",
+            f"{since} the {n1} {i1}, the {n2} {i2}.",
             f"The {n1} {i1}.",
             "Since N1 I1, N2 I2 -> N1 I1",
         ),
         ("constituent", "ce_adverb"): (
-            f"{rng.choice(ADVERBS_E)} the {n1} {i1}.",
+            f"{adverb} the {n1} {i1}.",
             f"The {n1} {i1}.",
             "Adv N1 I -> N1 I",
         ),
