@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import torch
 from tqdm.auto import tqdm
@@ -181,6 +181,7 @@ def train_soft_prompt(
     return run.finish()
 
 
+@no_type_check  # it holds the arguments before ``check``: sklens's message names a wrong one
 @dataclass(frozen=True)
 class _Options:
     """``train_soft_prompt``'s settings other than the model and the data, as the caller gave
