@@ -133,6 +133,8 @@ def _attribution_section(
 
 
 def _build(run: Path, n: int) -> Path:
+    """Write ``report.html`` from the run's files, section by section (``build_report`` holds
+    the run's lock)."""
     rundir.check_consistent(run)
     summary, config = read_summary(run)
     if not (run / "evidence.json").exists():
@@ -146,9 +148,44 @@ def _build(run: Path, n: int) -> Path:
     neurons = pd.read_csv(run / "neurons.csv")
     extremal = pd.read_csv(run / "examples.csv", dtype={"instruction": str, "completion": str})
     splits = summary.get("splits", {})
-    group = evidence.group_field
 
-    parts = [
+    parts = _overview(summary, config, prompt, result, neurons)
+    parts += _summary_tables(summary, splits)
+    parts += _run_tables(run, config, splits)
+    if (run / "attribution.safetensors").exists():
+        parts += _attribution_section(run, result, summary, config)
+    if (run / "steering.csv").exists():
+        parts += _steering_section(pd.read_csv(run / "steering.csv"), splits)
+    explained = (
+        pd.read_csv(run / "explanations.csv") if (run / "explanations.csv").exists() else None
+    )
+    if explained is not None:
+        parts += _explanations_section(explained, neurons, splits)
+    bundle = None
+    for j, row in enumerate(neurons.itertuples()):
+        script, section = _neuron_section(evidence, j, row, extremal, explained, n)
+        bundle = bundle or script
+        parts += section
+    head = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>sklens report</title>"
+        f"<style>{STYLE}</style>"
+    )
+    scripts = f"<script>{bundle}</script>" if bundle else ""
+    document = f"{head}{scripts}</head><body>{''.join(parts)}</body></html>"
+    path = run / "report.html"
+    write_text(path, document)
+    return path
+
+
+def _overview(
+    summary: dict[str, Any],
+    config: StudyConfig,
+    prompt: SoftPrompt,
+    result: Scan,
+    neurons: pd.DataFrame,
+) -> list[str]:
+    """The title and settings, the training and score figures, and the top-neuron table."""
+    return [
         f"<h1>sklens report: {html.escape(config.task)}</h1>",
         f"<p>Model <code>{html.escape(str(summary['model']['name']))}</code>, metric "
         f"<code>{html.escape(summary['metric'])}</code>, {summary['data']['n_val']} validation "
@@ -170,6 +207,12 @@ def _build(run: Path, n: int) -> Path:
         "confirmation below is the honest estimate.</p>",
         _table(neurons),
     ]
+
+
+def _summary_tables(summary: dict[str, Any], splits: dict[str, Any]) -> list[str]:
+    """The summary's significance, mutual-information, held-out and stability numbers, each
+    stage's that ran."""
+    parts = []
     for key, title in (
         ("significance", "Significance (permutation null; in-sample)"),
         ("mutual_information", "Mutual information beside Pearson (top-K overlap; in-sample)"),
@@ -178,6 +221,13 @@ def _build(run: Path, n: int) -> Path:
     ):
         if summary.get(key):
             parts += [f"<h2>{title}</h2>", _table(pd.DataFrame([summary[key]]))]
+    return parts
+
+
+def _run_tables(run: Path, config: StudyConfig, splits: dict[str, Any]) -> list[str]:
+    """The tables the run's later stages wrote (mutual information, held-out, causal check,
+    consensus), each that is there."""
+    parts = []
     for name, title in (
         ("neurons_mi.csv", "Top neurons by mutual information (in-sample)"),
         ("heldout.csv", "Held-out r (95% per neuron; _adj: Bonferroni over the K) and measures"),
@@ -192,82 +242,78 @@ def _build(run: Path, n: int) -> Path:
         # is here was written by this run's settings.
         if (run / name).exists():
             parts += [f"<h3>{title}</h3>", _table(pd.read_csv(run / name))]
+    return parts
 
-    if (run / "attribution.safetensors").exists():
-        parts += _attribution_section(run, result, summary, config)
-    if (run / "steering.csv").exists():
-        curve = pd.read_csv(run / "steering.csv")
-        parts += [
-            f"<h3>Steering curve on the causal split ({splits.get('causal')} examples): the "
-            "top-K scaled by each factor, beside random sets of the same layers</h3>",
-            "<div class='grid'>",
-            *(
-                _png(figures.steering(curve, measure))
-                for measure in ("loss", "metric", "accuracy")
-                if curve[f"d_{measure}"].notna().any()
-            ),
-            "</div>",
-        ]
-    explained = (
-        pd.read_csv(run / "explanations.csv") if (run / "explanations.csv").exists() else None
+
+def _steering_section(curve: pd.DataFrame, splits: dict[str, Any]) -> list[str]:
+    """The steering curves: each measure the run has, against the scaling factor."""
+    return [
+        f"<h3>Steering curve on the causal split ({splits.get('causal')} examples): the "
+        "top-K scaled by each factor, beside random sets of the same layers</h3>",
+        "<div class='grid'>",
+        *(
+            _png(figures.steering(curve, measure))
+            for measure in ("loss", "metric", "accuracy")
+            if curve[f"d_{measure}"].notna().any()
+        ),
+        "</div>",
+    ]
+
+
+def _explanations_section(
+    explained: pd.DataFrame, neurons: pd.DataFrame, splits: dict[str, Any]
+) -> list[str]:
+    """The explanations, one line per top neuron: its best hypothesis if one passes
+    (``summary_lines``)."""
+    lines = summary_lines(explained, neurons)
+    return [
+        f"<h3>Explanations (ranked on the confirm split, {splits.get('confirm')} examples; "
+        "Benjamini–Hochberg q over every neuron and hypothesis)</h3>",
+        f"<pre>{html.escape(chr(10).join(lines))}</pre>",
+    ]
+
+
+def _neuron_section(
+    evidence: NeuronEvidence,
+    j: int,
+    row: Any,
+    extremal: pd.DataFrame,
+    explained: pd.DataFrame | None,
+    n: int,
+) -> tuple[str, list[str]]:
+    """Top neuron ``j``'s section (``row`` of the top-neuron table): its activation density by
+    group, its best explanations, its ``n`` extremal examples each way and their token-level
+    view; and the circuitsvis bundle, which the report embeds once."""
+    label, group = evidence.labels[j], evidence.group_field
+    kde = figures.kde_by_group(
+        evidence.at_slot()[:, j],
+        [g if group else "all" for g in evidence.groups],
+        title=f"{label}  (score {row.score:.3f})",
+        xlabel=f"activation at <soft{row.slot}>",
     )
-    if explained is not None:
-        lines = summary_lines(explained, neurons)
-        parts += [
-            f"<h3>Explanations (ranked on the confirm split, {splits.get('confirm')} examples; "
-            "Benjamini–Hochberg q over every neuron and hypothesis)</h3>",
-            f"<pre>{html.escape(chr(10).join(lines))}</pre>",
-        ]
-    picked = evidence.at_slot()
-    labels = evidence.labels
-    groups = [g if group else "all" for g in evidence.groups]
-    bundle = None
-    for j, row in enumerate(neurons.itertuples()):
-        kde = figures.kde_by_group(
-            picked[:, j],
-            groups,
-            title=f"{labels[j]}  (score {row.score:.3f})",
-            xlabel=f"activation at <soft{row.slot}>",
-        )
-        view = text_view(*evidence.view_data(j, n), [labels[j]])
-        script, mount = view.split()
-        bundle = bundle or script
-        rows = extremal[(extremal.neuron_rank == j) & (extremal["rank"] < n)].drop(
-            columns=["neuron_rank", "layer", "neuron", "slot"]
-        )
-        parts += [
-            f"<section class='neuron'><h3>#{j}: {html.escape(labels[j])}</h3>",
-            f"<p>Activation by <code>{html.escape(str(group))}</code> on "
-            f"{html.escape(evidence.sample)}:</p>",
-            _png(kde),
-            *(
-                [
-                    "<p>Its five best-ranked explanations on the confirm split (held out):</p>",
-                    _table(
-                        explained[
-                            explained.unit
-                            == unit_slot_label(
-                                getattr(row, "site", "mlp"), row.layer, row.neuron, row.slot
-                            )
-                        ].head(5)
-                    ),
-                ]
-                if explained is not None
-                else []
-            ),
-            "<p>Most and least activating examples of the selection set (in-sample):</p>",
-            _table(rows),
-            "<p>Token-level activations (most then least activating examples; position 0, "
-            "an attention sink, is left out):</p>",
-            mount,
-            "</section>",
-        ]
-    head = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>sklens report</title>"
-        f"<style>{STYLE}</style>"
+    script, mount = text_view(*evidence.view_data(j, n), [label]).split()
+    rows = extremal[(extremal.neuron_rank == j) & (extremal["rank"] < n)].drop(
+        columns=["neuron_rank", "layer", "neuron", "slot"]
     )
-    scripts = f"<script>{bundle}</script>" if bundle else ""
-    document = f"{head}{scripts}</head><body>{''.join(parts)}</body></html>"
-    path = run / "report.html"
-    write_text(path, document)
-    return path
+    return script, [
+        f"<section class='neuron'><h3>#{j}: {html.escape(label)}</h3>",
+        f"<p>Activation by <code>{html.escape(str(group))}</code> on "
+        f"{html.escape(evidence.sample)}:</p>",
+        _png(kde),
+        *(_neuron_explanations(explained, row) if explained is not None else []),
+        "<p>Most and least activating examples of the selection set (in-sample):</p>",
+        _table(rows),
+        "<p>Token-level activations (most then least activating examples; position 0, "
+        "an attention sink, is left out):</p>",
+        mount,
+        "</section>",
+    ]
+
+
+def _neuron_explanations(explained: pd.DataFrame, row: Any) -> list[str]:
+    """The five best-ranked explanations of the neuron of ``row``."""
+    unit = unit_slot_label(getattr(row, "site", "mlp"), row.layer, row.neuron, row.slot)
+    return [
+        "<p>Its five best-ranked explanations on the confirm split (held out):</p>",
+        _table(explained[explained.unit == unit].head(5)),
+    ]

@@ -23,6 +23,7 @@ import csv
 import io
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from sklens.data.example import Example
@@ -149,18 +150,49 @@ SUBORDINATE_E = ("Since", "Because", "Now that")
 ADVERBS_E = ("Certainly", "Clearly", "Obviously")
 
 
-def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
+@dataclass(frozen=True)
+class _Words:
+    """The vocabulary of one round of pairs, named as in the templates: three distinct nouns
+    (N1-N3), two transitive verbs (V, W), two intransitive ones (I1, I2), a preposition (P) and a
+    belief verb (B)."""
+
+    n1: str
+    n2: str
+    n3: str
+    v: str
+    w: str
+    i1: str
+    i2: str
+    p: str
+    b: str
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> _Words:
+        """Fresh words from ``rng``."""
+        n1, n2, n3 = rng.sample(NOUNS, 3)
+        v, w = rng.sample(TRANSITIVE, 2)
+        i1, i2 = rng.sample(INTRANSITIVE, 2)
+        return cls(n1, n2, n3, v, w, i1, i2, rng.choice(PREPOSITIONS), rng.choice(BELIEF))
+
+
+_Pairs = dict[tuple[str, str], tuple[str, str, str]]
+
+
+def _pairs(rng: random.Random) -> _Pairs:
     """One (premise, hypothesis, template) per (heuristic, subcase), with fresh vocabulary.
 
     Where HANS has several templates for a subcase (the temp numbers of McCoy et al.'s
     ``templates.py``), one is drawn at random.
     """
-    n1, n2, n3 = rng.sample(NOUNS, 3)
-    v, w = rng.sample(TRANSITIVE, 2)
-    i1, i2 = rng.sample(INTRANSITIVE, 2)
-    p, b = rng.choice(PREPOSITIONS), rng.choice(BELIEF)
-    # lexical overlap, preposition on the subject (HANS temp2-4); the contiguous "N2 V N3" would be
-    # the subsequence heuristic, not this one
+    words = _Words.draw(rng)  # then the templates' draws, in this order: a seed fixes the pairs
+    return _lexical_overlap(rng, words) | _subsequence(words) | _constituent(rng, words)
+
+
+def _lexical_overlap(rng: random.Random, words: _Words) -> _Pairs:
+    """The lexical-overlap pairs: every hypothesis word is a premise word."""
+    n1, n2, n3, v, p = words.n1, words.n2, words.n3, words.v, words.p
+    # preposition on the subject (HANS temp2-4); the contiguous "N2 V N3" would be the
+    # subsequence heuristic, not this one
     prep_hypothesis = rng.choice(
         (
             (f"The {n2} {v} the {n1}.", "N1 P N2 V N3 -> N2 V N1"),
@@ -168,19 +200,12 @@ def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
             (f"The {n3} {v} the {n2}.", "N1 P N2 V N3 -> N3 V N2"),
         )
     )
-    # lexical overlap, conjunction (HANS temp32-33): one conjunct with the shared verb, "N1 V N3";
-    # the contiguous "N2 V N3" of the first premise would be the subsequence heuristic
+    # conjunction (HANS temp32-33): one conjunct with the shared verb, "N1 V N3"; the contiguous
+    # "N2 V N3" of the first premise would be the subsequence heuristic
     conjunction = rng.choice(
         (
             (f"The {n1} and the {n2} {v} the {n3}.", "N1 and N2 V N3 -> N1 V N3"),
             (f"The {n1} {v} the {n2} and the {n3}.", "N1 V N2 and N3 -> N1 V N3"),
-        )
-    )
-    # constituent, disjunction: either disjunct is a clause the premise does not assert
-    disjunct = rng.choice(
-        (
-            (f"The {n1} {i1}.", "N1 I1, or N2 I2 -> N1 I1"),
-            (f"The {n2} {i2}.", "N1 I1, or N2 I2 -> N2 I2"),
         )
     )
     return {
@@ -203,6 +228,14 @@ def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
             f"The {n1} {v} the {n3}.",
             conjunction[1],
         ),
+    }
+
+
+def _subsequence(words: _Words) -> _Pairs:
+    """The subsequence pairs: the hypothesis is a contiguous run of the premise."""
+    n1, n2, n3, v, w = words.n1, words.n2, words.n3, words.v, words.w
+    i1, p, b = words.i1, words.p, words.b
+    return {
         ("subsequence", "sn_NP/S"): (
             f"The {n1} {b} the {n2} {i1}.",
             f"The {n1} {b} the {n2}.",
@@ -223,8 +256,24 @@ def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
             f"The {n1} {v} the {n2}.",
             "N1 V N2 who V N3 -> N1 V N2",
         ),
+    }
+
+
+def _constituent(rng: random.Random, words: _Words) -> _Pairs:
+    """The constituent pairs: the hypothesis is a complete clause of the premise."""
+    n1, n2, i1, i2 = words.n1, words.n2, words.i1, words.i2
+    # disjunction: either disjunct is a clause the premise does not assert
+    disjunct = rng.choice(
+        (
+            (f"The {n1} {i1}.", "N1 I1, or N2 I2 -> N1 I1"),
+            (f"The {n2} {i2}.", "N1 I1, or N2 I2 -> N2 I2"),
+        )
+    )
+    if_, since = rng.choice(SUBORDINATE_NE), rng.choice(SUBORDINATE_E)
+    adverb = rng.choice(ADVERBS_E)
+    return {
         ("constituent", "cn_embedded_under_if"): (
-            f"{rng.choice(SUBORDINATE_NE)} the {n1} {i1}, the {n2} {i2}.",
+            f"{if_} the {n1} {i1}, the {n2} {i2}.",
             f"The {n1} {i1}.",
             "If N1 I1, N2 I2 -> N1 I1",
         ),
@@ -233,12 +282,12 @@ def _pairs(rng: random.Random) -> dict[tuple[str, str], tuple[str, str, str]]:
             *disjunct,
         ),
         ("constituent", "ce_embedded_under_since"): (
-            f"{rng.choice(SUBORDINATE_E)} the {n1} {i1}, the {n2} {i2}.",
+            f"{since} the {n1} {i1}, the {n2} {i2}.",
             f"The {n1} {i1}.",
             "Since N1 I1, N2 I2 -> N1 I1",
         ),
         ("constituent", "ce_adverb"): (
-            f"{rng.choice(ADVERBS_E)} the {n1} {i1}.",
+            f"{adverb} the {n1} {i1}.",
             f"The {n1} {i1}.",
             "Adv N1 I -> N1 I",
         ),

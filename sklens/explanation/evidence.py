@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,30 @@ def collect_evidence(
     per_token = token_activations(
         model, prompt, [examples[i] for i in viewed], neurons, batch_size=batch_size
     )
+    spread_examples, spread_acts, spread_sample = spread
+    evidence = NeuronEvidence(
+        labels=neuron_labels(neurons),
+        activations=spread_acts.tolist(),
+        most=[most for most, _ in extremes],
+        least=[least for _, least in extremes],
+        viewed=viewed,
+        tokens=[tokens for tokens, _ in per_token],
+        token_activations=[a.tolist() for _, a in per_token],
+        group_field=group_field,
+        groups=[e.meta.get(group_field) if group_field else None for e in spread_examples],
+        sample=spread_sample,
+    )
+    return evidence, _extremal_table(examples, neurons, extremes, values)
+
+
+def _extremal_table(
+    examples: Sequence[Example],
+    neurons: pd.DataFrame,
+    extremes: Sequence[tuple[list[int], list[int]]],
+    values: Sequence[dict[int, float]],
+) -> pd.DataFrame:
+    """One row per (neuron, direction, rank): the example's text, activation and scalar meta
+    fields (``examples.csv``)."""
     rows = []
     for j, (neuron, chosen) in enumerate(zip(neurons.itertuples(), extremes, strict=True)):
         for direction, indices in zip(("most", "least"), chosen, strict=True):
@@ -161,20 +185,7 @@ def collect_evidence(
                         **example_record(examples[idx], idx, values[j][idx]),
                     }
                 )
-    spread_examples, spread_acts, spread_sample = spread
-    evidence = NeuronEvidence(
-        labels=neuron_labels(neurons),
-        activations=spread_acts.tolist(),
-        most=[most for most, _ in extremes],
-        least=[least for _, least in extremes],
-        viewed=viewed,
-        tokens=[tokens for tokens, _ in per_token],
-        token_activations=[a.tolist() for _, a in per_token],
-        group_field=group_field,
-        groups=[e.meta.get(group_field) if group_field else None for e in spread_examples],
-        sample=spread_sample,
-    )
-    return evidence, pd.DataFrame(rows)
+    return pd.DataFrame(rows)
 
 
 def kept_extremes(
@@ -197,34 +208,42 @@ def kept_extremes(
     return extremes, values
 
 
-def neuron_text_view(
-    model: Model,
-    prompt: Any,
-    examples: Sequence[Example],
-    neurons: pd.DataFrame,
-    *,
-    n: int = 5,
-    batch_size: int = 8,
-) -> OfflineHTML:
+def _notebook_shortcut(
+    render: Callable[[NeuronEvidence], OfflineHTML],
+) -> Callable[..., OfflineHTML]:
+    """The notebook shortcut that draws evidence with ``render``, under its name and docstring:
+    it collects the evidence of a ``top_k`` table's neurons (``n`` examples each way) first. The
+    views share their signature through it."""
+
+    def shortcut(
+        model: Model,
+        prompt: Any,
+        examples: Sequence[Example],
+        neurons: pd.DataFrame,
+        *,
+        n: int = 5,
+        batch_size: int = 8,
+    ) -> OfflineHTML:
+        evidence, _ = collect_evidence(model, prompt, examples, neurons, n=n, batch_size=batch_size)
+        return render(evidence)
+
+    shortcut.__name__ = shortcut.__qualname__ = render.__name__
+    shortcut.__doc__ = render.__doc__
+    return shortcut
+
+
+@_notebook_shortcut
+def neuron_text_view(evidence: NeuronEvidence) -> OfflineHTML:
     """Token-level activations of every neuron over the union of their most and least
     activating examples (circuitsvis ``text_neuron_activations``; a selector picks the neuron)."""
-    evidence, _ = collect_evidence(model, prompt, examples, neurons, n=n, batch_size=batch_size)
     acts = [np.asarray(a) for a in evidence.token_activations]
     return text_view(evidence.tokens, acts, evidence.labels)
 
 
-def neuron_topk_view(
-    model: Model,
-    prompt: Any,
-    examples: Sequence[Example],
-    neurons: pd.DataFrame,
-    *,
-    n: int = 5,
-    batch_size: int = 8,
-) -> OfflineHTML:
+@_notebook_shortcut
+def neuron_topk_view(evidence: NeuronEvidence) -> OfflineHTML:
     """For each neuron, its ``n`` most activating examples, token by token (circuitsvis
     ``topk_samples``)."""
-    evidence, _ = collect_evidence(model, prompt, examples, neurons, n=n, batch_size=batch_size)
     where = {idx: row for row, idx in enumerate(evidence.viewed)}
     tokens = [[evidence.tokens[where[i]] for i in most] for most in evidence.most]
     acts = [

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, no_type_check
 
 import torch
 from tqdm.auto import tqdm
@@ -168,107 +168,245 @@ def train_soft_prompt(
     Returns:
         The trained ``SoftPrompt``; ``prompt.history`` and ``prompt.config.training`` say how.
     """
-    arguments.model(model)
-    examples = arguments.examples(examples)
-    if val_examples is not None:
-        val_examples = arguments.examples(val_examples, "val_examples")
-    for field, value in (("steps", steps), ("epochs", epochs)):
-        if value is not None:
-            validate.integer(field, value)
-    if steps is not None and epochs is not None:
-        raise ValueError("give steps or epochs, not both")
-    validate.integer("n_tokens", n_tokens, minimum=1, meaning="soft-prompt length")
-    validate.integer("batch_size", batch_size, minimum=1)
-    validate.positive("lr", lr)
-    validate.integer("checkpoint_every", checkpoint_every, minimum=1, meaning="steps")
-    init = InitMode(init)
-    encoded = encode(model, examples, n_tokens, chat_template=chat_template)
-    per_epoch = -(-len(examples) // batch_size)
-    total_steps = epochs * per_epoch if epochs is not None else (200 if steps is None else steps)
-    if total_steps < 1:
-        raise ValueError(f"training needs at least one step, got {total_steps}")
-    if patience is not None and (patience < 1 or not val_examples):
-        raise ValueError(
-            f"patience must be at least 1 and needs val_examples (a held-out slice of the "
-            f"training data), got patience={patience} with {len(val_examples or [])} val_examples"
-        )
-    val_encoded = None
-    if val_examples:
-        val_encoded = encode(model, list(val_examples), n_tokens, chat_template=chat_template)
-    eval_every = eval_every or max(1, total_steps // 10)
-    settings = {  # everything that changes the trained prompt or its history
-        "model": getattr(model.cfg, "model_name", None),
-        "d_model": model.cfg.d_model,
-        "n_tokens": n_tokens,
-        "init": InitMode(init).value,
-        "init_text": init_text,
-        "lr": lr,
-        "steps": total_steps,
-        "batch_size": batch_size,
-        "weight_decay": weight_decay,
-        "seed": seed,
-        "n_train": len(examples),
-        "train_hash": data_hash(examples),
-        "n_val": len(val_examples or []),
-        "val_hash": data_hash(list(val_examples)) if val_examples else None,
-        "eval_every": eval_every,
-        "chat_template": chat_template,
-        "patience": patience,
-        "min_delta": min_delta,
-        "restore_best": restore_best and bool(val_examples),
-    }
-
-    prompt = SoftPrompt.init_for(model, n_tokens, init=init, init_text=init_text, seed=seed)
-    prompt.config.training = settings
-    optimizer = torch.optim.AdamW(prompt.parameters(), lr=lr, weight_decay=weight_decay)
-    start, best = 0, _Best(min_delta)
-    if checkpoint_dir is not None:
-        start = _resume(Path(checkpoint_dir), prompt, optimizer, settings, best)
-
-    bar = tqdm(total=total_steps, initial=start, desc="train soft prompt", disable=not progress)
+    options = _Options(
+        n_tokens=n_tokens, lr=lr, steps=steps, epochs=epochs, batch_size=batch_size, seed=seed,
+        weight_decay=weight_decay, init=init, init_text=init_text, eval_every=eval_every,
+        patience=patience, restore_best=restore_best, min_delta=min_delta,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+        chat_template=chat_template, progress=progress,
+    )  # fmt: skip
+    run = _Run.prepare(model, examples, val_examples, options)
     with frozen(model), linear_layout(model):
-        if val_encoded is not None and start == 0:
-            prompt.history.append(
-                {"step": 0, "val_loss": _mean_loss(model, prompt, val_encoded, batch_size)}
+        run.train()
+    return run.finish()
+
+
+@no_type_check  # it holds the arguments before ``check``: sklens's message names a wrong one
+@dataclass(frozen=True)
+class _Options:
+    """``train_soft_prompt``'s settings other than the model and the data, as the caller gave
+    them (its docstring says what each does)."""
+
+    n_tokens: int
+    lr: float
+    steps: int | None
+    epochs: int | None
+    batch_size: int
+    seed: int
+    weight_decay: float
+    init: InitMode | str
+    init_text: str | None
+    eval_every: int | None
+    patience: int | None
+    restore_best: bool
+    min_delta: float
+    checkpoint_dir: str | os.PathLike | None
+    checkpoint_every: int
+    chat_template: bool | None
+    progress: bool
+
+    def check(self) -> None:
+        """Refuse settings that cannot train, before the examples are encoded."""
+        for field, value in (("steps", self.steps), ("epochs", self.epochs)):
+            if value is not None:
+                validate.integer(field, value)
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        validate.integer("n_tokens", self.n_tokens, minimum=1, meaning="soft-prompt length")
+        validate.integer("batch_size", self.batch_size, minimum=1)
+        validate.positive("lr", self.lr)
+        validate.integer("checkpoint_every", self.checkpoint_every, minimum=1, meaning="steps")
+
+    def total_steps(self, n_examples: int) -> int:
+        """The steps to train (the maximum with ``patience``): ``steps``, ``epochs`` passes over
+        ``n_examples``, or 200."""
+        per_epoch = -(-n_examples // self.batch_size)
+        if self.epochs is not None:
+            total = self.epochs * per_epoch
+        else:
+            total = 200 if self.steps is None else self.steps
+        if total < 1:
+            raise ValueError(f"training needs at least one step, got {total}")
+        return total
+
+    def settings(
+        self,
+        model: Model,
+        examples: Sequence[Example],
+        val_examples: Sequence[Example] | None,
+        total_steps: int,
+        eval_every: int,
+    ) -> dict[str, Any]:
+        """Everything that changes the trained prompt or its history: a checkpoint made with
+        other settings is refused, and ``prompt.config.training`` records them."""
+        return {
+            "model": getattr(model.cfg, "model_name", None),
+            "d_model": model.cfg.d_model,
+            "n_tokens": self.n_tokens,
+            "init": InitMode(self.init).value,
+            "init_text": self.init_text,
+            "lr": self.lr,
+            "steps": total_steps,
+            "batch_size": self.batch_size,
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
+            "n_train": len(examples),
+            "train_hash": data_hash(examples),
+            "n_val": len(val_examples or []),
+            "val_hash": data_hash(list(val_examples)) if val_examples else None,
+            "eval_every": eval_every,
+            "chat_template": self.chat_template,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "restore_best": self.restore_best and bool(val_examples),
+        }
+
+
+@dataclass
+class _Run:
+    """One training run, from its first step or its checkpoint's: the encoded data, the prompt,
+    its optimizer and the best prompt so far. ``settings`` holds the step count, the examples'
+    count and ``eval_every`` as the run uses them."""
+
+    model: Model
+    options: _Options
+    settings: dict[str, Any]
+    encoded: list[Encoded]
+    val_encoded: list[Encoded] | None
+    prompt: SoftPrompt
+    optimizer: torch.optim.Optimizer
+    best: _Best
+    start: int
+
+    @classmethod
+    def prepare(
+        cls,
+        model: Model,
+        examples: Sequence[Example],
+        val_examples: Sequence[Example] | None,
+        options: _Options,
+    ) -> _Run:
+        """Check the arguments, encode the data and set up the prompt and the optimizer,
+        resumed from ``options.checkpoint_dir`` when it holds a checkpoint."""
+        arguments.model(model)
+        examples = arguments.examples(examples)
+        if val_examples is not None:
+            val_examples = arguments.examples(val_examples, "val_examples")
+        options.check()
+        init = InitMode(options.init)
+        n_tokens, chat_template = options.n_tokens, options.chat_template
+        encoded = encode(model, examples, n_tokens, chat_template=chat_template)
+        total_steps = options.total_steps(len(examples))
+        patience = options.patience
+        if patience is not None and (patience < 1 or not val_examples):
+            raise ValueError(
+                f"patience must be at least 1 and needs val_examples (a held-out slice of the "
+                f"training data), got patience={patience} with {len(val_examples or [])} "
+                "val_examples"
             )
-            best.update(prompt.history[-1], prompt)
-        for step in range(start, total_steps):
-            if patience is not None and plateau(prompt.history, patience, min_delta)["stopped"]:
+        val_encoded = None
+        if val_examples:
+            val_encoded = encode(model, list(val_examples), n_tokens, chat_template=chat_template)
+        eval_every = options.eval_every or max(1, total_steps // 10)
+        settings = options.settings(model, examples, val_examples, total_steps, eval_every)
+
+        prompt = SoftPrompt.init_for(
+            model, n_tokens, init=init, init_text=options.init_text, seed=options.seed
+        )
+        prompt.config.training = settings
+        optimizer = torch.optim.AdamW(
+            prompt.parameters(), lr=options.lr, weight_decay=options.weight_decay
+        )
+        start, best = 0, _Best(options.min_delta)
+        if options.checkpoint_dir is not None:
+            start = _resume(Path(options.checkpoint_dir), prompt, optimizer, settings, best)
+        return cls(model, options, settings, encoded, val_encoded, prompt, optimizer, best, start)
+
+    def train(self) -> None:
+        """Train from ``start`` to the last step or the plateau, checkpointing every
+        ``checkpoint_every`` steps and at the end."""
+        total_steps = self.settings["steps"]
+        bar = tqdm(
+            total=total_steps,
+            initial=self.start,
+            desc="train soft prompt",
+            disable=not self.options.progress,
+        )
+        if self.val_encoded is not None and self.start == 0:
+            self.prompt.history.append({"step": 0, "val_loss": self.val_loss()})
+            self.best.update(self.prompt.history[-1], self.prompt)
+        for step in range(self.start, total_steps):
+            if self.stopped():
                 break
-            order = batch_order(len(examples), batch_size, step, seed)
-            with prompt.attached(model) as writer:
-                loss = train_logprobs(model, writer, encoded, order).mean_loss.mean()
-            if not torch.isfinite(loss):
-                raise RuntimeError(
-                    f"training diverged: the loss is {loss.item()} at step {step + 1} (lr={lr}); "
-                    "lower the learning rate"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if not torch.isfinite(prompt.embedding).all():
-                raise RuntimeError(
-                    f"training diverged: the prompt is not finite after step {step + 1} "
-                    f"(lr={lr}); lower the learning rate"
-                )
-            record: dict[str, float | int] = {"step": step + 1, "train_loss": loss.item()}
-            done = step + 1
-            if val_encoded is not None and (done % eval_every == 0 or done == total_steps):
-                record["val_loss"] = _mean_loss(model, prompt, val_encoded, batch_size)
-            prompt.history.append(record)
-            best.update(record, prompt)
+            record = self.step(step)
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
-            stop = patience is not None and plateau(prompt.history, patience, min_delta)["stopped"]
-            last = done == total_steps or stop
-            if checkpoint_dir is not None and (done % checkpoint_every == 0 or last):
-                _checkpoint(Path(checkpoint_dir), prompt, optimizer, done, settings, best)
-    bar.close()
-    if patience is not None:
-        logger.info("training: %s", plateau(prompt.history, patience, min_delta))
-    if settings["restore_best"]:
-        best.restore(prompt)
-    return prompt
+            done = step + 1
+            if done % self.options.checkpoint_every == 0 or done == total_steps or self.stopped():
+                self.checkpoint(done)
+        bar.close()
+
+    def step(self, step: int) -> dict[str, float | int]:
+        """One optimizer step (0-based ``step``) on its batch; the step's history record, with
+        the validation loss every ``eval_every`` steps and at the last. Refuses a non-finite loss
+        or prompt instead of training on from it."""
+        order = batch_order(
+            self.settings["n_train"], self.options.batch_size, step, self.options.seed
+        )
+        with self.prompt.attached(self.model) as writer:
+            loss = train_logprobs(self.model, writer, self.encoded, order).mean_loss.mean()
+        lr = self.options.lr
+        if not torch.isfinite(loss):
+            raise RuntimeError(
+                f"training diverged: the loss is {loss.item()} at step {step + 1} (lr={lr}); "
+                "lower the learning rate"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if not torch.isfinite(self.prompt.embedding).all():
+            raise RuntimeError(
+                f"training diverged: the prompt is not finite after step {step + 1} "
+                f"(lr={lr}); lower the learning rate"
+            )
+        record: dict[str, float | int] = {"step": step + 1, "train_loss": loss.item()}
+        done = step + 1
+        if self.val_encoded is not None and (
+            done % self.settings["eval_every"] == 0 or done == self.settings["steps"]
+        ):
+            record["val_loss"] = self.val_loss()
+        self.prompt.history.append(record)
+        self.best.update(record, self.prompt)
+        return record
+
+    def val_loss(self) -> float:
+        """The mean loss on the validation examples (the plateau slice)."""
+        return _mean_loss(self.model, self.prompt, self.val_encoded, self.options.batch_size)
+
+    def stopped(self) -> bool:
+        """Whether the history so far is a plateau (never without ``patience``)."""
+        patience = self.options.patience
+        return (
+            patience is not None
+            and plateau(self.prompt.history, patience, self.options.min_delta)["stopped"]
+        )
+
+    def checkpoint(self, done: int) -> None:
+        """Save the whole training state after step ``done``, with ``checkpoint_dir``."""
+        if self.options.checkpoint_dir is not None:
+            directory = Path(self.options.checkpoint_dir)
+            _checkpoint(directory, self.prompt, self.optimizer, done, self.settings, self.best)
+
+    def finish(self) -> SoftPrompt:
+        """Log the plateau's verdict and put the best prompt in place when asked to."""
+        if self.options.patience is not None:
+            logger.info(
+                "training: %s",
+                plateau(self.prompt.history, self.options.patience, self.options.min_delta),
+            )
+        if self.settings["restore_best"]:
+            self.best.restore(self.prompt)
+        return self.prompt
 
 
 @dataclass
