@@ -67,6 +67,7 @@ _EXPORTS = {
     "SUPPORTED_ARCHITECTURES": "sklens.models.load",
     "gguf_to_checkpoint": "sklens.models.load",
     "load_model": "sklens.models.load",
+    "keep_storage": "sklens.models.layout",
     "Model": "sklens.models.protocol",
     "GroupedMoments": "sklens.stats.moments",
     "Moments": "sklens.stats.moments",
@@ -138,6 +139,7 @@ if TYPE_CHECKING:
     from sklens.models.hook_check import check_neuron_hooks as check_neuron_hooks
     from sklens.models.load import SUPPORTED_ARCHITECTURES as SUPPORTED_ARCHITECTURES
     from sklens.models.load import gguf_to_checkpoint as gguf_to_checkpoint
+    from sklens.models.layout import keep_storage as keep_storage
     from sklens.models.load import load_model as load_model
     from sklens.models.protocol import Model as Model
     from sklens.models.tiny import tiny_checkpoint as tiny_checkpoint

@@ -13,7 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import sklens
-from sklens.models.layout import _targets, linear_layout
+from sklens.models.layout import _targets, keep_storage, linear_layout
 from sklens.models.load import ARCHITECTURES
 from sklens.scanning import metrics
 from tests.helpers import needs_hooked
@@ -122,3 +122,26 @@ def test_training_holds_the_layout_and_leaves_the_weights_as_they_were(qwen, exa
 
     assert _weight_copies(qwen, train) <= 2 * per_pass  # not once per pass (12 passes)
     assert _unchanged(qwen, before)
+
+
+@needs_hooked  # the layout is HookedTransformer's
+def test_keep_storage_leaves_every_parameter_where_it_was_and_changes_no_number(qwen, examples):
+    """Outside ``keep_storage`` a scan hands back the same Parameter objects, values and strides
+    (new storage); inside it, the very same storage too, and the scan is bit-identical."""
+    prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
+    params = dict(qwen.named_parameters())
+    strides = {name: p.stride() for name, p in params.items()}
+    pointers = {name: p.data_ptr() for name, p in params.items()}
+
+    def scan():
+        return sklens.scan(qwen, prompt, examples, metrics.label("a"), batch_size=4, progress=False)
+
+    with keep_storage():
+        kept = scan()
+    assert {name: p.data_ptr() for name, p in qwen.named_parameters()} == pointers
+    laid_out = scan()
+    assert torch.equal(kept.corr, laid_out.corr)
+    after = dict(qwen.named_parameters())
+    assert all(after[name] is p for name, p in params.items())  # the same objects
+    assert {name: p.stride() for name, p in after.items()} == strides
+    assert {name: p.data_ptr() for name, p in after.items()} != pointers  # new storage, as said

@@ -12,12 +12,21 @@ rearrangement the forward takes is already contiguous, so ``.contiguous()`` and 
 return views and nothing is copied. ``F.linear`` reads the very same contiguous matrix it read
 before, so outputs are bit-identical (tested). On exit every weight is contiguous again, as a
 user's code (``safetensors``, ``.view``) expects. Nested blocks leave the layout to the outer one.
+
+What this does to a user's model, said plainly: sklens's passes over many batches (``scan``,
+``train_soft_prompt``, ``attribute``, a study) hold this layout for the duration of the call and
+restore it before they return, also on an error. Afterwards every parameter is the same
+``nn.Parameter`` object with the same values, shape, strides, dtype and device; only its storage
+is new, so a tensor taken from ``param.data`` *before* the call no longer aliases the parameter
+after it. Code that relies on such aliasing runs sklens inside ``keep_storage()``, which turns the
+layout off (at the cost of one weight copy per forward pass, ~20% of a training step on CPU).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 
 from torch import Tensor, nn
 
@@ -28,6 +37,19 @@ from sklens.models.protocol import Model
 _TRANSPOSED = (1, 0)  # W.T
 _QKV = (0, 2, 1)  # rearrange "head d_model d_head -> (head d_head) d_model"
 _OUT = (2, 0, 1)  # rearrange "head d_head d_model -> d_model (head d_head)"
+_ENABLED: ContextVar[bool] = ContextVar("sklens_linear_layout", default=True)
+
+
+@contextmanager
+def keep_storage() -> Iterator[None]:
+    """Inside, sklens never re-lays the model's weights out: every parameter keeps its storage,
+    so tensors aliased from ``param.data`` stay aliased (each forward pass then copies the weights
+    it transposes, as TransformerLens's own forward does)."""
+    token = _ENABLED.set(False)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
 
 
 def _flag(cfg: object, name: str) -> bool:
@@ -68,7 +90,7 @@ def linear_layout(model: Model) -> Iterator[None]:
     are read) and for weights already laid out by an enclosing block.
     """
     changed: list[nn.Parameter] = []
-    if not _compat.is_bridge(model):
+    if _ENABLED.get() and not _compat.is_bridge(model):
         for module in model.modules():
             for name, order in _targets(module).items():
                 weight = module._parameters.get(name)

@@ -79,7 +79,7 @@ def held_out(examples: Sequence[Example], neurons: Any, caller: str) -> None:
     if ids is not None:
         selected = set(ids)
         overlap = [i for i, e in enumerate(examples) if example_id(e) in selected]
-    elif attrs.get("selection_hash") == data_hash(examples):  # a table of an older scan file
+    elif attrs.get("selection_hash") == data_hash(examples):  # a scan that kept no ids
         overlap = list(range(len(examples)))
     else:
         warnings.warn(

@@ -45,8 +45,6 @@ class ScanSettings:
     def from_dict(cls, saved: dict[str, Any]) -> ScanSettings:
         """Read saved settings; an unknown or missing field is a ValueError naming it."""
         names = {f.name for f in fields(cls)}
-        if "d_mlp" in saved and "n_units" not in saved:  # scans saved before sites existed
-            saved = {**{k: v for k, v in saved.items() if k != "d_mlp"}, "n_units": saved["d_mlp"]}
         unknown = sorted(saved.keys() - names)
         if unknown:
             raise ValueError(f"settings this sklens does not know: {unknown}")
