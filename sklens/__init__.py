@@ -50,7 +50,7 @@ _EXPORTS = {
     "collect_evidence": "sklens.explanation.evidence",
     "neuron_text_view": "sklens.explanation.evidence",
     "neuron_topk_view": "sklens.explanation.evidence",
-    "random_sets": "sklens.causal.check",
+    "random_sets": "sklens.causal.controls",
     "DEFAULT_MODEL": "sklens.vocabulary",
     "StudyConfig": "sklens.app.config",
     "TrainConfig": "sklens.app.config",
@@ -120,7 +120,7 @@ if TYPE_CHECKING:
     from sklens.causal.check import dose_response as dose_response
     from sklens.causal.check import evaluate as evaluate
     from sklens.causal.check import neuron_stats as neuron_stats
-    from sklens.causal.check import random_sets as random_sets
+    from sklens.causal.controls import random_sets as random_sets
     from sklens.causal.counterfactual import Counterfactual as Counterfactual
     from sklens.causal.counterfactual import counterfactual as counterfactual
     from sklens.causal.steering import steering_curve as steering_curve
@@ -137,9 +137,9 @@ if TYPE_CHECKING:
     from sklens.explanation.explain import explain as explain
     from sklens.models.hook_check import HookMeaningError as HookMeaningError
     from sklens.models.hook_check import check_neuron_hooks as check_neuron_hooks
+    from sklens.models.layout import keep_storage as keep_storage
     from sklens.models.load import SUPPORTED_ARCHITECTURES as SUPPORTED_ARCHITECTURES
     from sklens.models.load import gguf_to_checkpoint as gguf_to_checkpoint
-    from sklens.models.layout import keep_storage as keep_storage
     from sklens.models.load import load_model as load_model
     from sklens.models.protocol import Model as Model
     from sklens.models.tiny import tiny_checkpoint as tiny_checkpoint

@@ -8,14 +8,8 @@ import torch
 
 import sklens
 from sklens.causal.ablate import NeuronIntervention, ablated, ablation_hooks
-from sklens.causal.check import (
-    RandomUnits,
-    causal_check,
-    dose_response,
-    evaluate,
-    neuron_stats,
-    random_sets,
-)
+from sklens.causal.check import causal_check, dose_response, evaluate, neuron_stats
+from sklens.causal.controls import RandomUnits, random_sets
 from sklens.data.format import encode, iter_batches
 from sklens.prompt.forward import gather_slots
 from sklens.scanning.choices import score_examples
@@ -395,3 +389,92 @@ def test_resample_batches_of_choices_always_mix_questions():
             assert len({owner[r] for r in order[start : start + size]}) > 1
     plain = [owner[i : i + 8] for i in range(0, len(owner), 8)]
     assert any(len(set(batch)) == 1 for batch in plain)  # the plain order does leave one
+
+
+@pytest.mark.parametrize("n", [5, 18, 19, 39, 199])
+def test_detectable_is_where_the_rank_p_crosses_005(n):
+    """``detectable`` against ``rank_p`` itself: a change just beyond the bound reaches 0.05, one
+    just inside does not; below 19 random sets nothing can."""
+    from sklens.causal.check import detectable
+
+    randoms = np.random.default_rng(n).normal(0.1, 0.02, n)
+    bound = detectable(randoms)
+    median = float(np.median(randoms))
+    if n < 19:
+        assert bound == np.inf
+        assert rank_p(median + 100.0, randoms) > 0.05  # the floor 1/(n+1) is above 0.05
+        return
+    assert rank_p(median + bound + 1e-9, randoms) <= 0.05
+    assert rank_p(median + bound - 1e-9, randoms) > 0.05
+    assert rank_p(median - bound - 1e-9, randoms) <= 0.05
+
+
+def test_positive_control_is_detected_and_bounds_are_the_interval_beyond_the_median(
+    qwen, examples
+):
+    """Every unit of the selected layers zeroed (the positive control) moves the loss beyond
+    what 19 random sets of the selected set's size let the test detect; the selected set's
+    excess and bound are its interval less the random median, recomputed here."""
+    prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
+    table = causal_check(
+        qwen, prompt, examples[:10], [(1, 3), (1, 7)], modes=("zero",), n_random=19,
+        positive="layers", seed=0, progress=False, n_boot=200,
+    )  # fmt: skip
+    overall = table[table.group == "all"]
+    positive = overall[overall.set == "positive"].iloc[0]
+    assert positive.n_neurons == qwen.cfg.d_mlp
+    assert abs(positive.excess_loss) > positive.mde_loss and positive.p_loss == pytest.approx(0.05)
+    selected = overall[overall.set == "selected"].iloc[0]
+    median = overall[overall.set.str.startswith("random_")].d_loss.median()
+    assert selected.excess_loss == pytest.approx(selected.d_loss - median)
+    lo, hi = selected.d_loss_lo - median, selected.d_loss_hi - median
+    assert selected.bound_loss == pytest.approx(max(abs(lo), abs(hi)))
+    # the prompt's own effect: the loss without the prompt less the loss with it
+    plain = evaluate(qwen, None, examples[:10]).loss - evaluate(qwen, prompt, examples[:10]).loss
+    assert selected.prompt_effect_loss == pytest.approx(plain.mean())
+
+
+def test_random_units_are_drawn_from_their_selected_units_stratum(qwen, examples):
+    from sklens.causal.controls import score_strata
+
+    prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
+    scan = sklens.scan(qwen, prompt, examples, "label:op=plus", progress=False)
+    strata = score_strata(scan)
+    score = scan.scores()[0].abs().numpy()
+    deciles = np.quantile(score.ravel(), np.linspace(0, 1, 11)[1:-1])
+    assert (strata[1].numpy() == np.searchsorted(deciles, score[1], side="left")).all()
+    top = scan.top_k(4)
+    selected = NeuronSet.of(top, qwen)
+    for drawn in random_sets(qwen, selected, 10, seed=3, strata=strata):
+        for layer, ids in selected.by_layer().items():
+            assert sorted(strata[layer][drawn[layer]].tolist()) == sorted(
+                strata[layer][ids].tolist()
+            )
+
+
+def test_dose_response_compares_rankings_and_draws_them(qwen, examples):
+    """Each ranking's top-k row is the causal check of that ranking's first k units, and the
+    figure draws one line per ranking through the selected rows' changes."""
+    from sklens.views import figures
+
+    prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
+    by_r = sklens.scan(qwen, prompt, examples, "label:op=plus", progress=False).top_k(3)
+    backwards = by_r.iloc[::-1].reset_index(drop=True)
+    kw = dict(n_random=2, seed=1, progress=False, n_boot=50)
+    dose = dose_response(
+        qwen, prompt, examples[:8], {"r": by_r, "reversed": backwards}, ks=(1, 3), **kw
+    )
+    chosen = dose[(dose.set == "selected") & (dose.group == "all")]
+    assert list(zip(chosen.ranking, chosen.k, strict=True)) == [
+        ("r", 1), ("r", 3), ("reversed", 1), ("reversed", 3)
+    ]  # fmt: skip
+    alone = causal_check(qwen, prompt, examples[:8], backwards.head(1), modes=("zero",), **kw)
+    first = alone[(alone.set == "selected") & (alone.group == "all")].d_loss.iloc[0]
+    assert chosen.d_loss.iloc[2] == pytest.approx(first)
+    fig = figures.dose_response(dose)
+    lines = [line for line in fig.axes[0].lines if line.get_marker() == "o"]
+    assert len(lines) == 2
+    drawn = np.asarray(lines[1].get_ydata(), dtype=float)
+    np.testing.assert_allclose(drawn, chosen.d_loss.iloc[2:].to_numpy())
+    with pytest.raises(ValueError, match="k=4 exceeds the 3 units of ranking 'r'"):
+        dose_response(qwen, prompt, examples[:8], {"r": by_r}, ks=(4,), **kw)

@@ -217,14 +217,49 @@ def test_run_with_ablate_writes_the_causal_check(qwen_dir, tmp_path, monkeypatch
     assert not texts & {e.instruction for e in (*task.val, *task.confirm, *task.train)}
     assert seen["match_scale"] is False
     causal = pd.read_csv(out / "causal.csv")
-    assert set(causal.set) == {"selected", "random_0", "random_1"}
+    assert set(causal.set) == {"selected", "positive", "random_0", "random_1"}
     assert not causal.match_scale.any()
     assert set(causal.group) == {"all", "skill=spatial", "skill=metaphor"} & set(causal.group) | {
         "all"
     }
     summary = json.loads((out / "summary.json").read_text())
     assert summary["causal"][0]["mode"] == "zero" and "p_loss" in summary["causal"][0]
+    assert summary["causal"][0]["mde_loss"] == float("inf")  # 2 random sets cannot reach 0.05
     assert "causal" in summary["timings_s"]
+
+
+def test_causal_controls_of_a_study(qwen_dir, tmp_path, monkeypatch):
+    """The positive control is the attribution's top-K when it ran; random units come from the
+    selected units' deciles of |score| in this run's scan; the dose-response compares the
+    correlation and attribution rankings and is written beside the check."""
+    from sklens.causal.controls import score_strata
+
+    seen = {}
+    real = study.causal_check
+
+    def spy(model, prompt, examples, neurons, **kwargs):
+        seen.update(kwargs)
+        return real(model, prompt, examples, neurons, **kwargs)
+
+    monkeypatch.setattr(study, "causal_check", spy)
+    out = tmp_path / "controls"
+    args = ("--ablate", "--attribute", "--n-random", "19", "--n-causal", "6")
+    assert (
+        main(_args(qwen_dir, out, *args, "--ablate-modes", "zero", "--dose-response", "1,2")) == 0
+    )
+    attribution = pd.read_csv(out / "attribution.csv")
+    assert seen["positive"][["layer", "neuron", "slot"]].equals(
+        attribution[["layer", "neuron", "slot"]]
+    )
+    scan = sklens.Scan.load(out / "scan.safetensors")
+    strata = score_strata(scan)
+    assert all(torch.equal(seen["strata"][k], strata[k]) for k in strata)
+    summary = json.loads((out / "summary.json").read_text())
+    zero = summary["causal"][0]
+    assert zero["n_random"] == 19 and zero["positive_n_neurons"] == len(attribution)
+    assert zero["bound_loss"] == max(abs(zero["excess_lo_loss"]), abs(zero["excess_hi_loss"]))
+    dose = pd.read_csv(out / "dose_response.csv")
+    assert set(dose.ranking) == {"correlation", "attribution"} and set(dose.k) == {1, 2}
 
 
 def test_default_training_runs_to_a_plateau_of_at_most_150_steps(qwen_dir, tmp_path, monkeypatch):

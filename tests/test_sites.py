@@ -347,7 +347,7 @@ def test_a_study_of_sae_latents_from_disk(qwen_dir, tmp_path, capsys):
     assert name.startswith("sae:") and (neurons.layer == 1).all() and (neurons.neuron < 40).all()
     assert sklens.Scan.load(out / "scan.safetensors").settings.n_units == 40
     causal = pd.read_csv(out / "causal.csv")
-    assert set(causal.set) == {"selected", "random_0", "random_1"}
+    assert set(causal.set) == {"selected", "positive", "random_0", "random_1"}
     assert pd.read_csv(out / "explanations.csv").unit.str.startswith("L1 F").all()
     assert "L1 F" in capsys.readouterr().out  # the printed table labels latents as latents
     assert main(["report", str(out)]) == 0
@@ -379,15 +379,6 @@ def test_an_sae_attached_to_saelens_bridge_is_a_hook_template():
                          site="blocks.{layer}.hook_out.hook_sae_acts_post", progress=False)  # fmt: skip
     assert theirs.layers == [1]
     torch.testing.assert_close(ours.corr, theirs.corr, atol=1e-5, rtol=0, equal_nan=True)
-
-
-def test_settings_saved_before_sites_read_as_mlp_units():
-    from sklens.scanning.scan_settings import ScanSettings
-
-    old = {"n_layers": 2, "d_mlp": 8, "layers": [0, 1], "n_tokens": 3, "metric": "loss",
-           "n_examples": 10, "positions": "soft_prompt"}  # fmt: skip
-    settings = ScanSettings.from_dict(old)
-    assert settings.n_units == 8 and settings.site == "mlp"
 
 
 @needs_sae

@@ -55,7 +55,7 @@ def test_steering_curve_agrees_with_the_causal_check(qwen, examples):
 
 def test_run_with_steering_writes_the_curve_and_the_report_draws_it(qwen_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = _args(qwen_dir, out, "--steering", "0,2", "--n-random", "2", "--n-causal", "8")
+    args = _args(qwen_dir, out, "--steering", "0,2", "--steering-random", "2", "--n-causal", "8")
     assert main([*args, "--report"]) == 0
     curve = pd.read_csv(out / "steering.csv")
     assert set(curve.factor) == {0.0, 2.0} and set(curve.set) == {

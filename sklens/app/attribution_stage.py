@@ -65,20 +65,22 @@ def joined_table(scan: Scan, found: Attribution, k: int, reduce: str = "max") ->
     return table.sort_values(["candidate", "corr_rank"], ascending=[False, True], ignore_index=True)
 
 
-def attribution_stage(run: StudyRun) -> dict[str, Any]:
+def attribution_stage(run: StudyRun) -> tuple[dict[str, Any], pd.DataFrame]:
     """Attribute the loss on the causal split; write every unit's effect
     (``attribution.safetensors``), the top-K by |effect| (``attribution.csv``) and
-    ``joined.csv``; return their summary."""
+    ``joined.csv``; return their summary and the top-K table (the causal check's positive
+    control)."""
     config, out, task = run.config, run.out, run.task
     found = attribute(run.model, run.prompt, task.causal, "loss", batch_size=config.batch_size,
                       progress=run.progress)  # fmt: skip
     found.save(out / "attribution.safetensors")
-    write_csv(found.top_k(config.select.top_k), out / "attribution.csv")
+    top = found.top_k(config.select.top_k)
+    write_csv(top, out / "attribution.csv")
     joined = joined_table(run.result, found, config.select.top_k, config.select.reduce)
     write_csv(joined, out / "joined.csv")
     top_corr = joined[joined.in_corr_top]
     causal = (top_corr.effect_lo > 0) | (top_corr.effect_hi < 0)
-    return {
+    summary = {
         "method": found.settings.method,
         "examples": f"the causal split (n={len(task.causal)}), metric loss",
         "n_in_both_top": int((joined.in_corr_top & joined.in_effect_top).sum()),
@@ -89,3 +91,4 @@ def attribution_stage(run: StudyRun) -> dict[str, Any]:
             for r in found.top_k(3).itertuples()
         ],
     }
+    return summary, top

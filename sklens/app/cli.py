@@ -60,8 +60,17 @@ HELP = {
     "ablate": "Also run the causal check of the top units against random controls.",
     "ablate_modes": "Comma-separated ablations for --ablate: zero, mean, resample, noise, "
     "scale, shift.",
-    "n_random": "How many random unit sets the causal check and the steering curve compare "
-    "against.",
+    "n_random": "How many random unit sets the causal check compares against (199 let its p "
+    "reach 0.005; each costs a pass over the causal split per mode).",
+    "steering_random": "How many random unit sets the steering curve compares against.",
+    "match_score": "Draw each random control unit from its selected unit's decile of |score| "
+    "(--no-match-score: off).",
+    "positive_control": "Add a positive control to the causal check: the attribution's top "
+    "units with --attribute, else every unit of the selected layers (--no-positive-control: "
+    "off).",
+    "dose_response": "Comma-separated set sizes k: the causal check of the top-k units for "
+    "each k, by correlation and by attribution (with --attribute), against random sets (e.g. "
+    "1,2,5,10). Default: none.",
     "n_causal": "Examples of a third disjoint split, used by the causal check.",
     "match_scale": "Match random control units in mean |activation| (--no-match-scale: off).",
     "attribute": "Also attribute the completion loss to every unit at the slots on the causal "

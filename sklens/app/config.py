@@ -181,15 +181,25 @@ class ConfirmConfig:
 @dataclass(frozen=True)
 class CausalConfig:
     """The causal follow-ups on a third disjoint split (``n_causal`` examples): the causal check
-    of the top-K against random sets (``ablate``), a steering curve (``steering`` factors) and
-    attribution of the loss to every unit (``attribute``)."""
+    of the top-K against ``n_random`` random sets (``ablate``), with a positive control and
+    random units matched in layer, |activation| and |score| decile; its dose-response over k
+    (``dose_response``); a steering curve (``steering`` factors, against ``steering_random``
+    random sets); and attribution of the loss to every unit (``attribute``).
+
+    199 random sets let the causal check's rank p reach 0.005 (5 could not reach 0.05); each is
+    one pass over the causal split per mode, so the check costs ``2 · (n_random + 2)`` passes
+    with the two default modes."""
 
     ablate: bool = False
     ablate_modes: tuple[str, ...] = ("zero", "mean")
-    n_random: int = 5
+    n_random: int = 199
     n_causal: int = 48
     match_scale: bool = True  # random control units matched in mean |activation|
+    match_score: bool = True  # ... and drawn from their selected unit's decile of |score|
+    positive_control: bool = True  # the attribution's top-K, else every unit of the layers
+    dose_response: tuple[int, ...] = ()  # e.g. (1, 2, 5, 10): the top-k ablated for each k
     steering: tuple[float, ...] = ()  # e.g. (0, 0.5, 2, 4)
+    steering_random: int = 20
     attribute: bool = False
 
     def __post_init__(self) -> None:
@@ -198,16 +208,23 @@ class CausalConfig:
             (
                 ("n_random", 1, "random neuron sets in the causal check"),
                 ("n_causal", 2, "examples in the causal check"),
+                ("steering_random", 1, "random sets the steering curve compares with"),
             ),
         )
         _tuple_of(self, "ablate_modes", str, "('zero', 'mean')")
         _tuple_of(self, "steering", float, "(0, 0.5, 2, 4)")
+        _tuple_of(self, "dose_response", int, "(1, 2, 5, 10)")
         validate.choices("ablate_modes", ",".join(self.ablate_modes), ABLATION_MODES)
+        if any(k < 1 for k in self.dose_response):
+            raise ValueError(
+                f"{name('dose_response')} must be set sizes of at least 1, got "
+                f"{self.dose_response}; e.g. {validate.example('dose_response', '1,2,5,10', (1, 2, 5, 10))}"
+            )
 
     @property
     def uses_causal_split(self) -> bool:
         """Whether any follow-up runs, so the task is cut with a causal split."""
-        return self.ablate or bool(self.steering) or self.attribute
+        return self.ablate or bool(self.steering) or self.attribute or bool(self.dose_response)
 
 
 @dataclass(frozen=True)
@@ -390,6 +407,14 @@ def _parse_flag(flag: str, value: Any) -> Any:
                 f"the top-K), got {bad}; e.g. {assign('steering', '0,0.5,2,4')}"
             )
         return tuple(float(f) for f in parts)
+    if flag == "dose_response":
+        bad = [k for k in parts if not re.fullmatch(r"\d+", k)]
+        if bad:
+            raise ValueError(
+                f"{name('dose_response')} must be whole numbers separated by commas (the set "
+                f"sizes), got {bad}; e.g. {assign('dose_response', '1,2,5,10')}"
+            )
+        return tuple(int(k) for k in parts)
     if flag == "measures":
         return tuple(validate.choices("measures", value, MEASURES))
     if flag == "ablate_modes":
@@ -397,4 +422,4 @@ def _parse_flag(flag: str, value: Any) -> Any:
     return tuple(parts)
 
 
-_LIST_FLAGS = {"seeds", "steering", "measures", "ablate_modes", "covariates"}
+_LIST_FLAGS = {"seeds", "steering", "measures", "ablate_modes", "covariates", "dose_response"}

@@ -124,40 +124,48 @@ def _stability(run: StudyRun) -> dict[str, Any]:
 
 def causal_summary(table: pd.DataFrame | str | Path) -> list[dict[str, Any]]:
     """The selected set's overall rows of a causal check (a ``causal_check`` table or its CSV),
-    with the random sets' mean and median change."""
+    with the random sets' mean and median change, what the test could detect (``mde_loss``) and
+    what the data exclude (``bound_loss``, also as a share of the prompt's own effect), and the
+    positive control's change where it was run."""
     if not isinstance(table, pd.DataFrame):
         table = pd.read_csv(table)
     overall = table[table.group == "all"]
     rows = []
     for mode, part in overall.groupby("mode"):
         selected = part[part.set == "selected"].iloc[0]
-        randoms = part[part.set != "selected"]
-        rows.append(
-            {
-                "mode": mode,
-                "n": int(selected["n"]),
-                "n_random": len(randoms),
-                **{
-                    f"{k}": selected[k]
-                    for k in (
-                        "d_loss",
-                        "d_loss_lo",
-                        "d_loss_hi",
-                        "p_loss",
-                        "d_accuracy",
-                        "p_accuracy",
-                        "accuracy_base",
-                        "d_accuracy_per_token",
-                        "p_accuracy_per_token",
-                        "accuracy_per_token_base",
-                    )
-                },
-                "random_d_loss_mean": float(randoms.d_loss.mean()),
-                "random_d_loss_median": float(randoms.d_loss.median()),
-                "random_d_accuracy_mean": float(randoms.d_accuracy.mean()),
-            }
-        )
+        randoms = part[part.set.str.startswith("random_")]
+        row = {
+            "mode": mode,
+            "n": int(selected["n"]),
+            "n_random": len(randoms),
+            **{k: _plain(selected[k]) for k in _SELECTED if k in selected},
+            "random_d_loss_mean": float(randoms.d_loss.mean()),
+            "random_d_loss_median": float(randoms.d_loss.median()),
+            "random_d_accuracy_mean": float(randoms.d_accuracy.mean()),
+        }
+        if "bound_loss" in selected:
+            effect = float(selected["prompt_effect_loss"])
+            row["bound_loss_share_of_prompt"] = float(selected["bound_loss"]) / effect
+        positive = part[part.set == "positive"]
+        if len(positive):
+            row |= {f"positive_{k}": _plain(positive.iloc[0][k]) for k in _POSITIVE}
+        rows.append(row)
     return rows
+
+
+def _plain(value: Any) -> Any:
+    """A table cell as the Python number JSON writes (numpy's int64 is not an int)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+# the selected row's columns a causal summary keeps
+_SELECTED = (
+    "d_loss", "d_loss_lo", "d_loss_hi", "p_loss", "mde_loss", "excess_loss", "excess_lo_loss",
+    "excess_hi_loss", "bound_loss", "prompt_effect_loss", "d_accuracy", "p_accuracy",
+    "accuracy_base", "d_accuracy_per_token", "p_accuracy_per_token", "accuracy_per_token_base",
+    "choice_changed", "choice_changed_lo", "choice_changed_hi",
+)  # fmt: skip
+_POSITIVE = ("n_neurons", "d_loss", "d_loss_lo", "d_loss_hi", "p_loss", "excess_loss")
 
 
 def compare_with_pearson(

@@ -10,23 +10,39 @@ Reported overall and per group of a meta field, with bootstrap 95% intervals, an
 rank p-value of the selected set's mean change among the random sets' mean changes, taken around
 the random sets' median (``sklens.stats.rank_p``): it asks whether the selected edit is unusual
 *for an edit of that many neurons*, not whether it differs from zero. Random sets are matched in
-activation scale by default (``match_scale``).
+activation scale by default (``match_scale``), and in a stratum (e.g. the decile of |score|) when
+``strata`` is given (``sklens.causal.controls``).
+
+So that a check can say more than "not unusual", each tested row (the selected set, and the
+positive control when asked for: a set known to matter, whose row shows the test detects an
+effect where there is one) also carries, per change:
+
+* ``mde_*``: the smallest distance from the random sets' median that the rank test could call
+  unusual at 0.05 with these random sets (infinite below 19 of them: the test cannot reach 0.05);
+* ``excess_*`` with ``excess_*_lo``/``_hi``: the change beyond the random median, with the
+  selected change's bootstrap interval (the median's own uncertainty is not included), and
+  ``bound_*``: the largest excess the interval leaves, i.e. the data exclude an excess effect
+  larger than it (95%); ``prompt_effect_loss`` (how much the prompt lowers the loss against no
+  prompt, on the same examples) puts the loss bound in proportion;
+* ``choice_changed`` (every row, multiple-choice examples only): the share of examples whose
+  chosen answer the edit changes, with its interval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from sklens import validate
 from sklens.causal.ablate import NeuronIntervention
+from sklens.causal.controls import positive_set, random_sets
 from sklens.data.example import Example
 from sklens.data.format import Batch, encode
 from sklens.models.protocol import Model
@@ -36,7 +52,7 @@ from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning import metrics as metrics_mod
 from sklens.scanning.choices import score_examples
 from sklens.stats import bootstrap_ci, rank_p
-from sklens.units.neuron_set import NeuronSet, nonempty
+from sklens.units.neuron_set import NeuronLike, NeuronSet, nonempty
 from sklens.units.sites import Site, SiteLike, resolve_site
 from sklens.vocabulary import ABLATION_MODES, AblationMode, Positions
 
@@ -150,70 +166,6 @@ def neuron_stats(
     return means, {L: s / acc.positions for L, s in acc.abs_sums.items()}
 
 
-class RandomUnits:
-    """Units drawn at random, with one seeded generator, among the units of a site's layers that
-    are not selected: the controls of a causal check (``random_sets``) and of a counterfactual
-    test (``sklens.causal.counterfactual``), so both draw them the same way."""
-
-    def __init__(self, selected: NeuronSet, seed: int):
-        self.gen = torch.Generator().manual_seed(seed)
-        taken = {L: set(ids.tolist()) for L, ids in selected.by_layer().items()}
-        self.others = {  # each selected layer's unselected units, ascending
-            L: torch.tensor(
-                [i for i in range(selected.site.size) if i not in ids], dtype=torch.long
-            )
-            for L, ids in taken.items()
-        }
-
-    def draw(self, layer: int, k: int) -> Int[Tensor, " drawn"]:
-        """``k`` distinct unselected units of ``layer`` (all of them when it has fewer)."""
-        others = self.others[layer]
-        return others[torch.randperm(len(others), generator=self.gen)[:k]]
-
-    def matched(
-        self, layer: int, ids: Int[Tensor, " k"], scale: Float[Tensor, " units"], pool: int
-    ) -> Int[Tensor, " k"]:
-        """One distinct unselected unit of ``layer`` per unit of ``ids``, each drawn among the
-        ``pool`` units left that are closest to it in ``scale``."""
-        others = self.others[layer].tolist()
-        chosen: list[int] = []
-        for i in ids.tolist():
-            free = torch.tensor([o for o in others if o not in chosen], dtype=torch.long)
-            near = free[(scale[free] - scale[i]).abs().argsort()[:pool]]
-            chosen.append(int(near[torch.randint(len(near), (1,), generator=self.gen)]))
-        return torch.tensor(chosen, dtype=torch.long)
-
-
-def random_sets(
-    model: Model,
-    neurons: Any,
-    n_random: int,
-    *,
-    seed: int = 0,
-    scale: dict[int, torch.Tensor] | None = None,
-    pool: int = 20,
-) -> list[dict[int, torch.Tensor]]:
-    """``n_random`` sets (``{layer: ids}``) of the same site with the same number of units per layer as
-    ``neurons``, never containing a selected unit. With ``scale`` (per-unit mean |activation|),
-    each selected unit is replaced by one of the ``pool`` units of its layer closest in scale."""
-    selected = NeuronSet.of(neurons, model)
-    index = selected.by_layer()
-    units = RandomUnits(selected, seed)
-    for L, ids in index.items():
-        if n_random and len(units.others[L]) < len(ids):
-            raise ValueError(f"layer {L} has too few unselected neurons for a random control")
-    out = []
-    for _ in range(n_random):
-        drawn = {}
-        for L, ids in index.items():
-            if scale is None:
-                drawn[L] = units.draw(L, len(ids)).sort().values
-            else:
-                drawn[L] = units.matched(L, ids, scale[L], pool).sort().values
-        out.append(drawn)
-    return out
-
-
 def causal_check(
     model: Model,
     prompt: SoftPrompt | None,
@@ -227,6 +179,8 @@ def causal_check(
     positions: str | None = None,
     group_by: str | None = None,
     match_scale: bool = True,
+    strata: Mapping[int, Tensor] | None = None,
+    positive: NeuronLike | str | None = None,
     reference: Sequence[Example] | None = None,
     n_boot: int = 1000,
     batch_size: int = 8,
@@ -246,6 +200,11 @@ def causal_check(
         group_by: a meta field every example has; results are also reported per value.
         match_scale: draw random neurons with a similar mean |activation| (on ``reference``);
             on by default, since selection by |r| can favour neurons of a particular scale.
+        strata: a stratum label per unit and layer (``sklens.causal.controls.score_strata``):
+            each random unit is drawn from its selected unit's stratum.
+        positive: a positive control edited like the others, set ``positive`` in the table:
+            ``"layers"`` (every unit of the selected layers) or a unit set (e.g. an
+            attribution's ``top_k`` table).
         reference: examples for ``mean`` ablation (per-slot means) and scale matching (default:
             ``examples``; a split disjoint from the neurons' selection set is cleaner).
         mode_options: passed to the interventions (``noise_std``, ``factor``, ``shift``).
@@ -253,9 +212,10 @@ def causal_check(
     Returns one row per (mode, set, group) with ``n``, mean changes ``d_metric``, ``d_loss``,
     ``d_accuracy`` (argmax of total log-probability) and ``d_accuracy_per_token`` (argmax of mean
     per-token log-probability), their bootstrap 95% intervals (``*_lo``, ``*_hi``), the baseline
-    accuracies, ``match_scale``, and on the selected rows ``p_metric``, ``p_loss``,
-    ``p_accuracy``, ``p_accuracy_per_token``: two-sided rank p-values against the random sets'
-    changes around their median (smallest possible ``1/(n_random+1)``).
+    accuracies, ``match_scale``, ``choice_changed``, ``prompt_effect_loss``, and on the selected
+    and positive rows ``p_metric``, ``p_loss``, ``p_accuracy``, ``p_accuracy_per_token``:
+    two-sided rank p-values against the random sets' changes around their median (smallest
+    possible ``1/(n_random+1)``), with ``mde_*``, ``excess_*`` and ``bound_*`` (module docstring).
     """
     examples, modes = _checked(model, prompt, examples, modes, n_random, group_by)
     positions = positions or ("slots" if prompt is not None else "all")
@@ -271,9 +231,14 @@ def causal_check(
             batch_size=batch_size,
             site=selected.site,
         )
-    sets = _sets(model, selected, n_random, seed, scale if match_scale else None)
+    sets = _sets(model, selected, n_random, seed, scale if match_scale else None, strata)
+    if positive is not None:
+        sets["positive"] = positive_set(selected, positive, model)
     base = evaluate(model, prompt, examples, metric=metric, batch_size=batch_size)
-    changes = _Changes(base, _groups(examples, group_by), match_scale, n_boot, seed)
+    unprompted = None
+    if prompt is not None:  # the prompt's own effect, the scale of the edits' effects
+        unprompted = evaluate(model, None, examples, metric=metric, batch_size=batch_size)
+    changes = _Changes(base, _groups(examples, group_by), match_scale, n_boot, seed, unprompted)
     bar = tqdm(total=len(modes) * len(sets), desc="causal check", disable=not progress)
     for mode in modes:
         for name, chosen in sets.items():
@@ -316,11 +281,13 @@ def _sets(
     n_random: int,
     seed: int,
     scale: dict[int, torch.Tensor] | None,
+    strata: Mapping[int, Tensor] | None,
 ) -> dict[str, NeuronSet]:
     """The sets a causal check edits, by their name in its table: ``selected``, then
-    ``random_0`` ... (``random_sets``, scale-matched when ``scale`` is given)."""
+    ``random_0`` ... (``random_sets``, matched in ``scale`` and ``strata`` where given)."""
     sets = {"selected": NeuronSet.of(selected.by_layer(), site=selected.site)}
-    for r, drawn in enumerate(random_sets(model, selected, n_random, seed=seed, scale=scale)):
+    drawn_sets = random_sets(model, selected, n_random, seed=seed, scale=scale, strata=strata)
+    for r, drawn in enumerate(drawn_sets):
         sets[f"random_{r}"] = NeuronSet.of(drawn, site=selected.site)
     return sets
 
@@ -346,10 +313,14 @@ class _Changes:
         match_scale: bool,
         n_boot: int,
         seed: int,
+        unprompted: pd.DataFrame | None = None,
     ):
         self.base, self.groups, self.match_scale, self.n_boot = base, groups, match_scale, n_boot
         self.rng = np.random.default_rng(seed)
         self.records: list[dict[str, Any]] = []
+        self.prompt_effect = (
+            (unprompted["loss"] - base["loss"]).to_numpy() if unprompted is not None else None
+        )
 
     def add(self, mode: str, name: str, n_neurons: int, edited: pd.DataFrame) -> None:
         """One row per group for the edit of set ``name`` (``n_neurons`` units) by ``mode``."""
@@ -373,20 +344,74 @@ class _Changes:
                     np.mean, d[~np.isnan(d)], n_boot=self.n_boot, seed=self.rng
                 )
             self.records.append(row)
+        self._extras(edited)
+
+    def _extras(self, edited: pd.DataFrame) -> None:
+        """The columns added after the changes, on the rows just added (drawn after theirs, so
+        the changes' intervals come from the generator as before): the share of multiple-choice
+        examples whose chosen answer changes, and the prompt's own effect on the loss."""
+        before, after = self.base["chosen"].to_numpy(), edited["chosen"].to_numpy()
+        rows = self.records[-len(self.groups) :]
+        for row, mask in zip(rows, self.groups.values(), strict=True):
+            asked = mask & ~np.isnan(before)
+            changed = (after[asked] != before[asked]).astype(float)
+            row["choice_changed"] = _mean(changed) if asked.any() else np.nan
+            row["choice_changed_lo"], row["choice_changed_hi"] = bootstrap_ci(
+                np.mean, changed, n_boot=self.n_boot, seed=self.rng
+            )
+            effect = self.prompt_effect
+            row["prompt_effect_loss"] = _mean(effect[mask]) if effect is not None else np.nan
 
     def table(self) -> pd.DataFrame:
-        """The rows, and on the selected ones the rank p-value of each change among the random
-        sets' changes of the same mode and group."""
+        """The rows, and on the selected and positive ones, for each change, its rank p-value
+        among the random sets' changes of the same mode and group, then what the random sets
+        let the test detect and what the data exclude (``against_randoms``)."""
         table = pd.DataFrame(self.records)
         for key in _CHANGES.values():
             table[f"p_{key}"] = np.nan
+        extra = [f"{c}_{key}" for c in _AGAINST for key in _CHANGES.values()]
+        table[extra] = np.nan
         for _, part in table.groupby(["mode", "group"]):
-            selected = part[part.set == "selected"]
-            randoms = part[part.set != "selected"]
-            for key in _CHANGES.values():
-                p = rank_p(float(selected[f"d_{key}"].iloc[0]), randoms[f"d_{key}"].to_numpy())
-                table.loc[selected.index, f"p_{key}"] = p
+            randoms = part[part.set.str.startswith("random_")]
+            for i in part.index[part.set.isin(("selected", "positive"))]:
+                for key in _CHANGES.values():
+                    row = table.loc[i]
+                    found = against_randoms(row, key, randoms[f"d_{key}"].to_numpy())
+                    table.loc[i, [f"{c}_{key}" for c in ("p", *_AGAINST)]] = found
         return table
+
+
+_AGAINST = ("mde", "excess", "excess_lo", "excess_hi", "bound")
+
+
+def against_randoms(
+    row: pd.Series, key: str, randoms: np.ndarray, alpha: float = 0.05
+) -> list[float]:
+    """For change ``key`` of a tested row: its rank p among ``randoms``; the smallest distance
+    from their median that p could reach ``alpha`` beyond (``detectable``); the excess over the
+    median with the row's interval; and the bound, the largest |excess| that interval allows."""
+    randoms = randoms[~np.isnan(randoms)]
+    if len(randoms) == 0:
+        return [np.nan] * 6
+    median = float(np.median(randoms))
+    d, lo, hi = (float(row[f"d_{key}{end}"]) for end in ("", "_lo", "_hi"))
+    p = rank_p(d, randoms)
+    excess = [d - median, lo - median, hi - median]
+    return [p, detectable(randoms, alpha), *excess, max(abs(excess[1]), abs(excess[2]))]
+
+
+def detectable(randoms: np.ndarray, alpha: float = 0.05) -> float:
+    """The smallest |change − median of ``randoms``| that ``rank_p`` calls significant at
+    ``alpha`` is anything beyond this value: the ``m``-th largest distance of a random change
+    from the median, where at most ``m = ⌊alpha·(n + 1)⌋ − 1`` random changes may lie as far
+    out; infinite where ``m < 0`` (fewer than ``1/alpha − 1`` random sets)."""
+    randoms = np.asarray(randoms, dtype=np.float64)
+    randoms = randoms[~np.isnan(randoms)]
+    m = int(np.floor(alpha * (len(randoms) + 1) + 1e-9)) - 1
+    if m < 0:
+        return np.inf
+    far = np.sort(np.abs(randoms - np.median(randoms)))[::-1]
+    return float(far[m]) if m < len(far) else 0.0
 
 
 def _modes(modes: Sequence[str] | str) -> tuple[str, ...]:
@@ -431,34 +456,41 @@ def dose_response(
     model: Model,
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
-    ranked: pd.DataFrame,
+    ranked: pd.DataFrame | Mapping[str, pd.DataFrame],
     *,
     ks: Sequence[int] = (1, 2, 5, 10),
     mode: AblationMode = "zero",
     n_random: int = 5,
     **kwargs: Any,
 ) -> pd.DataFrame:
-    """The causal check of the top-``k`` neurons of ``ranked`` (a ``top_k`` table) for each k.
+    """The causal check of the top-``k`` units of each ranking for each k: does the effect grow
+    with k, and faster for one ranking (the scan's, the attribution's) than for random units?
 
     Args:
         model: a HookedTransformer or TransformerBridge.
         prompt: the soft prompt (None: no prompt).
-        examples: examples that neither trained the prompt nor selected the neurons.
-        ranked: a ``Scan.top_k`` table with at least ``max(ks)`` rows, best first.
+        examples: examples that neither trained the prompt nor selected the units.
+        ranked: a ``top_k`` table (``Scan.top_k``, ``Attribution.top_k``) with at least
+            ``max(ks)`` rows, best first; or several by name, e.g. ``{"correlation": ...,
+            "attribution": ...}``.
         ks: the set sizes to ablate.
         mode: the ablation mode (``sklens.causal.ablate``).
-        n_random: random sets per k, matched in layers (and scale, by default).
+        n_random: random sets per k and ranking, matched in layers (and scale, by default).
         **kwargs: passed to ``causal_check`` (``metric``, ``reference``, ``match_scale``, ...).
 
     Returns:
-        ``causal_check``'s table for every k, with a ``k`` column.
+        ``causal_check``'s table for every ranking and k, with ``ranking`` and ``k`` columns
+        (``figures.dose_response`` draws it).
     """
+    rankings = {"ranking": ranked} if isinstance(ranked, pd.DataFrame) else dict(ranked)
+    for name, table in rankings.items():
+        if max(ks) > len(table):
+            raise ValueError(f"k={max(ks)} exceeds the {len(table)} units of ranking {name!r}")
     parts = []
-    for k in ks:
-        if k > len(ranked):
-            raise ValueError(f"k={k} exceeds the {len(ranked)} ranked neurons given")
-        part = causal_check(
-            model, prompt, examples, ranked.head(k), modes=(mode,), n_random=n_random, **kwargs
-        )
-        parts.append(part.assign(k=k))
+    for name, table in rankings.items():
+        for k in ks:
+            part = causal_check(
+                model, prompt, examples, table.head(k), modes=(mode,), n_random=n_random, **kwargs
+            )
+            parts.append(part.assign(ranking=name, k=k))
     return pd.concat(parts, ignore_index=True)

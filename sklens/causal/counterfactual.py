@@ -30,7 +30,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sklens.causal.check import RandomUnits, evaluate
+from sklens.causal.check import evaluate
+from sklens.causal.controls import RandomUnits
 from sklens.data.example import Example
 from sklens.models.protocol import Model
 from sklens.prompt.soft_prompt import SoftPrompt

@@ -5,7 +5,8 @@
   and the permutation null when the scan has one;
 * ``training_curve`` — the soft prompt's train/validation loss;
 * ``layer_position_heatmap`` — where high-|r| (layer, slot) pairs sit;
-* ``steering`` — a steering curve: the selected units against random sets (``sklens.causal.steering``).
+* ``steering`` — a steering curve: the selected units against random sets (``sklens.causal.steering``);
+* ``dose_response`` — the change against k for each ranking's top-k, beside random sets.
 
 Each returns a ``NotebookFigure``, a ``matplotlib.figure.Figure`` that shows itself in a notebook
 without ``%matplotlib inline``; ``save`` writes PNG and SVG.
@@ -137,6 +138,33 @@ def predictive_vs_causal(
         ylabel="largest |effect| over slots (attribution)",
         title="predictive against causal",
     )
+    ax.legend(fontsize=8)
+    return fig
+
+
+def dose_response(table: Any, measure: str = "loss", group: str = "all") -> NotebookFigure:
+    """A ``dose_response`` table: each ranking's top-k change of ``measure`` against k, with its
+    95% interval, beside the band of its random sets (2.5% to 97.5% of their changes) and their
+    median: whether the change grows with k faster than for random units."""
+    column = f"d_{measure}"
+    if column not in table:
+        raise ValueError(f"the table has no {column!r}; measures: loss, metric, accuracy, ...")
+    part = table[table.group == group]
+    fig = NotebookFigure(figsize=(5.5, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (name, ranking) in enumerate(part.groupby("ranking", sort=False)):
+        randoms = ranking[ranking.set.str.startswith("random_")].groupby("k")[column]
+        low, high = randoms.quantile(0.025), randoms.quantile(0.975)
+        ax.fill_between(low.index, low.to_numpy(), high.to_numpy(), color=f"C{i}", alpha=0.12)
+        median = randoms.median()
+        ax.plot(median.index, median.to_numpy(), ls="--", color=f"C{i}", lw=0.8)
+        chosen = ranking[ranking.set == "selected"].sort_values("k")
+        error = [chosen[column] - chosen[f"{column}_lo"], chosen[f"{column}_hi"] - chosen[column]]
+        ax.errorbar(chosen.k, chosen[column], yerr=error, fmt="o-", color=f"C{i}",
+                    label=f"{plain(str(name))} top-k (random: dashed, band)")  # fmt: skip
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xscale("log")
+    ax.set(xlabel="k (units ablated)", ylabel=f"change of {plain(measure)}")
     ax.legend(fontsize=8)
     return fig
 
