@@ -62,6 +62,8 @@ HELP = {
     "scale, shift.",
     "n_random": "How many random unit sets the causal check compares against (199 let its p "
     "reach 0.005; each costs a pass over the causal split per mode).",
+    "stratify": "Take the causal split's examples from each of the task's groups in turn (each "
+    "operation, heuristic or skill), so no group is left with a handful (--no-stratify: off).",
     "steering_random": "How many random unit sets the steering curve compares against.",
     "match_score": "Draw each random control unit from its selected unit's decile of |score| "
     "(--no-match-score: off).",

@@ -194,6 +194,7 @@ class CausalConfig:
     ablate_modes: tuple[str, ...] = ("zero", "mean")
     n_random: int = 199
     n_causal: int = 48
+    stratify: bool = True  # the causal split balanced over the task's groups (e.g. operation)
     match_scale: bool = True  # random control units matched in mean |activation|
     match_score: bool = True  # ... and drawn from their selected unit's decile of |score|
     positive_control: bool = True  # the attribution's top-K, else every unit of the layers

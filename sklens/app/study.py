@@ -111,6 +111,7 @@ def study_task(config: StudyConfig) -> TaskData:
         data=config.data,
         n_confirm=config.confirm.n_confirm,
         n_causal=config.causal.n_causal if config.causal.uses_causal_split else 0,
+        stratify_causal=config.causal.stratify,
     )
 
 

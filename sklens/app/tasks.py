@@ -57,15 +57,22 @@ def load_task(
     data: str | None = None,
     n_confirm: int = 0,
     n_causal: int = 0,
+    stratify_causal: bool = False,
 ) -> TaskData:
     """The examples of a named task (or a .jsonl file), shuffled with ``seed`` and cut into
     disjoint splits (``confirm`` and ``causal`` from the examples after ``train`` and ``val``).
+
+    With ``stratify_causal`` the causal split takes as many examples of each of the task's
+    groups (``DEFAULT_GROUPS``: e.g. each operation) as it can, in turn, from the examples after
+    ``confirm``, so a causal check does not rest on a handful of one group (the paper's RQ3
+    division detectors met 5 divisions in 48).
 
     ``data`` replaces the built-in data: a HANS ``.txt``, a Skill-Mix ``.jsonl``, or for
     arithmetic a BigBench ``task.json`` or a folder of ``*/task.json`` files."""
     validate.task(task, data)
     n = n_train + n_val + n_confirm + n_causal
-    pool, origin = _pool(task, data, n, seed)
+    # a generated pool is prefix-stable: room to balance the causal split changes no other split
+    pool, origin = _pool(task, data, n + (2 * n_causal if stratify_causal else 0), seed)
     pool = _distinct(pool, task)
     if origin["kind"] == "files" or task == "arithmetic":
         # a fixed pool: shuffled whole, so its order does not depend on how many are used. A
@@ -80,6 +87,11 @@ def load_task(
         )
     first = n_train + n_val
     train, val = train_val_split(pool[:first], n_val, seed=seed)
+    later = pool[first + n_confirm :]
+    group = DEFAULT_GROUPS.get(task) if stratify_causal else None
+    causal, rest = (
+        balanced(later, n_causal, group) if group else (later[:n_causal], later[n_causal:])
+    )
     return TaskData(
         task,
         train,
@@ -87,10 +99,29 @@ def load_task(
         DEFAULT_METRICS.get(task),
         DEFAULT_GROUPS.get(task),
         confirm=pool[first : first + n_confirm],
-        causal=pool[first + n_confirm : n],
-        rest=pool[n:],
+        causal=causal,
+        rest=rest,
         source=origin,
     )
+
+
+def balanced(examples: list[Example], n: int, field: str) -> tuple[list[Example], list[Example]]:
+    """``n`` of ``examples`` taken one group of meta ``field`` at a time, in turn (groups in
+    order of first appearance, each group's examples in their order), and the others in their
+    order: every group is as equally represented as its size allows."""
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(str(e.meta.get(field)), []).append(i)
+    taken: list[int] = []
+    queues = [list(reversed(ids)) for ids in groups.values()]
+    while len(taken) < n and any(queues):
+        for queue in queues:
+            if queue and len(taken) < n:
+                taken.append(queue.pop())
+    chosen = set(taken)
+    return [examples[i] for i in sorted(taken)], [
+        e for i, e in enumerate(examples) if i not in chosen
+    ]
 
 
 def _distinct(pool: list[Example], task: str) -> list[Example]:
