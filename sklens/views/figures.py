@@ -5,7 +5,9 @@
   and the permutation null when the scan has one;
 * ``training_curve`` — the soft prompt's train/validation loss;
 * ``layer_position_heatmap`` — where high-|r| (layer, slot) pairs sit;
-* ``steering`` — a steering curve: the selected units against random sets (``sklens.causal.steering``).
+* ``steering`` — a steering curve: the selected units against random sets (``sklens.causal.steering``);
+* ``contrast_scatter`` — every unit's score under the trained prompt against a baseline
+  (``sklens.contrast``).
 
 Each returns a ``NotebookFigure``, a ``matplotlib.figure.Figure`` that shows itself in a notebook
 without ``%matplotlib inline``; ``save`` writes PNG and SVG.
@@ -136,6 +138,36 @@ def predictive_vs_causal(
         xlabel="|score| (in-sample r, the scan's ranking)",
         ylabel="largest |effect| over slots (attribution)",
         title="predictive against causal",
+    )
+    ax.legend(fontsize=8)
+    return fig
+
+
+def contrast_scatter(
+    trained: np.ndarray,
+    baseline: np.ndarray,
+    marked: Sequence[tuple[float, float, str]] = (),
+    *,
+    name: str = "baseline",
+) -> NotebookFigure:
+    """Every unit's score under the trained prompt against its score under the baseline ``name``
+    (``sklens.contrast``), the diagonal where the prompt changes nothing, and the ``marked``
+    units — ``(x, y, label)``, e.g. the top-K by |diff| — drawn and named."""
+    trained, baseline = np.asarray(trained, dtype=float), np.asarray(baseline, dtype=float)
+    fig = NotebookFigure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(trained, baseline, s=2, alpha=0.3, rasterized=True, label=f"{len(trained)} units")
+    finite = np.concatenate([trained, baseline])
+    finite = finite[np.isfinite(finite)]
+    lo, hi = (finite.min(), finite.max()) if len(finite) else (-1.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", label="no change")
+    for x, y, label in marked:
+        ax.scatter([x], [y], s=14, color="C3")
+        ax.annotate(plain(label), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(
+        xlabel="score under the trained prompt",
+        ylabel=plain(f"score under the baseline ({name})"),
+        title=plain(f"trained prompt against {name}"),
     )
     ax.legend(fontsize=8)
     return fig
