@@ -58,6 +58,8 @@ _EXPORTS = {
     "SelectConfig": "sklens.app.config",
     "ConfirmConfig": "sklens.app.config",
     "CausalConfig": "sklens.app.config",
+    "Contrast": "sklens.confirm.contrast",
+    "contrast": "sklens.confirm.contrast",
     "confirm_neurons": "sklens.confirm.held_out",
     "held_out": "sklens.confirm.held_out",
     "neuron_measures": "sklens.confirm.held_out",
@@ -124,6 +126,8 @@ if TYPE_CHECKING:
     from sklens.causal.counterfactual import Counterfactual as Counterfactual
     from sklens.causal.counterfactual import counterfactual as counterfactual
     from sklens.causal.steering import steering_curve as steering_curve
+    from sklens.confirm.contrast import Contrast as Contrast
+    from sklens.confirm.contrast import contrast as contrast
     from sklens.confirm.held_out import confirm_neurons as confirm_neurons
     from sklens.confirm.held_out import held_out as held_out
     from sklens.confirm.held_out import neuron_measures as neuron_measures

@@ -93,6 +93,9 @@ HELP = {
     "measures": "Comma-separated measures on the confirm split: spearman, auroc, cohens_d, "
     "eta_squared, kruskal_wallis, partial_pearson. Default: none.",
     "covariates": "Comma-separated numeric meta fields for partial_pearson. Default: none.",
+    "contrast": "Comma-separated baselines, untrained and no_prompt, to contrast every unit's "
+    "score under the trained prompt with, on the selection split with a paired permutation test "
+    "per unit (sklens.contrast; contrast.csv). Default: none.",
 }
 
 

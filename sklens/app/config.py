@@ -40,6 +40,8 @@ from sklens.vocabulary import (
 
 # the shared settings that say where the work runs, not what it computes
 _WHERE = {"device"}
+# the named baselines of sklens.confirm.contrast (which imports torch, so it is not imported here)
+CONTRAST_BASELINES = ("untrained", "no_prompt")
 
 
 def _minimums(config: Any, rules: tuple[tuple[str, int, str], ...]) -> None:
@@ -138,12 +140,14 @@ class SelectConfig:
 @dataclass(frozen=True)
 class ConfirmConfig:
     """The confirmation: a disjoint split that re-measures the top-K (``n_confirm``; 0 skips it),
-    further measures there, and seed stability of the top-K."""
+    further measures there, seed stability of the top-K, and the per-unit contrast of the
+    trained prompt against baselines on the selection split (``contrast``)."""
 
     n_confirm: int = 80
     measures: tuple[str, ...] = ()  # e.g. ("spearman", "auroc", "partial_pearson")
     covariates: tuple[str, ...] = ()  # numeric meta fields for partial_pearson
     seeds: tuple[int, ...] = ()  # e.g. (0, 1, 2): seed stability of the top-K
+    contrast: tuple[str, ...] = ()  # e.g. ("untrained", "no_prompt"): sklens.contrast per unit
 
     def __post_init__(self) -> None:
         validate.integer(
@@ -155,7 +159,14 @@ class ConfirmConfig:
         _tuple_of(self, "measures", str, "('spearman', 'auroc')")
         _tuple_of(self, "covariates", str, "('n_digits',)")
         _tuple_of(self, "seeds", int, "(0, 1, 2)")
+        _tuple_of(self, "contrast", str, "('untrained', 'no_prompt')")
         validate.choices("measures", ",".join(self.measures), MEASURES)
+        validate.choices("contrast", ",".join(self.contrast), CONTRAST_BASELINES)
+        if len(set(self.contrast)) < len(self.contrast):
+            raise ValueError(
+                f"{name('contrast')} names a baseline twice, got {self.contrast!r}; e.g. "
+                f"{validate.example('contrast', 'untrained,no_prompt', ('untrained', 'no_prompt'))}"
+            )
         if bool(self.covariates) != ("partial_pearson" in self.measures):
             raise ValueError(
                 f"{name('covariates')} and {name('measures')} partial_pearson go together: the "
@@ -420,7 +431,11 @@ def _parse_flag(flag: str, value: Any) -> Any:
         return tuple(validate.choices("measures", value, MEASURES))
     if flag == "ablate_modes":
         return tuple(validate.choices("ablate_modes", value, ABLATION_MODES))
+    if flag == "contrast":
+        return tuple(validate.choices("contrast", value, CONTRAST_BASELINES))
     return tuple(parts)
 
 
-_LIST_FLAGS = {"seeds", "steering", "measures", "ablate_modes", "covariates", "dose_response"}
+_LIST_FLAGS = {
+    "seeds", "steering", "measures", "ablate_modes", "covariates", "dose_response", "contrast"
+}  # fmt: skip

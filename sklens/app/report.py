@@ -26,7 +26,7 @@ from sklens.explanation.evidence import NeuronEvidence
 from sklens.explanation.explain import summary_lines
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning.result import Scan
-from sklens.units.sites import unit_slot_label
+from sklens.units.sites import unit_label, unit_slot_label
 from sklens.version import __version__
 from sklens.views import figures
 from sklens.views.viz import text_view
@@ -156,6 +156,8 @@ def _build(run: Path, n: int) -> Path:
         parts += _attribution_section(run, result, summary, config)
     if (run / "steering.csv").exists():
         parts += _steering_section(pd.read_csv(run / "steering.csv"), splits)
+    if (run / "contrast.csv").exists():
+        parts += _contrast_section(pd.read_csv(run / "contrast.csv"), summary, config)
     explained = (
         pd.read_csv(run / "explanations.csv") if (run / "explanations.csv").exists() else None
     )
@@ -258,6 +260,38 @@ def _steering_section(curve: pd.DataFrame, splits: dict[str, Any]) -> list[str]:
         ),
         "</div>",
     ]
+
+
+def _contrast_section(
+    table: pd.DataFrame, summary: dict[str, Any], config: StudyConfig
+) -> list[str]:
+    """The prompt contrast, per baseline: every unit's score under the trained prompt against
+    the baseline's, the top-K by |diff| named and tabled, and the summary's numbers."""
+    k = config.select.top_k
+    parts = [
+        "<h3>Prompt specificity: each unit under the trained prompt against a baseline (the "
+        "selection split, in-sample; paired permutation test per unit)</h3>"
+    ]
+    for name, part in table.groupby("baseline", sort=False):
+        s = summary["contrast"][name]
+        top = part.loc[part["diff"].abs().sort_values(ascending=False).index[:k]]
+        marked = [
+            (r.score_trained, r.score_baseline, unit_label(r.site, r.layer, r.neuron))
+            for r in top.itertuples()
+        ]
+        parts += [
+            f"<h4>{html.escape(str(name))}: {html.escape(s['compared'])}</h4>",
+            f"<p>{s['n_fwer_0.05']} of {s['n_units']} units change past the FWER null at 0.05 "
+            f"({s['n_permutations']} permutations), {s['n_selected_fwer_0.05']} of the "
+            f"{s['n_selected']} selected units; rank correlation of |score| "
+            f"{s['rank_correlation']:.3f}; top-{s['top_k']} overlap (Jaccard) "
+            f"{s['top_k_overlap']:.3f}.</p>",
+            _png(figures.contrast_scatter(
+                part.score_trained.to_numpy(), part.score_baseline.to_numpy(), marked, name=name
+            )),
+            _table(top.drop(columns=["baseline"])),
+        ]  # fmt: skip
+    return parts
 
 
 def _explanations_section(

@@ -12,13 +12,15 @@ The output directory holds ``prompt/`` (safetensors + JSON), ``checkpoint/`` (re
 least activating selection-set examples, kept by the scan itself: no second pass),
 ``evidence.json`` (what the report draws: each top neuron's activations on the confirmation split,
 read in the confirmation's one pass, and its extremal examples' token-level activations),
-``heldout.csv`` (the confirmation), ``explanations.csv`` (each top neuron's candidate explanations
-ranked on the confirmation split, ``sklens.explain``), ``causal.csv``, ``steering.csv`` (with
-``--steering``), ``summary.json`` (settings, splits, versions, data hashes, training plateau,
-timings) and ``manifest.json`` (the fingerprint of each stage and the sha256 of every file). A run writes into
-a staging directory beside ``out`` and replaces ``out`` as a whole when it has finished, under a
-lock (``sklens.app.rundir``); with ``resume=True`` a stage's earlier work (from a failed or killed
-run, or from the finished one) is reused only when its fingerprint matches.
+``heldout.csv`` (the confirmation), ``contrast.csv`` (with ``--contrast``: every unit under the
+trained prompt against a baseline, ``sklens.contrast``), ``explanations.csv`` (each top neuron's
+candidate explanations ranked on the confirmation split, ``sklens.explain``), ``causal.csv``,
+``steering.csv`` (with ``--steering``), ``summary.json`` (settings, splits, versions, data
+hashes, training plateau, timings) and ``manifest.json`` (the fingerprint of each stage and the
+sha256 of every file). A run writes into a staging directory beside ``out`` and replaces ``out``
+as a whole when it has finished, under a lock (``sklens.app.rundir``); with ``resume=True`` a
+stage's earlier work (from a failed or killed run, or from the finished one) is reused only when
+its fingerprint matches.
 
 The study is a list of stages (``PIPELINE``), each a function of the run in progress
 (``StudyRun``) that reads what earlier stages made and writes its named files. Three are
@@ -44,6 +46,7 @@ from sklens import validate
 from sklens.app import rundir
 from sklens.app.attribution_stage import attribution_stage
 from sklens.app.config import StudyConfig
+from sklens.app.contrast_stage import contrast_stage
 from sklens.app.data_checks import study_data
 from sklens.app.report import read_summary
 from sklens.app.run_state import StudyRun
@@ -380,6 +383,14 @@ def _statistics(run: StudyRun) -> None:
     run.summary["extras"] = run_statistics(run)
 
 
+def _contrast(run: StudyRun) -> None:
+    """With ``--contrast``: every unit under the trained prompt against each baseline, on the
+    selection split with the scan's metric values (``contrast.csv``)."""
+    if run.config.confirm.contrast:
+        run.summary["contrast"] = contrast_stage(run)
+        run.lap("contrast")
+
+
 # The study, in order. Each stage reads what the earlier ones left on ``run`` and writes its files.
 PIPELINE: tuple[Callable[[StudyRun], None], ...] = (
     _train,
@@ -389,6 +400,7 @@ PIPELINE: tuple[Callable[[StudyRun], None], ...] = (
     _evidence,
     _causal,
     _statistics,
+    _contrast,
 )
 
 

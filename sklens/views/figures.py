@@ -7,6 +7,8 @@
 * ``layer_position_heatmap`` — where high-|r| (layer, slot) pairs sit;
 * ``steering`` — a steering curve: the selected units against random sets (``sklens.causal.steering``);
 * ``dose_response`` — the change against k for each ranking's top-k, beside random sets.
+* ``contrast_scatter`` — every unit's score under the trained prompt against a baseline
+  (``sklens.contrast``).
 
 Each returns a ``NotebookFigure``, a ``matplotlib.figure.Figure`` that shows itself in a notebook
 without ``%matplotlib inline``; ``save`` writes PNG and SVG.
@@ -165,6 +167,36 @@ def dose_response(table: Any, measure: str = "loss", group: str = "all") -> Note
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xscale("log")
     ax.set(xlabel="k (units ablated)", ylabel=f"change of {plain(measure)}")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def contrast_scatter(
+    trained: np.ndarray,
+    baseline: np.ndarray,
+    marked: Sequence[tuple[float, float, str]] = (),
+    *,
+    name: str = "baseline",
+) -> NotebookFigure:
+    """Every unit's score under the trained prompt against its score under the baseline ``name``
+    (``sklens.contrast``), the diagonal where the prompt changes nothing, and the ``marked``
+    units — ``(x, y, label)``, e.g. the top-K by |diff| — drawn and named."""
+    trained, baseline = np.asarray(trained, dtype=float), np.asarray(baseline, dtype=float)
+    fig = NotebookFigure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(trained, baseline, s=2, alpha=0.3, rasterized=True, label=f"{len(trained)} units")
+    finite = np.concatenate([trained, baseline])
+    finite = finite[np.isfinite(finite)]
+    lo, hi = (finite.min(), finite.max()) if len(finite) else (-1.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", label="no change")
+    for x, y, label in marked:
+        ax.scatter([x], [y], s=14, color="C3")
+        ax.annotate(plain(label), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(
+        xlabel="score under the trained prompt",
+        ylabel=plain(f"score under the baseline ({name})"),
+        title=plain(f"trained prompt against {name}"),
+    )
     ax.legend(fontsize=8)
     return fig
 
