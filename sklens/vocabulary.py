@@ -31,3 +31,5 @@ MEASURES = (
     "partial_pearson",
 )
 GROUP_MEASURES = ("eta_squared", "kruskal_wallis")  # need the task's groups
+Baseline = Literal["untrained", "no_prompt"]  # sklens.contrast's named baselines
+BASELINES: tuple[str, ...] = get_args(Baseline)

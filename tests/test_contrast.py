@@ -19,6 +19,7 @@ from sklens.confirm.contrast import contrast_from_activations
 from sklens.scanning import metrics
 from tests.helpers import (
     corrcoef_rows,
+    forbid_work,
     reference_losses,
     reference_slot_acts,
     reference_tokens,
@@ -311,3 +312,16 @@ def test_contrast_flag_is_checked_before_any_work(qwen_dir, tmp_path, capsys):
     )
     with pytest.raises(ValueError, match="contrast names a baseline twice"):
         sklens.ConfirmConfig(contrast=("untrained", "untrained"))
+
+
+def test_a_no_prompt_baseline_without_room_fails_before_training(
+    qwen_dir, tmp_path, capsys, monkeypatch
+):
+    """Skill-Mix instructions are tens of tokens long: 200 slots leave too few before them."""
+    forbid_work(monkeypatch, ("train_soft_prompt", "scan"))
+    args = _args(qwen_dir, tmp_path / "o")
+    args[args.index("--n-tokens") + 1] = "200"
+    assert main([*args, "--contrast", "no_prompt"]) == 2
+    err = capsys.readouterr().err
+    assert "--contrast no_prompt reads the last 200 positions before the slots" in err
+    assert "drop no_prompt or lower --n-tokens" in err

@@ -33,6 +33,7 @@ from sklens.validate import assign, name
 from sklens.vocabulary import (
     ABLATION_MODES,
     BACKENDS,
+    BASELINES,
     DEFAULT_MODEL,
     MEASURES,
     REDUCE_RULES,
@@ -41,7 +42,6 @@ from sklens.vocabulary import (
 # the shared settings that say where the work runs, not what it computes
 _WHERE = {"device"}
 # the named baselines of sklens.confirm.contrast (which imports torch, so it is not imported here)
-CONTRAST_BASELINES = ("untrained", "no_prompt")
 
 
 def _minimums(config: Any, rules: tuple[tuple[str, int, str], ...]) -> None:
@@ -161,7 +161,7 @@ class ConfirmConfig:
         _tuple_of(self, "seeds", int, "(0, 1, 2)")
         _tuple_of(self, "contrast", str, "('untrained', 'no_prompt')")
         validate.choices("measures", ",".join(self.measures), MEASURES)
-        validate.choices("contrast", ",".join(self.contrast), CONTRAST_BASELINES)
+        validate.choices("contrast", ",".join(self.contrast), BASELINES)
         if len(set(self.contrast)) < len(self.contrast):
             raise ValueError(
                 f"{name('contrast')} names a baseline twice, got {self.contrast!r}; e.g. "
@@ -432,7 +432,7 @@ def _parse_flag(flag: str, value: Any) -> Any:
     if flag == "ablate_modes":
         return tuple(validate.choices("ablate_modes", value, ABLATION_MODES))
     if flag == "contrast":
-        return tuple(validate.choices("contrast", value, CONTRAST_BASELINES))
+        return tuple(validate.choices("contrast", value, BASELINES))
     return tuple(parts)
 
 

@@ -58,6 +58,7 @@ from sklens.causal.controls import score_strata
 from sklens.causal.steering import steering_curve
 from sklens.confirm.held_out import read_neurons
 from sklens.data.example import data_hash
+from sklens.data.format import encode
 from sklens.explanation.evidence import collect_evidence
 from sklens.models.layout import linear_layout
 from sklens.models.load import load_model, resolve_backend
@@ -212,8 +213,22 @@ def _prepare(
     run.model = load_model(config.model, backend=config.backend, device=config.device)
     bound = resolve_site(site, run.model)  # the hook, its position axis, an SAE's width, layer
     bound.check_layers(resolve_layers(run.model, bound.layers_in(run.model) or None), run.model)
+    if "no_prompt" in config.confirm.contrast:  # before training, not when the stage starts
+        _check_no_prompt_room(run.model, task.val, config.train.n_tokens)
     run.lap("load_model")
     return run
+
+
+def _check_no_prompt_room(model: Model, examples: list, n_slots: int) -> None:
+    """The no-prompt contrast reads the last ``n_slots`` positions before the slots: refuse
+    examples with fewer, naming the settings that fix it."""
+    short = [i for i, e in enumerate(encode(model, examples, 0)) if len(e.prefix) < n_slots]
+    if short:
+        raise ValueError(
+            f"{validate.name('contrast')} no_prompt reads the last {n_slots} positions before the "
+            f"slots, but {len(short)} selection example(s) (first: {short[0]}) have fewer; drop "
+            f"no_prompt or lower {validate.name('n_tokens')}"
+        )
 
 
 def _train(run: StudyRun) -> None:

@@ -65,7 +65,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import pandas as pd
 import torch
@@ -87,9 +87,8 @@ from sklens.stats.inference import q_values
 from sklens.stats.measures import spearman
 from sklens.stats.ranking import Reduce, check_rule, slot_scores
 from sklens.units.sites import Site, SiteLike, resolve_site
+from sklens.vocabulary import BASELINES, Baseline
 
-Baseline = Literal["untrained", "no_prompt"]
-BASELINES: tuple[str, ...] = get_args(Baseline)
 MIN_EXAMPLES = 8  # fewer examples have too few distinct swaps for a p-value to reach 0.05
 MIN_PERMUTATIONS = 19  # a permutation p is at least 1/(B+1)
 ALPHA = 0.05  # the level the summary counts at
