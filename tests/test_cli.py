@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import subprocess
@@ -260,6 +261,13 @@ def test_causal_controls_of_a_study(qwen_dir, tmp_path, monkeypatch):
     assert zero["bound_loss"] == max(abs(zero["excess_lo_loss"]), abs(zero["excess_hi_loss"]))
     dose = pd.read_csv(out / "dose_response.csv")
     assert set(dose.ranking) == {"correlation", "attribution"} and set(dose.k) == {1, 2}
+    from sklens.app.report import build_report, causal_sentence
+
+    page = build_report(out).read_text()
+    assert html.escape(causal_sentence(zero)) in page
+    assert "Dose-response: the top-k ablated for each k" in page
+    causal_html = page.split("Causal check on a third split")[1].split("Dose-response")[0]
+    assert "random_0" not in causal_html and "positive" in causal_html  # no 19 random rows
 
 
 def test_default_training_runs_to_a_plateau_of_at_most_150_steps(qwen_dir, tmp_path, monkeypatch):

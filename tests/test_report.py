@@ -214,3 +214,22 @@ def test_report_renders_in_headless_chromium_without_network(qwen_dir, tmp_path)
     assert found["selects"] >= 3
     assert found["errors"] == []
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_the_causal_sentence_says_what_the_test_could_detect_and_what_is_excluded():
+    from sklens.app.report import causal_sentence
+
+    row = {
+        "mode": "zero", "d_loss": 0.002, "d_loss_lo": -0.001, "d_loss_hi": 0.005,
+        "random_d_loss_median": 0.001, "p_loss": 0.4, "n_random": 199, "mde_loss": 0.03,
+        "bound_loss": 0.004, "bound_loss_share_of_prompt": 0.02, "positive_d_loss": 0.5,
+        "positive_p_loss": 0.005, "positive_n_neurons": 10,
+    }  # fmt: skip
+    text = causal_sentence(row)
+    assert "+0.0020 [-0.0010, +0.0050] against a random median of +0.0010" in text
+    assert "(rank p = 0.400 among 199 random sets)" in text
+    assert "an excess beyond ±0.0300 significant" in text
+    assert "exclude an excess larger than 0.0040 nats (2.0% of the prompt's own effect)" in text
+    assert "Positive control (10 units): +0.5000, rank p = 0.005." in text
+    weak = causal_sentence({**row, "n_random": 5, "mde_loss": float("inf")})
+    assert "These random sets cannot make any change significant at 0.05." in weak

@@ -154,6 +154,8 @@ def _build(run: Path, n: int) -> Path:
     parts += _run_tables(run, config, splits)
     if (run / "attribution.safetensors").exists():
         parts += _attribution_section(run, result, summary, config)
+    if (run / "causal.csv").exists():
+        parts += _causal_section(run, summary, config, splits)
     if (run / "steering.csv").exists():
         parts += _steering_section(pd.read_csv(run / "steering.csv"), splits)
     if (run / "contrast.csv").exists():
@@ -233,11 +235,6 @@ def _run_tables(run: Path, config: StudyConfig, splits: dict[str, Any]) -> list[
     for name, title in (
         ("neurons_mi.csv", "Top neurons by mutual information (in-sample)"),
         ("heldout.csv", "Held-out r (95% per neuron; _adj: Bonferroni over the K) and measures"),
-        (
-            "causal.csv",
-            f"Causal check on a third split ({splits.get('causal')} examples): selected vs random "
-            f"neurons ({'scale-matched' if config.causal.match_scale else 'not scale-matched'})",
-        ),
         ("consensus.csv", "Consensus neurons across seeds"),
     ):
         # A run replaces the whole directory and the manifest was checked above, so a table that
@@ -245,6 +242,58 @@ def _run_tables(run: Path, config: StudyConfig, splits: dict[str, Any]) -> list[
         if (run / name).exists():
             parts += [f"<h3>{title}</h3>", _table(pd.read_csv(run / name))]
     return parts
+
+
+def _causal_section(
+    run: Path, summary: dict[str, Any], config: StudyConfig, splits: dict[str, Any]
+) -> list[str]:
+    """The causal check read out per mode (what the test could detect, what the data exclude,
+    the positive control), its selected and positive rows, and the dose-response where run."""
+    matched = "scale- and score-matched" if config.causal.match_score else "scale-matched"
+    if not config.causal.match_scale:
+        matched = "score-matched" if config.causal.match_score else "unmatched"
+    parts = [
+        f"<h3>Causal check on a third split ({splits.get('causal')} examples): the top-K "
+        f"against {config.causal.n_random} random sets of the same layers ({matched})</h3>"
+    ]
+    for row in summary.get("causal") or []:
+        parts.append(f"<p>{html.escape(causal_sentence(row))}</p>")
+    table = pd.read_csv(run / "causal.csv")
+    parts.append(_table(table[~table.set.str.startswith("random_")]))
+    if (run / "dose_response.csv").exists():
+        dose = pd.read_csv(run / "dose_response.csv")
+        parts += ["<h3>Dose-response: the top-k ablated for each k</h3>"]
+        parts.append(_png(figures.dose_response(dose)))
+    return parts
+
+
+def causal_sentence(row: dict[str, Any]) -> str:
+    """One causal summary row (``app.statistics.causal_summary``) as a sentence that says no
+    more than its numbers: the change, its rank among random sets, what the test could detect,
+    the bound the data leave and the positive control."""
+    text = (
+        f"{row['mode']}: the top-K changed the loss by {row['d_loss']:+.4f} "
+        f"[{row['d_loss_lo']:+.4f}, {row['d_loss_hi']:+.4f}] against a random median of "
+        f"{row['random_d_loss_median']:+.4f} (rank p = {row['p_loss']:.3f} among "
+        f"{row['n_random']} random sets)."
+    )
+    if "mde_loss" in row:
+        mde = row["mde_loss"]
+        text += (
+            " These random sets cannot make any change significant at 0.05."
+            if mde == float("inf")
+            else f" The test calls an excess beyond ±{mde:.4f} significant at 0.05."
+        )
+        share = row.get("bound_loss_share_of_prompt")
+        text += f" The data exclude an excess larger than {row['bound_loss']:.4f} nats"
+        known = share is not None and share == share  # NaN without a prompt
+        text += f" ({share:.1%} of the prompt's own effect)." if known else "."
+    if "positive_d_loss" in row:
+        text += (
+            f" Positive control ({row['positive_n_neurons']} units): {row['positive_d_loss']:+.4f}"
+            f", rank p = {row['positive_p_loss']:.3f}."
+        )
+    return text
 
 
 def _steering_section(curve: pd.DataFrame, splits: dict[str, Any]) -> list[str]:

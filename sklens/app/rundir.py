@@ -50,6 +50,7 @@ RESULT_NAMES = {
     "summary.json",
     "causal.csv",
     "steering.csv",
+    "dose_response.csv",
     "heldout.csv",
     "attribution.csv",
     "attribution.safetensors",
