@@ -27,6 +27,7 @@ REFERENCE = Path(__file__).parent / "reference" / "tiny_run"
 TABLES = (
     "neurons.csv",
     "neurons_mi.csv",
+    "neurons_absmax.csv",
     "examples.csv",
     "heldout.csv",
     "explanations.csv",

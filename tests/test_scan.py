@@ -216,3 +216,18 @@ def test_layer_corr_indexes_by_model_layer(qwen, examples):
     torch.testing.assert_close(full.layer_corr(1), full.corr[1], equal_nan=True)
     with pytest.raises(KeyError, match=r"layer 0 was not scanned; this scan has layers \[1\]"):
         one.layer_corr(0)
+
+
+def test_absmax_selection_does_not_depend_on_which_class_is_coded_1(qwen, examples):
+    """The review's point: the signed max rule picks other units when the label's coding flips;
+    the absmax rule picks the same units at the same slots with the same |score|."""
+    prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=2)
+    plus = sklens.scan(qwen, prompt, examples, "label:op=plus", progress=False)
+    minus = sklens.scan(qwen, prompt, examples, "label:op=minus", progress=False)
+    torch.testing.assert_close(plus.corr, -minus.corr)
+    a, b = plus.top_k(10, reduce="absmax"), minus.top_k(10, reduce="absmax")
+    assert a[["layer", "neuron", "slot"]].equals(b[["layer", "neuron", "slot"]])
+    np.testing.assert_allclose(a.score.abs(), b.score.abs())
+    signed = set(zip(plus.top_k(10).neuron, plus.top_k(10).layer, strict=True))
+    flipped = set(zip(minus.top_k(10).neuron, minus.top_k(10).layer, strict=True))
+    assert signed != flipped  # the signed rule's selection moved with the coding

@@ -45,6 +45,8 @@ RESULT_NAMES = {
     "scan.safetensors",
     "neurons.csv",
     "neurons_mi.csv",
+    "neurons_absmax.csv",
+    "neurons_max.csv",
     "examples.csv",
     "evidence.json",
     "summary.json",

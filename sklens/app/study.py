@@ -68,6 +68,7 @@ from sklens.prompt.training import plateau, train_soft_prompt
 from sklens.scanning.metrics import from_spec
 from sklens.scanning.result import Scan
 from sklens.scanning.scan import resolve_layers, scan
+from sklens.stats.mutual_info import top_k_overlap
 from sklens.units.sites import resolve_site
 from sklens.version import __version__
 
@@ -291,6 +292,17 @@ def _select(run: StudyRun) -> None:
                    resume=False)  # fmt: skip
     run.neurons = run.result.top_k(select.top_k, reduce=select.reduce)
     write_csv(run.neurons, run.out / "neurons.csv")
+    # the other ranking rule beside it: the signed max depends on which class is coded 1
+    other = "absmax" if select.reduce == "max" else "max"
+    beside = run.result.top_k(select.top_k, reduce=other)
+    write_csv(beside, run.out / f"neurons_{other}.csv")
+    overlap = top_k_overlap(run.neurons, beside)
+    run.summary["selection"] = {
+        "rule": select.reduce,
+        "other_rule": other,
+        "shared_with_other_rule": len(overlap["shared"]),
+        "jaccard_with_other_rule": overlap["jaccard"],
+    }
 
 
 def _confirm(run: StudyRun) -> None:
