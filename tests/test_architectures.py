@@ -17,6 +17,7 @@ from sklens.scanning import metrics
 from tests.helpers import (
     HOOKED,
     arithmetic_examples,
+    assert_permuted_hook_is_caught,
     backends,
     corrcoef_rows,
     needs_hooked,
@@ -91,13 +92,7 @@ def test_hooked_backend_on_a_bridge_only_architecture_names_the_fix():
 def test_self_test_catches_a_wrong_hook_on_a_parallel_attention_model(backend):
     model = sklens.load_model(sklens.tiny_checkpoint("gpt_neox", seed=2), backend=backend)
     assert model.cfg.parallel_attn_mlp  # the MLP reads ln2(resid_pre): no hook_resid_mid
-    perm = torch.randperm(model.cfg.d_mlp)
-    model.blocks[0].mlp.hook_post.add_hook(lambda act, hook: act[..., perm], dir="fwd")
-    try:
-        with pytest.raises(HookMeaningError, match="blocks.0.mlp.hook_post"):
-            check_neuron_hooks(model)
-    finally:
-        model.reset_hooks(including_permanent=True)
+    assert_permuted_hook_is_caught(model, 0)
 
 
 @needs_hooked  # the attention-only model is built with HookedTransformerConfig

@@ -11,12 +11,12 @@ import pytest
 import sklens
 from sklens.app.cli import main
 from sklens.causal.attribution import Attribution
-from tests.test_cli import _args
+from tests.helpers import study_args
 
 
 def test_run_with_attribute_writes_the_joined_table(qwen_dir, tmp_path):
     out = tmp_path / "run"
-    args = [*_args(qwen_dir, out), "--attribute", "--n-causal", "8", "--permutations", "19"]
+    args = [*study_args(qwen_dir, out), "--attribute", "--n-causal", "8", "--permutations", "19"]
     assert main(args) == 0
     found = Attribution.load(out / "attribution.safetensors")
     scan = sklens.Scan.load(out / "scan.safetensors")
@@ -50,5 +50,5 @@ def test_run_with_attribute_writes_the_joined_table(qwen_dir, tmp_path):
 
 
 def test_attribute_with_another_site_is_refused_at_once(qwen_dir, tmp_path, capsys):
-    assert main([*_args(qwen_dir, tmp_path / "o"), "--attribute", "--site", "heads"]) == 2
+    assert main([*study_args(qwen_dir, tmp_path / "o"), "--attribute", "--site", "heads"]) == 2
     assert "--attribute attributes to MLP neurons only" in capsys.readouterr().err

@@ -8,45 +8,11 @@ import subprocess
 
 import pandas as pd
 import pytest
-import torch
 
 import sklens
 from sklens.app import rundir, study
 from sklens.app.cli import main
-
-
-def _args(model_dir, out, *extra):
-    return [
-        "run",
-        "--task",
-        "skillmix",
-        "--model",
-        str(model_dir),
-        "--out",
-        str(out),
-        "--steps",
-        "3",
-        "--n-train",
-        "16",
-        "--n-val",
-        "12",
-        "--n-tokens",
-        "3",
-        "--batch-size",
-        "4",
-        "--top-k",
-        "3",
-        "--n-extremal",
-        "2",
-        "--n-plateau",
-        "4",
-        "--eval-every",
-        "2",
-        "--n-confirm",
-        "8",
-        "--quiet",
-        *extra,
-    ]
+from tests.helpers import count_optimizer_steps, study_args
 
 
 def _no_partial_files(out):
@@ -55,7 +21,7 @@ def _no_partial_files(out):
 
 def test_run_writes_every_output(qwen_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_args(qwen_dir, out)) == 0
+    assert main(study_args(qwen_dir, out)) == 0
     printed = capsys.readouterr().out
     assert " unit slot " in printed and "held-out r [95% CI]" in printed
     assert "score: in-sample, on the 12 selection examples" in printed
@@ -106,7 +72,7 @@ def test_killed_run_resumes_without_corruption(qwen_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(study, "scan", killed)
     with pytest.raises(KeyboardInterrupt):
-        main(_args(qwen_dir, out))
+        main(study_args(qwen_dir, out))
     staging = rundir.staging_dir(out)  # the killed run's work waits there; out is untouched
     assert not out.exists() and (staging / "checkpoint" / "checkpoint.pt").exists()
     assert not (staging / "scan.safetensors").exists()
@@ -114,21 +80,14 @@ def test_killed_run_resumes_without_corruption(qwen_dir, tmp_path, monkeypatch):
     trained = sklens.SoftPrompt.load(staging / "prompt")
     monkeypatch.undo()
 
-    steps = {"n": 0}
-    real_step = torch.optim.AdamW.step
-
-    def counting_step(self, *args, **kwargs):
-        steps["n"] += 1
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
-    assert main(_args(qwen_dir, out, "--resume")) == 0
+    steps = count_optimizer_steps(monkeypatch)
+    assert main(study_args(qwen_dir, out, "--resume")) == 0
     assert steps["n"] == 0  # training was finished: not one optimizer step is redone
     assert sklens.SoftPrompt.load(out / "prompt").embedding.equal(trained.embedding)
     stamp = (out / "scan.safetensors").stat().st_mtime_ns
-    assert main(_args(qwen_dir, out, "--resume")) == 0
+    assert main(study_args(qwen_dir, out, "--resume")) == 0
     assert (out / "scan.safetensors").stat().st_mtime_ns == stamp  # the finished scan is reused
-    assert main(_args(qwen_dir, out, "--resume", "--metric", "label:skill=metaphor")) == 0
+    assert main(study_args(qwen_dir, out, "--resume", "--metric", "label:skill=metaphor")) == 0
     assert (out / "scan.safetensors").stat().st_mtime_ns != stamp  # ... unless its settings changed
     assert _no_partial_files(out) and not staging.exists()
 
@@ -144,14 +103,14 @@ def test_jsonl_task_and_errors(qwen_dir, tmp_path, capsys):
         for i in range(40)
     ]
     task.write_text("\n".join(json.dumps(line) for line in lines))
-    args = _args(qwen_dir, tmp_path / "j")
+    args = study_args(qwen_dir, tmp_path / "j")
     args[args.index("skillmix")] = str(task)
     assert main(args) == 2
     assert "has no default metric: pass --metric" in capsys.readouterr().err
     assert main([*args, "--metric", "label:even=true"]) == 0
     assert main([*args, "--metric", "accuracy"]) == 2
     assert "unknown metric 'accuracy'" in capsys.readouterr().err
-    bad = _args(qwen_dir, tmp_path / "b")
+    bad = study_args(qwen_dir, tmp_path / "b")
     bad[bad.index("skillmix")] = "translation"
     assert main(bad) == 2
     assert "unknown task 'translation'" in capsys.readouterr().err
@@ -210,7 +169,7 @@ def test_run_with_ablate_writes_the_causal_check(qwen_dir, tmp_path, monkeypatch
     monkeypatch.setattr(study, "study_task", keep_task)
     out = tmp_path / "abl"
     args = ("--ablate", "--n-random", "2", "--n-causal", "6", "--ablate-modes", "zero")
-    assert main(_args(qwen_dir, out, *args, "--no-match-scale")) == 0
+    assert main(study_args(qwen_dir, out, *args, "--no-match-scale")) == 0
     task = seen["task"]
     texts = {e.instruction for e in seen["examples"]}
     assert seen["examples"] == list(task.causal) and len(texts) == 6
@@ -242,7 +201,7 @@ def test_default_training_runs_to_a_plateau_of_at_most_150_steps(qwen_dir, tmp_p
         return real(model, fit, **{**kwargs, "steps": 2})  # the settings seen; a short run
 
     monkeypatch.setattr(study, "train_soft_prompt", spy)
-    args = _args(qwen_dir, tmp_path / "run")
+    args = study_args(qwen_dir, tmp_path / "run")
     for flag in ("--steps", "--eval-every"):  # back to their defaults
         i = args.index(flag)
         del args[i : i + 2]
@@ -253,7 +212,7 @@ def test_default_training_runs_to_a_plateau_of_at_most_150_steps(qwen_dir, tmp_p
 
 def test_run_with_statistics(qwen_dir, tmp_path):
     out = tmp_path / "stats"
-    args = _args(
+    args = study_args(
         qwen_dir,
         out,
         "--permutations",
@@ -303,9 +262,9 @@ def test_run_with_statistics(qwen_dir, tmp_path):
 def test_bad_values_fail_before_anything_is_written(qwen_dir, tmp_path, capsys):
     """#59 (--n-extremal -1 was accepted) and #53 (--lr inf trained a NaN prompt)."""
     out = tmp_path / "run"
-    assert main(_args(qwen_dir, out, "--n-extremal", "-1")) == 2
+    assert main(study_args(qwen_dir, out, "--n-extremal", "-1")) == 2
     assert "--n-extremal must be at least 1" in capsys.readouterr().err
-    assert main(_args(qwen_dir, out, "--lr", "inf")) == 2
+    assert main(study_args(qwen_dir, out, "--lr", "inf")) == 2
     assert "--lr must be a finite number above 0, got inf" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
@@ -326,7 +285,7 @@ def test_meta_fields_named_like_sklens_columns_are_kept_apart(qwen_dir, tmp_path
         for i, side in zip(range(40), ["left", "right"] * 20, strict=True)
     ]
     task.write_text("\n".join(json.dumps(r) for r in rows))
-    args = _args(qwen_dir, tmp_path / "run", "--metric", "label:big")
+    args = study_args(qwen_dir, tmp_path / "run", "--metric", "label:big")
     args[args.index("skillmix")] = str(task)
     assert main(args) == 0
     examples = pd.read_csv(tmp_path / "run" / "examples.csv")

@@ -218,10 +218,10 @@ def test_compare_scans_needs_two_seed_scans():
 def test_explain_run_demo_on_a_tiny_hans_run(qwen_dir, tmp_path, capsys):
     """demos/explain_run.py: explain on the run's confirmation split, then HANS twins."""
     from sklens.app.cli import main as sklens_main
-    from tests.test_cli import _args
+    from tests.helpers import study_args
 
     run = tmp_path / "hans"
-    args = _args(qwen_dir, run, "--metric", "label:heuristic=lexical_overlap")
+    args = study_args(qwen_dir, run, "--metric", "label:heuristic=lexical_overlap")
     args[args.index("--task") + 1] = "hans"
     args[args.index("--n-confirm") + 1] = "36"
     assert sklens_main(args) == 0

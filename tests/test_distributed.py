@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sklens
-from tests.helpers import arithmetic_examples
+from tests.helpers import distributed_scan
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -43,18 +43,7 @@ def test_two_process_gloo_scan_equals_single_process(qwen_dir, qwen, tmp_path, m
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     parallel = sklens.Scan.load(out)
-    chosen = sklens.metrics.loss() if metric == "loss" else sklens.metrics.label("a")
-    single = sklens.scan(
-        qwen,
-        prompt,
-        arithmetic_examples(37, seed=0),
-        chosen,
-        batch_size=4,
-        n_permutations=7,
-        permutation_seed=1,
-        n_extremal=3,
-        progress=False,
-    )
+    single = distributed_scan(qwen, prompt, metric)
     assert parallel.n == single.n == 37
     assert (parallel.corr - single.corr).abs().nan_to_num().max() <= 1e-6
     assert (parallel.metric_values - single.metric_values).abs().max() <= 1e-6

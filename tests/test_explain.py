@@ -23,7 +23,7 @@ from sklens.stats.rank_tests import (
     mann_whitney,
     spearman_test,
 )
-from tests.test_cli import _args
+from tests.helpers import study_args
 
 WORDS = "red blue green small big old new tall short happy".split()
 
@@ -195,7 +195,7 @@ def test_explain_refuses_the_selection_examples_and_tables_without_slots(qwen):
 
 def test_the_run_writes_explanations_and_the_command_prints_them(qwen_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = _args(qwen_dir, out)
+    args = study_args(qwen_dir, out)
     args[args.index("--n-confirm") + 1] = "12"
     assert main(args) == 0
     table = pd.read_csv(out / "explanations.csv")

@@ -11,8 +11,13 @@ from transformers import AutoModelForCausalLM
 
 import sklens
 from sklens.models import load as models
-from sklens.models.hook_check import HookMeaningError, check_neuron_hooks
-from tests.helpers import backends, needs_hooked, without_type_checks
+from sklens.models.hook_check import check_neuron_hooks
+from tests.helpers import (
+    assert_permuted_hook_is_caught,
+    backends,
+    needs_hooked,
+    without_type_checks,
+)
 
 LOGIT_TOL = 1e-4  # measured: 1.8e-7 (qwen2) and ~2e-7 (llama) on the tiny checkpoints
 
@@ -51,14 +56,7 @@ def test_weights_are_frozen_after_load(qwen):
 
 def test_self_test_passes_and_catches_a_wrong_hook(qwen):
     assert check_neuron_hooks(qwen) < 1e-5
-    # a deliberately wrong hook: the recorded activation is permuted across neurons
-    perm = torch.randperm(qwen.cfg.d_mlp)
-    qwen.blocks[1].mlp.hook_post.add_hook(lambda act, hook: act[..., perm], dir="fwd")
-    try:
-        with pytest.raises(HookMeaningError, match="blocks.1.mlp.hook_post"):
-            check_neuron_hooks(qwen)
-    finally:
-        qwen.reset_hooks(including_permanent=True)
+    assert_permuted_hook_is_caught(qwen, 1)
     assert check_neuron_hooks(qwen) < 1e-5
 
 

@@ -21,7 +21,7 @@ from sklens.app.report import build_report
 from sklens.app.rundir import RunDirError
 from sklens.scanning import metrics
 from sklens.views import figures, viz
-from tests.test_cli import _args
+from tests.helpers import study_args
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -125,7 +125,7 @@ def test_evidence_equals_the_activations_it_summarises(qwen, examples):
 
 
 def _tiny_report(qwen_dir, out) -> Path:
-    args = _args(qwen_dir, out, "--permutations", "19", "--report")
+    args = study_args(qwen_dir, out, "--permutations", "19", "--report")
     args[args.index("--n-val") + 1] = "16"
     assert main(args) == 0
     return out / "report.html"

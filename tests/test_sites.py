@@ -333,7 +333,7 @@ def test_a_study_of_sae_latents_from_disk(qwen_dir, tmp_path, capsys):
     """``sklens run --site sae:DIR`` end to end: the SAE saved by SAELens is loaded offline, its
     latents are scanned, the tables carry the site, the causal check edits latents, and a resume
     reuses the scan while another SAE at the same path scans again."""
-    from tests.test_cli import _args
+    from tests.helpers import study_args
 
     model = sklens.load_model(str(qwen_dir))
     sae_dir = tmp_path / "sae"
@@ -341,7 +341,7 @@ def test_a_study_of_sae_latents_from_disk(qwen_dir, tmp_path, capsys):
     out = tmp_path / "run"
     extra = ["--site", f"sae:{sae_dir}", "--ablate", "--ablate-modes", "zero", "--n-random", "2",
              "--n-causal", "6"]  # fmt: skip
-    assert main(_args(qwen_dir, out, *extra)) == 0
+    assert main(study_args(qwen_dir, out, *extra)) == 0
     neurons = pd.read_csv(out / "neurons.csv")
     name = neurons.site.iloc[0]
     assert name.startswith("sae:") and (neurons.layer == 1).all() and (neurons.neuron < 40).all()
@@ -353,10 +353,10 @@ def test_a_study_of_sae_latents_from_disk(qwen_dir, tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     assert "#0: L1 F" in (out / "report.html").read_text()
     scanned = (out / "scan.safetensors").stat().st_mtime_ns
-    assert main(_args(qwen_dir, out, *extra, "--resume")) == 0
+    assert main(study_args(qwen_dir, out, *extra, "--resume")) == 0
     assert (out / "scan.safetensors").stat().st_mtime_ns == scanned  # the same SAE: reused
     random_sae(model.cfg.d_model, 40, "blocks.1.hook_resid_post", seed=2).save_model(sae_dir)
-    assert main(_args(qwen_dir, out, *extra, "--resume")) == 0
+    assert main(study_args(qwen_dir, out, *extra, "--resume")) == 0
     assert pd.read_csv(out / "neurons.csv").site.iloc[0] != name  # other weights: scanned again
 
 

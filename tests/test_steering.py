@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 import sklens
 from sklens.app.cli import main
 from sklens.views import figures
-from tests.test_cli import _args
+from tests.helpers import study_args
 
 
 def test_steering_curve_agrees_with_the_causal_check(qwen, examples):
@@ -55,7 +55,7 @@ def test_steering_curve_agrees_with_the_causal_check(qwen, examples):
 
 def test_run_with_steering_writes_the_curve_and_the_report_draws_it(qwen_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = _args(qwen_dir, out, "--steering", "0,2", "--n-random", "2", "--n-causal", "8")
+    args = study_args(qwen_dir, out, "--steering", "0,2", "--n-random", "2", "--n-causal", "8")
     assert main([*args, "--report"]) == 0
     curve = pd.read_csv(out / "steering.csv")
     assert set(curve.factor) == {0.0, 2.0} and set(curve.set) == {
@@ -65,6 +65,6 @@ def test_run_with_steering_writes_the_curve_and_the_report_draws_it(qwen_dir, tm
     }
     assert "Steering curve on the causal split (8 examples)" in (out / "report.html").read_text()
     capsys.readouterr()
-    assert main(_args(qwen_dir, tmp_path / "bad", "--steering", "0,x")) == 2
+    assert main(study_args(qwen_dir, tmp_path / "bad", "--steering", "0,x")) == 2
     err = capsys.readouterr().err
     assert "--steering must be numbers separated by commas" in err and "--steering 0,0.5,2,4" in err

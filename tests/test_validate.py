@@ -20,7 +20,13 @@ import torch
 import sklens
 from sklens.app.cli import main
 from sklens.scanning import metrics
-from tests.helpers import forbid_work, probe_args, without_type_checks, write_probe_task
+from tests.helpers import (
+    count_optimizer_steps,
+    forbid_work,
+    probe_args,
+    without_type_checks,
+    write_probe_task,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,15 +203,7 @@ def test_case_16_fractional_n_tokens(qwen, examples):
 
 @pytest.fixture
 def count_steps(monkeypatch):
-    steps = {"n": 0}
-    real_step = torch.optim.AdamW.step
-
-    def counting_step(self, *args, **kwargs):
-        steps["n"] += 1
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
-    return steps
+    return count_optimizer_steps(monkeypatch)
 
 
 def test_case_22_checkpoint_every_zero_fails_before_training(qwen, examples, tmp_path, count_steps):
