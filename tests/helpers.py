@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import jaxtyping
 import numpy as np
@@ -325,3 +326,9 @@ def assert_permuted_hook_is_caught(model, layer: int) -> None:
             check_neuron_hooks(model)
     finally:
         model.reset_hooks(including_permanent=True)
+
+
+# the checkout (tests/ is one folder below it), and the folders the test files sit in, by what
+# their markers say (tests/integration/test_folders.py checks it)
+ROOT = Path(__file__).resolve().parent.parent
+TEST_FOLDERS = ("unit", "integration", "slow", "network")

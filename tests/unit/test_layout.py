@@ -17,7 +17,7 @@ from sklens.models.layout import _targets, linear_layout
 from sklens.models.load import ARCHITECTURES
 from sklens.scanning import metrics
 from tests.helpers import needs_hooked
-from tests.test_architectures import HF_NAMES
+from tests.unit.test_architectures import HF_NAMES
 
 HOOKED = [arch for arch, name in HF_NAMES.items() if "hooked" in ARCHITECTURES[name]]
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.helpers import ROOT
+
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "demos" / "quickstart.ipynb"
+NOTEBOOK = ROOT / "demos" / "quickstart.ipynb"
 
 
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):

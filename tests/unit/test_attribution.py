@@ -13,7 +13,7 @@ from sklens.causal.attribution_exact import exact_effects
 from sklens.data.format import encode, iter_batches
 from sklens.prompt.forward import completion_logprobs
 from sklens.scanning import metrics
-from tests.helpers import needs_hooked
+from tests.helpers import ROOT, needs_hooked
 
 # -- the reference: one unit ablated at each row's slot by a plain hook -------------------------
 
@@ -335,16 +335,14 @@ def test_the_benchmark_runs_on_the_tiny_model(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, str(root / "benchmarks" / "attribution.py"), "--model", "tiny"]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "attribution.py"), "--model", "tiny"]
     cmd += ["--device", "cpu", "--repeats", "1", "--n-tokens", "2", "--results", str(tmp_path)]
     cmd += ["--n", "6", "--n-train", "6", "--train-steps", "2", "--batch-size", "3"]
     cmd += ["--estimators", "atp,ig:2x4", "--n-top", "3", "--n-random", "3", "--per-layer", "1"]
     cmd += ["--n-low", "3"]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (table,) = tmp_path.glob("attribution-*.md")
     text = table.read_text()

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +16,7 @@ import sklens
 from sklens.data.format import encode, iter_batches, split_batch
 from sklens.prompt.forward import completion_logprobs, prefill
 from sklens.prompt.training import frozen, plateau, train_logprobs
-from tests.helpers import reference_cache
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, reference_cache
 
 
 def test_gradient_reaches_only_the_prompt(qwen, examples):

@@ -12,14 +12,15 @@ import json
 import math
 import shutil
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.helpers import ROOT
+
 pytestmark = [pytest.mark.slow]
 
-DEMOS = Path(__file__).resolve().parent.parent / "demos"
+DEMOS = ROOT / "demos"
 SCRIPTS = {"rq1": "rq1_skillmix", "rq2": "rq2_hans", "rq3": "rq3_arithmetic"}
 PHASES = {"data", "load_model", "train", "scan", "confirm", "causal", "stability", "figures"}
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -20,9 +20,7 @@ import sklens
 from sklens.app import rundir
 from sklens.app.cli import main
 from sklens.app.report import build_report
-from tests.helpers import study_args
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, study_args
 
 
 def _hashes(out: Path) -> dict[str, str]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "sklens"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "sklens"
 
 
 def _module(path: Path) -> str:

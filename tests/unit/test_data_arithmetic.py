@@ -19,7 +19,7 @@ from sklens.data.arithmetic import (
     write_arithmetic,
 )
 from sklens.data.bigbench import true_result
-from tests.test_data_bigbench import MULT, PAPER_EXAMPLE
+from tests.unit.test_data_bigbench import MULT, PAPER_EXAMPLE
 
 # Original questions of bigbench==1.0.0's 5-digit subtasks with all their numeric distractors, as
 # earlier sklens runs kept them (docs/reproduction/rq3*/least_activating.csv): answer, distractors.

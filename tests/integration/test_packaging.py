@@ -22,8 +22,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import sklens
+from tests.helpers import ROOT, TEST_FOLDERS
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME_VERSION = f"sklens-{sklens.__version__}"
 
 CLASSIFIERS = [
@@ -160,21 +160,26 @@ def test_wheel_is_typed(dists: tuple[Path, Path]) -> None:
 
 
 def _test_modules_imported() -> set[str]:
-    """Every ``tests/X.py`` some test file names: as an import or ``-m`` module, or a path."""
+    """Every ``tests/X.py`` (or ``tests/FOLDER/X.py``) some test file names: as an import or
+    ``-m`` module, or a path."""
+    folder = rf"(?:(?:{'|'.join(TEST_FOLDERS)})\.)?"
     found: set[str] = set()
-    for path in (ROOT / "tests").glob("*.py"):
+    for path in (ROOT / "tests").rglob("*.py"):
         text = path.read_text()
-        found |= set(re.findall(r"\btests\.([A-Za-z_]\w*)", text))
+        found |= {
+            m.replace(".", "/") for m in re.findall(rf"\btests\.({folder}[A-Za-z_]\w*)", text)
+        }
         found |= set(re.findall(r"""["']tests["']\s*/\s*["']([A-Za-z_]\w*)\.py["']""", text))
     return found
 
 
 def test_sdist_carries_the_test_helpers(sdist_names: set[str]) -> None:
     imported = _test_modules_imported()
-    assert "helpers" in imported  # the regex sees the imports at all
+    assert {"helpers", "unit/test_explain"} <= imported  # the regex sees the imports at all
     wanted = {"tests/__init__.py", "tests/conftest.py", "tests/helpers.py"}
     wanted |= {f"tests/{m}.py" for m in imported}
-    wanted |= {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")}
+    wanted |= {f"tests/{folder}/__init__.py" for folder in TEST_FOLDERS}
+    wanted |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").rglob("test_*.py")}
     assert wanted <= sdist_names, sorted(wanted - sdist_names)
     assert not [n for n in sdist_names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
 

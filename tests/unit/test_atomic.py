@@ -7,14 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import sklens
 from sklens.atomic import atomic_path, partial_dir, write_text
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def _python(code: str) -> subprocess.Popen:

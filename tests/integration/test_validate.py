@@ -11,7 +11,6 @@ import inspect
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,14 +20,13 @@ import sklens
 from sklens.app.cli import main
 from sklens.scanning import metrics
 from tests.helpers import (
+    ROOT,
     count_optimizer_steps,
     forbid_work,
     probe_args,
     without_type_checks,
     write_probe_task,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,9 +26,7 @@ from sklens.app.cli import main
 from sklens.models import load
 from sklens.stats import distributed
 from sklens.stats.moments import GroupedMoments, Moments
-from tests.helpers import probe_args, write_probe_task
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, probe_args, write_probe_task
 
 
 @pytest.fixture

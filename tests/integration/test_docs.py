@@ -5,11 +5,11 @@ from __future__ import annotations
 import doctest
 import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 
 import sklens.scanning.result
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("module", [sklens.scanning.result])
@@ -18,7 +18,7 @@ def test_docstring_examples(module):
     assert result.attempted > 0 and result.failed == 0
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 _BLOCK = re.compile(r"(?:<!-- needs: (?P<needs>[\w.]+) -->\n)?```python\n(?P<code>.*?)```", re.S)
 
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import sklens
-from tests.helpers import distributed_scan
+from tests.helpers import ROOT, distributed_scan
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("metric", ["label", "loss"])

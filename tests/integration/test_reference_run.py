@@ -22,8 +22,9 @@ import pandas as pd
 import pytest
 
 from sklens.app.cli import main
+from tests.helpers import ROOT
 
-REFERENCE = Path(__file__).parent / "reference" / "tiny_run"
+REFERENCE = ROOT / "tests" / "reference" / "tiny_run"
 TABLES = (
     "neurons.csv",
     "neurons_mi.csv",

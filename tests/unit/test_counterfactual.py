@@ -21,7 +21,7 @@ from sklens.data.bigbench import (
     last_digit_decides,
     last_digit_unique,
 )
-from tests.test_explain import _marked
+from tests.unit.test_explain import _marked
 
 
 def _question(a: int, op: str, b: int, choices: list[str], answer: str) -> sklens.Example:

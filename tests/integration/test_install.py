@@ -7,14 +7,11 @@ import json
 import subprocess
 import sys
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 from packaging.version import Version
 
-from tests.helpers import HOOKED
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import HOOKED, ROOT
 
 
 def _resolved(spec: str, tmp_path) -> dict[str, str]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow]
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.mark.parametrize(

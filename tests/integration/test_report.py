@@ -21,9 +21,8 @@ from sklens.app.report import build_report
 from sklens.app.rundir import RunDirError
 from sklens.scanning import metrics
 from sklens.views import figures, viz
-from tests.helpers import study_args
+from tests.helpers import ROOT, study_args
 
-ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
 
