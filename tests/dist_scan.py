@@ -7,26 +7,14 @@ import sys
 import torch.distributed as dist
 
 import sklens
-from tests.helpers import arithmetic_examples
+from tests.helpers import distributed_scan
 
 
 def main(checkpoint: str, prompt_dir: str, metric: str, out: str) -> None:
     dist.init_process_group("gloo")
     model = sklens.load_model(checkpoint, device="cpu")
     prompt = sklens.SoftPrompt.load(prompt_dir, model)
-    examples = arithmetic_examples(37, seed=0)
-    chosen = sklens.metrics.loss() if metric == "loss" else sklens.metrics.label("a")
-    result = sklens.scan(
-        model,
-        prompt,
-        examples,
-        chosen,
-        batch_size=4,
-        n_permutations=7,
-        permutation_seed=1,
-        n_extremal=3,
-        progress=False,
-    )
+    result = distributed_scan(model, prompt, metric)
     if dist.get_rank() == 0:
         result.save(out)
     dist.barrier()

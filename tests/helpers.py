@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import jaxtyping
 import numpy as np
@@ -80,33 +81,9 @@ def write_probe_task(path):
 
 def probe_args(model, task, out, *extra) -> list[str]:
     """``sklens run`` with the probe's ``$Q`` flags (and splits that fit its 80 examples)."""
-    return [
-        "run",
-        "--quiet",
-        "--model",
-        str(model),
-        "--task",
-        str(task),
-        "--n-train",
-        "24",
-        "--n-val",
-        "16",
-        "--steps",
-        "3",
-        "--n-tokens",
-        "4",
-        "--top-k",
-        "3",
-        "--n-extremal",
-        "2",
-        "--n-plateau",
-        "4",
-        "--n-confirm",
-        "8",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return run_args(
+        *extra, quiet=True, model=model, task=task, n_train=24, n_val=16, n_tokens=4, out=out
+    )
 
 
 def forbid_work(monkeypatch, names=("load_task", "load_model", "train_soft_prompt", "scan")):
@@ -273,3 +250,85 @@ def scan_op(model, prompt, examples, positive: str, **settings) -> sklens.Scan:
 
     label = metrics.label("op", positive=positive)
     return sklens.scan(model, prompt, examples, label, progress=False, **settings)
+
+
+# the training and scan sizes of every test's ``sklens run``: three steps, a few units
+_SMALL_RUN = {"steps": 3, "top_k": 3, "n_extremal": 2, "n_plateau": 4, "n_confirm": 8}
+
+
+def run_args(*extra, **flags) -> list[str]:
+    """``sklens run`` with ``flags`` (``n_train=24`` is ``--n-train 24``, ``quiet=True`` is
+    ``--quiet``) and the small sizes, then ``extra`` (which may override either): the one spelling
+    of the tests' command lines."""
+    args = ["run"]
+    for name, value in {**flags, **_SMALL_RUN}.items():
+        flag = "--" + name.replace("_", "-")
+        args += [flag] if value is True else [flag, str(value)]
+    return [*args, *extra]
+
+
+def study_args(model_dir, out, *extra) -> list[str]:
+    """``sklens run`` of the skillmix task, small enough for the CLI and run-directory tests."""
+    return run_args(
+        *extra,
+        task="skillmix",
+        model=model_dir,
+        out=out,
+        n_train=16,
+        n_val=12,
+        n_tokens=3,
+        batch_size=4,
+        eval_every=2,
+        quiet=True,
+    )
+
+
+def count_optimizer_steps(monkeypatch) -> dict[str, int]:
+    """Count ``AdamW.step`` calls from now on (``["n"]``): proof that training did, or did not,
+    run."""
+    steps = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def counting_step(self, *args, **kwargs):
+        steps["n"] += 1
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    return steps
+
+
+def distributed_scan(model, prompt, metric: str) -> sklens.Scan:
+    """The scan ``tests/dist_scan.py`` runs on every rank (37 arithmetic examples against
+    ``"loss"`` or the label ``a``), which the single-process comparison runs again."""
+    chosen = sklens.metrics.loss() if metric == "loss" else sklens.metrics.label("a")
+    return sklens.scan(
+        model,
+        prompt,
+        arithmetic_examples(37, seed=0),
+        chosen,
+        batch_size=4,
+        n_permutations=7,
+        permutation_seed=1,
+        n_extremal=3,
+        progress=False,
+    )
+
+
+def assert_permuted_hook_is_caught(model, layer: int) -> None:
+    """``check_neuron_hooks`` names the hook of ``layer`` once a hook there permutes the
+    recorded activation across neurons (a deliberately wrong hook)."""
+    from sklens.models.hook_check import HookMeaningError, check_neuron_hooks
+
+    perm = torch.randperm(model.cfg.d_mlp)
+    model.blocks[layer].mlp.hook_post.add_hook(lambda act, hook: act[..., perm], dir="fwd")
+    try:
+        with pytest.raises(HookMeaningError, match=f"blocks.{layer}.mlp.hook_post"):
+            check_neuron_hooks(model)
+    finally:
+        model.reset_hooks(including_permanent=True)
+
+
+# the checkout (tests/ is one folder below it), and the folders the test files sit in, by what
+# their markers say (tests/integration/test_folders.py checks it)
+ROOT = Path(__file__).resolve().parent.parent
+TEST_FOLDERS = ("unit", "integration", "slow", "network")

@@ -127,10 +127,9 @@ _SUBORDINATORS = {"If": "Since", "Unless": "Because", "Whether or not": "Now tha
 _SUBORDINATORS |= {v: k for k, v in _SUBORDINATORS.items()}
 _SUBCASES = {
     "ln_subject/object_swap": "le_passive",
-    "le_passive": "ln_subject/object_swap",
     "cn_embedded_under_if": "ce_embedded_under_since",
-    "ce_embedded_under_since": "cn_embedded_under_if",
 }
+_SUBCASES |= {v: k for k, v in _SUBCASES.items()}
 _NLI = re.compile(r"^Premise: (.*)\nHypothesis: (.*)\n")
 
 

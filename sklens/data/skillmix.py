@@ -7,8 +7,8 @@ RQ1 scan finds question-mark or length neurons instead of skill neurons. So each
 phrasings, four questions and the same four as instructions, and phrasing *i* of one skill has
 the punctuation of phrasing *i* of the other (commas, sentences, final "?" or ".") and about its
 length in characters, words and tokens. No single template word ("where", "metaphor") is in every
-item of one skill, and ``tests/test_data.py`` checks that a classifier on surface features alone
-(length, final token, "?", punctuation counts) stays at chance.
+item of one skill, and ``tests/unit/test_data.py`` checks that a classifier on surface features
+alone (length, final token, "?", punctuation counts) stays at chance.
 """
 
 from __future__ import annotations

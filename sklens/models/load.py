@@ -37,7 +37,7 @@ from sklens.vocabulary import BACKENDS, DEFAULT_MODEL, Backend
 
 logger = logging.getLogger("sklens")
 
-# The local-checkpoint architectures sklens has verified (tests/test_architectures.py: logits
+# The local-checkpoint architectures sklens has verified (tests/unit/test_architectures.py: logits
 # against Hugging Face's model and the neuron-hook self-test on a tiny random checkpoint), and the
 # backends that load each. HookedTransformer cannot convert a local GPT-2 (transformers 5 configs
 # lack ``n_ctx``) or Gemma checkpoint (TransformerLens picks Gemma by model name), the

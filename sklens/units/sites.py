@@ -57,6 +57,19 @@ _HELD: weakref.WeakValueDictionary[str, Site] = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
+class UnitEdit:
+    """One call of ``Site.write``: the hook's activation ``act`` at ``layer``, its ``units``
+    (``Site.units``), and the units ``idx`` to change to ``new``; each site's ``_write`` takes it
+    whole, so the sites share one signature."""
+
+    act: Float[Tensor, "batch pos *site"]
+    layer: int
+    units: Float[Tensor, "batch pos unit"]
+    idx: Int[Tensor, " n"]
+    new: Float[Tensor, "batch pos n"]
+
+
+@dataclass(frozen=True)
 class Site:
     """A hook per layer and the map between its activation and units (see the module doc).
 
@@ -95,8 +108,12 @@ class Site:
         new: Float[Tensor, "batch pos n"],
     ) -> Tensor:
         """``act`` with units ``idx`` (now ``units[..., idx]``) changed to ``new``."""
-        flat = act.flatten(2).index_copy(-1, idx, new.to(act.dtype))
-        return flat.view(act.shape)
+        return self._write(UnitEdit(act, layer, units, idx, new))
+
+    def _write(self, edit: UnitEdit) -> Tensor:
+        """``write`` for this site: the elementwise one sets the elements."""
+        act = edit.act
+        return act.flatten(2).index_copy(-1, edit.idx, edit.new.to(act.dtype)).view(act.shape)
 
     def label(self, layer: int, unit: int) -> str:
         return f"L{layer} {self.letter}{unit}"
@@ -155,15 +172,9 @@ class _Heads(Site):
         w = self.w_o[layer].to(act.device, act.dtype)
         return torch.einsum("bphd,hdm->bphm", act, w).norm(dim=-1)
 
-    def write(
-        self,
-        act: Float[Tensor, "batch pos head d_head"],
-        layer: int,
-        units: Float[Tensor, "batch pos head"],
-        idx: Int[Tensor, " n"],
-        new: Float[Tensor, "batch pos n"],
-    ) -> Tensor:
-        old = units[..., idx]
+    def _write(self, edit: UnitEdit) -> Tensor:
+        act, idx, new = edit.act, edit.idx, edit.new  # act: [batch, pos, head, d_head]
+        old = edit.units[..., idx]
         scale = torch.where(old > 0, new / old.clamp_min(1e-30), torch.ones_like(old))
         scale = torch.where(new == 0, torch.zeros_like(scale), scale)
         factors = torch.ones(act.shape[:3], dtype=act.dtype, device=act.device)
@@ -228,16 +239,10 @@ class Directions(Site):
         d = self.vectors.get(layer, self.vectors.get(-1))
         return act @ d.to(act.device, act.dtype).T
 
-    def write(
-        self,
-        act: Tensor,
-        layer: int,
-        units: Float[Tensor, "batch pos unit"],
-        idx: Int[Tensor, " n"],
-        new: Float[Tensor, "batch pos n"],
-    ) -> Tensor:
-        lift = self.lifts.get(layer, self.lifts.get(-1)).to(act.device)[idx.to(act.device)]
-        delta = (new - units[..., idx]).to(torch.float64) @ lift  # [n, d_model] rows
+    def _write(self, edit: UnitEdit) -> Tensor:
+        act, idx = edit.act, edit.idx
+        lift = self.lifts.get(edit.layer, self.lifts.get(-1)).to(act.device)[idx.to(act.device)]
+        delta = (edit.new - edit.units[..., idx]).to(torch.float64) @ lift  # [n, d_model] rows
         return act + delta.to(act.dtype)
 
 
@@ -377,16 +382,9 @@ class SAELatents(Site):
         sae = self.saes[layer]
         return sae.encode(act.to(sae.W_dec.dtype)).flatten(2)
 
-    def write(
-        self,
-        act: Tensor,
-        layer: int,
-        units: Float[Tensor, "batch pos unit"],
-        idx: Int[Tensor, " n"],
-        new: Float[Tensor, "batch pos n"],
-    ) -> Tensor:
-        sae = self.saes[layer]
-        edited = units.index_copy(-1, idx, new.to(units.dtype))
+    def _write(self, edit: UnitEdit) -> Tensor:
+        sae, units, act = self.saes[edit.layer], edit.units, edit.act
+        edited = units.index_copy(-1, edit.idx, edit.new.to(units.dtype))
         change = sae.decode(edited) - sae.decode(units)
         return act + change.reshape(act.shape).to(act.dtype)
 

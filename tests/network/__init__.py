@@ -1,0 +1,1 @@
+"""Files whose every test is marked network: they fetch from PyPI."""

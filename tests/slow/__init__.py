@@ -1,0 +1,1 @@
+"""Files whose every test is marked slow: demos, benchmark scripts, multi-process scans."""

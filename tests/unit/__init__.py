@@ -1,0 +1,1 @@
+"""Tests of one module against an independent computation, on tiny models built in seconds."""
