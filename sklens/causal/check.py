@@ -220,24 +220,17 @@ def causal_check(
     examples, modes = _checked(model, prompt, examples, modes, n_random, group_by)
     positions = positions or ("slots" if prompt is not None else "all")
     selected = nonempty(NeuronSet.of(neurons, model, site=site))
+    control = positive_set(selected, positive, model) if positive is not None else None
     means = scale = None
-    if "mean" in modes or match_scale:
-        means, scale = neuron_stats(
-            model,
-            prompt,
-            list(reference) if reference is not None else examples,
-            selected.layers,
-            positions=positions,
-            batch_size=batch_size,
-            site=selected.site,
-        )
+    if "mean" in modes or match_scale:  # every edited layer's means: the control's too
+        layers = sorted({*selected.layers, *(control.layers if control is not None else ())})
+        reference = list(reference) if reference is not None else examples
+        means, scale = neuron_stats(model, prompt, reference, layers, positions=positions,
+                                    batch_size=batch_size, site=selected.site)  # fmt: skip
     sets = _sets(model, selected, n_random, seed, scale if match_scale else None, strata)
-    if positive is not None:
-        sets["positive"] = positive_set(selected, positive, model)
-    base = evaluate(model, prompt, examples, metric=metric, batch_size=batch_size)
-    unprompted = None
-    if prompt is not None:  # the prompt's own effect, the scale of the edits' effects
-        unprompted = evaluate(model, None, examples, metric=metric, batch_size=batch_size)
+    if control is not None:
+        sets["positive"] = control
+    base, unprompted = _unedited(model, prompt, examples, metric, batch_size)
     changes = _Changes(base, _groups(examples, group_by), match_scale, n_boot, seed, unprompted)
     bar = tqdm(total=len(modes) * len(sets), desc="causal check", disable=not progress)
     for mode in modes:
@@ -252,6 +245,21 @@ def causal_check(
             bar.update(1)
     bar.close()
     return changes.table()
+
+
+def _unedited(
+    model: Model,
+    prompt: SoftPrompt | None,
+    examples: list[Example],
+    metric: Any,
+    batch_size: int,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The unedited model's evaluation, and without the prompt (the prompt's own effect, the
+    scale of the edits' effects; None on a plain model)."""
+    base = evaluate(model, prompt, examples, metric=metric, batch_size=batch_size)
+    if prompt is None:
+        return base, None
+    return base, evaluate(model, None, examples, metric=metric, batch_size=batch_size)
 
 
 def _checked(

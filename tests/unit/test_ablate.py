@@ -476,3 +476,15 @@ def test_dose_response_compares_rankings_and_draws_them(qwen, examples):
     np.testing.assert_allclose(drawn, chosen.d_loss.iloc[2:].to_numpy())
     with pytest.raises(ValueError, match="k=4 exceeds the 3 units of ranking 'r'"):
         dose_response(qwen, prompt, examples[:8], {"r": by_r}, ks=(4,), **kw)
+
+
+def test_mean_ablation_of_a_positive_control_in_other_layers(qwen, examples):
+    """The control's layers get their own means (a control outside the selected layers failed
+    with "means lack layers")."""
+    prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
+    table = causal_check(
+        qwen, prompt, examples[:6], [(0, 3)], modes=("mean",), n_random=2, positive=[(1, 5)],
+        progress=False, n_boot=50,
+    )  # fmt: skip
+    positive = table[(table.set == "positive") & (table.group == "all")].iloc[0]
+    assert positive.n_neurons == 1 and positive.d_loss == positive.d_loss  # ran, not NaN
