@@ -60,6 +60,10 @@ _EXPORTS = {
     "CausalConfig": "sklens.app.config",
     "Contrast": "sklens.confirm.contrast",
     "contrast": "sklens.confirm.contrast",
+    "BasisTest": "sklens.confirm.selection",
+    "SelectionStability": "sklens.confirm.selection",
+    "basis_test": "sklens.confirm.selection",
+    "selection_stability": "sklens.confirm.selection",
     "confirm_neurons": "sklens.confirm.held_out",
     "held_out": "sklens.confirm.held_out",
     "neuron_measures": "sklens.confirm.held_out",
@@ -131,6 +135,10 @@ if TYPE_CHECKING:
     from sklens.confirm.held_out import confirm_neurons as confirm_neurons
     from sklens.confirm.held_out import held_out as held_out
     from sklens.confirm.held_out import neuron_measures as neuron_measures
+    from sklens.confirm.selection import BasisTest as BasisTest
+    from sklens.confirm.selection import SelectionStability as SelectionStability
+    from sklens.confirm.selection import basis_test as basis_test
+    from sklens.confirm.selection import selection_stability as selection_stability
     from sklens.confirm.stability import seed_stability as seed_stability
     from sklens.data.example import Example as Example
     from sklens.explanation.evidence import NeuronEvidence as NeuronEvidence
