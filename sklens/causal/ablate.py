@@ -32,7 +32,7 @@ from torch import Tensor
 
 from sklens.data.format import Batch
 from sklens.models.protocol import Model
-from sklens.units.neuron_set import NeuronSet
+from sklens.units.neuron_set import NeuronLike, NeuronSet
 from sklens.units.sites import SiteLike
 from sklens.vocabulary import ABLATION_MODES as MODES
 from sklens.vocabulary import AblationMode, Positions
@@ -46,7 +46,7 @@ class NeuronIntervention:
     def __init__(
         self,
         model: Model,
-        neurons: Any,
+        neurons: NeuronLike,
         mode: AblationMode = "zero",
         *,
         positions: Positions | Tensor = "all",
@@ -183,7 +183,7 @@ class NeuronIntervention:
 
 
 def ablation_hooks(
-    model: Model, neurons: Any, mode: AblationMode = "zero", **kwargs: Any
+    model: Model, neurons: NeuronLike, mode: AblationMode = "zero", **kwargs: Any
 ) -> list[tuple[str, Any]]:
     """``fwd_hooks`` that apply ``mode`` to ``neurons`` (see ``NeuronIntervention`` for options)."""
     return NeuronIntervention(model, neurons, mode, **kwargs).hooks()
@@ -191,7 +191,7 @@ def ablation_hooks(
 
 @contextmanager
 def ablated(
-    model: Model, neurons: Any, mode: AblationMode = "zero", **kwargs: Any
+    model: Model, neurons: NeuronLike, mode: AblationMode = "zero", **kwargs: Any
 ) -> Iterator[NeuronIntervention]:
     """``with ablated(model, neurons, "zero"): ...`` — the hooks live only inside the block."""
     intervention = NeuronIntervention(model, neurons, mode, **kwargs)

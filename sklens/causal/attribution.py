@@ -77,6 +77,7 @@ from sklens.prompt.soft_prompt import SlotWriter, SoftPrompt
 from sklens.prompt.training import frozen, train_logprobs
 from sklens.scanning import metrics as metrics_mod
 from sklens.scanning.choices import expand_choices, is_multiple_choice
+from sklens.scanning.metrics import MetricLike
 from sklens.units.sites import MLP, Site
 from sklens.version import __version__
 
@@ -454,7 +455,7 @@ class _Sums:
 # -- the entry point -----------------------------------------------------------------------------
 
 
-def _metric_name(metric: Any) -> str:
+def _metric_name(metric: MetricLike) -> str:
     """``metric`` as one of ``METRICS``; a label or anything not computed from the model's
     output is refused (an ablation cannot change a label)."""
     name = metric.name if isinstance(metric, metrics_mod.Metric) else metric
@@ -482,8 +483,8 @@ def _site_name(site: Any) -> str:
 
 
 def _check(
-    model: Any, prompt: Any, examples: Any, metric: Any, site: Any, method: Any, steps: Any,
-    groups: Any, ablation: Any, batch_size: Any,
+    model: Any, prompt: SoftPrompt | None, examples: Any, metric: MetricLike, site: Any,
+    method: Any, steps: Any, groups: Any, ablation: Any, batch_size: Any,
 ) -> tuple[list[Example], str]:  # fmt: skip
     """Every argument, before any pass; the examples as a list and the metric's name."""
     arguments.model(model)

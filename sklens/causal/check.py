@@ -51,6 +51,7 @@ from sklens.prompt.forward import batched_pass, gather_slots, slot_count, with_p
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning import metrics as metrics_mod
 from sklens.scanning.choices import score_examples
+from sklens.scanning.metrics import MetricLike
 from sklens.stats import bootstrap_ci, rank_p
 from sklens.units.neuron_set import NeuronLike, NeuronSet, nonempty
 from sklens.units.sites import Site, SiteLike, resolve_site
@@ -62,7 +63,7 @@ def evaluate(
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
     *,
-    metric: Any = "loss",
+    metric: MetricLike = "loss",
     intervention: NeuronIntervention | None = None,
     batch_size: int = 8,
 ) -> pd.DataFrame:
@@ -170,9 +171,9 @@ def causal_check(
     model: Model,
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
-    neurons: Any,
+    neurons: NeuronLike,
     *,
-    metric: Any = "loss",
+    metric: MetricLike = "loss",
     modes: Sequence[str] | str = ("zero", "mean"),
     n_random: int = 10,
     seed: int = 0,
@@ -251,7 +252,7 @@ def _unedited(
     model: Model,
     prompt: SoftPrompt | None,
     examples: list[Example],
-    metric: Any,
+    metric: MetricLike,
     batch_size: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The unedited model's evaluation, and without the prompt (the prompt's own effect, the

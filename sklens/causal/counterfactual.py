@@ -36,9 +36,10 @@ from sklens.data.example import Example
 from sklens.models.protocol import Model
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning.activations import at_selected_slot, require_slots, slot_activations
+from sklens.scanning.metrics import MetricLike
 from sklens.stats import bootstrap_ci
 from sklens.stats.inference import q_values
-from sklens.units.neuron_set import NeuronSet
+from sklens.units.neuron_set import NeuronLike, NeuronSet
 from sklens.units.sites import SiteLike, unit_slot_label
 
 # evaluate's per-example columns whose paired change is reported, by the name reported
@@ -106,9 +107,9 @@ def counterfactual(
     model: Model,
     prompt: SoftPrompt,
     pairs: Sequence[Any],  # (original, edited) tuples of Examples; checked below, with the fix
-    neurons: Any,
+    neurons: NeuronLike,
     *,
-    metric: Any = "loss",
+    metric: MetricLike = "loss",
     n_random: int = 20,
     n_permutations: int = 10_000,
     n_boot: int = 1000,
@@ -228,7 +229,7 @@ def _behaviour(
     prompt: SoftPrompt,
     before: list[Example],
     after: list[Example],
-    metric: Any,
+    metric: MetricLike,
     n_boot: int,
     seed: int,
     batch_size: int,

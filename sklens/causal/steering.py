@@ -21,6 +21,8 @@ from sklens.causal.check import causal_check
 from sklens.data.example import Example
 from sklens.models.protocol import Model
 from sklens.prompt.soft_prompt import SoftPrompt
+from sklens.scanning.metrics import MetricLike
+from sklens.units.neuron_set import NeuronLike
 
 DEFAULT_FACTORS = (-1.0, 0.0, 0.5, 1.0, 2.0, 4.0)
 
@@ -29,11 +31,11 @@ def steering_curve(
     model: Model,
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
-    neurons: Any,
+    neurons: NeuronLike,
     *,
     factors: Sequence[float | int] = DEFAULT_FACTORS,
     mode: str = "scale",  # "scale" or "shift"; checked below, naming the two
-    metric: Any = "loss",
+    metric: MetricLike = "loss",
     n_random: int = 10,
     seed: int = 0,
     batch_size: int = 8,

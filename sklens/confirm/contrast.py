@@ -81,7 +81,7 @@ from sklens.prompt import arguments
 from sklens.prompt.forward import batched_pass, with_prompt
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning import metrics as metrics_mod
-from sklens.scanning.metrics import Metric
+from sklens.scanning.metrics import Metric, MetricLike
 from sklens.scanning.scan import resolve_layers, values_before_pass
 from sklens.stats.inference import q_values
 from sklens.stats.measures import spearman
@@ -547,7 +547,7 @@ def _prepare(
     model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
-    metric: Any,
+    metric: MetricLike,
     baseline: Any,
     options: _Options,
 ) -> _Plan:
@@ -617,7 +617,7 @@ def contrast(
     model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
-    metric: Metric | Any,
+    metric: MetricLike,
     *,
     baseline: Baseline | SoftPrompt = "untrained",
     n_permutations: int = 999,

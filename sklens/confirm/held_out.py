@@ -5,7 +5,6 @@ winner's curse); the held-out r, with its confidence interval, is the honest est
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +21,7 @@ from sklens.prompt.forward import batched_pass
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning import metrics
 from sklens.scanning.activations import NeuronReader, at_selected_slot, slot_activations
+from sklens.scanning.metrics import MetricLike
 from sklens.scanning.scan import scan, values_before_pass
 from sklens.stats import bootstrap_ci, fisher_ci
 from sklens.stats.measures import (
@@ -43,7 +43,7 @@ def held_out(
     model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
-    metric: Any,
+    metric: MetricLike,
     *,
     k: int = 10,
     select_fraction: float = 0.5,
@@ -99,7 +99,7 @@ def confirm_neurons(
     model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
-    metric: Any,
+    metric: MetricLike,
     neurons: pd.DataFrame,
     *,
     measures: Sequence[str] = (),
@@ -165,7 +165,7 @@ def read_neurons(
     prompt: SoftPrompt,
     examples: Sequence[Example],
     neurons: pd.DataFrame,
-    metric: Any,
+    metric: MetricLike,
     *,
     batch_size: int = 8,
     progress: bool = True,
@@ -261,7 +261,7 @@ def confirm_from(
 
 def neuron_measures(
     model: Model,
-    prompt: Any,
+    prompt: SoftPrompt | None,
     examples: Sequence[Example],
     neurons: pd.DataFrame,
     metric_values: Sequence[float] | Tensor | np.ndarray,

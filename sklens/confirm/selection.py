@@ -38,7 +38,7 @@ from sklens.prompt.forward import batched_pass, gather_slots
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning import metrics
 from sklens.scanning.activations import require_slots, slot_activations
-from sklens.scanning.metrics import Metric
+from sklens.scanning.metrics import Metric, MetricLike
 from sklens.scanning.result import Scan
 from sklens.scanning.scan import values_before_pass
 from sklens.stats.measures import batched_pearson
@@ -251,7 +251,7 @@ def _basis_plan(
     model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
-    metric: Any,
+    metric: MetricLike,
     units: Any,
     *,
     n_rotations: int,
@@ -392,7 +392,7 @@ def basis_test(
     model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
-    metric: Metric | Any,
+    metric: MetricLike,
     units: pd.DataFrame,
     *,
     n_rotations: int = 100,
@@ -539,7 +539,7 @@ def _scan_values(
     model: Model,
     prompt: SoftPrompt,
     examples: list[Example],
-    metric: Any,
+    metric: MetricLike,
     scan: Scan,
     batch_size: int,
 ) -> Float[Tensor, " n"]:
@@ -588,7 +588,7 @@ def selection_stability(
     model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
-    metric: Metric | Any,
+    metric: MetricLike,
     scan: Scan,
     *,
     k: int = 10,

@@ -19,6 +19,7 @@ from sklens.data.example import Example
 from sklens.models.protocol import Model
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.prompt.training import train_soft_prompt
+from sklens.scanning.metrics import MetricLike
 from sklens.scanning.result import Scan
 from sklens.scanning.scan import scan
 from sklens.stats.measures import spearman
@@ -58,7 +59,7 @@ def seed_stability(
     model: Model,
     train: Sequence[Example],
     val: Sequence[Example],
-    metric: Any,
+    metric: MetricLike,
     *,
     seeds: Sequence[int] = (0, 1, 2),
     k: int = 10,

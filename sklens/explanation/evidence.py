@@ -28,6 +28,7 @@ from torch import Tensor
 from sklens.atomic import write_text
 from sklens.data.example import Example
 from sklens.models.protocol import Model
+from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning.activations import (
     at_selected_slot,
     example_record,
@@ -91,7 +92,7 @@ class NeuronEvidence:
 
 def collect_evidence(
     model: Model,
-    prompt: Any,
+    prompt: SoftPrompt | None,
     examples: Sequence[Example],
     neurons: pd.DataFrame,
     *,
@@ -217,7 +218,7 @@ def _notebook_shortcut(
 
     def shortcut(
         model: Model,
-        prompt: Any,
+        prompt: SoftPrompt | None,
         examples: Sequence[Example],
         neurons: pd.DataFrame,
         *,

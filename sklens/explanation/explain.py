@@ -50,6 +50,7 @@ from sklens.stats.rank_tests import (
     spearman_test,
 )
 from sklens.units import sites
+from sklens.units.neuron_set import NeuronLike
 
 COLUMNS = (
     "unit", "layer", "neuron", "slot", "rank", "hypothesis", "kind", "measure", "effect", "lo",
@@ -85,7 +86,7 @@ def explain(
     model: Model,
     prompt: SoftPrompt,
     examples: Sequence[Example],
-    neurons: Any,
+    neurons: NeuronLike,
     *,
     fields: Sequence[str] | None = None,
     surface: bool = True,
@@ -138,7 +139,7 @@ def explain(
     )  # fmt: skip
 
 
-def _check(examples: list[Example], neurons: Any, top_fraction: float, alpha: float) -> None:
+def _check(examples: list[Example], neurons: NeuronLike, top_fraction: float, alpha: float) -> None:
     require_slots(neurons, "explain")
     if len(examples) < 10:
         raise ValueError(f"explain needs at least 10 held-out examples, got {len(examples)}")

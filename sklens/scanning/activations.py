@@ -116,7 +116,7 @@ def slot_activations(
     return out
 
 
-def require_slots(neurons: Any, caller: str) -> pd.DataFrame:
+def require_slots(neurons: NeuronLike, caller: str) -> pd.DataFrame:
     """``neurons`` if it names each unit's slot (a ``top_k`` table), else a ValueError saying
     what ``caller`` needs."""
     if not isinstance(neurons, pd.DataFrame) or not {"layer", "neuron", "slot"} <= set(neurons):

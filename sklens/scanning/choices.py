@@ -34,6 +34,7 @@ from sklens.data.format import encode
 from sklens.models import _compat
 from sklens.models.protocol import Model
 from sklens.prompt.forward import batched_pass, shared_prefix_pass, slot_count, with_prompt
+from sklens.prompt.soft_prompt import SoftPrompt
 
 
 def is_multiple_choice(examples: Sequence[Example]) -> bool:
@@ -86,7 +87,7 @@ class ChoiceScores:
 
 def score_examples(
     model: Model,
-    prompt: Any,
+    prompt: SoftPrompt | None,
     examples: Sequence[Example],
     *,
     intervention: Any = None,

@@ -224,10 +224,12 @@ def from_spec(spec: str) -> Metric:
     return label(*validate.label_spec(spec))
 
 
-def resolve(
-    metric: Metric | str | Callable[[Example], float] | Sequence[float] | Tensor | np.ndarray,
-    n: int,
-) -> Metric:
+# What a metric argument accepts: a Metric, a spec (``"loss"``, ``"label:skill=spatial"``), a
+# function of one example, or one precomputed number per example.
+MetricLike = Metric | str | Callable[[Example], float] | Sequence[float] | Tensor | np.ndarray
+
+
+def resolve(metric: MetricLike, n: int) -> Metric:
     """Turn what the user passed into a Metric (a spec string: ``from_spec``), checking
     precomputed values against ``n``."""
     if isinstance(metric, Metric):

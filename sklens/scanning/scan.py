@@ -30,7 +30,7 @@ from sklens.prompt.forward import batched_pass, gather_slots, slot_count, with_p
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning import metrics as metrics_mod
 from sklens.scanning.choices import score_examples
-from sklens.scanning.metrics import Metric
+from sklens.scanning.metrics import Metric, MetricLike
 from sklens.scanning.result import Scan
 from sklens.scanning.scan_settings import ScanSettings
 from sklens.stats import distributed
@@ -307,7 +307,7 @@ class _Plan:
         model: Model,
         prompt: SoftPrompt | None,
         examples: Sequence[Example],
-        metric: Metric | Any,
+        metric: MetricLike,
         options: _Options,
         *,
         site: SiteLike | None,
@@ -503,7 +503,7 @@ def scan(
     model: Model,
     prompt: SoftPrompt | None,
     examples: Sequence[Example],
-    metric: Metric | Any,
+    metric: MetricLike,
     *,
     batch_size: int = 8,
     layers: Sequence[int] | None = None,
