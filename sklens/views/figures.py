@@ -144,16 +144,21 @@ def predictive_vs_causal(
     return fig
 
 
+def _changes_figure(table: Any, measure: str, group: str) -> tuple[str, Any, NotebookFigure, Any]:
+    """A causal table's change column of ``measure``, its rows of ``group`` and an empty figure
+    to draw them on (steering curves and dose-responses)."""
+    column = f"d_{measure}"
+    if column not in table:
+        raise ValueError(f"the table has no {column!r}; measures: loss, metric, accuracy, ...")
+    fig = NotebookFigure(figsize=(5.5, 3.6), layout="constrained")
+    return column, table[table.group == group], fig, fig.add_subplot()
+
+
 def dose_response(table: Any, measure: str = "loss", group: str = "all") -> NotebookFigure:
     """A ``dose_response`` table: each ranking's top-k change of ``measure`` against k, with its
     95% interval, beside the band of its random sets (2.5% to 97.5% of their changes) and their
     median: whether the change grows with k faster than for random units."""
-    column = f"d_{measure}"
-    if column not in table:
-        raise ValueError(f"the table has no {column!r}; measures: loss, metric, accuracy, ...")
-    part = table[table.group == group]
-    fig = NotebookFigure(figsize=(5.5, 3.6), layout="constrained")
-    ax = fig.add_subplot()
+    column, part, fig, ax = _changes_figure(table, measure, group)
     for i, (name, ranking) in enumerate(part.groupby("ranking", sort=False)):
         randoms = ranking[ranking.set.str.startswith("random_")].groupby("k")[column]
         low, high = randoms.quantile(0.025), randoms.quantile(0.975)
@@ -247,13 +252,8 @@ def steering(table: Any, measure: str = "loss", group: str = "all") -> NotebookF
     """A ``steering_curve`` table: the selected units' mean change of ``measure`` (``loss``,
     ``metric``, ``accuracy``, ``accuracy_per_token``) against the factor, with its 95% interval,
     beside every random set's curve and the random sets' median."""
-    column = f"d_{measure}"
-    if column not in table:
-        raise ValueError(f"the table has no {column!r}; measures: loss, metric, accuracy, ...")
-    part = table[table.group == group]
-    fig = NotebookFigure(figsize=(5.5, 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    randoms = part[part.set != "selected"]
+    column, part, fig, ax = _changes_figure(table, measure, group)
+    randoms = part[part.set.str.startswith("random_")]
     for _, curve in randoms.groupby("set"):
         curve = curve.sort_values("factor")
         ax.plot(curve.factor, curve[column], color="0.75", lw=0.8)
