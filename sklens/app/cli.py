@@ -96,6 +96,12 @@ HELP = {
     "contrast": "Comma-separated baselines, untrained and no_prompt, to contrast every unit's "
     "score under the trained prompt with, on the selection split with a paired permutation test "
     "per unit (sklens.contrast; contrast.csv). Default: none.",
+    "bootstrap": "B > 0 resamples the selection split B times (at least 20) and reports how "
+    "often each top unit stays in the top K (sklens.selection_stability; "
+    "selection_stability.csv).",
+    "basis_rotations": "R > 0 tests each top unit on the confirmation split against the best "
+    "direction of R random bases of its layer (at least 19) and a held-out ridge probe "
+    "(sklens.basis_test; basis.csv).",
 }
 
 

@@ -39,6 +39,12 @@ from sklens.vocabulary import (
     REDUCE_RULES,
 )
 
+MIN_BOOTSTRAP = 20  # a stay share over fewer resamples moves in steps above 0.05
+MIN_ROTATIONS = 19  # p_rotation = (1 + beaten) / (R + 1) reaches 0.05 from R = 19
+# sklens.confirm.selection.MIN_EXAMPLES (which imports torch): the basis test's probe fits on one
+# half of the examples and is tested on the other
+MIN_BASIS_EXAMPLES = 8
+
 # the shared settings that say where the work runs, not what it computes
 _WHERE = {"device"}
 # the named baselines of sklens.confirm.contrast (which imports torch, so it is not imported here)
@@ -48,6 +54,19 @@ def _minimums(config: Any, rules: tuple[tuple[str, int, str], ...]) -> None:
     """Each ``(field, minimum, meaning)`` of ``rules`` a whole number of at least ``minimum``."""
     for f, minimum, meaning in rules:
         validate.integer(f, getattr(config, f), minimum=minimum, meaning=meaning)
+
+
+def _off_or_at_least(
+    config: Any, f: str, minimum: int, meaning: str, why: str, example: int
+) -> None:
+    """Field ``f`` a whole number, 0 (its check is off) or at least ``minimum``; ``why`` says
+    why fewer say nothing, ``example`` is a value to suggest."""
+    value = validate.integer(f, getattr(config, f), minimum=0, meaning=f"{meaning}; 0 skips them")
+    if 0 < value < minimum:
+        raise ValueError(
+            f"{assign(f, value)} is too few {meaning} (at least {minimum}): {why}; raise it, "
+            f"e.g. {assign(f, example)}, or pass {assign(f, 0)} to skip them"
+        )
 
 
 def _tuple_of(config: Any, f: str, kind: type, example: str) -> None:
@@ -140,14 +159,18 @@ class SelectConfig:
 @dataclass(frozen=True)
 class ConfirmConfig:
     """The confirmation: a disjoint split that re-measures the top-K (``n_confirm``; 0 skips it),
-    further measures there, seed stability of the top-K, and the per-unit contrast of the
-    trained prompt against baselines on the selection split (``contrast``)."""
+    further measures there, seed stability of the top-K, the per-unit contrast of the trained
+    prompt against baselines on the selection split (``contrast``), how often bootstrap
+    resamples of the selection split keep each top unit in the top-K (``bootstrap``) and, on the
+    confirmation split, whether the neuron basis privileges each top unit (``basis_rotations``)."""
 
     n_confirm: int = 80
     measures: tuple[str, ...] = ()  # e.g. ("spearman", "auroc", "partial_pearson")
     covariates: tuple[str, ...] = ()  # numeric meta fields for partial_pearson
     seeds: tuple[int, ...] = ()  # e.g. (0, 1, 2): seed stability of the top-K
     contrast: tuple[str, ...] = ()  # e.g. ("untrained", "no_prompt"): sklens.contrast per unit
+    bootstrap: int = 0  # B > 0: sklens.selection_stability of the top-K, B resamples
+    basis_rotations: int = 0  # R > 0: sklens.basis_test of the top-K against R random bases
 
     def __post_init__(self) -> None:
         validate.integer(
@@ -186,6 +209,27 @@ class ConfirmConfig:
             raise ValueError(
                 f"{name('measures')} are computed on the confirmation split, never on the "
                 f"examples that selected the neurons: pass {name('n_confirm')} > 0"
+            )
+        self._check_selection_tests()
+
+    def _check_selection_tests(self) -> None:
+        """``bootstrap`` and ``basis_rotations``: 0 (off) or enough to say something, and the
+        basis test on a confirmation split large enough to fit and test its probe."""
+        _off_or_at_least(
+            self, "bootstrap", MIN_BOOTSTRAP, "bootstrap resamples",
+            "a stay share over fewer moves in steps larger than 0.05", 200,
+        )  # fmt: skip
+        _off_or_at_least(
+            self, "basis_rotations", MIN_ROTATIONS, "random bases",
+            f"p_rotation is at least 1/(R + 1), so it needs {MIN_ROTATIONS} to reach 0.05", 99,
+        )  # fmt: skip
+        if self.basis_rotations and self.n_confirm < MIN_BASIS_EXAMPLES:
+            raise ValueError(
+                f"{name('basis_rotations')} tests the top-K on the confirmation split, held out "
+                f"from the examples that selected them, and needs at least {MIN_BASIS_EXAMPLES} "
+                f"there (half fit its probe, half test it), but "
+                f"{assign('n_confirm', self.n_confirm)}: raise {name('n_confirm')}, or pass "
+                f"{assign('basis_rotations', 0)}"
             )
 
 
@@ -296,6 +340,11 @@ class StudyConfig:
                 f"{name('n_train')} − 1 = {self.n_train - 1} training examples to detect the "
                 f"plateau; change it, or pass {assign('patience', 0)} to train all "
                 f"{name('steps')}"
+            )
+        if self.confirm.bootstrap and self.scan.permutation_groups is not None:
+            raise ValueError(
+                f"{name('bootstrap')} resamples the marginal r, but "
+                f"{name('permutation_groups')} scans the within-group r: drop one of them"
             )
         if self.causal.attribute and self.scan.site != "mlp":
             raise ValueError(

@@ -160,6 +160,7 @@ def _build(run: Path, n: int) -> Path:
         parts += _steering_section(pd.read_csv(run / "steering.csv"), splits)
     if (run / "contrast.csv").exists():
         parts += _contrast_section(pd.read_csv(run / "contrast.csv"), summary, config)
+    parts += _selection_section(run, summary)
     explained = (
         pd.read_csv(run / "explanations.csv") if (run / "explanations.csv").exists() else None
     )
@@ -341,6 +342,51 @@ def _contrast_section(
             _table(top.drop(columns=["baseline"])),
         ]  # fmt: skip
     return parts
+
+
+def _selection_section(run: Path, summary: dict[str, Any]) -> list[str]:
+    """The checks of the selection that ran: each top unit's stay share over bootstrap
+    resamples of the selection split (``--bootstrap``) and the basis test on the confirmation
+    split (``--basis-rotations``), each table under a sentence of its summary's numbers."""
+    parts = []
+    for file, key, text in (
+        ("selection_stability.csv", "selection_stability", _stability_text),
+        ("basis.csv", "basis_test", _basis_text),
+    ):
+        if (run / file).exists():
+            title, sentence = text(summary[key])
+            parts += [
+                f"<h3>{html.escape(title)}</h3>",
+                f"<p>{html.escape(sentence)}</p>",
+                _table(pd.read_csv(run / file)),
+            ]
+    return parts
+
+
+def _stability_text(s: dict[str, Any]) -> tuple[str, str]:
+    """The selection stability's title and sentence, from ``summary["selection_stability"]``."""
+    k = s["k"]
+    return (
+        f"Selection stability: {s['n_boot']} bootstrap resamples of {s['examples']}",
+        f"The top {k} units stay in the top {k} in {s['mean_stay_share']:.0%} of the resamples "
+        f"on average; in {s['outside_share']:.0%} of them a unit outside the "
+        f"{s['n_candidates']} candidates ranked could have entered the top {k}, which the stay "
+        "shares assume never happens.",
+    )
+
+
+def _basis_text(s: dict[str, Any]) -> tuple[str, str]:
+    """The basis test's title and sentence, from ``summary["basis_test"]``."""
+    return (
+        f"Basis test on {s['examples']}: each top unit against {s['n_rotations']} random bases "
+        "of its layer",
+        f"{s['n_p_rotation_0.05']} of {s['n_units']} top units beat the best direction of more "
+        f"than 95% of the random bases (p_rotation ≤ 0.05); mean |r_unit| "
+        f"{s['mean_abs_r_unit']:.3f} against a mean 95th percentile of the bases' best |r| of "
+        f"{s['mean_rotation_best_q95']:.3f}. The ridge probe of the whole layer, fitted on "
+        f"{s['n_probe_fit']} examples, reaches r = {s['mean_probe_r_heldout']:.3f} on average on "
+        f"the other {s['n_probe_test']}.",
+    )
 
 
 def _explanations_section(

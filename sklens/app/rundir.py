@@ -60,6 +60,8 @@ RESULT_NAMES = {
     "contrast.csv",
     "contrast_untrained.csv",
     "contrast_no_prompt.csv",
+    "selection_stability.csv",
+    "basis.csv",
     "explanations.csv",
     "measures.csv",
     "stability_jaccard.csv",

@@ -13,14 +13,17 @@ least activating selection-set examples, kept by the scan itself: no second pass
 ``evidence.json`` (what the report draws: each top neuron's activations on the confirmation split,
 read in the confirmation's one pass, and its extremal examples' token-level activations),
 ``heldout.csv`` (the confirmation), ``contrast.csv`` (with ``--contrast``: every unit under the
-trained prompt against a baseline, ``sklens.contrast``), ``explanations.csv`` (each top neuron's
-candidate explanations ranked on the confirmation split, ``sklens.explain``), ``causal.csv``,
-``steering.csv`` (with ``--steering``), ``summary.json`` (settings, splits, versions, data
-hashes, training plateau, timings) and ``manifest.json`` (the fingerprint of each stage and the
-sha256 of every file). A run writes into a staging directory beside ``out`` and replaces ``out``
-as a whole when it has finished, under a lock (``sklens.app.rundir``); with ``resume=True`` a
-stage's earlier work (from a failed or killed run, or from the finished one) is reused only when
-its fingerprint matches.
+trained prompt against a baseline, ``sklens.contrast``), ``selection_stability.csv`` (with
+``--bootstrap``: how often resamples of the selection split keep each top unit,
+``sklens.selection_stability``), ``basis.csv`` (with ``--basis-rotations``: each top unit against
+random bases of its layer on the confirmation split, ``sklens.basis_test``), ``explanations.csv``
+(each top neuron's candidate explanations ranked on the confirmation split, ``sklens.explain``),
+``causal.csv``, ``steering.csv`` (with ``--steering``), ``summary.json`` (settings, splits,
+versions, data hashes, training plateau, timings) and ``manifest.json`` (the fingerprint of each
+stage and the sha256 of every file). A run writes into a staging directory beside ``out`` and
+replaces ``out`` as a whole when it has finished, under a lock (``sklens.app.rundir``); with
+``resume=True`` a stage's earlier work (from a failed or killed run, or from the finished one) is
+reused only when its fingerprint matches.
 
 The study is a list of stages (``PIPELINE``), each a function of the run in progress
 (``StudyRun``) that reads what earlier stages made and writes its named files. Three are
@@ -50,6 +53,7 @@ from sklens.app.contrast_stage import contrast_stage
 from sklens.app.data_checks import study_data
 from sklens.app.report import read_summary
 from sklens.app.run_state import StudyRun
+from sklens.app.selection_stage import basis_stage, selection_stability_stage
 from sklens.app.statistics import causal_summary, run_statistics
 from sklens.app.tasks import TaskData, load_task, study_site, training_kwargs
 from sklens.atomic import write_csv, write_text
@@ -428,6 +432,8 @@ PIPELINE: tuple[Callable[[StudyRun], None], ...] = (
     _causal,
     _statistics,
     _contrast,
+    selection_stability_stage,
+    basis_stage,
 )
 
 
