@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 
 import sklens
-from sklens.app.study import open_run
 from sklens.causal import edits
 
 EDITS = {
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=None, help="write the tables here (a folder)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    run = open_run(args.run_dir)
+    run = sklens.open_run(args.run_dir)
     task, model, prompt, neurons = run.task, run.model, run.prompt, run.neurons
     progress = not args.quiet
 

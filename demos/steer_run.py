@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 
 import sklens
-from sklens.app.study import open_run
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     p.add_argument("--out", type=Path, default=None, help="write steering.csv here (a folder)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    run = open_run(args.run_dir)
+    run = sklens.open_run(args.run_dir)
     task, model, prompt, neurons = run.task, run.model, run.prompt, run.neurons
     source = task.rest or task.confirm  # a generated task has no rest: its held-out split
     plain = [
