@@ -47,19 +47,16 @@ import torch
 
 from sklens import validate
 from sklens.app import rundir
-from sklens.app.attribution_stage import attribution_stage
+from sklens.app.causal_stage import causal_stage
 from sklens.app.config import StudyConfig
 from sklens.app.contrast_stage import contrast_stage
 from sklens.app.data_checks import study_data
 from sklens.app.report import read_summary
 from sklens.app.run_state import StudyRun
 from sklens.app.selection_stage import basis_stage, selection_stability_stage
-from sklens.app.statistics import causal_summary, run_statistics
+from sklens.app.statistics import run_statistics
 from sklens.app.tasks import TaskData, load_task, study_site, training_kwargs
 from sklens.atomic import write_csv, write_text
-from sklens.causal.check import causal_check, dose_response
-from sklens.causal.controls import score_strata
-from sklens.causal.steering import steering_curve
 from sklens.confirm.held_out import read_neurons
 from sklens.data.example import data_hash
 from sklens.data.format import encode
@@ -352,63 +349,6 @@ def _evidence(run: StudyRun) -> None:
     run.lap("examples")
 
 
-def _causal(run: StudyRun) -> None:
-    """The causal follow-ups on the causal split: attribution, the causal check (with its
-    positive control: the attribution's top-K where it ran), its dose-response and the steering
-    curve."""
-    causal = run.config.causal
-    run.summary["causal"] = run.summary["attribution"] = None
-    attributed = None
-    if causal.attribute:
-        run.summary["attribution"], attributed = attribution_stage(run)
-        run.lap("attribute")
-    controls = _controls(run)
-    if causal.ablate:
-        positive = None
-        if causal.positive_control:
-            positive = attributed if attributed is not None else "layers"
-        table = causal_check(
-            run.model, run.prompt, run.task.causal, run.neurons, modes=causal.ablate_modes,
-            group_by=run.task.group_by, positive=positive, n_random=causal.n_random, **controls,
-        )  # fmt: skip
-        write_csv(table, run.out / "causal.csv")
-        run.summary["causal"] = causal_summary(table)
-        run.lap("causal")
-    if causal.dose_response:
-        k = max(causal.dose_response)
-        rankings = {"correlation": run.result.top_k(k, run.config.select.reduce)}
-        if attributed is not None:
-            rankings["attribution"] = attributed.head(k)
-        table = dose_response(
-            run.model, run.prompt, run.task.causal, rankings, ks=causal.dose_response,
-            n_random=causal.n_random, **controls,
-        )  # fmt: skip
-        write_csv(table, run.out / "dose_response.csv")
-        run.lap("dose_response")
-    if causal.steering:
-        curve = steering_curve(
-            run.model, run.prompt, run.task.causal, run.neurons,
-            factors=list(causal.steering), n_random=causal.steering_random, **controls,
-        )  # fmt: skip
-        write_csv(curve, run.out / "steering.csv")
-        run.lap("steering")
-
-
-def _controls(run: StudyRun) -> dict[str, Any]:
-    """What every causal edit of a study shares: the metric, the random units' matching (scale,
-    and the decile of |score| in this run's scan), the seed, the batches."""
-    causal = run.config.causal
-    strata = score_strata(run.result, run.config.select.reduce) if causal.match_score else None
-    return {
-        "metric": run.metric,
-        "match_scale": causal.match_scale,
-        "strata": strata,
-        "seed": run.config.seed,
-        "batch_size": run.batch_size,
-        "progress": run.progress,
-    }
-
-
 def _statistics(run: StudyRun) -> None:
     """Significance, mutual information, held-out measures, explanations, seed stability."""
     run.summary["extras"] = run_statistics(run)
@@ -429,7 +369,7 @@ PIPELINE: tuple[Callable[[StudyRun], None], ...] = (
     _select,
     _confirm,
     _evidence,
-    _causal,
+    causal_stage,
     _statistics,
     _contrast,
     selection_stability_stage,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sklens
-from sklens.app import rundir, study
+from sklens.app import causal_stage, rundir, study
 from sklens.app.cli import main
 from tests.helpers import count_optimizer_steps, study_args
 
@@ -155,7 +155,7 @@ def test_run_with_ablate_writes_the_causal_check(qwen_dir, tmp_path, monkeypatch
     neurons and from the training ones (science review #9) — and ``--no-match-scale`` reaches it
     (#10)."""
     seen = {}
-    real = study.causal_check
+    real = causal_stage.causal_check
 
     def spy(model, prompt, examples, neurons, **kwargs):
         seen.update(examples=list(examples), match_scale=kwargs["match_scale"])
@@ -167,7 +167,7 @@ def test_run_with_ablate_writes_the_causal_check(qwen_dir, tmp_path, monkeypatch
         seen["task"] = real_task(config)
         return seen["task"]
 
-    monkeypatch.setattr(study, "causal_check", spy)
+    monkeypatch.setattr(causal_stage, "causal_check", spy)
     monkeypatch.setattr(study, "study_task", keep_task)
     out = tmp_path / "abl"
     args = ("--ablate", "--n-random", "2", "--n-causal", "6", "--ablate-modes", "zero")
@@ -196,13 +196,13 @@ def test_causal_controls_of_a_study(qwen_dir, tmp_path, monkeypatch):
     from sklens.causal.controls import score_strata
 
     seen = {}
-    real = study.causal_check
+    real = causal_stage.causal_check
 
     def spy(model, prompt, examples, neurons, **kwargs):
         seen.update(kwargs)
         return real(model, prompt, examples, neurons, **kwargs)
 
-    monkeypatch.setattr(study, "causal_check", spy)
+    monkeypatch.setattr(causal_stage, "causal_check", spy)
     out = tmp_path / "controls"
     args = ("--ablate", "--attribute", "--n-random", "19", "--n-causal", "6")
     assert (

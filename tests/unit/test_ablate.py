@@ -395,7 +395,7 @@ def test_resample_batches_of_choices_always_mix_questions():
 def test_detectable_is_where_the_rank_p_crosses_005(n):
     """``detectable`` against ``rank_p`` itself: a change just beyond the bound reaches 0.05, one
     just inside does not; below 19 random sets nothing can."""
-    from sklens.causal.check import detectable
+    from sklens.causal.changes import detectable
 
     randoms = np.random.default_rng(n).normal(0.1, 0.02, n)
     bound = detectable(randoms)
