@@ -33,3 +33,4 @@ MEASURES = (
 GROUP_MEASURES = ("eta_squared", "kruskal_wallis")  # need the task's groups
 Baseline = Literal["untrained", "no_prompt"]  # sklens.contrast's named baselines
 BASELINES: tuple[str, ...] = get_args(Baseline)
+MIN_BASIS_EXAMPLES = 8  # sklens.basis_test: its probe fits on one half, is tested on the other

@@ -36,18 +36,15 @@ from sklens.vocabulary import (
     BASELINES,
     DEFAULT_MODEL,
     MEASURES,
+    MIN_BASIS_EXAMPLES,
     REDUCE_RULES,
 )
 
 MIN_BOOTSTRAP = 20  # a stay share over fewer resamples moves in steps above 0.05
 MIN_ROTATIONS = 19  # p_rotation = (1 + beaten) / (R + 1) reaches 0.05 from R = 19
-# sklens.confirm.selection.MIN_EXAMPLES (which imports torch): the basis test's probe fits on one
-# half of the examples and is tested on the other
-MIN_BASIS_EXAMPLES = 8
 
 # the shared settings that say where the work runs, not what it computes
 _WHERE = {"device"}
-# the named baselines of sklens.confirm.contrast (which imports torch, so it is not imported here)
 
 
 def _minimums(config: Any, rules: tuple[tuple[str, int, str], ...]) -> None:

@@ -45,8 +45,9 @@ from sklens.stats.measures import batched_pearson
 from sklens.stats.ranking import Reduce, check_rule, slot_scores
 from sklens.units.neuron_set import NeuronSet, nonempty
 from sklens.units.sites import Site
+from sklens.vocabulary import MIN_BASIS_EXAMPLES
 
-MIN_EXAMPLES = 8  # the probe fits on one half and is tested on the other: four examples each
+MIN_EXAMPLES = MIN_BASIS_EXAMPLES  # the probe fits on one half and is tested on the other
 _RIDGE_GRID = 10.0 ** torch.linspace(-4, 4, 33, dtype=torch.float64)  # × a typical eigenvalue
 _EIGEN_FLOOR = 1e-12  # eigenvalues below this share of the largest are rounding, not variance
 _BLOCK = 1 << 23  # entries of one block of resampled activations (float64: 64 MB)
