@@ -106,6 +106,17 @@ CONTAINERS = ("purse", "backpack", "bowl", "basket", "box", "bag", "cup", "jar")
 SMALL_OBJECTS = ("key", "ring", "coin", "comb", "button", "marble", "pebble", "stamp")
 
 
+def _phrasing(rng: random.Random, *forms: tuple[str, str, str]) -> tuple[str, str]:
+    """One of a skill's phrasings and its answer, drawn evenly from ``forms``'s
+    ``(question, instruction, answer)``: the same form asked and told, sharing its answer.
+
+    Both skills draw through here, so their forms pair up one for one: phrasing ``2i`` is form
+    ``i``'s question, ``2i + 1`` its instruction."""
+    i = rng.randrange(2 * len(forms))
+    question, instruction, answer = forms[i // 2]
+    return (question, instruction)[i % 2], answer
+
+
 def _spatial(rng: random.Random) -> tuple[str, str]:
     """One spatial-reasoning (question, answer); the forms pair up with ``_metaphor``'s."""
     a, b, c = rng.sample(OBJECTS, 3)
@@ -118,17 +129,29 @@ def _spatial(rng: random.Random) -> tuple[str, str]:
     inverse = f"The {a} is {opposite} the {b}."
     inside = f"You put the {small} in a {box} and set the {box} on the {s}."
     inside_answer = f"The {box} is on the {s}, with the {small} inside it."
-    forms = (
-        (f"Where is the {a} if it sits {rel} the {b} and the {b} rests on the {s}?", on),
-        (f"Say where the {a} is if it sits {rel} the {b} and the {b} rests on the {s}.", on),
-        (f"{chain} How do the {a} and the {c} relate?", chained),
-        (f"{chain} Explain how the {a} and the {c} relate.", chained),
-        (f"If the {b} sits {rel} the {a}, where does the {a} sit relative to the {b}?", inverse),
-        (f"If the {b} sits {rel} the {a}, say where the {a} sits relative to it.", inverse),
-        (f"{inside} What rests on the {s}?", inside_answer),
-        (f"{inside} Name what rests on the {s}.", inside_answer),
+    return _phrasing(
+        rng,
+        (
+            f"Where is the {a} if it sits {rel} the {b} and the {b} rests on the {s}?",
+            f"Say where the {a} is if it sits {rel} the {b} and the {b} rests on the {s}.",
+            on,
+        ),
+        (
+            f"{chain} How do the {a} and the {c} relate?",
+            f"{chain} Explain how the {a} and the {c} relate.",
+            chained,
+        ),
+        (
+            f"If the {b} sits {rel} the {a}, where does the {a} sit relative to the {b}?",
+            f"If the {b} sits {rel} the {a}, say where the {a} sits relative to it.",
+            inverse,
+        ),
+        (
+            f"{inside} What rests on the {s}?",
+            f"{inside} Name what rests on the {s}.",
+            inside_answer,
+        ),
     )
-    return forms[rng.randrange(len(forms))]
 
 
 def _metaphor(rng: random.Random) -> tuple[str, str]:
@@ -146,17 +169,21 @@ def _metaphor(rng: random.Random) -> tuple[str, str]:
     own = f"Think of {concept} as {vehicle} in a {occasion} of your own."
     first_line = f"the first line of a new {occasion}"
     were = f"If {concept} were {vehicle},"
-    forms = (
-        (f"What metaphor would turn {concept} into {vehicle} in {first_line}?", that),
-        (f"Write {first_line} as a metaphor that turns {concept} into {vehicle}.", that),
-        (f"{friend} What metaphor would fit?", colon),
-        (f"{friend} Suggest the metaphor to use.", colon),
-        (f"{were} how would you say so in the opening line of a {occasion} of yours?", that),
-        (f"{were} say so in the first line of a {occasion} that is about it.", that),
-        (f"{own} What line comes to mind?", and_),
-        (f"{own} Write the line that comes to mind.", and_),
+    return _phrasing(
+        rng,
+        (
+            f"What metaphor would turn {concept} into {vehicle} in {first_line}?",
+            f"Write {first_line} as a metaphor that turns {concept} into {vehicle}.",
+            that,
+        ),
+        (f"{friend} What metaphor would fit?", f"{friend} Suggest the metaphor to use.", colon),
+        (
+            f"{were} how would you say so in the opening line of a {occasion} of yours?",
+            f"{were} say so in the first line of a {occasion} that is about it.",
+            that,
+        ),
+        (f"{own} What line comes to mind?", f"{own} Write the line that comes to mind.", and_),
     )
-    return forms[rng.randrange(len(forms))]
 
 
 def generate_skillmix(n: int = 600, *, seed: int = 0) -> list[Example]:
