@@ -156,15 +156,15 @@ def neuron_activations(
     prompt: SoftPrompt,
     examples: Sequence[Example],
     neurons: NeuronLike,
-    *,
-    batch_size: int = 8,
-    chat_template: bool | None = None,
+    **options: Any,
 ) -> pd.DataFrame:
-    """A long table (site, example, layer, neuron, slot, activation) for the selected units."""
+    """``slot_activations`` as a long table (site, example, layer, neuron, slot, activation).
+
+    ``options`` are ``slot_activations``'s (``batch_size``, ``chat_template``, ``progress``),
+    passed on so the two read with the same settings and defaults.
+    """
     neurons = NeuronSet.of(neurons, model)
-    acts = slot_activations(
-        model, prompt, examples, neurons, batch_size=batch_size, chat_template=chat_template
-    )
+    acts = slot_activations(model, prompt, examples, neurons, **options)
     n_ex, n_neurons, k = acts.shape
     grid = torch.cartesian_prod(torch.arange(n_ex), torch.arange(n_neurons), torch.arange(k))
     pair_t = torch.tensor(neurons.pairs)
