@@ -79,6 +79,7 @@ _EXPORTS = {
     "Moments": "sklens.stats.moments",
     "scan_activations": "sklens.scanning.precomputed",
     "Scan": "sklens.scanning.result",
+    "sparsity": "sklens.scanning.sparsity",
     "scan": "sklens.scanning.scan",
     "Site": "sklens.units.sites",
     "Directions": "sklens.units.sites",
@@ -169,6 +170,7 @@ if TYPE_CHECKING:
     from sklens.scanning.precomputed import scan_activations as scan_activations
     from sklens.scanning.result import Scan as Scan
     from sklens.scanning.scan import scan as scan
+    from sklens.scanning.sparsity import sparsity as sparsity
     from sklens.stats.moments import GroupedMoments as GroupedMoments
     from sklens.stats.moments import Moments as Moments
     from sklens.stats.mutual_info import MutualInfo as MutualInfo

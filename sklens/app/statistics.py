@@ -1,6 +1,7 @@
 """The statistics phase of a study: what it measures beyond the top-K, each written to its own
 file of the run directory, and their summary for ``summary.json``.
 
+* ``sparsity``: how many units score high, against the null where it ran (in-sample);
 * ``significance``: the permutation null's FWER and FDR counts (in-sample);
 * ``mutual_information``: ``neurons_mi.csv``, the MI ranking beside Pearson's (in-sample);
 * ``held_out``: ``heldout.csv``, the top-K re-measured on the confirmation split, and
@@ -25,6 +26,7 @@ from sklens.confirm.stability import seed_stability
 from sklens.explanation.explain import explain_activations
 from sklens.explanation.hypotheses import candidate_hypotheses
 from sklens.scanning.result import Scan
+from sklens.scanning.sparsity import sparsity
 from sklens.stats.mutual_info import top_k_overlap
 from sklens.stats.rank_tests import average_ranks
 from sklens.vocabulary import Reduce
@@ -32,11 +34,13 @@ from sklens.vocabulary import Reduce
 
 def run_statistics(run: StudyRun) -> dict[str, Any]:
     """The statistics of a study beyond the top-K, each written to its own file; their summary."""
-    extras: dict[str, Any] = {}
+    select = run.config.select
+    # the top-K table is shorter where fewer units have a score (e.g. a few heads)
+    k = len(run.neurons)
+    extras: dict[str, Any] = {"sparsity": sparsity(run.result, k=k, reduce=select.reduce)}
     if run.result.null is not None:
         extras["significance"] = _significance(run)
     if run.result.mutual_info is not None:
-        select = run.config.select
         by_mi, extras["mutual_information"] = compare_with_pearson(
             run.result, select.top_k, select.reduce
         )
