@@ -140,8 +140,9 @@ class Contrast:
         return len(a & b) / len(a | b)
 
     def summary(self, k: int = 10, selected: pd.DataFrame | None = None) -> dict[str, Any]:
-        """The numbers a study reports: how many units pass the FWER and FDR nulls, the rank
-        correlation, the top-``k`` overlap, and how many of the ``selected`` units (a ``top_k``
+        """The numbers a study reports: each prompt's top-``k`` |score| threshold and median
+        |score|, how many units pass the FWER and FDR nulls, the rank correlation, the top-``k``
+        overlap, and how many of the ``selected`` units (a ``top_k``
         table; default the trained prompt's own top-``k`` by |score|) pass the FWER null."""
         units = self._top_units("score_trained", k) if selected is None else set(
             zip(selected.layer, selected.neuron, strict=True)
@@ -152,6 +153,15 @@ class Contrast:
             "baseline": self.settings["baseline"],
             "compared": self.settings["compared"],
             "n_units": int(self.table["diff"].notna().sum()),
+            # is the high top-k threshold made by the trained prompt, or there without it?
+            **{
+                f"{stat}_{who}": value(self.table[f"score_{who}"].dropna().abs())
+                for who in ("trained", "baseline")
+                for stat, value in (
+                    ("top_k_threshold", lambda s: float(s.nlargest(k).min())),
+                    ("median_abs_score", lambda s: float(s.median())),
+                )
+            },
             "n_permutations": self.settings["n_permutations"],
             f"n_fwer_{ALPHA}": int((self.table.p_fwer <= ALPHA).sum()),
             f"n_fdr_bh_{ALPHA}": int((self.table.q_bh <= ALPHA).sum()),

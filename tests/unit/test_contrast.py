@@ -216,6 +216,10 @@ def test_summary_rank_correlation_overlap_and_save_load(tmp_path):
     assert found.top_k_overlap(5) == pytest.approx(len(top_t & top_b) / len(top_t | top_b))
     summary = found.summary(5)
     assert summary["n_fwer_0.05"] == int((t.p_fwer <= 0.05).sum()) and summary["n_selected"] == 5
+    for who in ("trained", "baseline"):  # the thresholds by numpy on the table's scores
+        scores = np.sort(np.abs(t[f"score_{who}"].to_numpy()))
+        assert summary[f"top_k_threshold_{who}"] == pytest.approx(scores[-5])
+        assert summary[f"median_abs_score_{who}"] == pytest.approx(np.median(scores))
     path = found.save(tmp_path / "c.csv")
     back = sklens.Contrast.load(path)
     pd.testing.assert_frame_equal(back.table, found.table, check_exact=False)
