@@ -14,7 +14,9 @@ McCoy et al.'s (``templates.py`` in tommccoy1/hans), so each pair belongs to one
   "The N1 I1.").
 
 Every example's meta carries ``heuristic``, ``subcase``, ``label`` and ``template``; the
-completion is ``"entailment"`` or ``"non-entailment"``.
+completion is ``"entailment"`` or ``"non-entailment"``, and the two labels are the example's
+``choices`` with the completion its ``answer``, so that accuracy can be measured (a causal
+check scores both).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from sklens.data.example import Example
 
 HEURISTICS = ("lexical_overlap", "subsequence", "constituent")
+LABELS = ("entailment", "non-entailment")
 _FIELDS = ("gold_label", "sentence1", "sentence2", "heuristic", "subcase")
 
 
@@ -75,7 +78,7 @@ def load_hans(path: str | os.PathLike) -> list[Example]:
             if empty:
                 raise ValueError(f"{path}:{lineno}: empty field(s) {empty}")
             label = row["gold_label"]
-            if label not in ("entailment", "non-entailment"):
+            if label not in LABELS:
                 raise ValueError(
                     f"{path}:{lineno}: gold_label {label!r} is not entailment/non-entailment"
                 )
@@ -85,6 +88,8 @@ def load_hans(path: str | os.PathLike) -> list[Example]:
                 "label": label,
                 "template": row.get("template"),
                 "pair_id": row.get("pairID"),
+                "choices": list(LABELS),
+                "answer": label,
             }
             out.append(Example(nli_instruction(row["sentence1"], row["sentence2"]), label, meta))
     if not out:
@@ -313,12 +318,14 @@ def generate_hans(n: int = 600, *, seed: int = 0) -> list[Example]:
                 raise ValueError(f"cannot generate {n} distinct HANS pairs; ask for fewer")
             premise, hypothesis, template = pair
             seen.add(nli_instruction(premise, hypothesis))
-            label = "entailment" if subcase[1] == "e" else "non-entailment"
+            label = LABELS[0] if subcase[1] == "e" else LABELS[1]
             meta = {
                 "heuristic": heuristic,
                 "subcase": subcase,
                 "label": label,
                 "template": template,
+                "choices": list(LABELS),
+                "answer": label,
             }
             block.append(Example(nli_instruction(premise, hypothesis), label, meta))
         rng.shuffle(block)

@@ -30,6 +30,8 @@ def test_hans_official_format(tmp_path):
         "label": "non-entailment",
         "template": "temp1",
         "pair_id": "ex0",
+        "choices": ["entailment", "non-entailment"],  # so that accuracy can be measured
+        "answer": "non-entailment",
     }
     assert "Premise: The doctor saw the lawyer ." in examples[0].instruction
     path.write_text(HANS_HEADER + "maybe\t-\t-\t-\t-\ta\tb\tex\tlexical_overlap\tx\tt\n")
