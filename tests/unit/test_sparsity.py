@@ -36,9 +36,7 @@ def test_shares_equal_numpy_on_the_scans_correlations():
 
 
 def test_the_null_finds_planted_units_and_calls_a_few_sparse():
-    planted = sklens.sparsity(
-        sklens.scan_activations(*_acts(planted=3), n_permutations=199), k=10
-    )
+    planted = sklens.sparsity(sklens.scan_activations(*_acts(planted=3), n_permutations=199), k=10)
     assert planted["n_fwer_05"] == 3 and planted["frac_fwer_05"] == 0.03
     assert planted["sparse"] is False  # 3% of 100 units is not fewer than 1%
     one = sklens.sparsity(sklens.scan_activations(*_acts(1, units=150), n_permutations=199))
