@@ -39,6 +39,7 @@ _EXPORTS = {
     "slot_activations": "sklens.scanning.activations",
     "top_examples": "sklens.scanning.activations",
     "causal_check": "sklens.causal.check",
+    "behaviour": "sklens.causal.behaviour",
     "Counterfactual": "sklens.causal.counterfactual",
     "counterfactual": "sklens.causal.counterfactual",
     "Explanations": "sklens.explanation.explain",
@@ -123,6 +124,7 @@ if TYPE_CHECKING:
     from sklens.causal.ablate import ablation_hooks as ablation_hooks
     from sklens.causal.attribution import Attribution as Attribution
     from sklens.causal.attribution import attribute as attribute
+    from sklens.causal.behaviour import behaviour as behaviour
     from sklens.causal.check import causal_check as causal_check
     from sklens.causal.check import dose_response as dose_response
     from sklens.causal.check import evaluate as evaluate

@@ -33,4 +33,6 @@ MEASURES = (
 GROUP_MEASURES = ("eta_squared", "kruskal_wallis")  # need the task's groups
 Baseline = Literal["untrained", "no_prompt"]  # sklens.contrast's named baselines
 BASELINES: tuple[str, ...] = get_args(Baseline)
+# sklens.edits.NAMED: the edits a study's counterfactual stage applies by name
+EDIT_NAMES = ("last_digit_decides", "answer_only_negative", "hans_twin")
 MIN_BASIS_EXAMPLES = 8  # sklens.basis_test: its probe fits on one half, is tested on the other

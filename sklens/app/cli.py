@@ -75,6 +75,18 @@ HELP = {
     "1,2,5,10). Default: none.",
     "n_causal": "Examples of a third disjoint split, used by the causal check.",
     "match_scale": "Match random control units in mean |activation| (--no-match-scale: off).",
+    "counterfactual": "Comma-separated named edits (last_digit_decides, answer_only_negative, "
+    "hans_twin): the top units' paired changes when held-out examples are edited so that the "
+    "property holds, against random units, and the model's (sklens.counterfactual). Default: "
+    "none.",
+    "score_choices": "Score every choice of multiple-choice examples in the causal follow-ups, "
+    "for accuracy (--no-score-choices: the loss only; a question with k choices costs k "
+    "passes).",
+    "behaviour_by": "A meta field: the model's loss and accuracy on each of its groups, with the "
+    "trained prompt and without one, on the examples the prompt never trained on "
+    "(sklens.behaviour; behaviour.csv), e.g. last_digit_decides.",
+    "behaviour_where": "FIELD=VALUE: --behaviour-by compares only these examples, e.g. "
+    "operation=multiplication.",
     "attribute": "Also attribute the completion loss to every unit at the slots on the causal "
     "split (sklens.attribute), and join it with the correlation ranking (attribution.csv, "
     "joined.csv).",

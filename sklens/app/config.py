@@ -35,6 +35,7 @@ from sklens.vocabulary import (
     BACKENDS,
     BASELINES,
     DEFAULT_MODEL,
+    EDIT_NAMES,
     MEASURES,
     MIN_BASIS_EXAMPLES,
     REDUCE_RULES,
@@ -159,7 +160,10 @@ class ConfirmConfig:
     further measures there, seed stability of the top-K, the per-unit contrast of the trained
     prompt against baselines on the selection split (``contrast``), how often bootstrap
     resamples of the selection split keep each top unit in the top-K (``bootstrap``) and, on the
-    confirmation split, whether the neuron basis privileges each top unit (``basis_rotations``)."""
+    confirmation split, whether the neuron basis privileges each top unit (``basis_rotations``);
+    and how the model behaves on each group of a meta field (``behaviour_by``, on the examples
+    the prompt never trained on, those of ``behaviour_where`` only), with and without the
+    prompt."""
 
     n_confirm: int = 80
     measures: tuple[str, ...] = ()  # e.g. ("spearman", "auroc", "partial_pearson")
@@ -168,6 +172,8 @@ class ConfirmConfig:
     contrast: tuple[str, ...] = ()  # e.g. ("untrained", "no_prompt"): sklens.contrast per unit
     bootstrap: int = 0  # B > 0: sklens.selection_stability of the top-K, B resamples
     basis_rotations: int = 0  # R > 0: sklens.basis_test of the top-K against R random bases
+    behaviour_by: str | None = None  # a meta field: the model's behaviour per group (sklens.behaviour)
+    behaviour_where: str | None = None  # "FIELD=VALUE": only those examples, e.g. operation=...
 
     def __post_init__(self) -> None:
         validate.integer(
@@ -208,6 +214,21 @@ class ConfirmConfig:
                 f"examples that selected the neurons: pass {name('n_confirm')} > 0"
             )
         self._check_selection_tests()
+        self._check_behaviour()
+
+    def _check_behaviour(self) -> None:
+        """``behaviour_where`` a ``FIELD=VALUE`` filter, and only beside ``behaviour_by``."""
+        where = self.behaviour_where
+        if where is not None and self.behaviour_by is None:
+            raise ValueError(
+                f"{name('behaviour_where')} filters the examples of {name('behaviour_by')}: "
+                "pass both, or drop it"
+            )
+        if where is not None and not re.fullmatch(r"[^=\s]+=\S.*", where):
+            raise ValueError(
+                f"{name('behaviour_where')} must be FIELD=VALUE, got {where!r}; e.g. "
+                f"{assign('behaviour_where', 'operation=multiplication')}"
+            )
 
     def _check_selection_tests(self) -> None:
         """``bootstrap`` and ``basis_rotations``: 0 (off) or enough to say something, and the
@@ -236,7 +257,8 @@ class CausalConfig:
     of the top-K against ``n_random`` random sets (``ablate``), with a positive control and
     random units matched in layer, |activation| and |score| decile; its dose-response over k
     (``dose_response``); a steering curve (``steering`` factors, against ``steering_random``
-    random sets); and attribution of the loss to every unit (``attribute``).
+    random sets); attribution of the loss to every unit (``attribute``); and counterfactual
+    pairs (``counterfactual``: named edits of held-out examples, at most ``n_causal`` pairs).
 
     199 random sets let the causal check's rank p reach 0.005 (5 could not reach 0.05); each is
     one pass over the causal split per mode, so the check costs ``2 · (n_random + 2)`` passes
@@ -254,6 +276,8 @@ class CausalConfig:
     steering: tuple[float, ...] = ()  # e.g. (0, 0.5, 2, 4)
     steering_random: int = 20
     attribute: bool = False
+    counterfactual: tuple[str, ...] = ()  # named edits (sklens.edits.NAMED), e.g. ("hans_twin",)
+    score_choices: bool = True  # False: the causal check measures the loss only, no choice
 
     def __post_init__(self) -> None:
         _minimums(
@@ -267,7 +291,9 @@ class CausalConfig:
         _tuple_of(self, "ablate_modes", str, "('zero', 'mean')")
         _tuple_of(self, "steering", float, "(0, 0.5, 2, 4)")
         _tuple_of(self, "dose_response", int, "(1, 2, 5, 10)")
+        _tuple_of(self, "counterfactual", str, "('last_digit_decides',)")
         validate.choices("ablate_modes", ",".join(self.ablate_modes), ABLATION_MODES)
+        validate.choices("counterfactual", ",".join(self.counterfactual), EDIT_NAMES)
         if any(k < 1 for k in self.dose_response):
             raise ValueError(
                 f"{name('dose_response')} must be set sizes of at least 1, got "
@@ -479,9 +505,12 @@ def _parse_flag(flag: str, value: Any) -> Any:
         return tuple(validate.choices("ablate_modes", value, ABLATION_MODES))
     if flag == "contrast":
         return tuple(validate.choices("contrast", value, BASELINES))
+    if flag == "counterfactual":
+        return tuple(validate.choices("counterfactual", value, EDIT_NAMES))
     return tuple(parts)
 
 
 _LIST_FLAGS = {
-    "seeds", "steering", "measures", "ablate_modes", "covariates", "dose_response", "contrast"
+    "seeds", "steering", "measures", "ablate_modes", "covariates", "dose_response", "contrast",
+    "counterfactual",
 }  # fmt: skip

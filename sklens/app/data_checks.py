@@ -1,6 +1,7 @@
 """Checks of a study's settings against its task's examples, made once the examples are loaded
 and before the model is: a label metric that is constant on a split, a meta field some examples
-lack, a grouping under which the metric cannot vary. Errors name the setting as the user wrote it
+lack, a grouping under which the metric cannot vary, a behaviour grouping or a counterfactual
+edit the examples cannot give. Errors name the setting as the user wrote it
 (``sklens.validate.name``)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from numbers import Real
 from typing import Any
 
 from sklens.app.config import StudyConfig
-from sklens.app.tasks import TaskData
+from sklens.app.tasks import TaskData, behaviour_examples, counterfactual_pairs
 from sklens.data.example import Example
 from sklens.validate import assign, label_spec, name
 from sklens.vocabulary import GROUP_MEASURES, TASKS
@@ -42,6 +43,10 @@ def study_data(config: StudyConfig, task: TaskData) -> str:
             f"{name('measures')} {', '.join(grouped)} compare groups, but task {task.name!r} "
             f"names none (only {', '.join(TASKS)} do); drop them"
         )
+    if config.confirm.behaviour_by is not None:
+        behaviour_examples(config, task)
+    for edit in config.causal.counterfactual:
+        counterfactual_pairs(config, task, edit)
     return spec
 
 

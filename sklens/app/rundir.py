@@ -33,6 +33,7 @@ from typing import Any
 
 from sklens.atomic import write_text
 from sklens.models.artifacts import sha256_of
+from sklens.vocabulary import EDIT_NAMES
 
 logger = logging.getLogger("sklens")
 
@@ -63,6 +64,8 @@ RESULT_NAMES = {
     "selection_stability.csv",
     "basis.csv",
     "explanations.csv",
+    "behaviour.csv",
+    *(f"counterfactual_{edit}.csv" for edit in EDIT_NAMES),
     "measures.csv",
     "stability_jaccard.csv",
     "stability_rank_corr.csv",

@@ -6,7 +6,9 @@ file of the run directory, and their summary for ``summary.json``.
 * ``mutual_information``: ``neurons_mi.csv``, the MI ranking beside Pearson's (in-sample);
 * ``held_out``: ``heldout.csv``, the top-K re-measured on the confirmation split, and
   ``explanations.csv``, their candidate explanations ranked there (``sklens.explain``);
-* ``stability``: the seed-stability tables (``consensus.csv``, ``stability_*.csv``).
+* ``stability``: the seed-stability tables (``consensus.csv``, ``stability_*.csv``);
+* ``behaviour``: ``behaviour.csv``, the model's loss and accuracies per group of a meta field,
+  with the trained prompt and without one (``--behaviour-by``).
 
 ``causal_summary`` condenses a causal check's table for the summary and the reproduction demos.
 """
@@ -20,7 +22,9 @@ import pandas as pd
 import torch
 
 from sklens.app.run_state import StudyRun
+from sklens.app.tasks import behaviour_examples
 from sklens.atomic import write_csv
+from sklens.causal.behaviour import behaviour
 from sklens.confirm.held_out import confirm_from
 from sklens.confirm.stability import seed_stability
 from sklens.explanation.explain import explain_activations
@@ -51,7 +55,36 @@ def run_statistics(run: StudyRun) -> dict[str, Any]:
     if run.config.confirm.seeds:
         extras["stability"] = _stability(run)
         run.lap("stability")
+    if run.config.confirm.behaviour_by is not None:
+        extras["behaviour"] = _behaviour(run)
+        run.lap("behaviour")
     return extras
+
+
+def _behaviour(run: StudyRun) -> dict[str, Any]:
+    """``behaviour.csv``: the model's loss and accuracies on each group of ``--behaviour-by``,
+    with the trained prompt and without one, on the examples the prompt never trained on."""
+    config = run.config
+    examples = behaviour_examples(config, run.task)
+    tables, differences = [], {}
+    for prompt_name, prompt in (("trained", run.prompt), ("no_prompt", None)):
+        table = behaviour(
+            run.model, prompt, examples, config.confirm.behaviour_by, seed=config.seed,
+            batch_size=run.batch_size,
+        )  # fmt: skip
+        tables.append(table.assign(prompt=prompt_name))
+        rows = table[table.group == "difference"].set_index("measure")
+        differences[prompt_name] = rows[["mean", "lo", "hi"]].to_dict(orient="index")
+    write_csv(pd.concat(tables, ignore_index=True), run.out / "behaviour.csv")
+    return {
+        "by": config.confirm.behaviour_by,
+        "where": config.confirm.behaviour_where,
+        "n": len(examples),
+        "groups": tables[0].attrs["groups"],
+        "chance_accuracy": tables[0].attrs["chance_accuracy"],
+        "difference": differences,  # empty where there are more than two groups
+        "examples": "the selection and confirmation splits (the prompt never trained on them)",
+    }
 
 
 def _significance(run: StudyRun) -> dict[str, Any]:

@@ -9,6 +9,10 @@ from typing import Any
 
 from sklens import validate
 from sklens.app.config import StudyConfig
+from sklens.causal.behaviour import group_labels
+from sklens.causal.counterfactual import MIN_PAIRS
+from sklens.causal.edits import NAMED
+from sklens.causal.edits import pairs as edit_pairs
 from sklens.data import source
 from sklens.data.arithmetic import generated_source
 from sklens.data.bigbench import bigbench_arithmetic, load_bigbench
@@ -190,3 +194,48 @@ def study_site(text: str) -> Site:
     return SAELatents.of(
         [SAE.load_from_disk(path) for path in text.removeprefix("sae:").split(",") if path]
     )
+
+
+def behaviour_examples(config: StudyConfig, task: TaskData) -> list[Example]:
+    """The examples ``--behaviour-by`` compares the model's behaviour on: those the prompt never
+    trained on (selection and confirmation splits), with ``--behaviour-where FIELD=VALUE`` only
+    those whose ``meta[FIELD]`` reads ``VALUE``; refused with the fix where too few are left."""
+    examples = task.val + task.confirm
+    where = config.confirm.behaviour_where
+    if where is not None:
+        key, _, value = where.partition("=")
+        examples = [e for e in examples if str(e.meta.get(key)) == value]
+        if not examples:
+            seen = sorted({str(e.meta.get(key)) for e in task.val + task.confirm})
+            raise ValueError(
+                f"{validate.assign('behaviour_where', where)} keeps none of the "
+                f"{len(task.val + task.confirm)} selection and confirmation examples; "
+                f"{key!r} takes the values {seen[:10]}"
+            )
+    try:
+        group_labels(examples, config.confirm.behaviour_by)
+    except ValueError as err:
+        raise ValueError(f"{validate.name('behaviour_by')}: {err}") from None
+    return examples
+
+
+def counterfactual_pairs(
+    config: StudyConfig, task: TaskData, edit: str
+) -> tuple[list[tuple[Example, Example]], dict[str, Any]]:
+    """At most ``n_causal`` pairs of the named edit (``sklens.edits.NAMED``) made from examples
+    held out from the selection (the pool no split took, then the confirmation split), with the
+    edit's note; refused with the fix where it makes fewer than ``MIN_PAIRS``."""
+    source = task.rest + task.confirm
+    setting = validate.assign("counterfactual", edit)
+    try:
+        made, note = edit_pairs(source, NAMED[edit], name=edit)
+    except ValueError:
+        made, note = [], {"edit": edit, "tried": len(source), "paired": 0}
+    made = made[: config.causal.n_causal]
+    if len(made) < MIN_PAIRS:
+        raise ValueError(
+            f"{setting} makes {len(made)} pair(s) from the {len(source)} held-out examples of "
+            f"task {task.name!r} (at least {MIN_PAIRS} give a p-value below 0.0625): it applies "
+            f"to other tasks' examples (sklens.edits), or raise {validate.name('n_confirm')}"
+        )
+    return made, note | {"used": len(made)}

@@ -19,10 +19,13 @@ change its template allows: an active premise "The A v the B." becomes the passi
 by the B." (lexical overlap: subject/object swap ↔ passive), and a subordinator that does not
 assert its clause becomes one that does ("If" ↔ "Since"; constituent: embedded under if ↔
 since). Other templates have no such twin.
+
+``NAMED`` holds the edits a study applies by name (``sklens run --counterfactual``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -185,3 +188,12 @@ def pairs(
             "that have the property to flip (see sklens.edits)"
         )
     return out, {"edit": label, "tried": len(examples), "paired": len(out)}
+
+
+# The edits a study applies by name (``sklens run --counterfactual``), each making its property
+# hold: the paper's two arithmetic shortcuts, and HANS's label-flipping twin.
+NAMED: dict[str, Edit] = {
+    "last_digit_decides": functools.partial(last_digit_decides, decide=True),
+    "answer_only_negative": functools.partial(answer_only_negative, only=True),
+    "hans_twin": hans_twin,
+}
