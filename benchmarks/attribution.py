@@ -72,11 +72,11 @@ def load(args) -> tuple:
     train, data = pool[: args.n_train], pool[args.n_train :]
     if args.train_steps:
         prompt = sklens.train_soft_prompt(
-            model, train, n_tokens=args.n_tokens, steps=args.train_steps,
+            model, train, n_slots=args.n_slots, steps=args.train_steps,
             batch_size=args.batch_size, progress=False,
         )  # fmt: skip
     else:
-        prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
+        prompt = sklens.SoftPrompt.init_for(model, args.n_slots, seed=0)
     return model, prompt, data
 
 
@@ -180,7 +180,7 @@ def report(args, model, results, samples, exact, wall) -> None:
         f"machine: {cpu_model()}, {torch.get_num_threads()} threads{gpu}",
         "versions: " + ", ".join(f"{k} {v[k]}" for k in ("sklens", "torch", "transformer-lens")),
         f"model {args.model} ({model.cfg.n_layers} layers × {model.cfg.d_mlp} neurons × "
-        f"{args.n_tokens} slots), N = {args.n} questions, metric {args.metric}, "
+        f"{args.n_slots} slots), N = {args.n} questions, metric {args.metric}, "
         f"{args.ablation} ablation, prompt trained {args.train_steps} steps",
         "",
     ]

@@ -23,7 +23,7 @@ def main() -> None:
     args = p.parse_args()
     model = sklens.load_model(args.model, device=args.device)
     data = examples(args.n)
-    prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
+    prompt = sklens.SoftPrompt.init_for(model, args.n_slots, seed=0)
     n_choices = sum(len(e.meta["choices"]) for e in data)
 
     def shared() -> choices.ChoiceScores:

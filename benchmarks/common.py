@@ -42,7 +42,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--model", default=sklens.DEFAULT_MODEL, help="model name or path")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--n-tokens", type=int, default=20)
+    p.add_argument("--n-slots", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--results", type=Path, default=RESULTS, help="where the tables are appended")
     p.add_argument(

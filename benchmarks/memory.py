@@ -26,7 +26,7 @@ import sklens
 def child(method: str, n: int, args) -> dict:
     model = sklens.load_model(args.model, device=args.device)
     data = examples(n)
-    prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
+    prompt = sklens.SoftPrompt.init_for(model, args.n_slots, seed=0)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     gc.collect()
@@ -75,7 +75,7 @@ def main() -> None:
     for n in [int(x) for x in args.sizes.split(",")]:
         for method in ("scan", "naive"):
             if method == "naive" and n > args.naive_max:
-                per_example_mb = 4 * args.n_tokens * n_neurons / 2**20  # fp32 slot activations
+                per_example_mb = 4 * args.n_slots * n_neurons / 2**20  # fp32 slot activations
                 rows.append(
                     [
                         method,
@@ -97,8 +97,8 @@ def main() -> None:
                 args.model,
                 "--batch-size",
                 str(args.batch_size),
-                "--n-tokens",
-                str(args.n_tokens),
+                "--n-slots",
+                str(args.n_slots),
                 "--results",
                 str(args.results),
             ]

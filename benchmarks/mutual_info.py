@@ -23,7 +23,7 @@ def main() -> None:
     args = p.parse_args()
     model = sklens.load_model(args.model, device=args.device)
     data = examples(args.n)
-    prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
+    prompt = sklens.SoftPrompt.init_for(model, args.n_slots, seed=0)
     loss = sklens.metrics.loss()
 
     def scan(**kwargs):
@@ -45,7 +45,7 @@ def main() -> None:
     header, rows = paired_rows(timing, beside, args.n, ratio)
     write_results("mutual_info", header, rows, args.device, args.results)
     cfg = model.cfg
-    units = cfg.n_layers * cfg.d_mlp * args.n_tokens
+    units = cfg.n_layers * cfg.d_mlp * args.n_slots
     print(f"D = {units:,} units; bin codes D·N = {units * args.n / 2**20:.0f} MB")
 
 

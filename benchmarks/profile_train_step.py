@@ -35,9 +35,9 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     model = sklens.load_model(args.model, device=args.device)
     data = examples(args.batch_size)
-    prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
-    encoded = encode(model, data, args.n_tokens)
-    batch = next(iter_batches(model, encoded, args.n_tokens, args.batch_size))
+    prompt = sklens.SoftPrompt.init_for(model, args.n_slots, seed=0)
+    encoded = encode(model, data, args.n_slots)
+    batch = next(iter_batches(model, encoded, args.n_slots, args.batch_size))
     writer = prompt.writer()
 
     def sklens_loss():  # the step train_soft_prompt takes (prefix reused)
@@ -53,15 +53,15 @@ def main() -> None:
     )
     peft_model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(checkpoint),
-        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.n_tokens),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.n_slots),
     )
-    labels = batch.tokens[:, args.n_tokens :].clone()
-    labels[batch.attention_mask[:, args.n_tokens :] == 0] = -100
+    labels = batch.tokens[:, args.n_slots :].clone()
+    labels[batch.attention_mask[:, args.n_slots :] == 0] = -100
 
     def peft_loss():
         return peft_model(
-            input_ids=batch.tokens[:, args.n_tokens :],
-            attention_mask=batch.attention_mask[:, args.n_tokens :],
+            input_ids=batch.tokens[:, args.n_slots :],
+            attention_mask=batch.attention_mask[:, args.n_slots :],
             labels=labels,
         ).loss
 

@@ -36,13 +36,13 @@ def main() -> None:
     args = p.parse_args()
     model = sklens.load_model(args.model, device=args.device)
     data = examples(args.n)
-    prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
-    encoded = encode(model, data, args.n_tokens)
+    prompt = sklens.SoftPrompt.init_for(model, args.n_slots, seed=0)
+    encoded = encode(model, data, args.n_slots)
     writer = prompt.writer()
 
     def floor(with_completion: bool) -> None:
         batches = iter_batches(
-            model, encoded, args.n_tokens, args.batch_size, with_completion=with_completion
+            model, encoded, args.n_slots, args.batch_size, with_completion=with_completion
         )
         with torch.no_grad(), model.hooks(fwd_hooks=[("hook_embed", writer)]):
             for batch in batches:
@@ -86,7 +86,7 @@ def main() -> None:
     with linear_layout(model):  # the floor reads the weights as the scan does, uncopied
         timing, beside = paired(methods, floors, args.repeats, args.device)
     cfg = model.cfg
-    units = cfg.n_layers * cfg.d_mlp * args.n_tokens
+    units = cfg.n_layers * cfg.d_mlp * args.n_slots
     header, rows = paired_rows(
         timing, beside, args.n, "× its floor run beside it, median (range) of rounds"
     )

@@ -36,14 +36,14 @@ def main() -> None:
     hf = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(args.device)
     hf.requires_grad_(False)
     data = examples(args.batch_size)
-    prompt = sklens.SoftPrompt.init_for(model, args.n_tokens, seed=0)
+    prompt = sklens.SoftPrompt.init_for(model, args.n_slots, seed=0)
     batch = next(
-        iter_batches(model, encode(model, data, args.n_tokens), args.n_tokens, args.batch_size)
+        iter_batches(model, encode(model, data, args.n_slots), args.n_slots, args.batch_size)
     )
     n_tokens_total = int(batch.attention_mask.sum())
     opt = torch.optim.AdamW(prompt.parameters(), lr=3e-3)
 
-    encoded = encode(model, data, args.n_tokens)
+    encoded = encode(model, data, args.n_slots)
     writer = prompt.writer()
     targets = batch.tokens[:, 1:]
     completion = torch.zeros_like(targets, dtype=torch.bool)
@@ -101,11 +101,11 @@ def main() -> None:
 
     peft_model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(args.device),
-        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.n_tokens),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.n_slots),
     )
-    plain = batch.tokens[:, args.n_tokens :]  # same total length once PEFT prepends its tokens
-    peft_labels = labels[:, args.n_tokens :]
-    peft_mask = batch.attention_mask[:, args.n_tokens :]
+    plain = batch.tokens[:, args.n_slots :]  # same total length once PEFT prepends its tokens
+    peft_labels = labels[:, args.n_slots :]
+    peft_mask = batch.attention_mask[:, args.n_slots :]
     peft_opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=3e-3)
 
     def peft_step() -> None:

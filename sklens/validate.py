@@ -71,7 +71,7 @@ def assign(field: str, value: Any) -> str:
 
 
 def integer(field: str, value: Any, *, minimum: int | None = None, meaning: str = "") -> int:
-    """``value`` as an int, refusing floats, bools and strings (``n_tokens=2.5``)."""
+    """``value`` as an int, refusing floats, bools and strings (``n_slots=2.5``)."""
     what = f" ({meaning})" if meaning else ""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name(field)} must be a whole number{what}, got {value!r}")

@@ -82,7 +82,7 @@ def write_probe_task(path):
 def probe_args(model, task, out, *extra) -> list[str]:
     """``sklens run`` with the probe's ``$Q`` flags (and splits that fit its 80 examples)."""
     return run_args(
-        *extra, quiet=True, model=model, task=task, n_train=24, n_val=16, n_tokens=4, out=out
+        *extra, quiet=True, model=model, task=task, n_train=24, n_val=16, n_slots=4, out=out
     )
 
 
@@ -123,7 +123,7 @@ def reference_tokens(model, example, n_slots: int) -> tuple[list[int], int, int]
 
 def reference_cache(model, prompt, example, names):
     """``run_with_cache`` on one unpadded example, the prompt written in by a hook made here."""
-    n = prompt.n_tokens
+    n = prompt.n_slots
     ids, start, _ = reference_tokens(model, example, n)
     vectors = prompt.embedding.detach()
 
@@ -145,7 +145,7 @@ def reference_slot_acts(model, prompt, examples, layers) -> np.ndarray:
     out = []
     for e in examples:
         _, start, _, cache = reference_cache(model, prompt, e, names)
-        n = prompt.n_tokens
+        n = prompt.n_slots
         per_layer = [
             cache[f"blocks.{L}.mlp.hook_post"][0, start : start + n].T.double().numpy()
             for L in layers
@@ -159,7 +159,7 @@ def reference_losses(model, prompt, examples) -> np.ndarray:
     out = []
     for e in examples:
         ids, start, logits, _ = reference_cache(model, prompt, e, set())
-        comp_start = start + prompt.n_tokens
+        comp_start = start + prompt.n_slots
         logp = torch.log_softmax(logits[0].double(), -1)
         targets = torch.tensor(ids[comp_start:])
         out.append(float(-logp[comp_start - 1 : len(ids) - 1].gather(1, targets[:, None]).mean()))
@@ -276,7 +276,7 @@ def study_args(model_dir, out, *extra) -> list[str]:
         out=out,
         n_train=16,
         n_val=12,
-        n_tokens=3,
+        n_slots=3,
         batch_size=4,
         eval_every=2,
         quiet=True,

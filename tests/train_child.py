@@ -38,7 +38,7 @@ def main(checkpoint_dir: str, steps: int, delay: float) -> None:
     sklens.train_soft_prompt(
         model,
         arithmetic_examples(16, seed=0),
-        n_tokens=3,
+        n_slots=3,
         batch_size=4,
         seed=1,
         steps=steps,

@@ -37,7 +37,7 @@ HELP = {
     "data": "Read the task's data from files instead of generating it: a HANS .txt, a "
     "Skill-Mix .jsonl, or for arithmetic a BigBench task.json or a folder of */task.json.",
     "top_k": "How many units to select and report.",
-    "n_tokens": "The soft prompt's length in slots.",
+    "n_slots": "The soft prompt's length in slots.",
     "steps": "The most training steps (training stops earlier on a plateau).",
     "patience": "Stop training after this many evaluations without a lower loss on the "
     "plateau slice; 0 trains all --steps.",

@@ -88,7 +88,7 @@ class TrainConfig:
     """How the soft prompt is trained (``sklens.train_soft_prompt``): its length, the most steps,
     the learning rate and the plateau rule on a held-out slice of the training examples."""
 
-    n_tokens: int = 20
+    n_slots: int = 20
     steps: int = 150  # the maximum: training stops earlier on a plateau
     patience: int = 2  # evaluations without a better plateau-slice loss; 0 trains all `steps`
     eval_every: int = 10  # steps between evaluations of the plateau slice
@@ -99,7 +99,7 @@ class TrainConfig:
         _minimums(
             self,
             (
-                ("n_tokens", 1, "soft-prompt length"),
+                ("n_slots", 1, "soft-prompt length"),
                 ("steps", 1, "training steps"),
                 ("patience", 0, "evaluations without improvement before training stops; 0: never"),
                 ("eval_every", 1, "training steps between plateau evaluations"),
@@ -407,7 +407,7 @@ class StudyConfig:
 
     @classmethod
     def flags(cls) -> Iterator[tuple[str, Any]]:
-        """Every setting as the command line names it (``n_tokens`` for ``--n-tokens``), with
+        """Every setting as the command line names it (``n_slots`` for ``--n-slots``), with
         its default, the shared ones first, then each stage's in order."""
         defaults = cls()
         for f in _shared_fields():

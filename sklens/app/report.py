@@ -194,7 +194,7 @@ def _overview(
         f"<h1>sklens report: {html.escape(config.task)}</h1>",
         f"<p>Model <code>{html.escape(str(summary['model']['name']))}</code>, metric "
         f"<code>{html.escape(summary['metric'])}</code>, {summary['data']['n_val']} validation "
-        f"examples, {config.train.n_tokens} soft tokens, ranking rule "
+        f"examples, {config.train.n_slots} soft tokens, ranking rule "
         f"<code>{config.select.reduce}</code>.</p>",
         "<h2>Settings</h2>",
         _table(

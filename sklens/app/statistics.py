@@ -149,7 +149,7 @@ def _stability(run: StudyRun) -> dict[str, Any]:
         batch_size=config.batch_size,
         progress=run.progress,
         site=run.result.site,
-        n_tokens=config.train.n_tokens,
+        n_slots=config.train.n_slots,
         lr=config.train.lr,
         **run.plateau_kwargs,
     )

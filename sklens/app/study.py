@@ -216,7 +216,7 @@ def _prepare(
     bound = resolve_site(site, run.model)  # the hook, its position axis, an SAE's width, layer
     bound.check_layers(resolve_layers(run.model, bound.layers_in(run.model) or None), run.model)
     if "no_prompt" in config.confirm.contrast:  # before training, not when the stage starts
-        _check_no_prompt_room(run.model, task.val, config.train.n_tokens)
+        _check_no_prompt_room(run.model, task.val, config.train.n_slots)
     run.lap("load_model")
     return run
 
@@ -229,7 +229,7 @@ def _check_no_prompt_room(model: Model, examples: list, n_slots: int) -> None:
         raise ValueError(
             f"{validate.name('contrast')} no_prompt reads the last {n_slots} positions before the "
             f"slots, but {len(short)} selection example(s) (first: {short[0]}) have fewer; drop "
-            f"no_prompt or lower {validate.name('n_tokens')}"
+            f"no_prompt or lower {validate.name('n_slots')}"
         )
 
 
@@ -243,7 +243,7 @@ def _train(run: StudyRun) -> None:
     run.prompt = train_soft_prompt(
         run.model,
         run.fit,
-        n_tokens=config.train.n_tokens,
+        n_slots=config.train.n_slots,
         lr=config.train.lr,
         batch_size=config.batch_size,
         seed=config.seed,

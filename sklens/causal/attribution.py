@@ -363,9 +363,7 @@ class _Scorer:
         self.rest: Batch | None = None
         self.cache: Any = None
         if not _compat.is_bridge(model):
-            prefix, mask, self.rest = split_batch(
-                model, rows.encoded, writer.prompt.n_tokens, order
-            )
+            prefix, mask, self.rest = split_batch(model, rows.encoded, writer.prompt.n_slots, order)
             with writer.paused():
                 self.cache = prefill(model, prefix, mask)
             self.cache.freeze()  # every pass reads it, none appends to it
@@ -585,7 +583,7 @@ def attribute(
     examples, name = _check(
         model, prompt, examples, metric, site, method, steps, groups, ablation, batch_size
     )
-    n_layers, d_mlp, n_slots = model.cfg.n_layers, model.cfg.d_mlp, prompt.n_tokens
+    n_layers, d_mlp, n_slots = model.cfg.n_layers, model.cfg.d_mlp, prompt.n_slots
     if method == "atp":
         parsed = _Method("atp")
     else:

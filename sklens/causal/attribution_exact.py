@@ -96,7 +96,7 @@ def exact_effects(
     examples, name = _check(
         model, prompt, examples, metric, "mlp", "atp", 1, 1, ablation, batch_size
     )
-    n_slots = prompt.n_tokens
+    n_slots = prompt.n_slots
     base = metric_rows(model, examples, n_slots, name)
     variants: list[Unit | None] = [None, *(tuple(int(x) for x in u) for u in units)]
     encoded, unit_of, where = [], [], {}  # where[(variant, base row)] -> row

@@ -15,12 +15,12 @@ metric (science review, finding 20). The baselines:
 
 * ``"untrained"``: the trained prompt's own starting point, ``SoftPrompt.init_for`` with the init
   mode, text and seed its config recorded: what training started from.
-* ``"no_prompt"``: the model without slots, read at the last ``n_tokens`` positions of the text
+* ``"no_prompt"``: the model without slots, read at the last ``n_slots`` positions of the text
   before the slots (the instruction, and with a chat template the assistant header after it).
   That is as many positions as the prompt has slots, so a max over positions compares like with
   like (a max over 20 slots against one position would not); position ``k`` pairs with slot
   ``k``, and the last one is the scan's own no-prompt position, the last instruction token. Every
-  example needs at least ``n_tokens`` tokens before the slots.
+  example needs at least ``n_slots`` tokens before the slots.
 * a ``SoftPrompt`` of the same length: any other prompt (another seed's, say).
 
 **The statistic.** ``diff = atanh(score_trained) − atanh(score_baseline)`` per unit (Fisher z),
@@ -103,7 +103,7 @@ class Contrast:
 
     ``table`` has one row per unit: ``layer``, ``neuron``, ``slot`` (where the trained prompt's
     score is read), ``slot_baseline`` (the baseline's; for ``no_prompt`` position ``k`` of the
-    last ``n_tokens`` before the slots), ``score_trained``, ``score_baseline``, ``diff``,
+    last ``n_slots`` before the slots), ``score_trained``, ``score_baseline``, ``diff``,
     ``p_unit``, ``p_fwer``, ``q_bh`` and ``site``; NaN where a unit never varies in a condition.
     ``settings`` says what was compared. Every number is on the examples given: in-sample when
     those selected the units.
@@ -482,30 +482,30 @@ class _Plan:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """The activations held per condition: ``(examples, layers, slots, units)``."""
-        return (len(self.examples), len(self.layers), self.prompt.n_tokens, self.site.size)
+        return (len(self.examples), len(self.layers), self.prompt.n_slots, self.site.size)
 
 
 def _baseline(model: Model, prompt: SoftPrompt, baseline: Any) -> tuple[SoftPrompt | None, dict]:
     """The baseline's prompt (``None``: no prompt) and what it is, for the settings."""
     if isinstance(baseline, SoftPrompt):
-        if baseline.n_tokens != prompt.n_tokens:
+        if baseline.n_slots != prompt.n_slots:
             raise ValueError(
-                f"the baseline prompt has {baseline.n_tokens} slots but the trained prompt has "
-                f"{prompt.n_tokens}: a score's max over slots compares only over as many; pass a "
-                f"baseline of {prompt.n_tokens} slots, e.g. SoftPrompt.init_for(model, "
-                f"{prompt.n_tokens}, seed=1)"
+                f"the baseline prompt has {baseline.n_slots} slots but the trained prompt has "
+                f"{prompt.n_slots}: a score's max over slots compares only over as many; pass a "
+                f"baseline of {prompt.n_slots} slots, e.g. SoftPrompt.init_for(model, "
+                f"{prompt.n_slots}, seed=1)"
             )
         baseline.check_fits(model)
         return baseline, {
             "baseline": "prompt",
             "compared": "the trained prompt against another "
-            f"prompt of {prompt.n_tokens} slots (seed {baseline.config.seed})",
+            f"prompt of {prompt.n_slots} slots (seed {baseline.config.seed})",
         }
     if baseline not in BASELINES:
         raise ValueError(
             f"baseline must be 'untrained', 'no_prompt' or a sklens.SoftPrompt, got {baseline!r}"
         )
-    n = prompt.n_tokens
+    n = prompt.n_slots
     if baseline == "no_prompt":
         return None, {"baseline": baseline, "compared": f"the trained prompt's {n} slots against "
                       f"the last {n} positions before the slots, with no prompt"}  # fmt: skip
@@ -575,11 +575,11 @@ def _prepare(
     layers = resolve_layers(model, site.layers_in(model) or None)
     site.check_layers(layers, model)
     template = options.chat_template
-    encoded = encode(model, examples, prompt.n_tokens, chat_template=template)
+    encoded = encode(model, examples, prompt.n_slots, chat_template=template)
     baseline_encoded = encoded
     if base is None:
         baseline_encoded = encode(model, examples, 0, chat_template=template)
-        _check_room(baseline_encoded, prompt.n_tokens)
+        _check_room(baseline_encoded, prompt.n_slots)
     known = values_before_pass(model, prompt, examples, metric, options.batch_size)
     if known is not None:
         metrics_mod.check_values(known, metric.name)
@@ -600,7 +600,7 @@ def _read(plan: _Plan, trained: bool) -> tuple[Tensor, Tensor | None]:
     for batch, scores in batched_pass(
         plan.model,
         plan.encoded if trained else plan.baseline_encoded,
-        plan.prompt.n_tokens if prompt is not None else 0,
+        plan.prompt.n_slots if prompt is not None else 0,
         with_prompt(prompt, reader),
         batch_size=plan.batch_size,
         logprobs=score,
@@ -652,7 +652,7 @@ def contrast(
             a callable, one number per example). A metric computed from the model's pass (loss,
             confidence) is computed in the trained prompt's pass and used for both conditions.
         baseline: ``"untrained"`` (the prompt's own initialisation), ``"no_prompt"`` (the last
-            ``n_tokens`` positions before the slots, no prompt) or a ``SoftPrompt`` of the same
+            ``n_slots`` positions before the slots, no prompt) or a ``SoftPrompt`` of the same
             length.
         n_permutations: swaps in the null (at least 19).
         seed: seed of the swaps.

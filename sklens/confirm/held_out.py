@@ -179,12 +179,12 @@ def read_neurons(
     chosen = NeuronSet.of(neurons, model)
     known = values_before_pass(model, prompt, examples, metric, batch_size)
     reader = NeuronReader(chosen, slots_only=True)
-    acts = torch.empty(len(examples), len(chosen), prompt.n_tokens)
+    acts = torch.empty(len(examples), len(chosen), prompt.n_slots)
     values = torch.full((len(examples),), torch.nan, dtype=torch.float64)
     for batch, scores in batched_pass(
         model,
-        encode(model, examples, prompt.n_tokens),
-        prompt.n_tokens,
+        encode(model, examples, prompt.n_slots),
+        prompt.n_slots,
         [prompt.writer(), reader],
         batch_size=batch_size,
         logprobs=known is None,

@@ -236,14 +236,14 @@ def _fit_half(n: int, seed: int) -> Bool[Tensor, " n"]:
     return fit
 
 
-def _unit_slots(units: pd.DataFrame, n_tokens: int) -> list[int]:
+def _unit_slots(units: pd.DataFrame, n_slots: int) -> list[int]:
     """The ``slot`` of each row, refused outside the prompt's slots."""
     slots = [int(s) for s in units["slot"].to_numpy()]
-    bad = [j for j, s in enumerate(slots) if not 0 <= s < n_tokens]
+    bad = [j for j, s in enumerate(slots) if not 0 <= s < n_slots]
     if bad:
         raise ValueError(
             f"row {bad[0]} of the units has slot {slots[bad[0]]}, but the prompt has slots "
-            f"0..{n_tokens - 1}: pass a top_k table of a scan with this prompt"
+            f"0..{n_slots - 1}: pass a top_k table of a scan with this prompt"
         )
     return slots
 
@@ -276,11 +276,11 @@ def _basis_plan(
     validate.integer("seed", seed)
     validate.integer("batch_size", batch_size, minimum=1)
     chosen = nonempty(NeuronSet.of(table, model))
-    slots = _unit_slots(table, prompt.n_tokens)
+    slots = _unit_slots(table, prompt.n_slots)
     prompt.check_fits(model)
     metric = metrics.resolve(metric, len(examples))
     metric.check(examples)
-    encoded = encode(model, examples, prompt.n_tokens)
+    encoded = encode(model, examples, prompt.n_slots)
     known = values_before_pass(model, prompt, examples, metric, batch_size)
     if known is not None:
         metrics.check_values(known, metric.name)
@@ -330,7 +330,7 @@ def _read_moments(plan: _BasisPlan) -> dict[tuple[int, int], tuple[CrossMoments,
     for batch, scores in batched_pass(
         plan.model,
         plan.encoded,
-        plan.prompt.n_tokens,
+        plan.prompt.n_slots,
         [plan.prompt.writer(), reader],
         batch_size=plan.batch_size,
         logprobs=score,
@@ -568,10 +568,10 @@ def _check_scan(scan: Any, prompt: SoftPrompt, examples: list[Example]) -> None:
             f"scan must be a sklens.Scan (what sklens.scan returns), got {type(scan).__name__}"
         )
     settings = scan.settings
-    if settings.positions != "soft_prompt" or settings.n_tokens != prompt.n_tokens:
+    if settings.positions != "soft_prompt" or settings.n_slots != prompt.n_slots:
         raise ValueError(
-            f"the scan read {settings.n_tokens} position(s) ({settings.positions}), not this "
-            f"prompt's {prompt.n_tokens} slots: pass the scan of this prompt"
+            f"the scan read {settings.n_slots} position(s) ({settings.positions}), not this "
+            f"prompt's {prompt.n_slots} slots: pass the scan of this prompt"
         )
     if settings.data_hash != data_hash(examples):
         raise ValueError(

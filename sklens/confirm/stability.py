@@ -84,7 +84,7 @@ def seed_stability(
         batch_size: examples per forward pass.
         progress: show tqdm bars.
         site: what a unit is (``sklens.sites``; default MLP neurons), the same in every scan.
-        **train_kwargs: passed to ``train_soft_prompt`` (``steps``, ``lr``, ``n_tokens``, ...).
+        **train_kwargs: passed to ``train_soft_prompt`` (``steps``, ``lr``, ``n_slots``, ...).
 
     Returns:
         A ``Stability``: each scan's top-K, pairwise Jaccard overlap and rank correlation of all
@@ -93,7 +93,7 @@ def seed_stability(
     if len(seeds) < 2:
         raise ValueError("seed stability needs at least two seeds")
     scans: dict[str, Scan] = {}
-    n_tokens = train_kwargs.get("n_tokens", 20)
+    n_slots = train_kwargs.get("n_slots", 20)
     options = {"batch_size": batch_size, "progress": progress}
     for seed in seeds:
         prompt = train_soft_prompt(
@@ -101,7 +101,7 @@ def seed_stability(
         )
         scans[f"seed{seed}"] = scan(model, prompt, val, metric, site=site, **options)
     if baselines:
-        untrained = SoftPrompt.init_for(model, n_tokens, seed=seeds[0])
+        untrained = SoftPrompt.init_for(model, n_slots, seed=seeds[0])
         scans["untrained"] = scan(model, untrained, val, metric, site=site, **options)
         scans["last_token"] = scan(model, None, val, metric, site=site, **options)
     return compare_scans(scans, k=k, reduce=reduce)

@@ -57,7 +57,7 @@ def with_prompt(prompt: SoftPrompt | None, *parts: BatchPart) -> list[BatchPart]
 
 def slot_count(prompt: SoftPrompt | None) -> int:
     """How many slots a pass writes: the prompt's, or none without one."""
-    return prompt.n_tokens if prompt is not None else 0
+    return prompt.n_slots if prompt is not None else 0
 
 
 class _StopForward(Exception):

@@ -1,4 +1,4 @@
-"""The soft prompt: ``n_tokens`` trainable vectors written into placeholder slots at ``hook_embed``.
+"""The soft prompt: ``n_slots`` trainable vectors written into placeholder slots at ``hook_embed``.
 
 The parameter is kept in fp32 and cast to the model's dtype when injected. It passes through its
 own ``hook_prompt`` HookPoint, so the prompt itself can be cached or patched with the usual
@@ -52,7 +52,7 @@ class InitMode(str, Enum):
 class SoftPromptConfig:
     """Settings that define a soft prompt; saved beside its weights."""
 
-    n_tokens: int = 20
+    n_slots: int = 20
     d_model: int = 0
     init: InitMode | str = InitMode.RANDOM
     init_text: str | None = None
@@ -64,7 +64,7 @@ class SoftPromptConfig:
 
     def __post_init__(self) -> None:
         self.init = InitMode(self.init)
-        validate.integer("n_tokens", self.n_tokens, minimum=1, meaning="soft-prompt length")
+        validate.integer("n_slots", self.n_slots, minimum=1, meaning="soft-prompt length")
         if self.init is InitMode.TEXT and not self.init_text:
             raise ValueError(
                 "init='text' needs init_text, the text whose embeddings start the prompt"
@@ -118,7 +118,7 @@ class SlotWriter:
 
 
 class SoftPrompt(HookedRootModule):
-    """``n_tokens`` vectors of width ``d_model`` that sit after the instruction (see sklens.data)."""
+    """``n_slots`` vectors of width ``d_model`` that sit after the instruction (see sklens.data)."""
 
     def __init__(self, config: SoftPromptConfig, embedding: Tensor | None = None):
         super().__init__()
@@ -126,11 +126,11 @@ class SoftPrompt(HookedRootModule):
             raise ValueError("SoftPromptConfig.d_model must be set to the model's d_model")
         self.config = config
         if embedding is None:
-            embedding = torch.zeros(config.n_tokens, config.d_model)
-        if tuple(embedding.shape) != (config.n_tokens, config.d_model):
+            embedding = torch.zeros(config.n_slots, config.d_model)
+        if tuple(embedding.shape) != (config.n_slots, config.d_model):
             raise ValueError(
                 f"embedding has shape {tuple(embedding.shape)}, config says "
-                f"({config.n_tokens}, {config.d_model})"
+                f"({config.n_slots}, {config.d_model})"
             )
         self.embedding = nn.Parameter(embedding.detach().to(torch.float32).clone())
         self.hook_prompt = HookPoint()
@@ -138,17 +138,17 @@ class SoftPrompt(HookedRootModule):
         self.setup()
 
     @property
-    def n_tokens(self) -> int:
-        return self.config.n_tokens
+    def n_slots(self) -> int:
+        return self.config.n_slots
 
-    def forward(self) -> Float[Tensor, "n_tokens d_model"]:
+    def forward(self) -> Float[Tensor, "n_slots d_model"]:
         return self.hook_prompt(self.embedding)
 
     @classmethod
     def init_for(
         cls,
         model: Model,
-        n_tokens: int = 20,
+        n_slots: int = 20,
         *,
         init: InitMode | str = InitMode.RANDOM,
         init_text: str | None = None,
@@ -156,7 +156,7 @@ class SoftPrompt(HookedRootModule):
     ) -> SoftPrompt:
         """A new prompt sized for ``model``, initialised by ``init`` with a seeded generator."""
         config = SoftPromptConfig(
-            n_tokens=n_tokens,
+            n_slots=n_slots,
             d_model=model.cfg.d_model,
             init=init,
             init_text=init_text,
@@ -166,18 +166,18 @@ class SoftPrompt(HookedRootModule):
         w_e = _compat.embedding_matrix(model).detach().to("cpu", torch.float32)
         gen = torch.Generator().manual_seed(seed)
         if config.init is InitMode.RANDOM:
-            directions = torch.randn(n_tokens, w_e.shape[1], generator=gen)
+            directions = torch.randn(n_slots, w_e.shape[1], generator=gen)
             norm = w_e.norm(dim=-1).mean()
             vectors = directions / directions.norm(dim=-1, keepdim=True) * norm
         elif config.init is InitMode.SAMPLE_VOCAB:
-            ids = torch.randint(0, w_e.shape[0], (n_tokens,), generator=gen)
+            ids = torch.randint(0, w_e.shape[0], (n_slots,), generator=gen)
             vectors = w_e[ids]
         else:
             ids = model.tokenizer(init_text, add_special_tokens=False)["input_ids"]
             if not ids:
                 raise ValueError(f"init_text {init_text!r} tokenizes to nothing")
-            reps = -(-n_tokens // len(ids))
-            vectors = w_e[torch.tensor((ids * reps)[:n_tokens])]
+            reps = -(-n_slots // len(ids))
+            vectors = w_e[torch.tensor((ids * reps)[:n_slots])]
         prompt = cls(config, vectors)
         return prompt.to(_compat.embedding_matrix(model).device)
 

@@ -79,10 +79,10 @@ def train_logprobs(
     TransformerBridge takes the single pass. ``writer`` must be attached.
     """
     if _compat.is_bridge(model):
-        batch = next(iter_batches(model, encoded, writer.prompt.n_tokens, len(order), order=order))
+        batch = next(iter_batches(model, encoded, writer.prompt.n_slots, len(order), order=order))
         writer.start(batch)
         return completion_logprobs(model, batch)
-    prefix, prefix_mask, rest = split_batch(model, encoded, writer.prompt.n_tokens, order)
+    prefix, prefix_mask, rest = split_batch(model, encoded, writer.prompt.n_slots, order)
     with writer.paused():
         cache = prefill(model, prefix, prefix_mask)
     writer.start(rest)
@@ -96,7 +96,7 @@ def _mean_loss(
     losses = [
         scores.mean_loss
         for _, scores in batched_pass(
-            model, encoded, prompt.n_tokens, [prompt.writer()], batch_size=batch_size, logprobs=True
+            model, encoded, prompt.n_slots, [prompt.writer()], batch_size=batch_size, logprobs=True
         )
     ]
     return float(torch.cat(losses).mean())
@@ -106,7 +106,7 @@ def train_soft_prompt(
     model: Model,
     examples: Sequence[Example],
     *,
-    n_tokens: int = 20,
+    n_slots: int = 20,
     lr: float = 3e-3,
     steps: int | None = None,
     epochs: int | None = None,
@@ -125,7 +125,7 @@ def train_soft_prompt(
     chat_template: bool | None = None,
     progress: bool = True,
 ) -> SoftPrompt:
-    """Train ``n_tokens`` soft-prompt vectors on ``examples`` with the model frozen.
+    """Train ``n_slots`` soft-prompt vectors on ``examples`` with the model frozen.
 
     Give ``steps`` or ``epochs`` (default: 200 steps). With ``patience`` (needs
     ``val_examples``, which should be held out from ``examples``), training stops early on a
@@ -143,7 +143,7 @@ def train_soft_prompt(
     Args:
         model: a HookedTransformer or TransformerBridge; frozen while training, restored after.
         examples: the training examples (``Example``: instruction, completion, meta).
-        n_tokens: soft-prompt length (the paper: 20).
+        n_slots: soft-prompt length (the paper: 20).
         lr: AdamW learning rate (the paper: 3e-3).
         steps: optimizer steps, or the maximum with ``patience``; not with ``epochs``.
         epochs: passes over ``examples`` instead of ``steps``.
@@ -169,7 +169,7 @@ def train_soft_prompt(
         The trained ``SoftPrompt``; ``prompt.history`` and ``prompt.config.training`` say how.
     """
     options = _Options(
-        n_tokens=n_tokens, lr=lr, steps=steps, epochs=epochs, batch_size=batch_size, seed=seed,
+        n_slots=n_slots, lr=lr, steps=steps, epochs=epochs, batch_size=batch_size, seed=seed,
         weight_decay=weight_decay, init=init, init_text=init_text, eval_every=eval_every,
         patience=patience, restore_best=restore_best, min_delta=min_delta,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
@@ -187,7 +187,7 @@ class _Options:
     """``train_soft_prompt``'s settings other than the model and the data, as the caller gave
     them (its docstring says what each does)."""
 
-    n_tokens: int
+    n_slots: int
     lr: float
     steps: int | None
     epochs: int | None
@@ -212,7 +212,7 @@ class _Options:
                 validate.integer(field, value)
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
-        validate.integer("n_tokens", self.n_tokens, minimum=1, meaning="soft-prompt length")
+        validate.integer("n_slots", self.n_slots, minimum=1, meaning="soft-prompt length")
         validate.integer("batch_size", self.batch_size, minimum=1)
         validate.positive("lr", self.lr)
         validate.integer("checkpoint_every", self.checkpoint_every, minimum=1, meaning="steps")
@@ -242,7 +242,7 @@ class _Options:
         return {
             "model": getattr(model.cfg, "model_name", None),
             "d_model": model.cfg.d_model,
-            "n_tokens": self.n_tokens,
+            "n_slots": self.n_slots,
             "init": InitMode(self.init).value,
             "init_text": self.init_text,
             "lr": self.lr,
@@ -294,8 +294,8 @@ class _Run:
             val_examples = arguments.examples(val_examples, "val_examples")
         options.check()
         init = InitMode(options.init)
-        n_tokens, chat_template = options.n_tokens, options.chat_template
-        encoded = encode(model, examples, n_tokens, chat_template=chat_template)
+        n_slots, chat_template = options.n_slots, options.chat_template
+        encoded = encode(model, examples, n_slots, chat_template=chat_template)
         total_steps = options.total_steps(len(examples))
         patience = options.patience
         if patience is not None and (patience < 1 or not val_examples):
@@ -306,12 +306,12 @@ class _Run:
             )
         val_encoded = None
         if val_examples:
-            val_encoded = encode(model, list(val_examples), n_tokens, chat_template=chat_template)
+            val_encoded = encode(model, list(val_examples), n_slots, chat_template=chat_template)
         eval_every = options.eval_every or max(1, total_steps // 10)
         settings = options.settings(model, examples, val_examples, total_steps, eval_every)
 
         prompt = SoftPrompt.init_for(
-            model, n_tokens, init=init, init_text=options.init_text, seed=options.seed
+            model, n_slots, init=init, init_text=options.init_text, seed=options.seed
         )
         prompt.config.training = settings
         optimizer = torch.optim.AdamW(
@@ -517,7 +517,7 @@ def _read_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
         problems.append(f"its history ends at step {trained[-1] if trained else 0}")
     if adam_steps != {step}:
         problems.append(f"its optimizer state is at step {sorted(adam_steps)}")
-    shape = (settings["n_tokens"], settings["d_model"])
+    shape = (settings["n_slots"], settings["d_model"])
     if tuple(embedding.shape) != shape or not torch.isfinite(embedding).all():
         problems.append(f"its prompt is not a finite {shape} tensor")
     if problems:

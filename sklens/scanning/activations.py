@@ -99,13 +99,13 @@ def slot_activations(
         raise ValueError("no neurons were given")
     examples = list(examples)
     prompt.check_fits(model)
-    encoded = encode(model, examples, prompt.n_tokens, chat_template=chat_template)
+    encoded = encode(model, examples, prompt.n_slots, chat_template=chat_template)
     reader = NeuronReader(neurons, slots_only=True)
-    out = torch.empty(len(examples), len(neurons), prompt.n_tokens)
+    out = torch.empty(len(examples), len(neurons), prompt.n_slots)
     for batch, _ in batched_pass(
         model,
         encoded,
-        prompt.n_tokens,
+        prompt.n_slots,
         [prompt.writer(), reader],
         batch_size=batch_size,
         stop_after=reader.last_hook,
@@ -229,10 +229,10 @@ def top_examples(
     )[:, 0]  # (N, k)
     if slot is None:
         values = acts.mean(-1)
-    elif 0 <= slot < prompt.n_tokens:
+    elif 0 <= slot < prompt.n_slots:
         values = acts[:, slot]
     else:
-        raise ValueError(f"slot must be in 0..{prompt.n_tokens - 1} or None, got {slot}")
+        raise ValueError(f"slot must be in 0..{prompt.n_slots - 1} or None, got {slot}")
     order = values.argsort(descending=largest)[: min(n, len(examples))]
     rows = [
         {"rank": rank, **example_record(examples[idx], idx, float(values[idx]))}

@@ -78,7 +78,7 @@ def scan_activations(
         n_units=d,
         site=site_of(site).name,
         layers=tuple(range(n_layers)),
-        n_tokens=k,
+        n_slots=k,
         metric="values",
         n_examples=n,
         n_permutations=n_permutations,

@@ -294,10 +294,10 @@ class Scan:
         j = self.layers.index(layer) if layer in self.layers else None
         if j is None:
             raise KeyError(f"layer {layer} was not scanned; this scan has layers {self.layers}")
-        if not 0 <= slot < self.settings.n_tokens or not 0 <= neuron < self.settings.n_units:
+        if not 0 <= slot < self.settings.n_slots or not 0 <= neuron < self.settings.n_units:
             raise ValueError(
                 f"neuron must be in 0..{self.settings.n_units - 1} and slot in "
-                f"0..{self.settings.n_tokens - 1}, got neuron={neuron}, slot={slot}"
+                f"0..{self.settings.n_slots - 1}, got neuron={neuron}, slot={slot}"
             )
         ex = self.extremes
         values, rows = (ex.values, ex.rows) if largest else (ex.low_values, ex.low_rows)
@@ -382,7 +382,7 @@ class Scan:
         s = self.settings
         return (
             f"Scan(metric={s.metric!r}, n={self.n}, layers={len(self.layers)}, "
-            f"site={s.site!r}, n_units={s.n_units}, n_tokens={s.n_tokens}, model={s.model_name!r})"
+            f"site={s.site!r}, n_units={s.n_units}, n_slots={s.n_slots}, model={s.model_name!r})"
         )
 
     def _repr_html_(self) -> str:
@@ -402,7 +402,7 @@ def _check_tensors(tensors: dict[str, Tensor], settings: ScanSettings) -> None:
     plausible-looking correlations, or NaN ones that ``top_k`` silently skips.
     """
     n = settings.n_examples
-    grid = (len(settings.layers), settings.n_units, settings.n_tokens)
+    grid = (len(settings.layers), settings.n_units, settings.n_slots)
     moments: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
         "n": ((), torch.int64),
         "mean_a": (grid, torch.float64),

@@ -475,7 +475,7 @@ def _settings(plan: _Plan) -> ScanSettings:
         n_units=plan.site.size,
         site=plan.site.name,
         layers=tuple(plan.layers),
-        n_tokens=max(plan.n_slots, 1),
+        n_slots=max(plan.n_slots, 1),
         prompt=None
         if prompt is None
         else {

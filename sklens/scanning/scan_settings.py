@@ -11,14 +11,14 @@ class ScanSettings:
     """What made a scan: the model's shape, the site read, the metric, the data and the null.
 
     Saved with the scan (``Scan.save``, as JSON in the safetensors header) and compared on
-    ``--resume``; reads as attributes (``settings.n_tokens``). ``n_tokens`` is the number of
+    ``--resume``; reads as attributes (``settings.n_slots``). ``n_slots`` is the number of
     slots read per example (1 for the last-instruction-token baseline).
     """
 
     n_layers: int
     n_units: int  # units per layer at the site (d_mlp for MLP neurons)
     layers: tuple[int, ...]
-    n_tokens: int
+    n_slots: int
     metric: str
     n_examples: int
     positions: str  # soft_prompt | last_instruction_token | precomputed

@@ -115,7 +115,7 @@ def test_case_81_summary_from_another_version(tmp_path, capsys):
     ("edit", "detail"),
     [
         ({"d_model": 32}, "embedding has shape (4, 64), config says (4, 32)"),
-        ({"n_tokens": 0}, "n_tokens must be at least 1"),
+        ({"n_slots": 0}, "n_slots must be at least 1"),
         ("history", "'history' must be a list"),
     ],
 )

@@ -43,7 +43,7 @@ TABLES = (
 # what differs between two runs of the same settings: where, when and the settings' own layout
 VOLATILE = {"config", "versions", "timings_s", "fingerprints"}
 FLAGS = [
-    "--task", "skillmix", "--steps", "3", "--n-train", "16", "--n-val", "16", "--n-tokens", "3",
+    "--task", "skillmix", "--steps", "3", "--n-train", "16", "--n-val", "16", "--n-slots", "3",
     "--batch-size", "4", "--top-k", "3", "--n-extremal", "2", "--n-plateau", "4",
     "--eval-every", "2", "--n-confirm", "8", "--permutations", "19", "--seeds", "0,1",
     "--measures", "spearman,auroc,eta_squared", "--mi-bins", "3", "--ablate", "--n-causal", "8",

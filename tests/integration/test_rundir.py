@@ -44,7 +44,7 @@ class _Steps:
 def test_resume_recomputes_what_another_model_or_prompt_length_changes(
     qwen_dir, llama_dir, tmp_path, monkeypatch
 ):
-    """#88: --resume --model LLAMA reused qwen2's prompt and scan; #86: --n-tokens crashed."""
+    """#88: --resume --model LLAMA reused qwen2's prompt and scan; #86: --n-slots crashed."""
     out = tmp_path / "run"
     assert main(study_args(qwen_dir, out)) == 0
     qwen_scan = sklens.Scan.load(out / "scan.safetensors")
@@ -61,9 +61,9 @@ def test_resume_recomputes_what_another_model_or_prompt_length_changes(
     assert scan.settings.model_name == llama_name != qwen_scan.settings.model_name
     assert json.loads((out / "summary.json").read_text())["model"]["name"] == llama_name
 
-    assert main(study_args(llama_dir, out, "--resume", "--n-tokens", "4")) == 0
-    assert sklens.SoftPrompt.load(out / "prompt").n_tokens == 4
-    assert sklens.Scan.load(out / "scan.safetensors").settings.n_tokens == 4
+    assert main(study_args(llama_dir, out, "--resume", "--n-slots", "4")) == 0
+    assert sklens.SoftPrompt.load(out / "prompt").n_slots == 4
+    assert sklens.Scan.load(out / "scan.safetensors").settings.n_slots == 4
     assert rundir.mismatched_files(out) == []
 
 

@@ -191,12 +191,12 @@ def test_case_10_metric_values_that_are_not_numbers(qwen, examples):
         sklens.scan(qwen, prompt, examples, parity, progress=False)
 
 
-def test_case_16_fractional_n_tokens(qwen, examples):
+def test_case_16_fractional_n_slots(qwen, examples):
     # unwrapped: under pytest, jaxtyping would refuse the float before sklens sees it (users
     # run without that check)
     train = inspect.unwrap(sklens.train_soft_prompt)
-    with pytest.raises(TypeError, match="n_tokens must be a whole number .* got 2.5"):
-        train(qwen, examples, n_tokens=2.5, steps=1, progress=False)
+    with pytest.raises(TypeError, match="n_slots must be a whole number .* got 2.5"):
+        train(qwen, examples, n_slots=2.5, steps=1, progress=False)
 
 
 @pytest.fixture

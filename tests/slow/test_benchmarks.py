@@ -33,7 +33,7 @@ def test_benchmark_runs(qwen_dir, tmp_path, script, extra):
         "cpu",
         "--repeats",
         "1",
-        "--n-tokens",
+        "--n-slots",
         "3",
         "--results",
         str(tmp_path),
@@ -47,7 +47,7 @@ def test_benchmark_runs(qwen_dir, tmp_path, script, extra):
 
 def test_profile_script_runs(qwen_dir):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "profile_train_step.py")]
-    cmd += ["--model", str(qwen_dir), "--device", "cpu", "--n-tokens", "3", "--batch-size", "2"]
+    cmd += ["--model", str(qwen_dir), "--device", "cpu", "--n-slots", "3", "--batch-size", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sklens  forward" in proc.stdout and "Self CPU" in proc.stdout

@@ -345,7 +345,7 @@ def test_choices_share_one_pass_over_the_question_and_give_the_same_numbers(qwen
     # the shared pass is HookedTransformer's (TransformerLens 4 has only the bridge, which is
     # scored whole); the numbers below must hold either way
     assert bool(calls) == (type(qwen).__name__ == "HookedTransformer")
-    n = prompt.n_tokens
+    n = prompt.n_slots
     for k, e in enumerate(ex):
         totals, means = [], []
         for c in e.meta["choices"]:

@@ -21,10 +21,10 @@ from tests.helpers import ROOT, needs_hooked
 def _scores(model, prompt, examples, hooks, batch_size=4):
     """Per example: (total log-probability, mean loss) of its completion under ``hooks``, each
     a function of the batch giving ``(hook name, fn)`` pairs."""
-    encoded = encode(model, examples, prompt.n_tokens)
+    encoded = encode(model, examples, prompt.n_slots)
     total, loss = [], []
     with torch.no_grad(), prompt.attached(model) as writer:
-        for batch in iter_batches(model, encoded, prompt.n_tokens, batch_size):
+        for batch in iter_batches(model, encoded, prompt.n_slots, batch_size):
             writer.start(batch)
             with model.hooks(fwd_hooks=[h for make in hooks for h in make(batch)]):
                 scores = completion_logprobs(model, batch)
@@ -173,7 +173,7 @@ def test_a_planted_causal_unit_ranks_first_and_a_silent_tracker_gets_zero(qwen, 
     layer, neuron = _planted(qwen, data)
     with torch.no_grad():
         qwen.blocks[t_layer].mlp.W_out[t_neuron] = 0.0  # tracks the label, writes nothing
-    last = prompt.n_tokens - 1  # the slot that predicts the completion's first token
+    last = prompt.n_slots - 1  # the slot that predicts the completion's first token
     exact = float(by_hand(qwen, prompt, data, (layer, neuron, last), "logprob", "zero").mean())
     assert exact < -1.0  # ablating it costs the completion more than a nat
     result = sklens.attribute(
@@ -266,7 +266,7 @@ def test_bad_input_is_refused_before_any_pass(qwen, examples, monkeypatch, kwarg
     kwargs = dict(kwargs)
     data = examples[: kwargs.pop("n_examples", 4)]
     width = kwargs.pop("width", qwen.cfg.d_model)
-    prompt = sklens.SoftPrompt(sklens.SoftPromptConfig(n_tokens=2, d_model=width))
+    prompt = sklens.SoftPrompt(sklens.SoftPromptConfig(n_slots=2, d_model=width))
     _refuse_passes(qwen, monkeypatch)
     with pytest.raises(ValueError, match=match) as err:
         sklens.attribute(qwen, prompt, data, progress=False, **kwargs)
@@ -337,7 +337,7 @@ def test_the_benchmark_runs_on_the_tiny_model(tmp_path):
     import sys
 
     cmd = [sys.executable, str(ROOT / "benchmarks" / "attribution.py"), "--model", "tiny"]
-    cmd += ["--device", "cpu", "--repeats", "1", "--n-tokens", "2", "--results", str(tmp_path)]
+    cmd += ["--device", "cpu", "--repeats", "1", "--n-slots", "2", "--results", str(tmp_path)]
     cmd += ["--n", "6", "--n-train", "6", "--train-steps", "2", "--batch-size", "3"]
     cmd += ["--estimators", "atp,ig:2x4", "--n-top", "3", "--n-random", "3", "--per-layer", "1"]
     cmd += ["--n-low", "3"]

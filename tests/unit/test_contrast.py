@@ -324,8 +324,8 @@ def test_a_no_prompt_baseline_without_room_fails_before_training(
     """Skill-Mix instructions are tens of tokens long: 200 slots leave too few before them."""
     forbid_work(monkeypatch, ("train_soft_prompt", "scan"))
     args = study_args(qwen_dir, tmp_path / "o")
-    args[args.index("--n-tokens") + 1] = "200"
+    args[args.index("--n-slots") + 1] = "200"
     assert main([*args, "--contrast", "no_prompt"]) == 2
     err = capsys.readouterr().err
     assert "--contrast no_prompt reads the last 200 positions before the slots" in err
-    assert "drop no_prompt or lower --n-tokens" in err
+    assert "drop no_prompt or lower --n-slots" in err

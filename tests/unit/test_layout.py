@@ -117,7 +117,7 @@ def test_training_holds_the_layout_and_leaves_the_weights_as_they_were(qwen, exa
 
     def train():  # 6 steps, each a pass over the instruction and one over slots and completion
         sklens.train_soft_prompt(
-            qwen, examples[:16], n_tokens=2, steps=6, batch_size=4, progress=False
+            qwen, examples[:16], n_slots=2, steps=6, batch_size=4, progress=False
         )
 
     assert _weight_copies(qwen, train) <= 2 * per_pass  # not once per pass (12 passes)

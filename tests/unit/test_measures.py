@@ -154,7 +154,7 @@ def test_seed_stability_reports_overlap_and_consensus(qwen, examples):
         metrics.label("a"),
         seeds=(0, 1),
         k=5,
-        n_tokens=3,
+        n_slots=3,
         steps=2,
         progress=False,
     )

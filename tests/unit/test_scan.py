@@ -100,8 +100,8 @@ def test_layer_subset(qwen, prompt, examples):
 def test_bridge_and_hooked_agree(qwen_dir, examples):
     hooked = sklens.load_model(qwen_dir, device="cpu")
     bridge = sklens.load_model(qwen_dir, backend="bridge", device="cpu")
-    prompt = sklens.train_soft_prompt(hooked, examples[:16], n_tokens=3, steps=3, progress=False)
-    prompt_b = sklens.train_soft_prompt(bridge, examples[:16], n_tokens=3, steps=3, progress=False)
+    prompt = sklens.train_soft_prompt(hooked, examples[:16], n_slots=3, steps=3, progress=False)
+    prompt_b = sklens.train_soft_prompt(bridge, examples[:16], n_slots=3, steps=3, progress=False)
     torch.testing.assert_close(prompt.embedding, prompt_b.embedding, rtol=0, atol=1e-5)
     a = sklens.scan(hooked, prompt, examples, metrics.loss(), progress=False)
     b = sklens.scan(bridge, prompt, examples, metrics.loss(), progress=False)

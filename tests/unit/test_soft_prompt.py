@@ -33,13 +33,13 @@ def test_init_modes(qwen):
 
 def test_config_errors():
     with pytest.raises(ValueError, match="needs init_text"):
-        SoftPromptConfig(n_tokens=3, d_model=8, init="text")
+        SoftPromptConfig(n_slots=3, d_model=8, init="text")
     with pytest.raises(ValueError, match="only used with init='text'"):
-        SoftPromptConfig(n_tokens=3, d_model=8, init="random", init_text="hi")
-    with pytest.raises(ValueError, match="n_tokens must be at least 1"):
-        SoftPromptConfig(n_tokens=0, d_model=8)
+        SoftPromptConfig(n_slots=3, d_model=8, init="random", init_text="hi")
+    with pytest.raises(ValueError, match="n_slots must be at least 1"):
+        SoftPromptConfig(n_slots=0, d_model=8)
     with pytest.raises(ValueError, match="init must be one of 'random', 'text', 'sample_vocab'"):
-        SoftPromptConfig(n_tokens=3, d_model=8, init="bogus")
+        SoftPromptConfig(n_slots=3, d_model=8, init="bogus")
 
 
 def test_save_load_roundtrip(qwen, tmp_path):
@@ -55,7 +55,7 @@ def test_save_load_roundtrip(qwen, tmp_path):
 
 
 def test_load_into_another_width_fails(qwen, tmp_path):
-    config = SoftPromptConfig(n_tokens=4, d_model=32, model_name="other")
+    config = SoftPromptConfig(n_slots=4, d_model=32, model_name="other")
     SoftPrompt(config).save(tmp_path / "p")
     with pytest.raises(ValueError, match="d_model=32 .* the model has d_model=64"):
         SoftPrompt.load(tmp_path / "p", qwen)
@@ -82,7 +82,7 @@ def test_non_finite_or_edited_prompt_files_are_refused(qwen, tmp_path):
     with pytest.raises(ValueError, match="soft_prompt.safetensors holds NaN or infinite values"):
         SoftPrompt.load(tmp_path / "p")
     prompt.save(tmp_path / "p")
-    for edit in ({"d_model": 32}, {"n_tokens": 0}):
+    for edit in ({"d_model": 32}, {"n_slots": 0}):
         saved = json.loads(original)
         saved["config"].update(edit)
         config.write_text(json.dumps(saved))

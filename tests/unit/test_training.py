@@ -64,7 +64,7 @@ def test_training_freezes_weights_and_reduces_loss(qwen, examples):
     prompt = sklens.train_soft_prompt(
         qwen,
         examples[:32],
-        n_tokens=4,
+        n_slots=4,
         steps=30,
         lr=3e-2,
         batch_size=8,
@@ -91,7 +91,7 @@ def test_instruction_positions_unaffected_completion_positions_affected(qwen, ex
 
 
 def test_training_is_deterministic_for_a_seed(qwen, examples):
-    kw = dict(n_tokens=3, steps=6, batch_size=4, progress=False)
+    kw = dict(n_slots=3, steps=6, batch_size=4, progress=False)
     p1 = sklens.train_soft_prompt(qwen, examples[:16], seed=5, **kw)
     p2 = sklens.train_soft_prompt(qwen, examples[:16], seed=5, **kw)
     p3 = sklens.train_soft_prompt(qwen, examples[:16], seed=6, **kw)
@@ -100,7 +100,7 @@ def test_training_is_deterministic_for_a_seed(qwen, examples):
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(qwen, examples, tmp_path, monkeypatch):
-    kw = dict(n_tokens=3, batch_size=4, seed=1, steps=10, progress=False, checkpoint_every=4)
+    kw = dict(n_slots=3, batch_size=4, seed=1, steps=10, progress=False, checkpoint_every=4)
     full = sklens.train_soft_prompt(qwen, examples[:16], **kw)
 
     real_step, calls = torch.optim.AdamW.step, {"n": 0}
@@ -123,7 +123,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(qwen, examples, tmp_pat
 
 
 def test_resume_refuses_other_settings(qwen, examples, tmp_path):
-    kw = dict(n_tokens=3, batch_size=4, progress=False, checkpoint_dir=tmp_path)
+    kw = dict(n_slots=3, batch_size=4, progress=False, checkpoint_dir=tmp_path)
     sklens.train_soft_prompt(qwen, examples[:8], steps=2, lr=1e-3, **kw)
     with pytest.raises(ValueError, match="other settings \\(lr\\)"):
         sklens.train_soft_prompt(qwen, examples[:8], steps=2, lr=2e-3, **kw)
@@ -154,7 +154,7 @@ def test_training_stops_on_a_plateau_and_a_resume_stops_there_too(qwen, examples
     better by min_delta: training stops after patience × eval_every steps, not at `steps`; a
     second call on the same checkpoint trains no further."""
     kw = dict(
-        n_tokens=3,
+        n_slots=3,
         lr=1e-9,
         steps=100,
         batch_size=4,
@@ -231,7 +231,7 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_prompt(tmp_path):
 
 
 def test_a_corrupted_or_inconsistent_checkpoint_is_refused(qwen, examples, tmp_path):
-    kw = dict(n_tokens=3, batch_size=4, steps=2, progress=False, checkpoint_dir=tmp_path)
+    kw = dict(n_slots=3, batch_size=4, steps=2, progress=False, checkpoint_dir=tmp_path)
     sklens.train_soft_prompt(qwen, examples[:8], **kw)
     path = tmp_path / "checkpoint.pt"
     state = torch.load(path, weights_only=True)
@@ -248,20 +248,20 @@ def test_a_corrupted_or_inconsistent_checkpoint_is_refused(qwen, examples, tmp_p
 
 def test_resume_refuses_another_model_or_prompt_length(qwen, llama, examples, tmp_path):
     kw = dict(batch_size=4, steps=2, progress=False, checkpoint_dir=tmp_path)
-    sklens.train_soft_prompt(qwen, examples[:8], n_tokens=3, **kw)
+    sklens.train_soft_prompt(qwen, examples[:8], n_slots=3, **kw)
     with pytest.raises(
         ValueError, match=r"other settings \(d_model, model\)|other settings \(model\)"
     ):
-        sklens.train_soft_prompt(llama, examples[:8], n_tokens=3, **kw)
-    with pytest.raises(ValueError, match=r"other settings \(n_tokens\)"):
-        sklens.train_soft_prompt(qwen, examples[:8], n_tokens=4, **kw)
+        sklens.train_soft_prompt(llama, examples[:8], n_slots=3, **kw)
+    with pytest.raises(ValueError, match=r"other settings \(n_slots\)"):
+        sklens.train_soft_prompt(qwen, examples[:8], n_slots=4, **kw)
 
 
 def test_non_finite_training_is_refused(qwen, examples):
     with pytest.raises(ValueError, match="lr must be a finite number above 0"):
         sklens.train_soft_prompt(qwen, examples[:8], steps=2, lr=float("inf"), progress=False)
     with pytest.raises(RuntimeError, match=r"training diverged: .* step \d+ .*lower the learning"):
-        sklens.train_soft_prompt(qwen, examples[:8], n_tokens=3, steps=5, lr=1e30, progress=False)
+        sklens.train_soft_prompt(qwen, examples[:8], n_slots=3, steps=5, lr=1e30, progress=False)
 
 
 def _scripted_losses(monkeypatch, losses):
@@ -285,7 +285,7 @@ def test_training_keeps_the_best_prompt_not_the_last(qwen, examples, monkeypatch
     is the best evaluation's, and ``kept_step`` says which."""
     seen = _scripted_losses(monkeypatch, [3.0, 1.0, 2.0, 2.5, 2.7])  # best at step 1
     prompt = sklens.train_soft_prompt(
-        qwen, examples[:8], n_tokens=3, steps=10, val_examples=examples[8:12], eval_every=1,
+        qwen, examples[:8], n_slots=3, steps=10, val_examples=examples[8:12], eval_every=1,
         patience=2, restore_best=restore_best, progress=False,
     )  # fmt: skip
     assert plateau(prompt.history, 2)["best_step"] == 1 and len(seen) == 4  # stopped at step 3
@@ -297,7 +297,7 @@ def test_training_keeps_the_best_prompt_not_the_last(qwen, examples, monkeypatch
 
 def test_a_resumed_training_keeps_the_same_best_prompt(qwen, examples, tmp_path, monkeypatch):
     losses = [3.0, 1.0, 2.0, 2.5, 2.7]
-    kwargs = dict(n_tokens=3, steps=10, val_examples=examples[8:12], eval_every=1, patience=2,
+    kwargs = dict(n_slots=3, steps=10, val_examples=examples[8:12], eval_every=1, patience=2,
                   checkpoint_every=1, progress=False)  # fmt: skip
     _scripted_losses(monkeypatch, losses)
     whole = sklens.train_soft_prompt(qwen, examples[:8], **kwargs)
