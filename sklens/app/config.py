@@ -172,7 +172,7 @@ class ConfirmConfig:
     contrast: tuple[str, ...] = ()  # e.g. ("untrained", "no_prompt"): sklens.contrast per unit
     bootstrap: int = 0  # B > 0: sklens.selection_stability of the top-K, B resamples
     basis_rotations: int = 0  # R > 0: sklens.basis_test of the top-K against R random bases
-    behaviour_by: str | None = None  # a meta field: the model's behaviour per group (sklens.behaviour)
+    behaviour_by: str | None = None  # a meta field: sklens.behaviour per group
     behaviour_where: str | None = None  # "FIELD=VALUE": only those examples, e.g. operation=...
 
     def __post_init__(self) -> None:

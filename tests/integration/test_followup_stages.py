@@ -19,7 +19,7 @@ from tests.helpers import forbid_work, run_args
 def _args(qwen_dir, out, *extra):
     return run_args(
         *extra, task="arithmetic", model=qwen_dir, out=out, n_train=16, n_val=24, n_confirm=24,
-        n_tokens=2, batch_size=8, eval_every=2, quiet=True,
+        n_slots=2, batch_size=8, eval_every=2, quiet=True,
     )  # fmt: skip
 
 
