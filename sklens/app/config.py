@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args, get_type_hints
 
 from sklens import validate
 from sklens.validate import assign, name
@@ -48,10 +48,27 @@ MIN_ROTATIONS = 19  # p_rotation = (1 + beaten) / (R + 1) reaches 0.05 from R = 
 _WHERE = {"device"}
 
 
-def _minimums(config: Any, rules: tuple[tuple[str, int, str], ...]) -> None:
-    """Each ``(field, minimum, meaning)`` of ``rules`` a whole number of at least ``minimum``."""
-    for f, minimum, meaning in rules:
-        validate.integer(f, getattr(config, f), minimum=minimum, meaning=meaning)
+def count(default: int, minimum: int, meaning: str) -> Any:
+    """A whole-number field of at least ``minimum``, its bound and meaning beside it, checked by
+    ``_check_fields`` with an error that says what the number counts."""
+    return field(default=default, metadata={"minimum": minimum, "meaning": meaning})
+
+
+def items(example: str, default: tuple[Any, ...] = ()) -> Any:
+    """A tuple field, its element type the annotation's (``tuple[int, ...]``), checked by
+    ``_check_fields``; ``example`` is a value its errors suggest."""
+    return field(default=default, metadata={"example": example})
+
+
+def _check_fields(config: Any) -> None:
+    """Every ``count`` field of ``config`` a whole number of at least its minimum, and every
+    ``items`` field a tuple of its element type (a list is taken as the tuple it holds)."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        if "minimum" in f.metadata:
+            validate.integer(f.name, getattr(config, f.name), **f.metadata)
+        elif "example" in f.metadata:
+            _tuple_of(config, f.name, get_args(hints[f.name])[0], f.metadata["example"])
 
 
 def _off_or_at_least(
@@ -88,24 +105,15 @@ class TrainConfig:
     """How the soft prompt is trained (``sklens.train_soft_prompt``): its length, the most steps,
     the learning rate and the plateau rule on a held-out slice of the training examples."""
 
-    n_slots: int = 20
-    steps: int = 150  # the maximum: training stops earlier on a plateau
-    patience: int = 2  # evaluations without a better plateau-slice loss; 0 trains all `steps`
-    eval_every: int = 10  # steps between evaluations of the plateau slice
+    n_slots: int = count(20, 1, "soft-prompt length")
+    steps: int = count(150, 1, "training steps")  # the most: training stops earlier on a plateau
+    patience: int = count(2, 0, "evaluations without improvement before training stops; 0: never")
+    eval_every: int = count(10, 1, "training steps between plateau evaluations")
     lr: float = 3e-3
-    n_plateau: int = 32  # training examples held out to detect the plateau
+    n_plateau: int = count(32, 0, "training examples held out to detect the plateau")
 
     def __post_init__(self) -> None:
-        _minimums(
-            self,
-            (
-                ("n_slots", 1, "soft-prompt length"),
-                ("steps", 1, "training steps"),
-                ("patience", 0, "evaluations without improvement before training stops; 0: never"),
-                ("eval_every", 1, "training steps between plateau evaluations"),
-                ("n_plateau", 0, "training examples held out to detect the plateau"),
-            ),
-        )
+        _check_fields(self)
         validate.positive("lr", self.lr)
 
 
@@ -139,19 +147,13 @@ class SelectConfig:
     """Which units the study reports: the top-K by the ranking rule, with their extremal
     examples."""
 
-    top_k: int = 10
+    top_k: int = count(10, 1, "how many top neurons to report")
     reduce: str = "max"  # a sklens.vocabulary.Reduce, checked here
-    n_extremal: int = 5
+    n_extremal: int = count(5, 1, "examples shown per neuron and direction")
 
     def __post_init__(self) -> None:
         validate.choice("reduce", self.reduce, REDUCE_RULES)
-        _minimums(
-            self,
-            (
-                ("top_k", 1, "how many top neurons to report"),
-                ("n_extremal", 1, "examples shown per neuron and direction"),
-            ),
-        )
+        _check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -165,27 +167,18 @@ class ConfirmConfig:
     the prompt never trained on, those of ``behaviour_where`` only), with and without the
     prompt."""
 
-    n_confirm: int = 80
-    measures: tuple[str, ...] = ()  # e.g. ("spearman", "auroc", "partial_pearson")
-    covariates: tuple[str, ...] = ()  # numeric meta fields for partial_pearson
-    seeds: tuple[int, ...] = ()  # e.g. (0, 1, 2): seed stability of the top-K
-    contrast: tuple[str, ...] = ()  # e.g. ("untrained", "no_prompt"): sklens.contrast per unit
+    n_confirm: int = count(80, 0, "examples that re-measure the top-K; 0 skips the confirmation")
+    measures: tuple[str, ...] = items("('spearman', 'auroc')")  # also: "partial_pearson"
+    covariates: tuple[str, ...] = items("('n_digits',)")  # numeric meta fields for partial_pearson
+    seeds: tuple[int, ...] = items("(0, 1, 2)")  # seed stability of the top-K
+    contrast: tuple[str, ...] = items("('untrained', 'no_prompt')")  # sklens.contrast per unit
     bootstrap: int = 0  # B > 0: sklens.selection_stability of the top-K, B resamples
     basis_rotations: int = 0  # R > 0: sklens.basis_test of the top-K against R random bases
     behaviour_by: str | None = None  # a meta field: sklens.behaviour per group
     behaviour_where: str | None = None  # "FIELD=VALUE": only those examples, e.g. operation=...
 
     def __post_init__(self) -> None:
-        validate.integer(
-            "n_confirm",
-            self.n_confirm,
-            minimum=0,
-            meaning="examples that re-measure the top-K; 0 skips the confirmation",
-        )
-        _tuple_of(self, "measures", str, "('spearman', 'auroc')")
-        _tuple_of(self, "covariates", str, "('n_digits',)")
-        _tuple_of(self, "seeds", int, "(0, 1, 2)")
-        _tuple_of(self, "contrast", str, "('untrained', 'no_prompt')")
+        _check_fields(self)
         validate.choices("measures", ",".join(self.measures), MEASURES)
         validate.choices("contrast", ",".join(self.contrast), BASELINES)
         if len(set(self.contrast)) < len(self.contrast):
@@ -265,33 +258,22 @@ class CausalConfig:
     with the two default modes."""
 
     ablate: bool = False
-    ablate_modes: tuple[str, ...] = ("zero", "mean")
-    n_random: int = 199
-    n_causal: int = 48
+    ablate_modes: tuple[str, ...] = items("('zero', 'mean')", ("zero", "mean"))
+    n_random: int = count(199, 1, "random neuron sets in the causal check")
+    n_causal: int = count(48, 2, "examples in the causal check")
     stratify: bool = True  # the causal split balanced over the task's groups (e.g. operation)
     match_scale: bool = True  # random control units matched in mean |activation|
     match_score: bool = True  # ... and drawn from their selected unit's decile of |score|
     positive_control: bool = True  # the attribution's top-K, else every unit of the layers
-    dose_response: tuple[int, ...] = ()  # e.g. (1, 2, 5, 10): the top-k ablated for each k
-    steering: tuple[float, ...] = ()  # e.g. (0, 0.5, 2, 4)
-    steering_random: int = 20
+    dose_response: tuple[int, ...] = items("(1, 2, 5, 10)")  # the top-k ablated for each k
+    steering: tuple[float, ...] = items("(0, 0.5, 2, 4)")  # factors that scale the top-K
+    steering_random: int = count(20, 1, "random sets the steering curve compares with")
     attribute: bool = False
-    counterfactual: tuple[str, ...] = ()  # named edits (sklens.edits.NAMED), e.g. ("hans_twin",)
+    counterfactual: tuple[str, ...] = items("('hans_twin',)")  # named edits: sklens.edits.NAMED
     score_choices: bool = True  # False: the causal check measures the loss only, no choice
 
     def __post_init__(self) -> None:
-        _minimums(
-            self,
-            (
-                ("n_random", 1, "random neuron sets in the causal check"),
-                ("n_causal", 2, "examples in the causal check"),
-                ("steering_random", 1, "random sets the steering curve compares with"),
-            ),
-        )
-        _tuple_of(self, "ablate_modes", str, "('zero', 'mean')")
-        _tuple_of(self, "steering", float, "(0, 0.5, 2, 4)")
-        _tuple_of(self, "dose_response", int, "(1, 2, 5, 10)")
-        _tuple_of(self, "counterfactual", str, "('last_digit_decides',)")
+        _check_fields(self)
         validate.choices("ablate_modes", ",".join(self.ablate_modes), ABLATION_MODES)
         validate.choices("counterfactual", ",".join(self.counterfactual), EDIT_NAMES)
         if any(k < 1 for k in self.dose_response):
@@ -322,9 +304,10 @@ class StudyConfig:
     backend: str = "auto"  # hooked where HookedTransformer loads the model, else bridge
     device: str | None = None
     seed: int = 0  # the data split, the prompt's initialisation and every random control
-    batch_size: int = 8
-    n_train: int = 240  # includes the plateau slice
-    n_val: int = 160  # the selection set: the scan that picks the top-K
+    batch_size: int = count(8, 1, "examples per forward pass")
+    n_train: int = count(240, 1, "training examples")  # includes the plateau slice
+    # the selection set: the scan that picks the top-K
+    n_val: int = count(160, validate.MIN_SCAN, "validation examples; a correlation needs 3")
     train: TrainConfig = field(default_factory=TrainConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
@@ -341,14 +324,7 @@ class StudyConfig:
                 object.__setattr__(self, f, str(Path(value).absolute()))
         validate.choice("backend", self.backend, BACKENDS)
         validate.device(self.device)
-        _minimums(
-            self,
-            (
-                ("batch_size", 1, "examples per forward pass"),
-                ("n_train", 1, "training examples"),
-                ("n_val", validate.MIN_SCAN, "validation examples; a correlation needs 3"),
-            ),
-        )
+        _check_fields(self)
         validate.integer("seed", self.seed)
         for stage, kind in _STAGE_TYPES.items():
             if not isinstance(getattr(self, stage), kind):
