@@ -16,7 +16,7 @@ cells = [
         "from sklens import figures, metrics\n"
         "from sklens.data import bigbench_arithmetic, train_val_split\n\n"
         "SMALL = os.environ.get('SKLENS_DEMO_SIZE') == 'small'\n"
-        "STEPS, N_TRAIN, N_VAL, N_TOKENS = (2, 16, 24, 4) if SMALL else (30, 240, 160, 20)"
+        "STEPS, N_TRAIN, N_VAL, N_SLOTS = (2, 16, 24, 4) if SMALL else (30, 240, 160, 20)"
     ),
     nbf.v4.new_code_cell(
         "model = sklens.load_model()  # smollm2-135m-instruct, dequantised once\nmodel.cfg.n_layers, model.cfg.d_mlp"
@@ -28,7 +28,7 @@ cells = [
         "val[0].meta"
     ),
     nbf.v4.new_code_cell(
-        "prompt = sklens.train_soft_prompt(model, train, n_tokens=N_TOKENS, steps=STEPS, seed=0, val_examples=val[:16])\n"
+        "prompt = sklens.train_soft_prompt(model, train, n_slots=N_SLOTS, steps=STEPS, seed=0, val_examples=val[:16])\n"
         "figures.training_curve(prompt.history)"
     ),
     nbf.v4.new_markdown_cell(

@@ -1,11 +1,12 @@
 """Writes docs/reproduction.md from the three studies' results.json files.
 
-    python demos/rq1_skillmix.py --docs && python demos/rq2_hans.py --docs \\
-        && python demos/rq3_arithmetic.py --docs
-    python demos/make_reproduction_doc.py demo-out/rq1 demo-out/rq2 demo-out/rq3
-    # with the --size full runs beside them (the plain account then reads the full runs):
-    python demos/make_reproduction_doc.py demo-out/rq1 demo-out/rq2 demo-out/rq3 \\
-        --full runs/rq1-full runs/rq2-full runs/rq3-full
+    python demos/make_reproduction_doc.py docs/reproduction/rq1 docs/reproduction/rq2 \\
+        docs/reproduction/rq3 --full docs/reproduction/rq1-full docs/reproduction/rq2-full \\
+        docs/reproduction/rq3-full
+
+It reads the ``results.json`` of the last reproduction, kept in ``docs/reproduction/`` (written
+by the study runner that ``sklens.run_study`` has since replaced: ``demos/rq*.py`` now write a
+run directory and ``study.json``); the next re-run of the studies replaces this reader.
 
 The doc has one table with the paper beside sklens, study by study, each number next to the
 command and results.json key that regenerate it; the figures; a plain account filled from the

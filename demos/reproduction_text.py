@@ -1,8 +1,11 @@
 """Markdown from a study's results.json: the side-by-side rows (paper vs sklens, each with the
 command and the results.json key that regenerate it) and a plain account read off the numbers.
 
-Used by ``reproduce.py`` (each run's ``summary.md``) and ``make_reproduction_doc.py`` (the three
-studies in ``docs/reproduction.md``). Nothing here computes a statistic: it only reads them.
+Used by ``make_reproduction_doc.py`` (the three studies in ``docs/reproduction.md``), on the
+``results.json`` files of the last reproduction, kept in ``docs/reproduction/``; those were
+written by the study runner that ``sklens.run_study`` replaced, and the next re-run of the
+studies (``demos/rq*.py``, whose numbers are in each run directory's ``summary.json``) replaces
+this reader. Nothing here computes a statistic: it only reads them.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Skill-Mix-style question–answer pairs that need spatial reasoning or a metaphor
 (``sklens.data.generate_skillmix``, balanced so that only the content separates the skills);
-metric ``label:skill=spatial``; the top neuron's activation by skill (the paper's Figure 2) and
+metric ``label:skill=spatial``; the top unit's activation by skill (the paper's Figure 2) and
 the score histogram (Figure 6, top-10 threshold 0.83 in the paper).
 
-    python demos/rq1_skillmix.py                       # full size, embedded model, CPU
+    python demos/rq1_skillmix.py                       # full size, embedded model
     python demos/rq1_skillmix.py --size tiny --out /tmp/rq1
     python demos/rq1_skillmix.py --model Qwen/Qwen1.5-1.8B-Chat --device cuda --docs
 """
@@ -13,14 +13,13 @@ the score histogram (Figure 6, top-10 threshold 0.83 in the paper).
 from __future__ import annotations
 
 from reproduce import main
-from study_spec import Grouping, Study
+from study_spec import Grouping, Study, paper_config
 
 STUDY = Study(
     key="rq1",
+    script="rq1_skillmix.py",
     title="RQ1: Skill-Mix, spatial reasoning vs metaphor",
-    task="skillmix",
-    metric="label:skill=spatial",
-    group_by="skill",
+    config=paper_config("skillmix", "label:skill=spatial"),
     paper_threshold=0.83,
     paper_claim="a group of neurons with distinct activations by skill; sparse (Fig. 2, Fig. 6)",
     groupings=(Grouping("skill", lambda e: e.meta["skill"]),),
@@ -28,4 +27,4 @@ STUDY = Study(
 )
 
 if __name__ == "__main__":
-    main(STUDY, "rq1_skillmix.py")
+    main(STUDY)

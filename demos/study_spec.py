@@ -1,56 +1,21 @@
-"""What a reproduction study is (``demos/reproduce.py`` runs one): how much data and compute a
-run uses (``Sizes``, ``SIZES``), what the study scans and what the paper reports (``Study``), how
-its figures group examples (``Grouping``), and what the phases share (``Context``).
+"""What a reproduction study is: the paper's claim and top-10 threshold, how its figures group
+examples, and the ``sklens.StudyConfig`` it runs at each size (``demos/reproduce.py`` runs one).
+
+Every study is the library's one pipeline (``sklens.run_study``) with the paper's settings: a
+20-slot prompt trained with AdamW 3e-3 to the plateau of its held-out loss, the paper's metric
+scanned with a 200-permutation max-statistic null, the top-10 re-measured on a disjoint split,
+three training seeds, the contrast against an untrained prompt and no prompt, bootstrap
+stability of the selection, attribution of the loss to every unit, and the causal check against
+199 score- and scale-matched random sets with a positive control and its dose-response.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from dataclasses import dataclass, replace
 
 import sklens
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How much data and compute a run uses (``SIZES``; a few fields have flags)."""
-
-    n_train: int  # includes the plateau slice
-    n_plateau: int
-    n_select: int
-    n_confirm: int
-    n_causal: int
-    n_tokens: int
-    max_steps: int  # training stops earlier on the plateau
-    eval_every: int
-    patience: int
-    batch_size: int
-    permutations: int
-    seeds: tuple[int, ...]
-    n_random: int
-    modes: tuple[str, ...]
-    top_k: int = 10
-    lr: float = 3e-3  # the paper's
-    n_boot: int = 1000  # bootstrap resamples of the held-out AUROC intervals
-
-
-SIZES = {
-    # the reproduction: 680 examples in four disjoint splits, 3 seeds each trained to the plateau
-    # of its held-out loss (≤ 300 steps), a 200-permutation null, 19 random sets (smallest causal
-    # p 0.05). On 2 CPU cores a training step of the embedded model takes ~5.4 s, so this runs
-    # up to ~1.5 hours per study there; it is meant for a GPU.
-    "full": Sizes(240, 32, 240, 160, 40, 20, 300, 10, 2, 8, 200, (0, 1, 2), 19, ("mean",)),
-    # the same within 30 minutes per study on 2 CPU cores: training capped at 60 steps, which on
-    # the embedded model is before the plateau (docs/reproduction.md gives the losses)
-    "budget": Sizes(240, 32, 240, 160, 40, 20, 60, 10, 2, 8, 200, (0, 1, 2), 19, ("mean",)),
-    # a smoke run: every phase on a handful of examples (tests, and a first look)
-    "tiny": Sizes(24, 8, 24, 16, 8, 4, 4, 2, 1, 8, 200, (0, 1, 2), 3, ("mean",), n_boot=200),
-}
+from sklens import CausalConfig, ConfirmConfig, ScanConfig, SelectConfig, StudyConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -58,41 +23,63 @@ class Grouping:
     """How a KDE figure groups examples: a label per example, or None to leave it out."""
 
     name: str
-    label: Callable[[sklens.Example], Any]
+    label: Callable[[sklens.Example], object]
 
 
 @dataclass(frozen=True)
 class Study:
-    """One of the paper's studies: what to scan, what the paper reports, what to draw."""
+    """One of the paper's studies: its settings, what the paper reports, what to draw."""
 
     key: str  # rq1, rq2, rq3: names of files and figures
+    script: str  # the file that defines it, for the command recorded in study.json
     title: str
-    task: str  # a sklens task name
-    metric: str  # the paper's metric, as ``sklens run --metric`` spells it
-    group_by: str  # meta field for per-group causal results and eta² on held-out data
+    config: StudyConfig  # the full size; ``at`` derives the others
     paper_threshold: float  # the paper's top-10 |score| threshold
     paper_claim: str
     groupings: tuple[Grouping, ...]
-    measures: tuple[str, ...] = ("spearman", "eta_squared")
-    prepare: Callable[[list[sklens.Example]], list[sklens.Example]] | None = None
-    extras: Callable[[Any], dict[str, Any]] | None = None
-    generate: Callable[[Path, int], Path] | None = None  # ``--data generated``: write a pool
     data_note: str = ""
 
+    def at(self, size: str) -> StudyConfig:
+        """The study's settings at ``size`` (``SIZES``)."""
+        return SIZES[size](self.config)
 
-@dataclass
-class Context:
-    """What the phases share; ``extras`` functions read it and add files under ``out``."""
 
-    study: Study
-    sizes: Sizes
-    args: argparse.Namespace
-    out: Path
-    model: Any = None
-    task: Any = None
-    metric: Any = None
-    prompts: dict[int, Any] = field(default_factory=dict)
-    scans: dict[str, Any] = field(default_factory=dict)
-    top: pd.DataFrame | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # wall s per phase
-    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU s per phase (all threads)
+def paper_config(task: str, metric: str) -> StudyConfig:
+    """The paper's settings for ``task`` and ``metric``."""
+    return StudyConfig(
+        task=task, n_train=240, n_val=240, batch_size=8,
+        train=TrainConfig(n_slots=20, steps=300, patience=2, eval_every=10, n_plateau=32),
+        scan=ScanConfig(metric=metric, permutations=200),
+        select=SelectConfig(top_k=10, n_extremal=10),
+        confirm=ConfirmConfig(n_confirm=160, measures=("spearman", "eta_squared"), seeds=(0, 1, 2),
+                              contrast=("untrained", "no_prompt"), bootstrap=200),
+        causal=CausalConfig(ablate=True, ablate_modes=("mean",), n_random=199, n_causal=40,
+                            attribute=True, dose_response=(1, 2, 5, 10)),
+    )  # fmt: skip
+
+
+def _budget(config: StudyConfig) -> StudyConfig:
+    """Within about half an hour a study on 2 CPU cores: training capped at 60 steps (before the
+    plateau on the embedded model) and no dose-response."""
+    return replace(
+        config,
+        train=replace(config.train, steps=60),
+        causal=replace(config.causal, dose_response=()),
+    )
+
+
+def _tiny(config: StudyConfig) -> StudyConfig:
+    """A smoke run: every stage on a handful of examples (tests, and a first look)."""
+    return replace(
+        config, n_train=24, n_val=24,
+        train=replace(config.train, n_slots=4, steps=4, eval_every=2, patience=1, n_plateau=8),
+        confirm=replace(config.confirm, n_confirm=24, bootstrap=20),
+        causal=replace(config.causal, n_random=3, n_causal=8, dose_response=(1, 2)),
+    )  # fmt: skip
+
+
+SIZES: dict[str, Callable[[StudyConfig], StudyConfig]] = {
+    "full": lambda config: config,  # meant for a GPU: hours per study on 2 CPU cores
+    "budget": _budget,
+    "tiny": _tiny,
+}

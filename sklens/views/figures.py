@@ -89,7 +89,8 @@ def kde_by_group(
 def score_histogram(
     scan: Any, k: int = 10, reduce: Reduce = "max", bins: int = 100
 ) -> NotebookFigure:
-    """Histogram of all neuron scores, the top-``k`` |score| threshold, and the null if any."""
+    """Histogram of all neuron scores, the top-``k`` |score| threshold and, with a permutation
+    null, the null's pooled scores and the 95% quantile of its max statistic."""
     score, _ = scan.scores(reduce)
     values = score[~score.isnan()].numpy()
     threshold = float(np.sort(np.abs(values))[-k]) if len(values) >= k else float("nan")
@@ -107,13 +108,13 @@ def score_histogram(
             color="black",
             label=f"permutation null (B={scan.null.n_permutations})",
         )
-    for sign in (1, -1):
-        ax.axvline(
-            sign * threshold,
-            color="red",
-            linestyle="--",
-            label=f"top-{k} threshold |score| = {threshold:.2f}" if sign == 1 else None,
-        )
+    lines = [("red", "--", f"top-{k} threshold |score| = {threshold:.2f}", threshold)]
+    if scan.null is not None:  # a unit beyond it passes the max-statistic null (FWER 0.05)
+        max_95 = float(np.quantile(scan.null.max_null(reduce).numpy(), 0.95))
+        lines.append(("black", ":", f"null's max |score|, 95% = {max_95:.2f}", max_95))
+    for color, style, label, x in lines:
+        for sign in (1, -1):
+            ax.axvline(sign * x, color=color, linestyle=style, label=label if sign == 1 else None)
     ax.set(
         xlabel=f"neuron score ({reduce} over slots)",
         ylabel="density",

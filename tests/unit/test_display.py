@@ -107,3 +107,22 @@ def test_case_I14_terminal_control_codes_are_spelled_out(tmp_path):
     assert "a<U+001B>[2J<U+001B>]0;pwned<U+0007><U+001B>[31m<U+0008>" in table  # then cut
     assert visible("\x00\x7fb") == "<U+0000><U+007F>b"
     assert visible("tab\tkept") == "tab\tkept"
+
+
+def test_score_histogram_marks_the_top_k_threshold_and_the_nulls_max_quantile():
+    import numpy as np
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(40, 2, 3, 20, generator=g, dtype=torch.float64)
+    values = torch.randn(40, generator=g, dtype=torch.float64)
+    result = sklens.scan_activations(acts, values, n_permutations=99)
+    lines = {
+        line.get_label(): line.get_xdata()[0]
+        for line in figures.score_histogram(result, k=4).axes[0].get_lines()
+        if not line.get_label().startswith("_")
+    }
+    score = result.scores("max")[0].abs().flatten().numpy()
+    max_95 = np.quantile(result.null.max_null("max").numpy(), 0.95)  # independent of the view
+    assert lines[f"top-4 threshold |score| = {np.sort(score)[-4]:.2f}"] == np.sort(score)[-4]
+    assert lines[f"null's max |score|, 95% = {max_95:.2f}"] == max_95
