@@ -19,6 +19,7 @@ from typing import Any
 from sklens.data.example import Example, data_hash
 from sklens.models.protocol import Model
 from sklens.prompt.soft_prompt import SoftPrompt
+from sklens.units.neuron_set import NeuronLike
 
 HELD_OUT_FIX = (
     "Pass held-out examples (a study's confirmation split, or sklens.data.train_val_split of the "
@@ -70,7 +71,7 @@ def example_ids(examples: Sequence[Example]) -> tuple[str, ...]:
     return tuple(sorted({example_id(e) for e in examples}))
 
 
-def held_out(examples: Sequence[Example], neurons: Any, caller: str) -> None:
+def held_out(examples: Sequence[Example], neurons: NeuronLike, caller: str) -> None:
     """Refuse ``examples`` of which any selected the units of ``neurons`` (a ``Scan.top_k``
     table's ``attrs["selection_ids"]``, compared by instruction and completion); warn when the
     table does not say which examples selected them (read back from a file, built by hand)."""
