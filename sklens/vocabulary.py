@@ -19,6 +19,7 @@ AblationMode = Literal["zero", "mean", "resample", "noise", "scale", "shift"]
 Positions = Literal["slots", "all"]  # where an ablation or a mean applies
 BACKENDS: tuple[str, ...] = get_args(Backend)
 REDUCE_RULES: tuple[str, ...] = get_args(Reduce)
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # sklens.models.precision
 ABLATION_MODES: tuple[str, ...] = get_args(AblationMode)
 SITE_NAMES = ("mlp", "heads", "head_dims", "resid")  # sklens.sites; also templates and sae:DIR
 MEASURES = (

@@ -55,6 +55,10 @@ HELP = {
     "device": "Where the model runs: cpu, cuda or cuda:N (MPS has no float64, which the scan's "
     "statistics need). Default: cuda:LOCAL_RANK under torchrun, cuda when torch sees a GPU, "
     "else cpu.",
+    "dtype": "The model's dtype: auto (the fastest that matches float32's results on this "
+    "device: bfloat16 on a GPU that has it; on a CPU as benchmarks/precision.py measured), "
+    "float32, bfloat16, or float16 (CUDA only, with loss scaling). The soft prompt stays "
+    "float32 and the statistics float64; summary.json records the dtype used.",
     "reduce": "How a unit's score is read off its slots: max (the paper's signed rule) or "
     "absmax (the slot of largest |r|).",
     "ablate": "Also run the causal check of the top units against random controls.",

@@ -35,6 +35,7 @@ from sklens.vocabulary import (
     BACKENDS,
     BASELINES,
     DEFAULT_MODEL,
+    DTYPE_NAMES,
     EDIT_NAMES,
     MEASURES,
     MIN_BASIS_EXAMPLES,
@@ -303,6 +304,7 @@ class StudyConfig:
     data: str | None = None
     backend: str = "auto"  # hooked where HookedTransformer loads the model, else bridge
     device: str | None = None
+    dtype: str = "auto"  # the model's: the fastest that matches float32 here (models.precision)
     seed: int = 0  # the data split, the prompt's initialisation and every random control
     batch_size: int = count(8, 1, "examples per forward pass")
     n_train: int = count(240, 1, "training examples")  # includes the plateau slice
@@ -323,6 +325,7 @@ class StudyConfig:
             if value is not None and (f == "data" or value.endswith(".jsonl")):
                 object.__setattr__(self, f, str(Path(value).absolute()))
         validate.choice("backend", self.backend, BACKENDS)
+        validate.choice("dtype", self.dtype, DTYPE_NAMES)
         validate.device(self.device)
         _check_fields(self)
         validate.integer("seed", self.seed)
@@ -428,9 +431,10 @@ class StudyConfig:
         }
         return cls(**shared, **stages)
 
-    def with_backend(self, backend: str) -> StudyConfig:
-        """The same settings with ``backend`` resolved (``auto`` picks one per model)."""
-        return replace(self, backend=backend)
+    def resolved(self, backend: str, dtype: str) -> StudyConfig:
+        """The same settings with ``backend`` and ``dtype`` resolved (``auto`` picks one per
+        model and device), so that a run's fingerprints and summary name what it ran with."""
+        return replace(self, backend=backend, dtype=dtype)
 
 
 _STAGE_TYPES = {

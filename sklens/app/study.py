@@ -63,12 +63,14 @@ from sklens.data.format import encode
 from sklens.explanation.evidence import collect_evidence
 from sklens.models.layout import linear_layout
 from sklens.models.load import load_model, resolve_backend
+from sklens.models.precision import dtype_name, resolve_dtype
 from sklens.models.protocol import Model
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.prompt.training import plateau, train_soft_prompt
 from sklens.scanning.metrics import from_spec
 from sklens.scanning.result import Scan
 from sklens.scanning.scan import resolve_layers, scan
+from sklens.stats.distributed import local_device
 from sklens.stats.mutual_info import top_k_overlap
 from sklens.units.sites import resolve_site
 from sklens.version import __version__
@@ -139,7 +141,9 @@ def open_run(run_dir: str | Path) -> FinishedRun:
     run = Path(run_dir)
     _, config = read_summary(run)
     rundir.check_consistent(run)  # an edited or mixed run directory is refused, as by report
-    model = load_model(config.model, backend=config.backend, device=config.device)
+    model = load_model(
+        config.model, backend=config.backend, device=config.device, dtype=config.dtype
+    )
     return FinishedRun(
         config=config,
         task=study_task(config),
@@ -187,7 +191,9 @@ def _prepare(
     """The run's data, checked against the settings, then its model (in that order: a bad
     setting fails before the model loads), with the site bound and its layers checked."""
     # the backend "auto" picks is fingerprinted, so a run resumes whichever way it was asked for
-    config = config.with_backend(resolve_backend(config.model, config.backend))
+    device = local_device(config.device)
+    dtype = dtype_name(resolve_dtype(config.dtype, device))
+    config = config.resolved(resolve_backend(config.model, config.backend), dtype)
     task = study_task(config)
     fit, plateau_kwargs = training_kwargs(config, task)
     metric_spec = study_data(config, task)
@@ -212,7 +218,9 @@ def _prepare(
         stages=config.stage_settings(metric_spec, hashes, site.name, __version__),
     )
     run.lap("data")
-    run.model = load_model(config.model, backend=config.backend, device=config.device)
+    run.model = load_model(
+        config.model, backend=config.backend, device=config.device, dtype=config.dtype
+    )
     bound = resolve_site(site, run.model)  # the hook, its position axis, an SAE's width, layer
     bound.check_layers(resolve_layers(run.model, bound.layers_in(run.model) or None), run.model)
     if "no_prompt" in config.confirm.contrast:  # before training, not when the stage starts
@@ -394,6 +402,7 @@ def _write_summary(run: StudyRun) -> dict[str, Any]:
             "n_layers": model.cfg.n_layers,
             "d_mlp": model.cfg.d_mlp,
             "d_model": model.cfg.d_model,
+            "dtype": str(model.cfg.dtype).removeprefix("torch."),
             "site": run.result.settings.site,
             "units_per_layer": run.result.settings.n_units,
         },

@@ -32,6 +32,7 @@ from sklens.atomic import partial_dir
 from sklens.models import _compat
 from sklens.models.artifacts import SMOLLM2, fetch, home, repair_hint, sha256_of
 from sklens.models.hook_check import check_neuron_hooks
+from sklens.models.precision import resolve_dtype
 from sklens.stats.distributed import local_device
 from sklens.vocabulary import BACKENDS, DEFAULT_MODEL, Backend
 
@@ -72,7 +73,7 @@ def load_model(
     *,
     backend: Backend = "auto",
     device: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     check_hooks: bool = True,
 ) -> Any:
     """Load a model as a HookedTransformer or a TransformerBridge (compatibility mode).
@@ -87,7 +88,9 @@ def load_model(
             TransformerBridge in compatibility mode.
         device: defaults to CUDA when available, else CPU. Under torchrun (``LOCAL_RANK`` set),
             the default and a bare ``"cuda"`` are ``cuda:{LOCAL_RANK}``: one GPU per rank.
-        dtype: the model's dtype; statistics are always accumulated in float64.
+        dtype: the model's dtype: a torch dtype or a name (``"float32"``, ``"bfloat16"``,
+            ``"float16"`` on CUDA, or ``"auto"``: ``sklens.models.precision.resolve_dtype``).
+            The soft prompt stays float32 and the statistics accumulate in float64.
         check_hooks: run the neuron-hook self-test (recommended).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
@@ -98,6 +101,7 @@ def load_model(
     backend = resolve_backend(name_or_path, backend)
     validate.device(device)
     device = local_device(device)  # None or a bare "cuda": under torchrun, cuda:{LOCAL_RANK}
+    dtype = resolve_dtype(dtype, device)
     path = Path(name_or_path).expanduser()
     if str(name_or_path) == DEFAULT_MODEL:
         path = embedded_model_path()

@@ -23,7 +23,7 @@ import os
 import pickle
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, no_type_check
 
@@ -207,9 +207,9 @@ class _Options:
 
     def check(self) -> None:
         """Refuse settings that cannot train, before the examples are encoded."""
-        for field, value in (("steps", self.steps), ("epochs", self.epochs)):
+        for setting, value in (("steps", self.steps), ("epochs", self.epochs)):
             if value is not None:
-                validate.integer(field, value)
+                validate.integer(setting, value)
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give steps or epochs, not both")
         validate.integer("n_slots", self.n_slots, minimum=1, meaning="soft-prompt length")
@@ -277,6 +277,13 @@ class _Run:
     optimizer: torch.optim.Optimizer
     best: _Best
     start: int
+    # a float16 model's gradients underflow: its loss is scaled (the scale is not checkpointed;
+    # a resumed run starts it anew). A no-op for float32 and bfloat16.
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        half = self.model.cfg.dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.prompt.embedding.device.type, enabled=half)
 
     @classmethod
     def prepare(
@@ -362,8 +369,9 @@ class _Run:
                 "lower the learning rate"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         if not torch.isfinite(self.prompt.embedding).all():
             raise RuntimeError(
                 f"training diverged: the prompt is not finite after step {step + 1} "
