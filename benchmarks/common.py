@@ -19,6 +19,7 @@ import torch
 
 import sklens
 from sklens.app.study import versions
+from sklens.models.precision import cpu_has_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,6 +43,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--model", default=sklens.DEFAULT_MODEL, help="model name or path")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+        help="the model's dtype (HF's too, where a benchmark compares with it)",
+    )  # fmt: skip
     p.add_argument("--n-slots", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--results", type=Path, default=RESULTS, help="where the tables are appended")
@@ -205,9 +210,16 @@ def paired_rows(
 
 
 def machine(device: str) -> str:
+    """The device, and for a CPU its model, its bfloat16 instructions and the threads used."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        found = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text())
+        model = found.group(1).strip() if found else model
+    bf16 = "bf16 instructions" if cpu_has_bf16() else "no bf16 instructions"
+    return f"{model}, {bf16}, {torch.get_num_threads()} threads"
 
 
 def write_results(

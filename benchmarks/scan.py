@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--nulls", default="200,1000", help="permutation counts to time (label metric)")
     args = p.parse_args()
-    model = sklens.load_model(args.model, device=args.device)
+    model = sklens.load_model(args.model, device=args.device, dtype=args.dtype)
     data = examples(args.n)
     prompt = sklens.SoftPrompt.init_for(model, args.n_slots, seed=0)
     encoded = encode(model, data, args.n_slots)

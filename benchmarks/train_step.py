@@ -27,13 +27,15 @@ from sklens.prompt.training import frozen, train_logprobs
 
 def main() -> None:
     args = parser(__doc__).parse_args()
-    model = sklens.load_model(args.model, device=args.device)
+    model = sklens.load_model(args.model, device=args.device, dtype=args.dtype)
     checkpoint = (
         sklens.gguf_to_checkpoint(sklens.models.load.embedded_model_path())
         if args.model == sklens.DEFAULT_MODEL
         else args.model
     )
-    hf = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(args.device)
+    hf = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, args.dtype)).to(
+        args.device
+    )
     hf.requires_grad_(False)
     data = examples(args.batch_size)
     prompt = sklens.SoftPrompt.init_for(model, args.n_slots, seed=0)
@@ -68,7 +70,8 @@ def main() -> None:
     def prefix_reused_loss(model) -> torch.Tensor:
         return train_logprobs(model, writer, encoded, batch.indices).mean_loss.mean()
 
-    laid_out = sklens.load_model(args.model, device=args.device)  # held laid out while timed
+    # held laid out while timed
+    laid_out = sklens.load_model(args.model, device=args.device, dtype=args.dtype)
     sklens_variants = (
         ("sklens, one pass, full logits", model, full_logits_loss),
         (
@@ -100,7 +103,9 @@ def main() -> None:
     from peft import PromptTuningConfig, get_peft_model
 
     peft_model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(args.device),
+        AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, args.dtype)).to(
+            args.device
+        ),
         PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.n_slots),
     )
     plain = batch.tokens[:, args.n_slots :]  # same total length once PEFT prepends its tokens

@@ -1,7 +1,9 @@
-"""Run under torchrun: a data-parallel scan on gloo, saved by rank 0 for comparison."""
+"""Run under torchrun: a data-parallel scan, saved by rank 0 for comparison: on gloo over CPU
+processes, or with ``SKLENS_TEST_DEVICE=cuda`` on NCCL, one GPU per rank (``cuda:LOCAL_RANK``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch.distributed as dist
@@ -11,8 +13,9 @@ from tests.helpers import distributed_scan
 
 
 def main(checkpoint: str, prompt_dir: str, metric: str, out: str) -> None:
-    dist.init_process_group("gloo")
-    model = sklens.load_model(checkpoint, device="cpu")
+    on_gpu = os.environ.get("SKLENS_TEST_DEVICE", "cpu").startswith("cuda")
+    dist.init_process_group("nccl" if on_gpu else "gloo")
+    model = sklens.load_model(checkpoint, device="cuda" if on_gpu else "cpu")
     prompt = sklens.SoftPrompt.load(prompt_dir, model)
     result = distributed_scan(model, prompt, metric)
     if dist.get_rank() == 0:
