@@ -109,10 +109,10 @@ def main() -> None:
                 rates.append(rate())
             shares[dtype] = profile_table(step)
         seconds, peak = statistics.median(times), statistics.median(rates)
-        rows.append([dtype, f"{flops / 1e12:.3f}", f"{seconds * 1000:.0f}",
+        rows.append([dtype, f"{flops / 1e9:.1f}", f"{seconds * 1000:.0f}",
                      f"{flops / seconds / 1e9:.0f}", f"{peak / 1e9:.0f}",
                      f"{flops / seconds / peak:.0%}", tokens])  # fmt: skip
-    header = ["dtype", "step TFLOP", "median ms", "achieved GFLOP/s",
+    header = ["dtype", "step GFLOP", "median ms", "achieved GFLOP/s",
               "GEMM GFLOP/s (step's MLP shapes)", "MFU", "tokens with grad"]  # fmt: skip
     write_results("mfu", header, rows, args.device, args.results)
     kinds = sorted({k for s in shares.values() for k in s})
