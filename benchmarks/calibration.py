@@ -95,11 +95,11 @@ def calibration(trials: int, permutations: int) -> list[list[object]]:
             n_permutations=permutations,
             permutation_seed=t,
         )
-        p_neuron = scan.p_values("max", "neuron")[0].numpy()
+        p_unit = scan.p_values("max", "unit")[0].numpy()
         p_pooled = scan.p_values("max", "pooled")[0].numpy()
         for j, name in enumerate(names):
             part = slice(j * per, (j + 1) * per)
-            neuron[name].append(np.mean(p_neuron[part] <= 0.05))
+            neuron[name].append(np.mean(p_unit[part] <= 0.05))
             pooled[name].append(np.mean(p_pooled[part] <= 0.05))
         for method in any_reject:
             any_reject[method] += len(scan.significant(0.05, method)) > 0

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"\n# counterfactual: {args.edit}, {len(made)} pairs ({note['paired']} of "
         f"{note['tried']} examples in no split could be edited)"
     )
-    shown = ["unit", "d_act", "d_act_lo", "d_act_hi", "d_std", "p", "q", "p_vs_random"]
+    shown = ["label", "d_act", "d_act_lo", "d_act_hi", "d_std", "p", "q", "p_vs_random"]
     print(found.units[shown].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(found.behaviour.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     if args.out is not None:

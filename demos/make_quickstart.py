@@ -49,7 +49,7 @@ cells = [
     ),
     nbf.v4.new_code_cell("sklens.neuron_text_view(model, prompt, val, top, n=3)"),
     nbf.v4.new_code_cell(
-        "sklens.top_examples(model, prompt, val, layer=int(top.layer[0]), neuron=int(top.neuron[0]), slot=int(top.slot[0]), n=5)"
+        "sklens.top_examples(model, prompt, val, layer=int(top.layer[0]), unit=int(top.unit[0]), slot=int(top.slot[0]), n=5)"
     ),
     nbf.v4.new_markdown_cell(
         "Do they matter causally? Zero them on the soft slots, against random neurons of the same layers:"

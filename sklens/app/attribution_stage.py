@@ -20,6 +20,7 @@ from sklens.app.run_state import StudyRun
 from sklens.atomic import write_csv
 from sklens.causal.attribution import Attribution, attribute
 from sklens.scanning.result import Scan
+from sklens.units.sites import unit_slot_label
 
 ALPHA = 0.05
 
@@ -34,28 +35,28 @@ def _ranks(size: Tensor) -> Tensor:
 
 def joined_table(scan: Scan, found: Attribution, k: int, reduce: str = "max") -> pd.DataFrame:
     """Every unit in the correlation top-``k`` or the attribution top-``k``: its r at the slot,
-    the neuron's score and rank (by |score|), its p_fwer where the scan has a null, its effect
+    the unit's score and rank (by |score|), its p_fwer where the scan has a null, its effect
     with interval and rank (by the largest |effect| over slots), and whether it is a candidate."""
-    by_corr = scan.top_k(k, reduce)[["layer", "neuron", "slot"]]
-    by_effect = found.top_k(k)[["layer", "neuron", "slot"]]
-    units = pd.concat([by_corr, by_effect]).drop_duplicates(["layer", "neuron"], keep="first")
+    by_corr = scan.top_k(k, reduce)[["layer", "unit", "slot"]]
+    by_effect = found.top_k(k)[["layer", "unit", "slot"]]
+    units = pd.concat([by_corr, by_effect]).drop_duplicates(["layer", "unit"], keep="first")
     index = {layer: i for i, layer in enumerate(scan.layers)}
     score, _ = scan.scores(reduce)
     corr_rank, effect_rank = _ranks(score.abs()), _ranks(found.effect.abs().amax(-1))
     p = scan.p_values(reduce, "fwer") if scan.null is not None else None
     lo, hi = found.interval()
     rows = []
-    for layer, neuron, slot in units.itertuples(index=False):
+    for layer, unit, slot in units.itertuples(index=False):
         i = index[layer]
         rows.append({
-            "layer": layer, "neuron": neuron, "slot": slot,
-            "corr": float(scan.corr[i, neuron, slot]), "score": float(score[i, neuron]),
-            "corr_rank": int(corr_rank[i, neuron]),
-            "p_fwer": float(p[i, neuron]) if p is not None else float("nan"),
-            "effect": float(found.effect[layer, neuron, slot]),
-            "effect_lo": float(lo[layer, neuron, slot]),
-            "effect_hi": float(hi[layer, neuron, slot]),
-            "effect_rank": int(effect_rank[layer, neuron]),
+            "layer": layer, "unit": unit, "slot": slot,
+            "corr": float(scan.corr[i, unit, slot]), "score": float(score[i, unit]),
+            "corr_rank": int(corr_rank[i, unit]),
+            "p_fwer": float(p[i, unit]) if p is not None else float("nan"),
+            "effect": float(found.effect[layer, unit, slot]),
+            "effect_lo": float(lo[layer, unit, slot]),
+            "effect_hi": float(hi[layer, unit, slot]),
+            "effect_rank": int(effect_rank[layer, unit]),
         })  # fmt: skip
     table = pd.DataFrame(rows)
     table["in_corr_top"] = table.corr_rank <= k
@@ -87,7 +88,7 @@ def attribution_stage(run: StudyRun) -> tuple[dict[str, Any], pd.DataFrame]:
         "n_corr_top_with_effect_excluding_0": int(causal.sum()),
         "n_candidates": int(joined.candidate.sum()),
         "top_by_effect": [
-            f"L{r.layer} N{r.neuron} @slot{r.slot}: {r.effect:+.4f}"
+            f"{unit_slot_label(r.site, r.layer, r.unit, r.slot)}: {r.effect:+.4f}"
             for r in found.top_k(3).itertuples()
         ],
     }

@@ -46,8 +46,8 @@ def format_explanations(run_dir: str | Path, top: int = 3) -> str:
     ]
     shown = ["rank", "hypothesis", "kind", "measure", "effect", "lo", "hi", "q", "passes"]
     for row in neurons.itertuples():
-        label = sites.unit_slot_label(getattr(row, "site", "mlp"), row.layer, row.neuron, row.slot)
-        rows = table[table.unit == label].head(top)[shown]
+        label = sites.unit_slot_label(getattr(row, "site", "mlp"), row.layer, row.unit, row.slot)
+        rows = table[table.label == label].head(top)[shown]
         lines += [label, rows.to_string(index=False, float_format=lambda x: f"{x:.3g}"), ""]
     skipped = (summary.get("explanations") or {}).get("skipped") or {}
     if skipped:
@@ -63,14 +63,14 @@ def format_table(out: str | Path, width: int = 60) -> str:
     # completions such as "31" stay text, as they were written
     examples = pd.read_csv(out / "examples.csv", dtype={"instruction": str, "completion": str})
     labels = [sites.unit_label(*x) for x in zip(sites.site_names(neurons), neurons.layer,
-                                                 neurons.neuron, strict=True)]  # fmt: skip
+                                                 neurons.unit, strict=True)]  # fmt: skip
     held = _held_out(out, neurons)
     lines = [
         f"{'#':>2} {'unit':>12} {'slot':>4} {'score':>7} {'held-out r [95% CI]':>22}  "
         "most / least activating example"
     ]
     for j, row in enumerate(neurons.itertuples()):
-        top = examples[(examples.neuron_rank == j) & (examples["rank"] == 0)]
+        top = examples[(examples.unit_rank == j) & (examples["rank"] == 0)]
         most = top[top.direction == "most"].iloc[0]
         least = top[top.direction == "least"].iloc[0]
 
@@ -93,7 +93,7 @@ def _held_out(out: Path, neurons: pd.DataFrame) -> list[str]:
     if not path.exists():
         return ["-"] * len(neurons)
     table = pd.read_csv(path)
-    keys = ["layer", "neuron", "slot"]
+    keys = ["layer", "unit", "slot"]
     merged = neurons[keys].merge(table, on=keys, how="left")
     return [
         "-" if pd.isna(r.r_heldout) else f"{r.r_heldout:.3f} [{r.r_lo:.2f}, {r.r_hi:.2f}]"

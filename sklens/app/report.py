@@ -79,6 +79,11 @@ def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
     saved = summary.get("config") if isinstance(summary, dict) else None
     if not isinstance(saved, dict):
         raise ValueError(f"{path} has no 'config' object: not a sklens summary; {rerun}")
+    if any("neuron" in row for row in summary.get("top_neurons") or []):
+        raise ValueError(
+            f"{path} comes from a sklens whose tables name the unit column 'neuron' (now "
+            f"'unit'), and so do the run's CSVs; {rerun}"
+        )
     try:
         config = StudyConfig.from_dict(saved)
     except KeyError as err:
@@ -115,8 +120,8 @@ def _attribution_section(
     effect = found.effect.abs().amax(-1)[result.layers]
     index = {layer: i for i, layer in enumerate(result.layers)}
     marked = [
-        (float(score[index[r.layer], r.neuron]), float(effect[index[r.layer], r.neuron]),
-         f"L{r.layer} N{r.neuron}")
+        (float(score[index[r.layer], r.unit]), float(effect[index[r.layer], r.unit]),
+         f"L{r.layer} N{r.unit}")
         for r in joined.itertuples()
     ]  # fmt: skip
     s = summary["attribution"]
@@ -326,7 +331,7 @@ def _contrast_section(
         s = summary["contrast"][name]
         top = part.loc[part["diff"].abs().sort_values(ascending=False).index[:k]]
         marked = [
-            (r.score_trained, r.score_baseline, unit_label(r.site, r.layer, r.neuron))
+            (r.score_trained, r.score_baseline, unit_label(r.site, r.layer, r.unit))
             for r in top.itertuples()
         ]
         parts += [
@@ -421,8 +426,8 @@ def _neuron_section(
         xlabel=f"activation at <soft{row.slot}>",
     )
     script, mount = text_view(*evidence.view_data(j, n), [label]).split()
-    rows = extremal[(extremal.neuron_rank == j) & (extremal["rank"] < n)].drop(
-        columns=["neuron_rank", "layer", "neuron", "slot"]
+    rows = extremal[(extremal.unit_rank == j) & (extremal["rank"] < n)].drop(
+        columns=["unit_rank", "layer", "unit", "slot"]
     )
     return script, [
         f"<section class='neuron'><h3>#{j}: {html.escape(label)}</h3>",
@@ -441,8 +446,8 @@ def _neuron_section(
 
 def _neuron_explanations(explained: pd.DataFrame, row: Any) -> list[str]:
     """The five best-ranked explanations of the neuron of ``row``."""
-    unit = unit_slot_label(getattr(row, "site", "mlp"), row.layer, row.neuron, row.slot)
+    label = unit_slot_label(getattr(row, "site", "mlp"), row.layer, row.unit, row.slot)
     return [
         "<p>Its five best-ranked explanations on the confirm split (held out):</p>",
-        _table(explained[explained.unit == unit].head(5)),
+        _table(explained[explained.label == label].head(5)),
     ]

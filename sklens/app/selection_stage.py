@@ -37,7 +37,7 @@ def selection_stability_stage(run: StudyRun) -> None:
     run.summary["selection_stability"] = {
         "mean_stay_share": found.mean_stay,
         "stay_share": {
-            unit_slot_label(site, r.layer, r.neuron, r.slot): float(r.stay_share)
+            unit_slot_label(site, r.layer, r.unit, r.slot): float(r.stay_share)
             for r in found.table.itertuples()
         },
         "k": settings["k"],

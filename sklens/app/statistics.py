@@ -220,9 +220,7 @@ def compare_with_pearson(
         raise ValueError("this scan has no mutual information: scan with mi_bins=4")
     table = mutual_info.top_k(k).assign(site=scan.settings.site)
     units = set(top_k_overlap(scan.top_k(k, reduce), table)["shared"])
-    table["in_pearson_top"] = [
-        unit in units for unit in zip(table.layer, table.neuron, strict=True)
-    ]
+    table["in_pearson_top"] = [unit in units for unit in zip(table.layer, table.unit, strict=True)]
     pearson = scan.scores(reduce)[0].abs().nan_to_num(nan=0.0).flatten()
     ranks = average_ranks(torch.stack([pearson.double(), mutual_info.scores()[0].flatten()]))
     rho = torch.corrcoef(ranks)[0, 1]
@@ -232,7 +230,7 @@ def compare_with_pearson(
         "shared_with_pearson": len(units),
         "only_mi": " ".join(
             f"L{layer}N{n}"
-            for layer, n in sorted(set(zip(table.layer, table.neuron, strict=True)) - units)
+            for layer, n in sorted(set(zip(table.layer, table.unit, strict=True)) - units)
         ),
         "spearman_rho_all_units": float(rho),
     }

@@ -454,6 +454,6 @@ def _splits_summary(run: StudyRun) -> dict[str, Any]:
         "select": len(task.val),
         "confirm": len(task.confirm),
         "causal": len(task.causal),
-        "in_sample": "neurons.csv (corr, score, corr_min, corr_max, p_fwer, p_neuron, q_bh), "
+        "in_sample": "neurons.csv (corr, score, corr_min, corr_max, p_fwer, p_unit, q_bh), "
         "examples.csv and significance are computed on the selection set",
     }

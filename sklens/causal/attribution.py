@@ -135,8 +135,8 @@ class Attribution:
     def top_k(self, k: int = 10, *, per_slot: bool = False) -> pd.DataFrame:
         """The ``k`` units with the largest ``|effect|``, best first, as a ``Scan.top_k`` table.
 
-        One row per neuron at the slot of its largest ``|effect|`` (``per_slot=True``: one row per
-        (neuron, slot)), with ``layer``, ``neuron``, ``slot``, ``site``, ``effect``, ``stderr`` and
+        One row per unit at the slot of its largest ``|effect|`` (``per_slot=True``: one row per
+        (unit, slot)), with ``layer``, ``unit``, ``slot``, ``site``, ``effect``, ``stderr`` and
         the 95% normal interval ``lo``, ``hi``. Accepted wherever neurons are
         (``sklens.causal_check``, ``sklens.ablated``, ``sklens.NeuronSet.of``). The numbers are
         in-sample for the examples that ranked the units (``attrs``).
@@ -148,22 +148,22 @@ class Attribution:
             flat = size.flatten()
             top = flat.topk(min(k, flat.numel())).indices
             layer, rest = top // (n_units * n_slots), top % (n_units * n_slots)
-            neuron, slot = rest // n_slots, rest % n_slots
+            unit, slot = rest // n_slots, rest % n_slots
         else:
             best, best_slot = size.max(-1)
             top = best.flatten().topk(min(k, best.numel())).indices
-            layer, neuron = top // n_units, top % n_units
-            slot = best_slot[layer, neuron]
+            layer, unit = top // n_units, top % n_units
+            slot = best_slot[layer, unit]
         lo, hi = self.interval()
         table = pd.DataFrame(
             {
                 "layer": layer.tolist(),
-                "neuron": neuron.tolist(),
+                "unit": unit.tolist(),
                 "slot": slot.tolist(),
-                "effect": self.effect[layer, neuron, slot].tolist(),
-                "stderr": self.stderr[layer, neuron, slot].tolist(),
-                "lo": lo[layer, neuron, slot].tolist(),
-                "hi": hi[layer, neuron, slot].tolist(),
+                "effect": self.effect[layer, unit, slot].tolist(),
+                "stderr": self.stderr[layer, unit, slot].tolist(),
+                "lo": lo[layer, unit, slot].tolist(),
+                "hi": hi[layer, unit, slot].tolist(),
                 "site": self.settings.site,
             }
         )

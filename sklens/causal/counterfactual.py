@@ -55,9 +55,10 @@ MIN_PAIRS = 5  # fewer pairs give no sign-flip p below 0.0625 and no useful inte
 
 @dataclass
 class Counterfactual:
-    """``units``: one row per unit; ``behaviour``: one row per behaviour measure (loss, metric,
-    accuracies, and ``choice_changed``, the share of pairs whose pick differs); ``per_pair``:
-    each pair's activations before and after, by unit label."""
+    """``units``: one row per unit (``label``, ``layer``, ``unit``, ``slot``, its changes);
+    ``behaviour``: one row per behaviour measure (loss, metric, accuracies, and
+    ``choice_changed``, the share of pairs whose pick differs); ``per_pair``: each pair's
+    activations before and after, by unit label."""
 
     units: pd.DataFrame
     behaviour: pd.DataFrame
@@ -91,11 +92,11 @@ def _random_units(
     selected unit (``RandomUnits``, as a causal check draws them)."""
     units = RandomUnits(selected, seed)
     rows = [
-        {"of": j, "layer": row.layer, "neuron": i, "slot": row.slot}
+        {"of": j, "layer": row.layer, "unit": i, "slot": row.slot}
         for j, row in enumerate(neurons.itertuples())
         for i in units.draw(row.layer, n_random).tolist()
     ]
-    return pd.DataFrame(rows, columns=["of", "layer", "neuron", "slot"])
+    return pd.DataFrame(rows, columns=["of", "layer", "unit", "slot"])
 
 
 def _mean_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -143,9 +144,9 @@ def counterfactual(
     after = [b for _, b in pairs]
     selected = NeuronSet.of(neurons, model, site=site)  # controls are units of the same site
     controls = _random_units(neurons, selected, n_random, seed)
-    columns = ["layer", "neuron", "slot"]
+    columns = ["layer", "unit", "slot"]
     read = pd.concat([neurons[columns], controls[columns]], ignore_index=True).astype(int)
-    read_set = NeuronSet.of(read[["layer", "neuron"]], site=selected.site)
+    read_set = NeuronSet.of(read[["layer", "unit"]], site=selected.site)
     acts = at_selected_slot(
         slot_activations(
             model, prompt, before + after, read_set, batch_size=batch_size, progress=progress
@@ -160,8 +161,8 @@ def counterfactual(
     )
     behaviour = _behaviour(model, prompt, before, after, metric, n_boot, seed, batch_size, rng)
     per_pair = pd.DataFrame(
-        {f"{u} before": a0[:, j].numpy() for j, u in enumerate(units.unit)}
-        | {f"{u} after": a1[:, j].numpy() for j, u in enumerate(units.unit)}
+        {f"{u} before": a0[:, j].numpy() for j, u in enumerate(units.label)}
+        | {f"{u} after": a1[:, j].numpy() for j, u in enumerate(units.label)}
     )
     return Counterfactual(units, behaviour, per_pair)
 
@@ -200,9 +201,9 @@ def _unit_table(
         lo, hi = _mean_ci(changes[:, j].numpy(), n_boot, rng)
         mine = controls.index[controls["of"] == j].to_numpy() + k
         record = {
-            "unit": unit_slot_label(site, row.layer, row.neuron, row.slot),
+            "label": unit_slot_label(site, row.layer, row.unit, row.slot),
             "layer": row.layer,
-            "neuron": row.neuron,
+            "unit": row.unit,
             "slot": row.slot,
             "n": len(a0),
             "mean_before": float(a0[:, j].mean()),

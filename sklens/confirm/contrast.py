@@ -101,7 +101,7 @@ class Contrast:
     """Every unit's score under the trained prompt and under a baseline, their difference and its
     p-values (``sklens.contrast``).
 
-    ``table`` has one row per unit: ``layer``, ``neuron``, ``slot`` (where the trained prompt's
+    ``table`` has one row per unit: ``layer``, ``unit``, ``slot`` (where the trained prompt's
     score is read), ``slot_baseline`` (the baseline's; for ``no_prompt`` position ``k`` of the
     last ``n_slots`` before the slots), ``score_trained``, ``score_baseline``, ``diff``,
     ``p_unit``, ``p_fwer``, ``q_bh`` and ``site``; NaN where a unit never varies in a condition.
@@ -131,7 +131,7 @@ class Contrast:
     def _top_units(self, column: str, k: int) -> set[tuple[int, int]]:
         order = self.table[column].abs().sort_values(ascending=False, na_position="last")
         top = self.table.loc[order.index[:k]]
-        return set(zip(top.layer, top.neuron, strict=True))
+        return set(zip(top.layer, top.unit, strict=True))
 
     def top_k_overlap(self, k: int = 10) -> float:
         """Jaccard overlap of the two conditions' top-``k`` units by ``|score|``."""
@@ -145,9 +145,9 @@ class Contrast:
         overlap, and how many of the ``selected`` units (a ``top_k``
         table; default the trained prompt's own top-``k`` by |score|) pass the FWER null."""
         units = self._top_units("score_trained", k) if selected is None else set(
-            zip(selected.layer, selected.neuron, strict=True)
+            zip(selected.layer, selected.unit, strict=True)
         )  # fmt: skip
-        keys = list(zip(self.table.layer, self.table.neuron, strict=True))
+        keys = list(zip(self.table.layer, self.table.unit, strict=True))
         chosen = self.table[[unit in units for unit in keys]]
         return {
             "baseline": self.settings["baseline"],
@@ -404,7 +404,7 @@ def _table(parts: list[_Layer], layers: list[int], site: str, n_permutations: in
         undefined = size.isnan()
         for name, value in (
             ("layer", torch.full((units,), layer)),
-            ("neuron", torch.arange(units)),
+            ("unit", torch.arange(units)),
             ("slot", scores.slot_trained),
             ("slot_baseline", scores.slot_baseline),
             ("score_trained", scores.trained),

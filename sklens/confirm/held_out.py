@@ -113,7 +113,7 @@ def confirm_neurons(
     """Re-measure selected neurons (a ``top_k`` table) on ``examples`` disjoint from the ones
     that selected them.
 
-    Columns: layer, neuron, slot, ``r_select`` (the selection's in-sample r), ``r_heldout``
+    Columns: layer, unit, slot, ``r_select`` (the selection's in-sample r), ``r_heldout``
     with its Fisher-z 95% interval (``r_lo``, ``r_hi``: per neuron, not adjusted for the K
     neurons) and the Bonferroni-adjusted interval at level ``1 − 0.05/K`` (``r_lo_adj``,
     ``r_hi_adj``: all K intervals hold together with ≥ 95% probability); for a binary metric
@@ -215,7 +215,7 @@ def confirm_from(
 ) -> pd.DataFrame:
     """``confirm_neurons``'s table from activations already read (``read_neurons``)."""
     top = neurons
-    table = top[["layer", "neuron", "slot"]].copy()
+    table = top[["layer", "unit", "slot"]].copy()
     table["r_select"] = top["corr"].to_numpy()
     picked = picked.double()
     r = pearson(picked, values).clamp(-1, 1).tolist()
@@ -304,7 +304,7 @@ def measures_of(
     if len(metric) != len(examples):
         raise ValueError(f"{len(metric)} metric values for {len(examples)} examples")
     picked = picked.double()
-    out = neurons[["layer", "neuron", "slot"]].copy()
+    out = neurons[["layer", "unit", "slot"]].copy()
     for name in measures:
         if name in GROUP_MEASURES:
             if group_by is None:

@@ -194,7 +194,7 @@ class BasisTest:
     """Each unit's r against random bases' best directions and the layer's best probe
     (``sklens.basis_test``).
 
-    ``table`` has one row per unit: ``layer``, ``neuron``, ``slot``, ``r_unit`` (its r with the
+    ``table`` has one row per unit: ``layer``, ``unit``, ``slot``, ``r_unit`` (its r with the
     metric over all the examples: the scan's ``corr`` there, in-sample and so inflated by the
     selection), ``rotation_best_mean`` and ``rotation_best_q95`` (the mean and 95th percentile of
     the random bases' best |r|), ``p_rotation`` (``(1 + #{bases whose best |r| ≥ |r_unit|}) /
@@ -372,7 +372,7 @@ def _basis_result(
         r = float(pooled[j].r(axis)[0])
         beaten = int((best[j] >= abs(r)).sum())
         rows.append({
-            "layer": layer, "neuron": unit, "slot": slot, "r_unit": r,
+            "layer": layer, "unit": unit, "slot": slot, "r_unit": r,
             "rotation_best_mean": float(best[j].mean()),
             "rotation_best_q95": float(best[j].quantile(0.95)),
             "p_rotation": (1 + beaten) / (n_rotations + 1) if not math.isnan(r) else math.nan,
@@ -429,7 +429,7 @@ def basis_test(
             or held-out ones.
         metric: anything ``scan`` takes (a ``sklens.metrics`` metric, a spec such as ``"loss"``, a
             callable, one number per example).
-        units: a ``Scan.top_k`` table (or a DataFrame with columns layer, neuron and slot); each
+        units: a ``Scan.top_k`` table (or a DataFrame with columns layer, unit and slot); each
             unit is read at its own ``slot``.
         n_rotations: random orthogonal bases (Haar; see ``haar_rotation``).
         seed: seeds the bases and the probe's split of the examples.
@@ -455,7 +455,7 @@ class SelectionStability:
     """How often a bootstrap resample of the examples keeps each of a scan's top-k units in its
     top-k (``sklens.selection_stability``).
 
-    ``table`` has one row per top-k unit, best first: ``layer``, ``neuron``, ``slot`` and ``score``
+    ``table`` has one row per top-k unit, best first: ``layer``, ``unit``, ``slot`` and ``score``
     (the scan's), ``stay_share`` (the share of resamples in which it ranks among the top k of the
     candidates) and ``mean_rank`` (its mean rank among the candidates, 1 the best). ``scores`` and
     ``ranks`` hold each resample's score and rank of each top-k unit. ``outside_share`` is the
@@ -525,7 +525,7 @@ def stability_from_activations(
     k = min(k, len(candidates))
     kth = ranked.topk(k, dim=1).values[:, -1]
     cutoff = abs(float(candidates["score"].iloc[-1]))
-    table = candidates[["layer", "neuron", "slot", "score"]].iloc[:k].reset_index(drop=True)
+    table = candidates[["layer", "unit", "slot", "score"]].iloc[:k].reset_index(drop=True)
     table["stay_share"] = (ranks[:, :k] <= k).double().mean(0).numpy()
     table["mean_rank"] = ranks[:, :k].double().mean(0).numpy()
     outside = float((kth < cutoff).double().mean()) if outsiders else 0.0

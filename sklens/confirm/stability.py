@@ -52,7 +52,7 @@ class Stability:
 
 
 def _neuron_set(table: pd.DataFrame) -> set[tuple[int, int]]:
-    return set(zip(table.layer, table.neuron, strict=True))
+    return set(zip(table.layer, table.unit, strict=True))
 
 
 def seed_stability(
@@ -145,12 +145,12 @@ def compare_scans(scans: dict[str, Scan], *, k: int = 10, reduce: Reduce = "max"
     per_seed = torch.stack([scans[n].scores(reduce)[0].abs() for n in seed_names])  # (S, L, d)
     mean, least = per_seed.nanmean(0), per_seed.amin(0)
     flat = mean.nan_to_num(-1.0).flatten().topk(k).indices
-    rows, neurons = layer_and_unit(flat, mean.shape[1])
+    rows, units = layer_and_unit(flat, mean.shape[1])
     layers = scans[seed_names[0]].layers
     consensus = pd.DataFrame(
         {
             "layer": [layers[r] for r in rows.tolist()],
-            "neuron": neurons.tolist(),
+            "unit": units.tolist(),
             "mean_abs_score": mean.flatten()[flat].tolist(),
             "min_abs_score": least.flatten()[flat].tolist(),
             "site": scans[seed_names[0]].settings.site,

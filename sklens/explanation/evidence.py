@@ -44,7 +44,7 @@ from sklens.views.viz import OfflineHTML, neuron_labels, text_view, topk_view
 class NeuronEvidence:
     """For each selected neuron ``j`` (the rows of a ``top_k`` table, in order):
 
-    * ``labels[j]``: ``"L{layer} N{neuron} @soft{slot}"`` (the site's letter: H, F, R, ...);
+    * ``labels[j]``: ``"L{layer} N{unit} @soft{slot}"`` (the site's letter: H, F, R, ...);
     * ``activations[i][j]``: its activation at its selected slot on example ``i`` of the set
       ``sample`` describes (the distribution figure's: the confirmation split in a study);
     * ``most[j]`` / ``least[j]``: its most and least activating example ids;
@@ -169,18 +169,18 @@ def _extremal_table(
     extremes: Sequence[tuple[list[int], list[int]]],
     values: Sequence[dict[int, float]],
 ) -> pd.DataFrame:
-    """One row per (neuron, direction, rank): the example's text, activation and scalar meta
-    fields (``examples.csv``)."""
+    """One row per (unit, direction, rank): the example's text, activation and scalar meta
+    fields (``examples.csv``); ``unit_rank`` is the unit's row in ``neurons``."""
     rows = []
-    for j, (neuron, chosen) in enumerate(zip(neurons.itertuples(), extremes, strict=True)):
+    for j, (row, chosen) in enumerate(zip(neurons.itertuples(), extremes, strict=True)):
         for direction, indices in zip(("most", "least"), chosen, strict=True):
             for rank, idx in enumerate(indices):
                 rows.append(
                     {
-                        "neuron_rank": j,
-                        "layer": neuron.layer,
-                        "neuron": neuron.neuron,
-                        "slot": neuron.slot,
+                        "unit_rank": j,
+                        "layer": row.layer,
+                        "unit": row.unit,
+                        "slot": row.slot,
                         "direction": direction,
                         "rank": rank,
                         **example_record(examples[idx], idx, values[j][idx]),
@@ -196,9 +196,9 @@ def kept_extremes(
     activations, from the extremes a scan kept."""
     extremes, values = [], []
     for row in neurons.itertuples():
-        most = kept.top_examples(examples, layer=row.layer, neuron=row.neuron, slot=row.slot, n=n)
+        most = kept.top_examples(examples, layer=row.layer, unit=row.unit, slot=row.slot, n=n)
         least = kept.top_examples(
-            examples, layer=row.layer, neuron=row.neuron, slot=row.slot, n=n, largest=False
+            examples, layer=row.layer, unit=row.unit, slot=row.slot, n=n, largest=False
         )
         ids = most.example.tolist()
         extremes.append((ids, [i for i in least.example.tolist() if i not in ids]))

@@ -53,15 +53,17 @@ from sklens.units import sites
 from sklens.units.neuron_set import NeuronLike
 
 COLUMNS = (
-    "unit", "layer", "neuron", "slot", "rank", "hypothesis", "kind", "measure", "effect", "lo",
+    "label", "layer", "unit", "slot", "rank", "hypothesis", "kind", "measure", "effect", "lo",
     "hi", "p", "q", "passes", "strength", "n",
 )  # fmt: skip
 
 
 @dataclass
 class Explanations:
-    """``table``: one row per (unit, hypothesis), best first within each unit (``COLUMNS``);
-    ``summary``: one line per unit; ``skipped``: properties that could not be tested, and why."""
+    """``table``: one row per (unit, hypothesis), best first within each unit (``COLUMNS``:
+    ``label`` reads ``L3 N5 @slot2``, ``sites.unit_slot_label`` of ``layer``, ``unit`` and
+    ``slot``); ``summary``: one line per unit; ``skipped``: properties that could not be tested,
+    and why."""
 
     table: pd.DataFrame
     summary: list[str]
@@ -250,12 +252,12 @@ def explain_activations(
     )  # fmt: skip
     table["rank"] = table.groupby("j").cumcount() + 1
     units = neurons.reset_index(drop=True)
-    for name in ("layer", "neuron", "slot"):
+    for name in ("layer", "unit", "slot"):
         table[name] = units[name].to_numpy()[table["j"].to_numpy()].astype(int)
     table["site"] = np.array(sites.site_names(units), dtype=object)[table["j"].to_numpy()]
-    table["unit"] = [
+    table["label"] = [
         sites.unit_slot_label(*x)
-        for x in zip(table.site, table.layer, table.neuron, table.slot, strict=True)
+        for x in zip(table.site, table.layer, table.unit, table.slot, strict=True)
     ]
     table = table[list(COLUMNS)].reset_index(drop=True)
     return Explanations(table, summary_lines(table, units, alpha), dict(skipped or {}), alpha)
@@ -274,10 +276,10 @@ def summary_lines(table: pd.DataFrame, units: pd.DataFrame, alpha: float = 0.05)
     """One line per unit: its best hypothesis if one passes, else that none does (and the
     strongest, marked as not passing)."""
     lines = []
-    rows_of = zip(units.layer, units.neuron, units.slot, sites.site_names(units), strict=True)
-    for L, neuron, slot, site in rows_of:
-        label = sites.unit_slot_label(site, int(L), int(neuron), int(slot))
-        rows = table[table.unit == label]
+    rows_of = zip(units.layer, units.unit, units.slot, sites.site_names(units), strict=True)
+    for L, unit, slot, site in rows_of:
+        label = sites.unit_slot_label(site, int(L), int(unit), int(slot))
+        rows = table[table.label == label]
         if rows.empty:
             lines.append(f"{label}: no hypothesis could be tested")
         elif bool(rows.iloc[0].passes):

@@ -84,7 +84,7 @@ def held_out(examples: Sequence[Example], neurons: NeuronLike, caller: str) -> N
         overlap = list(range(len(examples)))
     else:
         warnings.warn(
-            f"{caller} cannot check that these examples are held out: the neuron table does not "
+            f"{caller} cannot check that these examples are held out: the unit table does not "
             "record the examples that selected its units (a table read back from a file, built "
             "by hand, or from scan_activations); make sure none of them was among those",
             stacklevel=3,

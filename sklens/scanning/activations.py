@@ -119,10 +119,10 @@ def slot_activations(
 def require_slots(neurons: NeuronLike, caller: str) -> pd.DataFrame:
     """``neurons`` if it names each unit's slot (a ``top_k`` table), else a ValueError saying
     what ``caller`` needs."""
-    if not isinstance(neurons, pd.DataFrame) or not {"layer", "neuron", "slot"} <= set(neurons):
+    if not isinstance(neurons, pd.DataFrame) or not {"layer", "unit", "slot"} <= set(neurons):
         raise ValueError(
             f"{caller} needs each unit's slot: pass a Scan.top_k table, or a DataFrame with "
-            "columns layer, neuron and slot"
+            "columns layer, unit and slot"
         )
     return neurons
 
@@ -158,7 +158,7 @@ def neuron_activations(
     neurons: NeuronLike,
     **options: Any,
 ) -> pd.DataFrame:
-    """``slot_activations`` as a long table (site, example, layer, neuron, slot, activation).
+    """``slot_activations`` as a long table (site, example, layer, unit, slot, activation).
 
     ``options`` are ``slot_activations``'s (``batch_size``, ``chat_template``, ``progress``),
     passed on so the two read with the same settings and defaults.
@@ -172,7 +172,7 @@ def neuron_activations(
         {
             "example": grid[:, 0].numpy(),
             "layer": pair_t[grid[:, 1], 0].numpy(),
-            "neuron": pair_t[grid[:, 1], 1].numpy(),
+            "unit": pair_t[grid[:, 1], 1].numpy(),
             "slot": grid[:, 2].numpy(),
             "activation": acts.flatten().numpy(),
             "site": neurons.site.name,
@@ -186,7 +186,7 @@ def top_examples(
     examples: Sequence[Example],
     *,
     layer: int,
-    neuron: int,
+    unit: int,
     n: int = 10,
     largest: bool = True,
     slot: int | None = None,
@@ -194,7 +194,7 @@ def top_examples(
     chat_template: bool | None = None,
     site: SiteLike | None = None,
 ) -> pd.DataFrame:
-    """The ``n`` examples that activate a neuron most (``largest=False``: least).
+    """The ``n`` examples that activate a unit most (``largest=False``: least).
 
     The activation is read at soft-prompt slot ``slot`` (pass the ``slot`` column of a
     ``top_k`` row to use the slot the scan selected); ``None`` averages over all slots.
@@ -203,8 +203,8 @@ def top_examples(
         model: a HookedTransformer or TransformerBridge.
         prompt: the soft prompt.
         examples: the examples to rank.
-        layer: the neuron's layer.
-        neuron: the unit's index at its site (an MLP neuron's in ``blocks.{layer}.mlp.hook_post``).
+        layer: the unit's layer.
+        unit: the unit's index at its site (an MLP neuron's in ``blocks.{layer}.mlp.hook_post``).
         n: how many examples.
         largest: the most activating (True) or the least (False).
         slot: the slot to read, or None for the mean over slots.
@@ -223,7 +223,7 @@ def top_examples(
         model,
         prompt,
         examples,
-        NeuronSet.of([(layer, neuron)], site=site),
+        NeuronSet.of([(layer, unit)], site=site),
         batch_size=batch_size,
         chat_template=chat_template,
     )[:, 0]  # (N, k)

@@ -5,10 +5,10 @@ Ranking rules (``Scan.scores``): ``"max"`` (the paper's) and ``"absmax"``, defin
 ``sklens.stats.ranking`` for the scan and its null.
 
 Significance (with a permutation null, ``scan(..., n_permutations=B)``): ``p_values("fwer")`` is
-family-wise adjusted over all scanned neurons; ``p_values("neuron")`` is each neuron's own
-permutation p-value (valid per neuron, at least ``1/(B+1)``), and ``q_values`` applies BH/BY to
-it. ``p_values("pooled")`` pools every neuron's null: finer, but not a valid per-neuron p, and BH
-on it is only an approximate marginal FDR that assumes the neurons' nulls are alike
+family-wise adjusted over all scanned units; ``p_values("unit")`` is each unit's own
+permutation p-value (valid per unit, at least ``1/(B+1)``), and ``q_values`` applies BH/BY to
+it. ``p_values("pooled")`` pools every unit's null: finer, but not a valid per-unit p, and BH
+on it is only an approximate marginal FDR that assumes the units' nulls are alike
 (``sklens.stats.permutation``). A permutation test checks independence, not ρ = 0.
 """
 
@@ -42,7 +42,7 @@ from sklens.stats.permutation import PermutationNull
 from sklens.stats.ranking import RULES, Reduce, layer_and_unit, slot_scores
 from sklens.units.sites import Site, rebuild
 
-PMethod = Literal["fwer", "neuron", "pooled"]
+PMethod = Literal["fwer", "unit", "pooled"]
 Correction = Literal["fwer", "fdr_bh", "fdr_by"]
 
 
@@ -54,16 +54,16 @@ class Scan:
     ``layer_corr(L)`` indexes by model layer. With ``permutation_groups`` it is the within-group
     r and ``marginal_corr`` the ordinary one.
 
-    A neuron planted to track the metric at one slot comes out on top, with a permutation p
+    A unit planted to track the metric at one slot comes out on top, with a permutation p
     at its floor ``1/(B+1)``:
 
     >>> import torch, sklens
     >>> g = torch.Generator().manual_seed(0)
-    >>> acts = torch.randn(60, 2, 3, 8, generator=g)  # examples, layers, slots, neurons
+    >>> acts = torch.randn(60, 2, 3, 8, generator=g)  # examples, layers, slots, units
     >>> metric = acts[:, 1, 2, 5] + 0.3 * torch.randn(60, generator=g)
     >>> result = sklens.scan_activations(acts, metric, n_permutations=99)
     >>> top = result.top_k(1)
-    >>> int(top.layer[0]), int(top.neuron[0]), int(top.slot[0])
+    >>> int(top.layer[0]), int(top.unit[0]), int(top.slot[0])
     (1, 5, 2)
     >>> round(float(result.p_values(method="fwer")[1, 5]), 4)
     0.01
@@ -147,50 +147,50 @@ class Scan:
     def scores(
         self, reduce: Reduce = "max"
     ) -> tuple[Float[Tensor, "layers unit"], Int[Tensor, "layers unit"]]:
-        """Per-neuron score and the slot it comes from (rules: ``sklens.stats.ranking``)."""
+        """Per-unit score and the slot it comes from (rules: ``sklens.stats.ranking``)."""
         return slot_scores(self.corr, reduce)
 
     def top_k(self, k: int = 10, reduce: Reduce = "max") -> pd.DataFrame:
-        """The ``k`` neurons with the largest ``|score|``: layer, neuron, slot, corr, score.
+        """The ``k`` units with the largest ``|score|``: layer, unit, slot, corr, score.
 
         ``corr`` is r at ``position``; ``corr_min``/``corr_max`` span r over all positions, which
         shows where the two ranking rules can disagree. Every number here is **in-sample**: it
-        comes from the examples that selected the neurons, so |r| is inflated by the selection
+        comes from the examples that selected the units, so |r| is inflated by the selection
         (``attrs["sample"]`` says so); re-measure on other examples with
         ``sklens.confirm_neurons``.
 
         Args:
-            k: how many neurons (fewer when fewer have a score).
+            k: how many units (fewer when fewer have a score).
             reduce: the ranking rule: ``"max"`` (the paper's) or ``"absmax"``.
 
         Returns:
-            One row per neuron, best first; with a permutation null also ``p_fwer``,
-            ``p_neuron`` and ``q_bh``.
+            One row per unit, best first; with a permutation null also ``p_fwer``,
+            ``p_unit`` and ``q_bh``.
         """
-        validate.integer("k", k, minimum=0, meaning="how many neurons")
+        validate.integer("k", k, minimum=0, meaning="how many units")
         score, slot = self.scores(reduce)
         ranked = torch.where(score.isnan(), -1.0, score.abs()).flatten()
         k = min(k, int((~score.isnan()).sum()))
         top = ranked.topk(k).indices
         n_units = score.shape[1]
-        rows, neurons = layer_and_unit(top, n_units)
+        rows, units = layer_and_unit(top, n_units)
         corr = self.corr
         layers = self.layers
-        pos = slot[rows, neurons]
+        pos = slot[rows, units]
         extra = {}
         if self.null is not None:
-            extra["p_fwer"] = self.p_values(reduce, "fwer")[rows, neurons].tolist()
-            extra["p_neuron"] = self.p_values(reduce, "neuron")[rows, neurons].tolist()
-            extra["q_bh"] = self.q_values(reduce, "bh")[rows, neurons].tolist()
+            extra["p_fwer"] = self.p_values(reduce, "fwer")[rows, units].tolist()
+            extra["p_unit"] = self.p_values(reduce, "unit")[rows, units].tolist()
+            extra["q_bh"] = self.q_values(reduce, "bh")[rows, units].tolist()
         table = pd.DataFrame(
             {
                 "layer": [layers[r] for r in rows.tolist()],
-                "neuron": neurons.tolist(),
+                "unit": units.tolist(),
                 "slot": pos.tolist(),
-                "corr": corr[rows, neurons, pos].tolist(),
-                "score": score[rows, neurons].tolist(),
-                "corr_min": corr[rows, neurons].nan_to_num(nan=torch.inf).amin(-1).tolist(),
-                "corr_max": corr[rows, neurons].nan_to_num(nan=-torch.inf).amax(-1).tolist(),
+                "corr": corr[rows, units, pos].tolist(),
+                "score": score[rows, units].tolist(),
+                "corr_min": corr[rows, units].nan_to_num(nan=torch.inf).amin(-1).tolist(),
+                "corr_max": corr[rows, units].nan_to_num(nan=-torch.inf).amax(-1).tolist(),
                 **extra,
                 "site": self.settings.site,  # whose unit ids these are (sklens.sites)
             }
@@ -209,42 +209,42 @@ class Scan:
     def p_values(
         self, reduce: Reduce = "max", method: PMethod = "fwer"
     ) -> Float[Tensor, "layers unit"]:
-        """Per-neuron p-values from the permutation null.
+        """Per-unit p-values from the permutation null.
 
         Args:
             reduce: the ranking rule whose scores are tested.
             method: ``"fwer"``: family-wise adjusted by the max statistic (the top score's null
-                over all neurons). ``"neuron"``: uncorrected, each neuron against its own permuted
-                scores (valid per neuron; resolution ``1/(B+1)``). ``"pooled"``: against all
-                neurons' permuted scores pooled — finer, but **not** a valid per-neuron p-value;
-                it assumes every neuron has the same null.
+                over all units). ``"unit"``: uncorrected, each unit against its own permuted
+                scores (valid per unit; resolution ``1/(B+1)``). ``"pooled"``: against all
+                units' permuted scores pooled — finer, but **not** a valid per-unit p-value;
+                it assumes every unit has the same null.
         """
         null = self._require_null()
         score, _ = self.scores(reduce)
         if method == "fwer":
             return null.fwer_p(score, reduce)
-        if method == "neuron":
-            return null.neuron_p(score, reduce)
+        if method == "unit":
+            return null.unit_p(score, reduce)
         if method == "pooled":
             return null.pooled_p(score, reduce)
-        raise ValueError(f"method must be 'fwer', 'neuron' or 'pooled', got {method!r}")
+        raise ValueError(f"method must be 'fwer', 'unit' or 'pooled', got {method!r}")
 
     def q_values(
-        self, reduce: Reduce = "max", method: QMethod = "bh", p: PMethod = "neuron"
+        self, reduce: Reduce = "max", method: QMethod = "bh", p: PMethod = "unit"
     ) -> Float[Tensor, "layers unit"]:
         """Benjamini–Hochberg (``"bh"``) or –Yekutieli (``"by"``) q-values.
 
-        ``p="neuron"`` (default) adjusts the valid per-neuron permutation p-values: FDR control
-        as BH/BY promise, but no q falls below ``m / (B+1) / (number of neurons at that p)``, so
+        ``p="unit"`` (default) adjusts the valid per-unit permutation p-values: FDR control
+        as BH/BY promise, but no q falls below ``m / (B+1) / (number of units at that p)``, so
         sparse findings need a large B. ``p="pooled"`` adjusts the pooled-null p-values: an
-        approximate marginal FDR that assumes all neurons share one null.
+        approximate marginal FDR that assumes all units share one null.
         """
         return torch.from_numpy(q_values(self.p_values(reduce, p).numpy(), method))
 
     def significant(
         self, alpha: float = 0.05, method: Correction = "fwer", reduce: Reduce = "max"
     ) -> pd.DataFrame:
-        """The neurons that pass ``alpha`` under ``"fwer"``, ``"fdr_bh"`` or ``"fdr_by"``,
+        """The units that pass ``alpha`` under ``"fwer"``, ``"fdr_bh"`` or ``"fdr_by"``,
         as a ``top_k``-style table with ``p_fwer`` and ``q`` columns, sorted by ``|score|``."""
         if method == "fwer":
             passed = self.p_values(reduce, "fwer") <= alpha
@@ -260,25 +260,25 @@ class Scan:
         examples: Sequence[Example],
         *,
         layer: int,
-        neuron: int,
+        unit: int,
         slot: int,
         n: int | None = None,
         largest: bool = True,
     ) -> pd.DataFrame:
-        """A neuron's most (``largest=False``: least) activating examples at ``slot``, from the
+        """A unit's most (``largest=False``: least) activating examples at ``slot``, from the
         extremes the scan kept (``n_extremal``): no model, no pass. Same table as
         ``sklens.top_examples`` (which runs the model, and can average over slots).
 
         Args:
             examples: the scan's own examples, in the scan's order (checked by their hash).
-            layer: the neuron's (model) layer; it must have been scanned.
-            neuron: its index in ``blocks.{layer}.mlp.hook_post``.
+            layer: the unit's (model) layer; it must have been scanned.
+            unit: its index at the scan's site (an MLP neuron's in ``blocks.{layer}.mlp.hook_post``).
             slot: the soft-prompt slot (a ``top_k`` row's ``slot``).
             n: how many (default: all kept, ``settings.n_extremal``).
             largest: the most activating (True) or the least (False).
         """
         validate.integer("layer", layer)
-        validate.integer("neuron", neuron)
+        validate.integer("unit", unit)
         validate.integer("slot", slot)
         if self.extremes is None:
             raise ValueError(
@@ -294,16 +294,16 @@ class Scan:
         j = self.layers.index(layer) if layer in self.layers else None
         if j is None:
             raise KeyError(f"layer {layer} was not scanned; this scan has layers {self.layers}")
-        if not 0 <= slot < self.settings.n_slots or not 0 <= neuron < self.settings.n_units:
+        if not 0 <= slot < self.settings.n_slots or not 0 <= unit < self.settings.n_units:
             raise ValueError(
-                f"neuron must be in 0..{self.settings.n_units - 1} and slot in "
-                f"0..{self.settings.n_slots - 1}, got neuron={neuron}, slot={slot}"
+                f"unit must be in 0..{self.settings.n_units - 1} and slot in "
+                f"0..{self.settings.n_slots - 1}, got unit={unit}, slot={slot}"
             )
         ex = self.extremes
         values, rows = (ex.values, ex.rows) if largest else (ex.low_values, ex.low_rows)
         kept = [
             (int(i), float(v))
-            for i, v in zip(rows[j, :n, slot, neuron], values[j, :n, slot, neuron], strict=True)
+            for i, v in zip(rows[j, :n, slot, unit], values[j, :n, slot, unit], strict=True)
             if i >= 0
         ]
         return pd.DataFrame(
@@ -387,7 +387,7 @@ class Scan:
 
     def _repr_html_(self) -> str:
         table = self.top_k(10).to_html(index=False, float_format=lambda x: f"{x:.3f}")
-        title = "<p>Top 10 neurons (paper's rule):</p>"
+        title = "<p>Top 10 units (paper's rule):</p>"
         return f"<div><p><code>{html.escape(repr(self))}</code></p>{title}{table}</div>"
 
 

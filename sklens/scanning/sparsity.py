@@ -65,7 +65,7 @@ def sparsity(
         "null_max_95": float(np.quantile(scan.null.max_null(reduce).numpy(), 0.95)),
         "n_fwer_05": n_fwer,
         "frac_fwer_05": n_fwer / len(score),
-        "frac_p_unit_05": float(np.nanmean(scan.p_values(reduce, "neuron").numpy() <= 0.05)),
+        "frac_p_unit_05": float(np.nanmean(scan.p_values(reduce, "unit").numpy() <= 0.05)),
         "frac_bh_05": float(np.nanmean(scan.q_values(reduce, "bh").numpy() <= 0.05)),
         "sparse": 0 < n_fwer and n_fwer / len(score) < SPARSE_FRACTION,
         "sparse_definition": f"at least one and fewer than {SPARSE_FRACTION:.0%} of units pass "

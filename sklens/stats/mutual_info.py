@@ -216,36 +216,36 @@ class MutualInfo:
         return self.values.max(-1)
 
     def p_values(self, method: str = "fwer") -> Float[Tensor, "layers d_mlp"]:
-        """``"fwer"``: against the max over all units per permutation; ``"neuron"``: against the
+        """``"fwer"``: against the max over all units per permutation; ``"unit"``: against the
         unit's own permuted scores (``PermutationNull``)."""
         if self.null is None:
             raise ValueError(
                 "this mutual information has no permutation null: scan with n_permutations=200"
             )
-        if method not in ("fwer", "neuron"):
-            raise ValueError(f"method must be 'fwer' or 'neuron', got {method!r}")
+        if method not in ("fwer", "unit"):
+            raise ValueError(f"method must be 'fwer' or 'unit', got {method!r}")
         score = self.scores()[0].float()
         return getattr(self.null, f"{method}_p")(score, "max")
 
     def top_k(self, k: int = 10) -> pd.DataFrame:
-        """The ``k`` units of largest MI (in-sample, as ``Scan.top_k``): layer, neuron, slot,
-        mi (nats); with a null also ``p_fwer`` and ``p_neuron``."""
-        validate.integer("k", k, minimum=0, meaning="how many neurons")
+        """The ``k`` units of largest MI (in-sample, as ``Scan.top_k``): layer, unit, slot,
+        mi (nats); with a null also ``p_fwer`` and ``p_unit``."""
+        validate.integer("k", k, minimum=0, meaning="how many units")
         score, slot = self.scores()
         d_mlp = score.shape[1]
         top = score.flatten().topk(min(k, score.numel())).indices
-        rows, neurons = layer_and_unit(top, d_mlp)
+        rows, units = layer_and_unit(top, d_mlp)
         table = pd.DataFrame(
             {
                 "layer": [self.layers[r] for r in rows.tolist()],
-                "neuron": neurons.tolist(),
-                "slot": slot[rows, neurons].tolist(),
-                "mi": score[rows, neurons].tolist(),
+                "unit": units.tolist(),
+                "slot": slot[rows, units].tolist(),
+                "mi": score[rows, units].tolist(),
             }
         )
         if self.null is not None:
-            table["p_fwer"] = self.p_values("fwer")[rows, neurons].tolist()
-            table["p_neuron"] = self.p_values("neuron")[rows, neurons].tolist()
+            table["p_fwer"] = self.p_values("fwer")[rows, units].tolist()
+            table["p_unit"] = self.p_values("unit")[rows, units].tolist()
         table.attrs["sample"] = "in-sample: selected and measured on the same examples"
         return table
 
@@ -276,11 +276,11 @@ class MutualInfo:
 
 
 def top_k_overlap(first: pd.DataFrame, second: pd.DataFrame) -> dict[str, object]:
-    """How two top-K unit tables agree: the units (layer, neuron) in both, in one only, and the
+    """How two top-K unit tables agree: the units (layer, unit) in both, in one only, and the
     Jaccard index. The slot is not compared: a unit is selected by its best slot under each
     measure."""
-    a = set(zip(first.layer.tolist(), first.neuron.tolist(), strict=True))
-    b = set(zip(second.layer.tolist(), second.neuron.tolist(), strict=True))
+    a = set(zip(first.layer.tolist(), first.unit.tolist(), strict=True))
+    b = set(zip(second.layer.tolist(), second.unit.tolist(), strict=True))
     return {
         "k": (len(a), len(b)),
         "shared": sorted(a & b),

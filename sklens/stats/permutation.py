@@ -1,6 +1,6 @@
 """Max-statistic permutation null (Nichols & Holmes 2002), computed from the scan's own pass.
 
-For B permutations π_b of the metric, the permuted correlations of every (layer, neuron, slot)
+For B permutations π_b of the metric, the permuted correlations of every (layer, unit, slot)
 are matrix products: with ``z_b`` the centred, unit-norm permuted metric,
 ``r_b = Σ_n (a_n − c) z_b[n] / sqrt(M2_a)`` for any shift ``c`` (because ``Σ z_b = 0``), so a
 block of examples adds ``Zᵀ (a − c)`` with ``Z = [z_1 … z_B]`` of shape ``[n_examples, B]``. The
@@ -26,13 +26,13 @@ What the test tests: exchangeability of the metric with the activations, i.e. **
 not ρ = 0 (with heteroscedastic dependence it can reject while ρ = 0; DiCiccio & Romano 2017).
 The max-statistic FWER is strong under subset pivotality. Three kinds of p-value come out:
 
-* ``fwer_p``: family-wise adjusted by the max statistic over all scanned neurons;
-* ``neuron_p``: each neuron against its **own** permuted scores, ``(1 + #{b: |s_b| ≥ |s|})/(B+1)``:
-  valid per neuron (coarse: at least ``1/(B+1)``), the input for BH/BY;
-* ``pooled_p``: against all neurons' permuted scores pooled. Fine-grained but **not** a valid
-  p-value per neuron: neurons' nulls differ (slots that vary independently give a wider null of
+* ``fwer_p``: family-wise adjusted by the max statistic over all scanned units;
+* ``unit_p``: each unit against its **own** permuted scores, ``(1 + #{b: |s_b| ≥ |s|})/(B+1)``:
+  valid per unit (coarse: at least ``1/(B+1)``), the input for BH/BY;
+* ``pooled_p``: against all units' permuted scores pooled. Fine-grained but **not** a valid
+  p-value per unit: units' nulls differ (slots that vary independently give a wider null of
   the max than identical slots). BH on it controls only an *approximate marginal FDR* under the
-  assumption that the neurons' nulls are alike.
+  assumption that the units' nulls are alike.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class PermutationAccumulator:
         mean_a: Float[Tensor, "layers d_mlp slot"],
         m2_a: Float[Tensor, "layers d_mlp slot"],
     ) -> PermutationNull:
-        """Permuted correlations → per-permutation neuron scores under both ranking rules.
+        """Permuted correlations → per-permutation unit scores under both ranking rules.
 
         ``mean_a`` is the common shift every rank's sums move to before they are added up
         (data-parallel scans); ``m2_a`` the (within-group) sums of squares that normalise them.
@@ -191,7 +191,7 @@ class PermutationAccumulator:
 
 @dataclass
 class PermutationNull:
-    """Per-permutation neuron scores ``[B, layers, d_mlp]`` for each rule, and the permutations."""
+    """Per-permutation unit scores ``[B, layers, d_mlp]`` for each rule, and the permutations."""
 
     scores: dict[str, Float[Tensor, "B layers d_mlp"]]
     perms: Int[Tensor, "B n"]
@@ -201,7 +201,7 @@ class PermutationNull:
         return self.perms.shape[0]
 
     def max_null(self, reduce: Reduce = "max") -> Float[Tensor, " B"]:
-        """The largest ``|score|`` over all neurons in each permutation: the max-statistic null."""
+        """The largest ``|score|`` over all units in each permutation: the max-statistic null."""
         return self.scores[reduce].abs().nan_to_num(nan=0.0).flatten(1).amax(1)
 
     def fwer_p(self, score: Float[Tensor, "layers d_mlp"], reduce: Reduce = "max") -> Tensor:
@@ -210,16 +210,16 @@ class PermutationNull:
         exceed = len(null) - torch.searchsorted(null, score.abs().float().contiguous(), right=False)
         return torch.where(score.isnan(), torch.nan, (1 + exceed) / (1 + len(null)))
 
-    def neuron_p(self, score: Float[Tensor, "layers d_mlp"], reduce: Reduce = "max") -> Tensor:
-        """Per-neuron permutation p-values ``(1 + #{b: |s_b| ≥ |s|}) / (1 + B)``, each neuron
-        against its own null (valid per neuron; a NaN permuted score counts as 0)."""
+    def unit_p(self, score: Float[Tensor, "layers d_mlp"], reduce: Reduce = "max") -> Tensor:
+        """Per-unit permutation p-values ``(1 + #{b: |s_b| ≥ |s|}) / (1 + B)``, each unit
+        against its own null (valid per unit; a NaN permuted score counts as 0)."""
         null = self.scores[reduce].abs().nan_to_num(nan=0.0)  # (B, L, d)
         exceed = (null >= score.abs().float()).sum(0)
         return torch.where(score.isnan(), torch.nan, (1 + exceed) / (1 + len(null)))
 
     def pooled_p(self, score: Float[Tensor, "layers d_mlp"], reduce: Reduce = "max") -> Tensor:
-        """Against all neurons' permuted scores pooled: fine resolution, but **not** a valid
-        per-neuron p-value (see the module doc); BH on it is an approximate marginal FDR."""
+        """Against all units' permuted scores pooled: fine resolution, but **not** a valid
+        per-unit p-value (see the module doc); BH on it is an approximate marginal FDR."""
         pooled = self.scores[reduce].abs().flatten()
         pooled = pooled[~pooled.isnan()].sort().values
         exceed = len(pooled) - torch.searchsorted(

@@ -1,12 +1,14 @@
 """One type for "which neurons": ``NeuronSet``, accepted by every function that takes neurons.
 
-A user names neurons as a ``Scan.top_k`` table, a list of ``(layer, neuron)`` pairs, a boolean
-mask ``[n_layers, d_mlp]``, a ``{layer: ids}`` dict, or a ``NeuronSet``; ``NeuronSet.of`` parses
-each (checked against the model when one is given) and keeps the order given, so the columns of
-``slot_activations`` follow the rows of a ``top_k`` table. Hooks read one layer at a time, so the
-set also answers per layer: ``columns()`` (output column and neuron id of each entry) and
-``by_layer()`` (the distinct ids, as an intervention edits them). Normalising once is how
-TransformerLens treats its slices (``utilities/slice.py``: ``SliceInput`` → ``Slice``).
+A user names units as a ``Scan.top_k`` table (columns ``layer`` and ``unit``), a list of
+``(layer, unit)`` pairs, a boolean mask ``[n_layers, d_mlp]``, a ``{layer: ids}`` dict, or a
+``NeuronSet``; ``NeuronSet.of`` parses each (checked against the model when one is given) and
+keeps the order given, so the columns of ``slot_activations`` follow the rows of a ``top_k``
+table. Hooks read one layer at a time, so the set also answers per layer: ``columns()`` (output
+column and unit id of each entry) and ``by_layer()`` (the distinct ids, as an intervention edits
+them). Normalising once is how TransformerLens treats its slices (``utilities/slice.py``:
+``SliceInput`` → ``Slice``). A hand-built table may name its unit column ``neuron`` (the MLP
+site's unit), as tables did before every site's unit was a ``unit``.
 
 A set also holds its *site* (``sklens.sites``: MLP neurons by default, or heads, residual
 dimensions, SAE latents, …), so every reader and edit uses the hook and unit map the ids belong
@@ -34,7 +36,7 @@ NeuronLike = Union[
 ]
 
 FORMS = (
-    "a Scan.top_k table (a DataFrame with columns layer and neuron), a list of (layer, neuron) "
+    "a Scan.top_k table (a DataFrame with columns layer and unit), a list of (layer, unit) "
     "pairs, a bool mask [n_layers, units], a {layer: [ids]} dict, or a NeuronSet"
 )
 
@@ -53,17 +55,17 @@ class NeuronSet:
     ) -> NeuronSet:
         """Parse any ``NeuronLike``; with ``model``, bind the site and check every pair lies
         inside it. ``site`` is needed for pairs, masks and dicts of a site other than MLP
-        neurons, and for tables of a site that holds tensors (SAE latents, directions)."""
+        neurons, and for tables of a site that holds tensors (SAE latents, directions).
+
+        A table names each unit by its ``layer`` and ``unit`` columns, as every table sklens
+        writes does. A table with a ``neuron`` column instead (a hand-built table of MLP
+        neurons) is read the same way, its ``neuron`` column as ``unit``; a table with both is
+        refused, since either could be meant."""
         if isinstance(neurons, NeuronSet):
             out = neurons if site is None else cls(neurons.pairs, _same_site(neurons.site, site))
         elif isinstance(neurons, pd.DataFrame):
-            missing = {"layer", "neuron"} - set(neurons.columns)
-            if missing:
-                raise ValueError(
-                    f"the neuron table needs columns 'layer' and 'neuron'; missing {sorted(missing)}"
-                )
-            layers, ids = _whole_column(neurons, "layer"), _whole_column(neurons, "neuron")
-            out = cls(tuple(zip(layers, ids, strict=True)), _table_site(neurons, site))
+            pairs = zip(_whole_column(neurons, "layer"), _unit_column(neurons), strict=True)
+            out = cls(tuple(pairs), _table_site(neurons, site))
         elif isinstance(neurons, Tensor):
             mask_site = site_of(site)
             if model is not None and not mask_site.size:
@@ -171,20 +173,20 @@ def _whole(value: Any, where: str, what: str) -> int:
 
 
 def _pair(item: Any, j: int) -> tuple[int, int]:
-    """Item ``j`` of a list of ``(layer, neuron)`` pairs."""
+    """Item ``j`` of a list of ``(layer, unit)`` pairs."""
     if isinstance(item, (str, bytes)) or not isinstance(item, Iterable):
         raise TypeError(
-            f"neurons[{j}] is {item!r}, not a (layer, neuron) pair: neurons must be {FORMS}"
+            f"neurons[{j}] is {item!r}, not a (layer, unit) pair: neurons must be {FORMS}"
         )
     parts = list(item)
     if len(parts) != 2:
         raise TypeError(
-            f"neurons[{j}] has {len(parts)} values, not a (layer, neuron) pair: neurons must be "
+            f"neurons[{j}] has {len(parts)} values, not a (layer, unit) pair: neurons must be "
             f"{FORMS}"
         )
     return (
         _whole(parts[0], f"neurons[{j}]: the layer", "a layer index"),
-        _whole(parts[1], f"neurons[{j}]: the neuron", "a unit index"),
+        _whole(parts[1], f"neurons[{j}]: the unit", "a unit index"),
     )
 
 
@@ -199,9 +201,30 @@ def _ids(ids: Any, where: str) -> list[int]:
     return [_whole(i, where, "a list of unit ids") for i in ids]
 
 
+def _unit_column(table: pd.DataFrame) -> list[int]:
+    """A table's unit ids: its ``unit`` column, or a ``neuron`` column in its place (a
+    hand-built table of MLP neurons); a table with both, or neither, is refused."""
+    named = [c for c in ("unit", "neuron") if c in table.columns]
+    if len(named) == 2:
+        raise ValueError(
+            "the table has both a 'unit' and a 'neuron' column, so which holds the unit ids is "
+            "unclear: keep 'unit' (the column sklens writes) and drop or rename 'neuron'"
+        )
+    if not named:
+        raise ValueError(
+            "the unit table needs a 'unit' column (the unit ids, as Scan.top_k writes them; "
+            f"'neuron' is read in its place); it has {sorted(map(str, table.columns))}"
+        )
+    return _whole_column(table, named[0])
+
+
 def _whole_column(table: pd.DataFrame, column: str) -> list[int]:
-    """A table's ``layer`` or ``neuron`` column as ints; fractions, text and bools are refused
+    """A table's ``layer`` or unit column as ints; fractions, text and bools are refused
     (a float column of whole numbers, as a CSV with gaps reads back, is accepted)."""
+    if column not in table.columns:
+        raise ValueError(
+            f"the unit table needs a {column!r} column; it has {sorted(map(str, table.columns))}"
+        )
     values = table[column]
     if pd.api.types.is_bool_dtype(values):
         ok = pd.Series(False, index=values.index)
@@ -214,7 +237,7 @@ def _whole_column(table: pd.DataFrame, column: str) -> list[int]:
     bad = values[~ok.astype(bool)]
     if not bad.empty:
         raise TypeError(
-            f"the neuron table's column {column!r} must hold whole numbers, got "
+            f"the unit table's column {column!r} must hold whole numbers, got "
             f"{bad.tolist()[0]!r} (row {bad.index[0]!r})"
         )
     return [int(v) for v in values]

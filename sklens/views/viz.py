@@ -6,8 +6,8 @@ render; an offline notebook or a shared report then shows a blank box. Every vie
 
 Views render only: like circuitsvis's own functions they take token strings and arrays
 (``[pos, neurons]`` per example) and never run a model — ``sklens.explanation.evidence`` computes what they
-show. Neurons are labelled ``L{layer} N{neuron}`` (with the scan's slot as ``@soft{k}``) so the
-real ids survive circuitsvis's renumbering.
+show. Units are labelled at their site (``L{layer} N{unit}`` for an MLP neuron, with the scan's
+slot as ``@soft{k}``) so the real ids survive circuitsvis's renumbering.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def neuron_labels(neurons: pd.DataFrame | Sequence[tuple[int, int]]) -> list[str
         return [
             unit_slot_label(site, L, i, p, word="soft")
             for L, i, p, site in zip(
-                neurons.layer, neurons.neuron, neurons.slot, site_names(neurons), strict=True
+                neurons.layer, neurons.unit, neurons.slot, site_names(neurons), strict=True
             )
         ]
     return NeuronSet.of(neurons).labels()

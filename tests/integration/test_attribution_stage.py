@@ -26,16 +26,16 @@ def test_run_with_attribute_writes_the_joined_table(qwen_dir, tmp_path):
     neurons = pd.read_csv(out / "neurons.csv")
 
     def units(table):
-        return set(zip(table.layer, table.neuron, strict=True))
+        return set(zip(table.layer, table.unit, strict=True))
 
     assert units(joined) == units(neurons) | units(top)  # the union of both top-Ks
     for row in joined.itertuples():  # each number is the saved one at that unit and slot
-        assert row.corr == pytest.approx(float(scan.corr[row.layer, row.neuron, row.slot]))
-        assert row.effect == pytest.approx(float(found.effect[row.layer, row.neuron, row.slot]))
+        assert row.corr == pytest.approx(float(scan.corr[row.layer, row.unit, row.slot]))
+        assert row.effect == pytest.approx(float(found.effect[row.layer, row.unit, row.slot]))
     assert joined.in_corr_top.sum() == 3 and joined.in_effect_top.sum() == 3
     score, _ = scan.scores("max")  # rank 1 is the neuron of the largest |score|
     best = joined[joined.corr_rank == 1].iloc[0]
-    assert abs(score[best.layer, best.neuron]) == score.abs().max()
+    assert abs(score[best.layer, best.unit]) == score.abs().max()
     causal = (joined.effect_lo > 0) | (joined.effect_hi < 0)
     assert (joined.candidate == (causal & (joined.p_fwer <= 0.05))).all()
     summary = json.loads((out / "summary.json").read_text())["attribution"]

@@ -34,13 +34,13 @@ def test_run_writes_every_output(qwen_dir, tmp_path, capsys):
     held = pd.read_csv(out / "heldout.csv")
     lines = printed.splitlines()
     for j, row in enumerate(neurons.itertuples()):  # each unit's held-out r beside its score
-        h = held[(held.layer == row.layer) & (held.neuron == row.neuron) & (held.slot == row.slot)]
+        h = held[(held.layer == row.layer) & (held.unit == row.unit) & (held.slot == row.slot)]
         (line,) = [x for x in lines if x.startswith(f"{j:>2} ")]
         shown = line.split()[4:8]  # after "#", "L0 N107" and the slot: score, held-out r, CI
         assert shown[:2] == [f"{row.score:.3f}", f"{h.r_heldout.item():.3f}"]
         assert " ".join(shown[2:]) == f"[{h.r_lo.item():.2f}, {h.r_hi.item():.2f}]"
     assert (
-        list(neurons.columns[:5]) == ["layer", "neuron", "slot", "corr", "score"]
+        list(neurons.columns[:5]) == ["layer", "unit", "slot", "corr", "score"]
         and len(neurons) == 3
     )
     examples = pd.read_csv(out / "examples.csv")
@@ -60,7 +60,7 @@ def test_run_writes_every_output(qwen_dir, tmp_path, capsys):
     assert (out / "heldout.csv").exists() and summary["held_out"]["n_heldout"] == 8
     scan = sklens.Scan.load(out / "scan.safetensors")
     top = scan.top_k(3)
-    assert list(top.neuron) == list(neurons.neuron)
+    assert list(top.unit) == list(neurons.unit)
     prompt = sklens.SoftPrompt.load(out / "prompt")
     assert prompt.config.training["steps"] == 3
     assert _no_partial_files(out)
@@ -210,8 +210,8 @@ def test_causal_controls_of_a_study(qwen_dir, tmp_path, monkeypatch):
         == 0
     )
     attribution = pd.read_csv(out / "attribution.csv")
-    assert seen["positive"][["layer", "neuron", "slot"]].equals(
-        attribution[["layer", "neuron", "slot"]]
+    assert seen["positive"][["layer", "unit", "slot"]].equals(
+        attribution[["layer", "unit", "slot"]]
     )
     scan = sklens.Scan.load(out / "scan.safetensors")
     strata = score_strata(scan)
@@ -288,16 +288,16 @@ def test_run_with_statistics(qwen_dir, tmp_path):
     assert {"spearman", "auroc", "eta_squared", "r_lo_adj", "r_hi_adj"} <= set(heldout.columns)
     assert (heldout.r_lo_adj <= heldout.r_lo).all() and (heldout.r_hi <= heldout.r_hi_adj).all()
     neurons = pd.read_csv(out / "neurons.csv")
-    assert {"p_fwer", "p_neuron", "q_bh"} <= set(neurons.columns)
+    assert {"p_fwer", "p_unit", "q_bh"} <= set(neurons.columns)
     for name in ("heldout.csv", "consensus.csv", "stability_jaccard.csv"):
         assert (out / name).exists()
     # the mutual-information ranking: the saved scan's, beside the Pearson top-K
     mi = sklens.Scan.load(out / "scan.safetensors").mutual_info
     by_mi = pd.read_csv(out / "neurons_mi.csv")
     expected = mi.top_k(len(neurons))
-    assert by_mi[["layer", "neuron", "slot"]].equals(expected[["layer", "neuron", "slot"]])
-    pearson = set(zip(neurons.layer, neurons.neuron, strict=True))
-    shared = [unit in pearson for unit in zip(by_mi.layer, by_mi.neuron, strict=True)]
+    assert by_mi[["layer", "unit", "slot"]].equals(expected[["layer", "unit", "slot"]])
+    pearson = set(zip(neurons.layer, neurons.unit, strict=True))
+    shared = [unit in pearson for unit in zip(by_mi.layer, by_mi.unit, strict=True)]
     assert by_mi.in_pearson_top.tolist() == shared
     assert summary["mutual_information"]["shared_with_pearson"] == sum(shared)
     assert summary["mutual_information"]["n_permutations"] == 19

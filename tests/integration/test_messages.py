@@ -111,6 +111,17 @@ def test_case_81_summary_from_another_version(tmp_path, capsys):
     assert "written by sklens 0.0.9" in err
 
 
+def test_a_run_whose_tables_name_units_neuron_is_refused(tmp_path, capsys):
+    run = _run_dir(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["top_neurons"] = [{"layer": 0, "neuron": 5, "slot": 1}]
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(run)]) == 2
+    err = cli_error(capsys)
+    assert "tables name the unit column 'neuron' (now 'unit')" in err
+    assert f"run `sklens run --out {run}` again" in err
+
+
 @pytest.mark.parametrize(
     ("edit", "detail"),
     [

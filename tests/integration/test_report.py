@@ -72,7 +72,7 @@ def test_views_render_offline_with_soft_slots(qwen, examples, monkeypatch):
     ):
         page = view._repr_html_()
         assert "unpkg.com" not in page and "var CircuitsVis" in page
-        assert "&lt;soft0&gt;" in page and f"L{top.layer[0]} N{top.neuron[0]}" in page
+        assert "&lt;soft0&gt;" in page and f"L{top.layer[0]} N{top.unit[0]}" in page
         bundle, mount = view.split()
         assert (
             "var CircuitsVis" in bundle and "CircuitsVis.render(" in mount and len(mount) < 50_000
@@ -118,7 +118,7 @@ def test_evidence_equals_the_activations_it_summarises(qwen, examples):
         assert tokens == [t for t, _ in direct]
         for got, (_, want) in zip(per_token, direct, strict=True):
             np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
-        mine = table[table.neuron_rank == j]
+        mine = table[table.unit_rank == j]
         assert list(mine[mine.direction == "most"].example) == evidence.most[j]
     assert evidence.groups == [e.meta["a"] for e in examples]
 
@@ -154,7 +154,7 @@ def test_report_is_self_contained(qwen_dir, tmp_path, monkeypatch):
     # directory rather than show it (a run replaces the whole directory, so only a hand-made
     # change can put it there), and likewise an edited summary.
     run = tmp_path / "run"
-    pd.DataFrame({"layer": [0], "neuron": [0], "stale_marker": [1.0]}).to_csv(
+    pd.DataFrame({"layer": [0], "unit": [0], "stale_marker": [1.0]}).to_csv(
         run / "consensus.csv", index=False
     )
     with pytest.raises(RunDirError, match="mixes files from different runs: consensus.csv is not"):

@@ -32,8 +32,8 @@ def test_the_stages_write_their_tables_and_summary(run_dir):
     neurons = pd.read_csv(run_dir / "neurons.csv")
     summary = json.loads((run_dir / "summary.json").read_text())
     stability = pd.read_csv(run_dir / "selection_stability.csv")
-    assert list(stability[["layer", "neuron", "slot"]].itertuples(index=False)) == list(
-        neurons[["layer", "neuron", "slot"]].itertuples(index=False)
+    assert list(stability[["layer", "unit", "slot"]].itertuples(index=False)) == list(
+        neurons[["layer", "unit", "slot"]].itertuples(index=False)
     )
     s = summary["selection_stability"]
     assert s["n_boot"] == 20 and s["k"] == 3 and s["reduce"] == "max"

@@ -94,29 +94,29 @@ def test_case_N6_fractional_and_text_unit_ids_are_refused(qwen, prompt, examples
     with pytest.raises(
         TypeError, match=r"the layer must be a layer index \(a whole number\), got '0'"
     ):
-        sklens.top_examples(qwen, prompt, examples, layer="0", neuron=1)
+        sklens.top_examples(qwen, prompt, examples, layer="0", unit=1)
     with pytest.raises(
-        TypeError, match=r"the neuron must be a unit index \(a whole number\), got 1.5"
+        TypeError, match=r"the unit must be a unit index \(a whole number\), got 1.5"
     ):
-        sklens.top_examples(qwen, prompt, examples, layer=0, neuron=1.5)
-    with pytest.raises(TypeError, match="the neuron must be"):
+        sklens.top_examples(qwen, prompt, examples, layer=0, unit=1.5)
+    with pytest.raises(TypeError, match="the unit must be"):
         NeuronSet.of([(0, 1.5)])
-    with pytest.raises(TypeError, match=r"column 'neuron' must hold whole numbers, got 1.5"):
-        NeuronSet.of(pd.DataFrame({"layer": [0], "neuron": [1.5]}))
+    with pytest.raises(TypeError, match=r"column 'unit' must hold whole numbers, got 1.5"):
+        NeuronSet.of(pd.DataFrame({"layer": [0], "unit": [1.5]}))
     with pytest.raises(TypeError, match=r"neurons\[0\] must be a list of unit ids"):
         NeuronSet.of({0: 3})
     # whole numbers of any integer type still pass; a float column of whole numbers too
     pairs = [(np.int64(1), torch.tensor(3)), (0, 2)]
     assert NeuronSet.of(pairs).pairs == ((1, 3), (0, 2))
-    assert NeuronSet.of(pd.DataFrame({"layer": [1.0], "neuron": [4.0]})).pairs == ((1, 4),)
+    assert NeuronSet.of(pd.DataFrame({"layer": [1.0], "unit": [4.0]})).pairs == ((1, 4),)
     assert NeuronSet.of({1: torch.tensor([4, 2])}).pairs == ((1, 4), (1, 2))
     # the scan's own table of extremal examples refuses them too
     acts = torch.randn(10, 2, 3, 8, generator=torch.Generator().manual_seed(0))
     result = sklens.scan_activations(acts, acts[:, 0, 0, 0])
     with pytest.raises(TypeError, match="layer must be a whole number"):
-        result.top_examples([], layer="0", neuron=1, slot=0)
-    with pytest.raises(TypeError, match="neuron must be a whole number"):
-        result.top_examples([], layer=0, neuron=1.5, slot=0)
+        result.top_examples([], layer="0", unit=1, slot=0)
+    with pytest.raises(TypeError, match="unit must be a whole number"):
+        result.top_examples([], layer=0, unit=1.5, slot=0)
 
 
 def test_case_N8_not_a_table_and_no_units_are_refused(qwen, prompt, examples, monkeypatch):
@@ -127,7 +127,7 @@ def test_case_N8_not_a_table_and_no_units_are_refused(qwen, prompt, examples, mo
         sklens.causal_check(qwen, prompt, examples, [], progress=False)
     with pytest.raises(ValueError, match="neurons names no unit"):
         sklens.causal_check(qwen, prompt, examples, torch.zeros(2, 128, dtype=torch.bool))
-    with pytest.raises(TypeError, match=r"neurons\[0\] is 3, not a \(layer, neuron\) pair"):
+    with pytest.raises(TypeError, match=r"neurons\[0\] is 3, not a \(layer, unit\) pair"):
         sklens.causal_check(qwen, prompt, examples, (3, 5), progress=False)
 
 
@@ -272,5 +272,5 @@ def test_n_constant_counts_units_that_never_vary():
     assert result.n_constant == 3 + 1
     assert int(result.corr.isnan().sum()) == result.n_constant
     top = result.top_k(16)
-    assert len(top) == 15 and (1, 4) not in set(zip(top.layer, top.neuron, strict=True))
+    assert len(top) == 15 and (1, 4) not in set(zip(top.layer, top.unit, strict=True))
     assert not top["score"].isna().any()

@@ -169,7 +169,7 @@ def test_a_planted_causal_unit_ranks_first_and_a_silent_tracker_gets_zero(qwen, 
     data = examples[:12]
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
     tracker = sklens.scan(qwen, prompt, data, metrics.label("op", positive="plus"), progress=False)
-    t_layer, t_neuron = (int(x) for x in tracker.top_k(1)[["layer", "neuron"]].iloc[0])
+    t_layer, t_neuron = (int(x) for x in tracker.top_k(1)[["layer", "unit"]].iloc[0])
     layer, neuron = _planted(qwen, data)
     with torch.no_grad():
         qwen.blocks[t_layer].mlp.W_out[t_neuron] = 0.0  # tracks the label, writes nothing
@@ -180,7 +180,7 @@ def test_a_planted_causal_unit_ranks_first_and_a_silent_tracker_gets_zero(qwen, 
         qwen, prompt, data, "logprob", method=method, ablation="zero", steps=2, progress=False
     )
     top = result.top_k(1)
-    assert (int(top.layer[0]), int(top.neuron[0]), int(top.slot[0])) == (layer, neuron, last)
+    assert (int(top.layer[0]), int(top.unit[0]), int(top.slot[0])) == (layer, neuron, last)
     for ablation in ("zero", "mean"):
         silent = by_hand(qwen, prompt, data, (t_layer, t_neuron, last), "logprob", ablation)
         assert float(silent.abs().max()) < 1e-6
@@ -208,7 +208,7 @@ def test_ig_beats_atp_on_a_saturating_unit(qwen, examples):
     ig = sklens.attribute(
         qwen, prompt, data, "loss", method="ig", ablation="zero", steps=8, groups=64, progress=False
     )
-    ranked = atp.top_k(4, per_slot=True)[["layer", "neuron", "slot"]].values
+    ranked = atp.top_k(4, per_slot=True)[["layer", "unit", "slot"]].values
     units = [(layer, neuron, 2), *(tuple(int(x) for x in r) for r in ranked)]
     units = list(dict.fromkeys(units))
     exact = torch.stack([by_hand(qwen, prompt, data, u, "loss", "zero").mean() for u in units])
@@ -278,7 +278,7 @@ def test_top_k_is_a_neuron_table_that_causal_check_takes(qwen, examples):
     result = sklens.attribute(qwen, prompt, examples[:8], method="atp", progress=False)
     table = result.top_k(3)
     scan_table = sklens.scan(qwen, prompt, examples[:8], "loss", progress=False).top_k(3)
-    shared = {"layer", "neuron", "slot", "site"}
+    shared = {"layer", "unit", "slot", "site"}
     assert shared <= set(scan_table.columns) and shared <= set(table.columns)
     assert {"effect", "stderr", "lo", "hi"} <= set(table.columns)
     assert list(table.effect.abs()) == sorted(table.effect.abs(), reverse=True)

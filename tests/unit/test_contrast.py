@@ -96,7 +96,7 @@ def test_statistic_and_p_values_equal_an_independent_numpy_computation(reduce):
     swaps = torch.randint(0, 2, (99, 20), generator=torch.Generator().manual_seed(4))
     diff, p_unit, p_fwer, q = _numpy_contrast(trained, baseline, m.numpy(), swaps, reduce)
     table = found.table
-    assert list(table.layer) == [0] * 12 + [1] * 12 and list(table.neuron) == list(range(12)) * 2
+    assert list(table.layer) == [0] * 12 + [1] * 12 and list(table.unit) == list(range(12)) * 2
     np.testing.assert_allclose(table["diff"], diff, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(table.p_unit, p_unit)
     np.testing.assert_allclose(table.p_fwer, p_fwer)
@@ -109,7 +109,7 @@ def test_statistic_and_p_values_equal_an_independent_numpy_computation(reduce):
     assert (
         list(table.slot) == sklens.scan_activations(trained, m).scores(reduce)[1].flatten().tolist()
     )
-    assert found.top_k(1)[["layer", "neuron"]].values.tolist() == [[1, 5]]
+    assert found.top_k(1)[["layer", "unit"]].values.tolist() == [[1, 5]]
 
 
 def test_calibrated_under_a_planted_null():
@@ -136,7 +136,7 @@ def test_power_on_a_unit_only_the_trained_prompt_shows():
     trained[:, 1, 2, 77] = (m + 0.3 * torch.randn(40, dtype=torch.float64)).float()
     found = contrast_from_activations(trained, baseline, m, n_permutations=199, seed=1)
     top = found.top_k(1).iloc[0]
-    assert (top.layer, top.neuron, top.slot) == (1, 77, 2)
+    assert (top.layer, top.unit, top.slot) == (1, 77, 2)
     assert top.score_trained > 0.9 and top.p_fwer == pytest.approx(1 / 200)
     assert top.p_unit == pytest.approx(1 / 200)  # BH over 400 units needs more permutations
     assert (found.table.p_fwer <= 0.05).sum() <= 3  # the planted unit, and at most chance others
@@ -205,12 +205,12 @@ def test_summary_rank_correlation_overlap_and_save_load(tmp_path):
     assert found.rank_correlation == pytest.approx(rho)
     top_t = set(
         t.assign(s=t.score_trained.abs())
-        .nlargest(5, "s")[["layer", "neuron"]]
+        .nlargest(5, "s")[["layer", "unit"]]
         .itertuples(index=False)
     )
     top_b = set(
         t.assign(s=t.score_baseline.abs())
-        .nlargest(5, "s")[["layer", "neuron"]]
+        .nlargest(5, "s")[["layer", "unit"]]
         .itertuples(index=False)
     )
     assert found.top_k_overlap(5) == pytest.approx(len(top_t & top_b) / len(top_t | top_b))

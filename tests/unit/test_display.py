@@ -38,10 +38,10 @@ def test_case_106_views_keep_every_character(qwen, examples):
 
 def _table_of_one_unit(run, instruction: str) -> str:
     """``format_table`` of a run whose one unit's extremal examples both read ``instruction``."""
-    neurons = [{"layer": 0, "neuron": 1, "slot": 0, "score": 0.5}]
+    neurons = [{"layer": 0, "unit": 1, "slot": 0, "score": 0.5}]
     pd.DataFrame(neurons).to_csv(run / "neurons.csv", index=False)
     rows = [
-        {"neuron_rank": 0, "rank": 0, "direction": d, "instruction": instruction, "completion": "x"}
+        {"unit_rank": 0, "rank": 0, "direction": d, "instruction": instruction, "completion": "x"}
         for d in ("most", "least")
     ]
     pd.DataFrame(rows).to_csv(run / "examples.csv", index=False)

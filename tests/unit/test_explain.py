@@ -116,11 +116,11 @@ def test_the_planted_property_is_the_top_explanation_on_held_out_examples(qwen):
     assert best.effect.iloc[0] == pytest.approx(
         ss.mannwhitneyu(a, b).statistic / (len(a) * len(b)), abs=1e-6
     )
-    assert found.summary[0].startswith(f"L{top.layer[0]} N{top.neuron[0]} @slot{top.slot[0]}: ")
+    assert found.summary[0].startswith(f"L{top.layer[0]} N{top.unit[0]} @slot{top.slot[0]}: ")
     assert ": marker = B" in found.summary[0] and "held-out AUROC" in found.summary[0]
     # the meta fields that nothing in the text shows do not pass for the top unit
     rows = found.table[
-        (found.table.unit == best.unit.iloc[0])
+        (found.table.label == best.label.iloc[0])
         & found.table.hypothesis.isin(["coin = True", "num"])
     ]
     assert len(rows) == 2 and not rows.passes.any()
@@ -131,7 +131,7 @@ def test_nothing_passes_on_noise(qwen):
     # noise activations against every candidate of real examples: nothing passes, in 10 draws
     hypotheses, _ = candidate_hypotheses(qwen.tokenizer, data)
     assert {h.kind for h in hypotheses} == {"meta", "surface", "ngram"}
-    units = pd.DataFrame({"layer": [0] * 5, "neuron": range(5), "slot": [0] * 5})
+    units = pd.DataFrame({"layer": [0] * 5, "unit": range(5), "slot": [0] * 5})
     passed = 0
     for seed in range(10):
         noise = torch.randn(160, 5, generator=torch.Generator().manual_seed(seed))
@@ -200,13 +200,13 @@ def test_the_run_writes_explanations_and_the_command_prints_them(qwen_dir, tmp_p
     assert main(args) == 0
     table = pd.read_csv(out / "explanations.csv")
     neurons = pd.read_csv(out / "neurons.csv")
-    assert table.unit.nunique() == len(neurons) == 3
+    assert table.label.nunique() == len(neurons) == 3
     capsys.readouterr()
     assert main(["explain", str(out), "--top", "2"]) == 0
     printed = capsys.readouterr().out
     assert "ranked on the confirm split (12 held-out examples)" in printed
     for row in neurons.itertuples():
-        assert printed.count(f"L{row.layer} N{row.neuron} @slot{row.slot}") == 2
+        assert printed.count(f"L{row.layer} N{row.unit} @slot{row.slot}") == 2
     assert main(["explain", str(tmp_path / "nowhere")]) == 2
     assert "has no summary.json" in capsys.readouterr().err
     (out / "explanations.csv").unlink()

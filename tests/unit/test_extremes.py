@@ -42,14 +42,14 @@ def test_kept_extremes_equal_the_second_pass(qwen, examples, block, monkeypatch)
     for row in top.itertuples():
         for largest in (True, False):
             kept = result.top_examples(
-                examples, layer=row.layer, neuron=row.neuron, slot=row.slot, largest=largest
+                examples, layer=row.layer, unit=row.unit, slot=row.slot, largest=largest
             )
             again = sklens.top_examples(
                 qwen,
                 prompt,
                 examples,
                 layer=row.layer,
-                neuron=row.neuron,
+                unit=row.unit,
                 slot=row.slot,
                 n=4,
                 largest=largest,
@@ -65,20 +65,20 @@ def test_extremes_survive_save_and_load_and_refuse_other_examples(qwen, examples
     for name, tensor in result.extremes.tensors().items():
         assert torch.equal(loaded.extremes.tensors()[name], tensor), name
     with pytest.raises(ValueError, match="not the ones this scan ran on"):
-        loaded.top_examples(examples[::-1], layer=0, neuron=0, slot=0)
+        loaded.top_examples(examples[::-1], layer=0, unit=0, slot=0)
     with pytest.raises(KeyError, match="layer 5 was not scanned"):
-        loaded.top_examples(examples, layer=5, neuron=0, slot=0)
+        loaded.top_examples(examples, layer=5, unit=0, slot=0)
     d = qwen.cfg.d_mlp
     with pytest.raises(
-        ValueError, match=f"neuron must be in 0..{d - 1} and slot in 0..2, got neuron={d}"
+        ValueError, match=f"unit must be in 0..{d - 1} and slot in 0..2, got unit={d}"
     ):
-        loaded.top_examples(examples, layer=0, neuron=d, slot=0)
+        loaded.top_examples(examples, layer=0, unit=d, slot=0)
     with pytest.raises(ValueError, match="n_extremal must be"):
         sklens.scan(qwen, prompt, examples, metrics.label("a"), n_extremal=-1, progress=False)
     with pytest.raises(ValueError, match="kept no extremal examples: scan\\(..., n_extremal=5\\)"):
         sklens.scan(
             qwen, prompt, examples, metrics.label("a"), n_extremal=0, progress=False
-        ).top_examples(examples, layer=0, neuron=0, slot=0)
+        ).top_examples(examples, layer=0, unit=0, slot=0)
 
 
 def test_fewer_examples_than_places_leave_them_empty():

@@ -186,7 +186,7 @@ def test_confirmation_reads_the_neurons_and_a_loss_in_one_pass(qwen, examples, m
     )
     assert len(passes) == 1
     acts = reference_slot_acts(qwen, prompt, confirm, [0, 1])  # (N, L, d, k)
-    picked = acts[:, top.layer, top.neuron, top.slot]  # (N, K)
+    picked = acts[:, top.layer, top.unit, top.slot]  # (N, K)
     losses = reference_losses(qwen, prompt, confirm)
     expected = [np.corrcoef(picked[:, j], losses)[0, 1] for j in range(len(top))]
     np.testing.assert_allclose(table.r_heldout, expected, atol=1e-4)

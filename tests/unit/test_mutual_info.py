@@ -99,10 +99,10 @@ def test_planted_absolute_value_unit_is_found_by_mi_and_missed_by_pearson(seed):
     metric = acts[:, layer, slot, unit].abs() + 0.2 * torch.randn(n, generator=g)
     result = sklens.scan_activations(acts, metric, n_permutations=99, mi_bins=4)
     top = result.mutual_info.top_k(1).iloc[0]
-    assert (top.layer, top.neuron, top.slot) == (layer, unit, slot)
+    assert (top.layer, top.unit, top.slot) == (layer, unit, slot)
     assert top.p_fwer <= 0.05
     pearson = result.top_k(10)
-    assert (layer, unit) not in set(zip(pearson.layer, pearson.neuron, strict=True))
+    assert (layer, unit) not in set(zip(pearson.layer, pearson.unit, strict=True))
     assert float(result.p_values("max", "fwer")[layer, unit]) > 0.05
     overlap = top_k_overlap(pearson, result.mutual_info.top_k(10))
     assert (layer, unit) in overlap["only_second"]
@@ -115,7 +115,7 @@ def test_planted_linear_unit_is_found_by_both_measures():
     metric = acts[:, 0, 1, 4] + 0.3 * torch.randn(200, generator=g)
     result = sklens.scan_activations(acts, metric, n_permutations=49, mi_bins=4)
     for table in (result.top_k(1), result.mutual_info.top_k(1)):
-        assert (table.layer[0], table.neuron[0], table.slot[0]) == (0, 4, 1)
+        assert (table.layer[0], table.unit[0], table.slot[0]) == (0, 4, 1)
 
 
 def test_pure_noise_metric_passes_no_unit():
@@ -173,7 +173,7 @@ def test_comparison_with_pearson_against_scipy():
     mi = result.mutual_info.scores()[0].flatten().numpy()
     assert summary["spearman_rho_all_units"] == pytest.approx(spearmanr(pearson, mi)[0], abs=1e-9)
     top = set(np.argsort(-pearson)[:3].tolist())
-    flat = [layer * 40 + n for layer, n in zip(table.layer, table.neuron, strict=True)]
+    flat = [layer * 40 + n for layer, n in zip(table.layer, table.unit, strict=True)]
     assert table.in_pearson_top.tolist() == [i in top for i in flat]
     assert summary["shared_with_pearson"] == len(top & set(flat))
     assert summary["shared_top_30"] == len(

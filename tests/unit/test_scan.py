@@ -62,7 +62,7 @@ def test_planted_neuron_ranks_first(qwen, examples, trial):
     result = sklens.scan(qwen, prompt, examples, planted, progress=False)
     for reduce in ("max", "absmax"):
         top = result.top_k(1, reduce=reduce).iloc[0]
-        assert (top.layer, top.neuron, top.slot) == (layer, neuron, pos)
+        assert (top.layer, top.unit, top.slot) == (layer, neuron, pos)
         assert top.score > 0.9
 
 
@@ -76,12 +76,12 @@ def test_ranking_rules_differ_as_documented(qwen, prompt, examples):
     top = result.top_k(10, reduce="absmax")
     assert list(top.score.abs()) == sorted(top.score.abs(), reverse=True)
     for row in top.itertuples():
-        assert row.corr == pytest.approx(corr[row.layer, row.neuron, row.slot].item())
+        assert row.corr == pytest.approx(corr[row.layer, row.unit, row.slot].item())
     # a planted anti-correlated neuron: the symmetric rule ranks it first, the paper's rule need not
     planted = (-sklens.slot_activations(qwen, prompt, examples, [(1, 7)])[:, 0, 2]).tolist()
     anti = sklens.scan(qwen, prompt, examples, planted, progress=False)
     top_abs = anti.top_k(1, reduce="absmax").iloc[0]
-    assert (top_abs.layer, top_abs.neuron, top_abs.slot) == (1, 7, 2)
+    assert (top_abs.layer, top_abs.unit, top_abs.slot) == (1, 7, 2)
     assert top_abs.score == pytest.approx(-1.0, abs=1e-6)
     paper = anti.scores("max")[0][1, 7]
     assert paper > -1.0 + 1e-3  # the max over positions is the least negative r
@@ -118,7 +118,7 @@ def test_save_load_roundtrip_and_corruption(qwen, prompt, examples, tmp_path):
     assert torch.equal(loaded.corr.nan_to_num(9.0), result.corr.nan_to_num(9.0))  # bit for bit
     assert loaded.settings == result.settings and loaded.n == len(examples)
     assert loaded.top_k(5).equals(result.top_k(5))
-    assert "Top 10 neurons" in loaded._repr_html_()
+    assert "Top 10 units" in loaded._repr_html_()
     assert loaded.settings.metric == result.settings.metric and loaded.layers == [0, 1]
     with safe_open(str(path), "pt") as fh:
         header = json.loads(fh.metadata()["sklens"])
@@ -226,8 +226,8 @@ def test_absmax_selection_does_not_depend_on_which_class_is_coded_1(qwen, exampl
     minus = sklens.scan(qwen, prompt, examples, "label:op=minus", progress=False)
     torch.testing.assert_close(plus.corr, -minus.corr)
     a, b = plus.top_k(10, reduce="absmax"), minus.top_k(10, reduce="absmax")
-    assert a[["layer", "neuron", "slot"]].equals(b[["layer", "neuron", "slot"]])
+    assert a[["layer", "unit", "slot"]].equals(b[["layer", "unit", "slot"]])
     np.testing.assert_allclose(a.score.abs(), b.score.abs())
-    signed = set(zip(plus.top_k(10).neuron, plus.top_k(10).layer, strict=True))
-    flipped = set(zip(minus.top_k(10).neuron, minus.top_k(10).layer, strict=True))
+    signed = set(zip(plus.top_k(10).unit, plus.top_k(10).layer, strict=True))
+    flipped = set(zip(minus.top_k(10).unit, minus.top_k(10).layer, strict=True))
     assert signed != flipped  # the signed rule's selection moved with the coding

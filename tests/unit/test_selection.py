@@ -143,12 +143,12 @@ def test_unit_r_equals_numpy_corrcoef_and_the_scan(qwen, prompt, examples):
     )  # fmt: skip
     table = result.table
     assert list(table.columns) == [
-        "layer", "neuron", "slot", "r_unit", "rotation_best_mean", "rotation_best_q95",
+        "layer", "unit", "slot", "r_unit", "rotation_best_mean", "rotation_best_q95",
         "p_rotation", "probe_r_heldout", "n_examples",
     ]  # fmt: skip
     acts = reference_slot_acts(qwen, prompt, examples, [0, 1])  # [N, layer, d_mlp, slot]
     for row in table.itertuples():
-        expected = np.corrcoef(acts[:, row.layer, row.neuron, row.slot], a)[0, 1]
+        expected = np.corrcoef(acts[:, row.layer, row.unit, row.slot], a)[0, 1]
         assert row.r_unit == pytest.approx(expected, abs=1e-5)
     np.testing.assert_allclose(table.r_unit, top["corr"], atol=1e-6)
     np.testing.assert_allclose(table.rotation_best_mean, result.rotation_best.mean(1), rtol=1e-12)
@@ -168,7 +168,7 @@ def test_a_loss_metric_comes_from_the_same_pass(qwen, prompt, examples):
     losses = reference_losses(qwen, prompt, examples)
     acts = reference_slot_acts(qwen, prompt, examples, [0, 1])
     for row in result.table.itertuples():
-        expected = np.corrcoef(acts[:, row.layer, row.neuron, row.slot], losses)[0, 1]
+        expected = np.corrcoef(acts[:, row.layer, row.unit, row.slot], losses)[0, 1]
         assert row.r_unit == pytest.approx(expected, abs=1e-4)
 
 
@@ -177,19 +177,19 @@ def test_basis_test_refuses_bad_input_before_any_pass(qwen, prompt, examples, mo
         raise AssertionError("a pass started before the arguments were checked")
 
     monkeypatch.setattr(selection_mod, "batched_pass", forbidden)
-    units = pd.DataFrame({"layer": [1], "neuron": [3], "slot": [2]})
+    units = pd.DataFrame({"layer": [1], "unit": [3], "slot": [2]})
 
     def run(exs=examples, table=units, **kwargs):
         sklens.basis_test(qwen, prompt, exs, metrics.label("a"), table, progress=False, **kwargs)
 
     with pytest.raises(ValueError, match="basis_test needs each unit's slot"):
-        run(table=units[["layer", "neuron"]])
+        run(table=units[["layer", "unit"]])
     with without_type_checks(), pytest.raises(ValueError, match="basis_test needs each unit's"):
         run(table=[(1, 3)])
     with pytest.raises(ValueError, match="needs at least 8 examples"):
         run(exs=examples[:7])
     with pytest.raises(ValueError, match=r"unit \(1, 999\) is outside the model's site"):
-        run(table=units.assign(neuron=[999]))
+        run(table=units.assign(unit=[999]))
     with pytest.raises(ValueError, match="slot 4, but the prompt has slots 0..3"):
         run(table=units.assign(slot=[4]))
     with pytest.raises(ValueError, match="n_rotations must be at least 1"):
@@ -205,7 +205,7 @@ def _scan_of(acts4: torch.Tensor, y: torch.Tensor, n_candidates: int, reduce: st
     """The candidates of a scan of ``acts4 [N, 1, slot, unit]`` and their activations
     ``[N, candidate, slot]`` in the candidates' order."""
     candidates = sklens.scan_activations(acts4, y).top_k(n_candidates, reduce)
-    ids = torch.tensor(candidates.neuron.to_numpy())
+    ids = torch.tensor(candidates.unit.to_numpy())
     return candidates, acts4[:, 0][:, :, ids].permute(0, 2, 1)
 
 
@@ -248,7 +248,7 @@ def test_planted_strong_unit_stays_and_a_noise_unit_rarely_does():
         acts, y, candidates, k=2, resamples=bootstrap_rows(200, 80, seed=0), outsiders=False
     )
     strong, noise = result.table.itertuples()
-    assert strong.neuron == 7 and strong.stay_share >= 0.99
+    assert strong.unit == 7 and strong.stay_share >= 0.99
     assert noise.stay_share < 0.35
     assert result.outside_share == 0.0
 
@@ -263,7 +263,7 @@ def test_the_original_order_reproduces_the_scan(qwen, prompt, examples, reduce):
         resamples=torch.arange(len(examples))[None],
     )  # fmt: skip
     top = scan.top_k(6, reduce)
-    assert result.table[["layer", "neuron", "slot"]].equals(top[["layer", "neuron", "slot"]])
+    assert result.table[["layer", "unit", "slot"]].equals(top[["layer", "unit", "slot"]])
     np.testing.assert_allclose(result.scores[0].numpy(), top.score, atol=1e-6)
     assert result.ranks[0].tolist() == [1, 2, 3, 4, 5, 6]
     assert (result.table.stay_share == 1.0).all()
@@ -275,12 +275,10 @@ def test_selection_stability_of_a_loss_scan(qwen, prompt, examples):
     fixed = sklens.selection_stability(qwen, prompt, examples, scan.metric_values, scan, **kwargs)
     named = sklens.selection_stability(qwen, prompt, examples, metrics.loss(), scan, **kwargs)
     assert list(fixed.table.columns) == [
-        "layer", "neuron", "slot", "score", "stay_share", "mean_rank"
+        "layer", "unit", "slot", "score", "stay_share", "mean_rank"
     ]  # fmt: skip
     assert fixed.table.equals(named.table)  # the loss is the scan's, not recomputed
-    assert fixed.table[["layer", "neuron", "slot"]].equals(
-        scan.top_k(3)[["layer", "neuron", "slot"]]
-    )
+    assert fixed.table[["layer", "unit", "slot"]].equals(scan.top_k(3)[["layer", "unit", "slot"]])
     assert fixed.table.stay_share.between(0, 1).all() and 0 <= fixed.outside_share <= 1
     assert fixed.scores.shape == (40, 3) and fixed.settings["n_candidates"] == 30
 

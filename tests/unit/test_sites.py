@@ -122,7 +122,7 @@ def test_scan_equals_numpy_on_run_with_cache(kind, qwen):
     # the same units, read again for the top rows through the site, match the scan's reading
     acts = sklens.slot_activations(qwen, prompt, examples, top)
     for col, row in enumerate(top.itertuples()):
-        ref = cached_units(qwen, cache, batch, row.layer, kind, extra)[:, :, row.neuron]
+        ref = cached_units(qwen, cache, batch, row.layer, kind, extra)[:, :, row.unit]
         np.testing.assert_allclose(acts[:, col].numpy(), ref, atol=1e-5, rtol=0)
 
 
@@ -154,10 +154,10 @@ def test_a_planted_sae_latent_ranks_first(qwen):
     result = sklens.scan(qwen, prompt, examples, metric.tolist(), site=sae, n_permutations=99,
                          progress=False)  # fmt: skip
     top = result.top_k(1)
-    assert (int(top.layer[0]), int(top.neuron[0]), int(top.slot[0])) == (1, 23, 2)
+    assert (int(top.layer[0]), int(top.unit[0]), int(top.slot[0])) == (1, 23, 2)
     assert float(top.p_fwer[0]) == pytest.approx(0.01)
     assert sklens.viz.neuron_labels(top) == ["L1 F23 @soft2"]
-    best = sklens.top_examples(qwen, prompt, examples, layer=1, neuron=23, slot=2, n=1, site=sae)
+    best = sklens.top_examples(qwen, prompt, examples, layer=1, unit=23, slot=2, n=1, site=sae)
     assert int(best.example[0]) == int(planted.argmax())
     assert float(best.activation[0]) == pytest.approx(float(planted.max()), abs=1e-4)
 
@@ -344,11 +344,11 @@ def test_a_study_of_sae_latents_from_disk(qwen_dir, tmp_path, capsys):
     assert main(study_args(qwen_dir, out, *extra)) == 0
     neurons = pd.read_csv(out / "neurons.csv")
     name = neurons.site.iloc[0]
-    assert name.startswith("sae:") and (neurons.layer == 1).all() and (neurons.neuron < 40).all()
+    assert name.startswith("sae:") and (neurons.layer == 1).all() and (neurons.unit < 40).all()
     assert sklens.Scan.load(out / "scan.safetensors").settings.n_units == 40
     causal = pd.read_csv(out / "causal.csv")
     assert set(causal.set) == {"selected", "positive", "random_0", "random_1"}
-    assert pd.read_csv(out / "explanations.csv").unit.str.startswith("L1 F").all()
+    assert pd.read_csv(out / "explanations.csv").label.str.startswith("L1 F").all()
     assert "L1 F" in capsys.readouterr().out  # the printed table labels latents as latents
     assert main(["report", str(out)]) == 0
     assert "#0: L1 F" in (out / "report.html").read_text()

@@ -92,7 +92,7 @@ def test_planted_neuron_is_significant(fixed_acts):
     values = signal + 0.3 * signal.std() * torch.from_numpy(rng.normal(size=len(signal)))
     result = scan_activations(fixed_acts, values, n_permutations=99, permutation_seed=0)
     significant = result.significant(0.05, "fwer")
-    assert (1, 77) in set(zip(significant.layer, significant.neuron, strict=True))
+    assert (1, 77) in set(zip(significant.layer, significant.unit, strict=True))
     assert significant.p_fwer.iloc[0] == pytest.approx(1 / 100)
     assert len(result.significant(0.05, "fdr_bh")) >= len(significant)
     null = result.null.max_null("max")
@@ -161,7 +161,7 @@ def test_fdr_q_values_adjust_the_per_neuron_p_by_default():
     acts = torch.randn(40, 2, 3, 16, generator=g)
     metric = acts[:, 0, 1, 4] + torch.randn(40, generator=g)
     result = scan_activations(acts, metric, n_permutations=49)
-    neuron_p = result.p_values(method="neuron").numpy()
+    neuron_p = result.p_values(method="unit").numpy()
     pooled_p = result.p_values(method="pooled").numpy()
     assert not np.allclose(neuron_p, pooled_p)
     np.testing.assert_allclose(result.q_values().numpy(), q_values(neuron_p, "bh"))
@@ -169,7 +169,7 @@ def test_fdr_q_values_adjust_the_per_neuron_p_by_default():
     np.testing.assert_allclose(result.q_values(p="pooled").numpy(), q_values(pooled_p, "bh"))
     top = result.top_k(5)
     q = result.q_values().numpy()
-    assert top.q_bh.tolist() == [q[L, i] for L, i in zip(top.layer, top.neuron, strict=True)]
+    assert top.q_bh.tolist() == [q[L, i] for L, i in zip(top.layer, top.unit, strict=True)]
 
 
 def test_null_leaves_out_slots_that_never_vary():

@@ -99,7 +99,7 @@ def test_planted_within_group_neuron_is_found_among_group_trackers(trial):
     )
     p = result.p_values("max", "fwer")
     assert float(p[0, 0]) == pytest.approx(1 / 200)
-    assert result.top_k(1).neuron.iloc[0] == 0
+    assert result.top_k(1).unit.iloc[0] == 0
     assert (p[0, 1:11] > 0.05).all()  # group trackers are not within-group associated
     # what sklens computed before: the marginal r against within-block permutations; its
     # max-statistic null is set by the group trackers, so the planted neuron is missed
@@ -140,7 +140,7 @@ def test_per_neuron_p_values_are_calibrated_for_every_neuron_type():
         acts = torch.from_numpy(np.concatenate([independent, identical, sparse], -1)[:, None])
         values = torch.from_numpy(rng.normal(size=n))
         result = scan_activations(acts, values, n_permutations=199, permutation_seed=t)
-        p = result.p_values("max", "neuron")[0].numpy()
+        p = result.p_values("max", "unit")[0].numpy()
         pooled = result.p_values("max", "pooled")[0].numpy()
         for j, name in enumerate(rates):
             rates[name].append(np.mean(p[j * per_type : (j + 1) * per_type] <= 0.05))
@@ -159,4 +159,4 @@ def test_neuron_p_equals_a_direct_count():
     score, _ = result.scores("max")
     null = result.null.scores["max"].abs().numpy()  # (B, 1, 8)
     expected = (1 + (null >= np.abs(score.numpy())[None]).sum(0)) / 50
-    np.testing.assert_allclose(result.p_values("max", "neuron").numpy(), expected)
+    np.testing.assert_allclose(result.p_values("max", "unit").numpy(), expected)
