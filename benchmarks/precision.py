@@ -76,7 +76,7 @@ def study(args) -> None:
         summary["history"] = history["history"]
         runs[d] = (summary, pd.read_csv(out / "run" / "neurons.csv"))
     (s32, top32), (s16, top16) = runs["float32"], runs["bfloat16"]
-    key = ["layer", "neuron"]
+    key = ["layer", "unit"]
     shared = top32.merge(top16, on=key, suffixes=("_32", "_16"))
     union = len(set(map(tuple, top32[key].values)) | set(map(tuple, top16[key].values)))
     losses = _evaluations(s32, s16)

@@ -49,7 +49,7 @@ def test_float32_on_the_device_equals_the_cpu(qwen_dir):
     np.testing.assert_allclose(
         s1.null.max_null("max").numpy(), s0.null.max_null("max").numpy(), atol=1e-4
     )
-    assert s1.top_k(3)[["layer", "neuron", "slot"]].equals(s0.top_k(3)[["layer", "neuron", "slot"]])
+    assert s1.top_k(3)[["layer", "unit", "slot"]].equals(s0.top_k(3)[["layer", "unit", "slot"]])
     np.testing.assert_allclose(c1.d_loss.to_numpy(), c0.d_loss.to_numpy(), atol=1e-4)
     np.testing.assert_allclose(a1.effect.cpu().numpy(), a0.effect.cpu().numpy(), atol=1e-5)
 

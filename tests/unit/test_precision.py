@@ -60,7 +60,7 @@ def test_bfloat16_training_and_scan_stay_close_to_float32(qwen_dir):
     r32, r16 = s32.corr.numpy(), s16.corr.numpy()
     assert s16.corr.dtype == torch.float64  # statistics stay float64
     assert np.nanmax(np.abs(r16 - r32)) < 0.05 and np.nanmean(np.abs(r16 - r32)) < 0.01
-    top = lambda s: set(map(tuple, s.top_k(10)[["layer", "neuron"]].values.tolist()))  # noqa: E731
+    top = lambda s: set(map(tuple, s.top_k(10)[["layer", "unit"]].values.tolist()))  # noqa: E731
     assert len(top(s32) & top(s16)) >= 6
 
 
