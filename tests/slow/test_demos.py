@@ -90,7 +90,9 @@ def _settings(study, summary):
     from dataclasses import asdict, replace
 
     ran = summary["config"]
-    config = replace(study.at("tiny"), model=ran["model"], backend=ran["backend"])
+    config = replace(
+        study.at("tiny"), model=ran["model"], backend=ran["backend"], dtype=ran["dtype"]
+    )
     return json.loads(json.dumps(asdict(config)))
 
 
