@@ -174,33 +174,3 @@ def test_load_bigbench_refuses_a_folder_without_tasks(tmp_path):
 
     with pytest.raises(ValueError, match="neither a BigBench task.json"):
         sklens.data.load_bigbench(tmp_path)
-
-
-def test_explain_run_demo_on_a_tiny_hans_run(qwen_dir, tmp_path, capsys):
-    """demos/explain_run.py: explain on the run's confirmation split, then HANS twins."""
-    from sklens.app.cli import main as sklens_main
-    from tests.helpers import study_args
-
-    run = tmp_path / "hans"
-    args = study_args(qwen_dir, run, "--metric", "label:heuristic=lexical_overlap")
-    args[args.index("--task") + 1] = "hans"
-    args[args.index("--n-confirm") + 1] = "36"
-    assert sklens_main(args) == 0
-    out = tmp_path / "explained"
-    argv = [str(run), "--edit", "hans_twin", "--n-random", "3", "--out", str(out), "--quiet"]
-    found = _demo("explain_run").main(argv)
-    printed = capsys.readouterr().out
-    summary = found["explanations"].summary
-    assert len(summary) == 3 and all(line in printed for line in summary)
-    units = pd.read_csv(out / "counterfactual_units.csv")
-    assert (
-        len(units) == 3
-        and units.n.iloc[0]
-        == json.loads((out / "explain_run.json").read_text())["edit"]["used"]
-        >= 5
-    )
-    assert {"loss", "metric"} <= set(pd.read_csv(out / "counterfactual_behaviour.csv").measure)
-    # demos/steer_run.py on the same run: loss only, the choices dropped
-    curve = _demo("steer_run").main([str(run), "--factors", "0,2", "--n", "6", "--quiet"])
-    assert set(curve.factor) == {0.0, 2.0} and set(curve.n) == {6}
-    assert curve.d_loss.notna().all() and curve.d_accuracy.isna().all()
