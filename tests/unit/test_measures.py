@@ -192,3 +192,10 @@ def test_confirmation_reads_the_neurons_and_a_loss_in_one_pass(qwen, examples, m
     np.testing.assert_allclose(table.r_heldout, expected, atol=1e-4)
     rho = [sps.spearmanr(picked[:, j], losses).statistic for j in range(len(top))]
     np.testing.assert_allclose(table.spearman, rho, atol=1e-4)
+
+
+def test_compare_scans_needs_two_seed_scans():
+    from sklens.confirm.stability import compare_scans
+
+    with pytest.raises(ValueError, match="at least two scans named 'seed"):
+        compare_scans({})
