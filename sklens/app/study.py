@@ -73,14 +73,15 @@ from sklens.scanning.scan import resolve_layers, scan
 from sklens.stats.distributed import local_device
 from sklens.stats.mutual_info import top_k_overlap
 from sklens.units.sites import resolve_site
-from sklens.version import __version__
+from sklens.version import __version__, source_commit
 
 logger = logging.getLogger("sklens")
 
 
 def versions() -> dict[str, str]:
-    """Versions of the packages that determine a result."""
-    found = {"sklens": __version__}
+    """Versions of the packages that determine a result, and the commit of sklens's checkout
+    (``+dirty`` with uncommitted changes; ``not a checkout`` for an installed wheel)."""
+    found = {"sklens": __version__, "sklens commit": source_commit() or "not a checkout"}
     for package in ("torch", "transformer-lens", "transformers", "numpy"):
         try:
             found[package] = metadata.version(package)

@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import socket
+import sys
 from collections import namedtuple
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +25,7 @@ import sklens
 from sklens import atomic, validate
 from sklens.app.cli import main
 from sklens.models import artifacts as cache
-from tests.helpers import HOOKED, forbid_work, probe_args, write_probe_task
+from tests.helpers import HOOKED, ROOT, forbid_work, probe_args, write_probe_task
 
 
 @pytest.fixture
@@ -261,3 +262,27 @@ def test_case_76_offline_mode_fails_at_once(monkeypatch, no_download):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="HF_HUB_OFFLINE is set"):
         sklens.load_model("gpt2", device="cpu")
+
+
+def test_a_result_names_the_commit_of_the_code_that_made_it(tmp_path):
+    """In a checkout: git's HEAD, +dirty exactly when a tracked file differs; in a copy of the
+    package outside any checkout (a wheel): no commit."""
+    import subprocess
+
+    from sklens.version import source_commit
+
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert source_commit() == head + ("+dirty" if dirty else "")
+    copy = tmp_path / "site-packages" / "sklens"
+    shutil.copytree(ROOT / "sklens", copy)
+    found = subprocess.run(
+        [sys.executable, "-c", "from sklens.version import source_commit; print(source_commit())"],
+        capture_output=True, text=True, check=True, cwd=tmp_path / "site-packages",
+    ).stdout.strip()  # fmt: skip
+    assert found == "None"
