@@ -5,6 +5,7 @@ the correlations of the units both find. ``sklens.models.precision.AUTO_CPU`` is
 
     python benchmarks/precision.py                   # speed (a few minutes on 2 cores)
     python benchmarks/precision.py --study           # + the main job in both dtypes
+    python benchmarks/precision.py --same-prompt RUN # a float32 run's prompt scanned in bf16
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from common import examples, interleaved, metric, parser, ratios, write_results
@@ -67,9 +69,10 @@ def speed(args) -> None:
 
 def study(args) -> None:
     """The main job in each dtype, then what the float32 run's numbers become in bfloat16."""
-    runs = {}
+    runs, out_of = {}, {}
     for d in DTYPES:
         out = Path(tempfile.mkdtemp(prefix=f"precision-{d}-"))
+        out_of[d] = out / "run"
         config = sklens.StudyConfig(model=args.model, device=args.device, dtype=d)
         summary = sklens.run_study(config, out / "run", progress=False)
         history = json.loads((out / "run" / "prompt" / "soft_prompt.json").read_text())
@@ -89,9 +92,30 @@ def study(args) -> None:
         ["wall s (float32 / bfloat16)",
          f"{sum(s32['timings_s'].values()):.0f} / {sum(s16['timings_s'].values()):.0f}", ""],
     ]  # fmt: skip
+    rows += same_prompt(out_of["float32"], args)
     write_results("precision_study", ["measure", "value", "target"], rows, args.device,
                   args.results)  # fmt: skip
     print(json.dumps({d: r[0]["timings_s"] for d, r in runs.items()}, indent=1))
+
+
+def same_prompt(run_dir: Path, args) -> list[list[str]]:
+    """The float32 run's own prompt scanned again on its selection split by a bfloat16 model:
+    how far the scan alone moves, with the training held fixed."""
+    run = sklens.open_run(run_dir)
+    model = sklens.load_model(args.model, device=args.device, dtype="bfloat16")
+    found = sklens.scan(model, run.prompt, run.task.val, run.config.scan.metric or "loss",
+                        batch_size=args.batch_size, progress=False)  # fmt: skip
+    again, key = found.top_k(len(run.neurons)), ["layer", "unit"]
+    shared = run.neurons.merge(again, on=key, suffixes=("_32", "_16"))
+    union = len(set(map(tuple, run.neurons[key].values)) | set(map(tuple, again[key].values)))
+    saved = sklens.Scan.load(run_dir / "scan.safetensors").corr.numpy()
+    diff = abs(found.corr.numpy() - saved)
+    return [
+        ["same float32 prompt, scanned in bfloat16: top-10 Jaccard", f"{len(shared) / union:.2f}",
+         "≥ 0.8"],
+        ["same prompt: max / mean |Δr| over every (unit, slot)",
+         f"{float(np.nanmax(diff)):.4f} / {float(np.nanmean(diff)):.4f}", "≤ 0.01"],
+    ]  # fmt: skip
 
 
 def _evaluations(s32: dict, s16: dict) -> list[tuple[float, float]]:
@@ -103,7 +127,13 @@ def _evaluations(s32: dict, s16: dict) -> list[tuple[float, float]]:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--study", action="store_true", help="also the main job in both dtypes")
+    p.add_argument("--same-prompt", type=Path, help="only: a float32 run's prompt in bfloat16")
     args = p.parse_args()
+    if args.same_prompt is not None:
+        rows = same_prompt(args.same_prompt, args)
+        write_results("precision_study", ["measure", "value", "target"], rows, args.device,
+                      args.results)  # fmt: skip
+        return
     speed(args)
     if args.study:
         study(args)
