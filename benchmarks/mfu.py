@@ -20,7 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 import sklens
-from sklens.data.format import encode
+from sklens.data.format import encode, iter_batches
+from sklens.models import _compat
 from sklens.models.layout import linear_layout
 from sklens.prompt.training import frozen, split_batch, train_logprobs
 
@@ -48,6 +49,9 @@ def step_fn(model: sklens.Model, n_slots: int, batch_size: int):
             loss.backward()
             opt.step()
 
+    if _compat.is_bridge(model):  # the bridge backpropagates through whole rows
+        whole = next(iter_batches(model, encoded, n_slots, len(order), order=order))
+        return step, int(whole.tokens.numel())
     _, _, rest = split_batch(model, encoded, n_slots, order)
     return step, int(rest.tokens.numel())
 
