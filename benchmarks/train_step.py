@@ -94,7 +94,8 @@ def main() -> None:
     def hf_step() -> None:
         embeds = hf.get_input_embeddings()(batch.tokens)
         rows = torch.arange(len(batch.indices))[:, None]
-        embeds = embeds.index_put((rows, batch.slot_positions), soft.expand(len(rows), -1, -1))
+        prompt_rows = soft.to(embeds.dtype).expand(len(rows), -1, -1)  # fp32 master, as sklens
+        embeds = embeds.index_put((rows, batch.slot_positions), prompt_rows)
         out = hf(inputs_embeds=embeds, attention_mask=batch.attention_mask, labels=labels)
         hf_opt.zero_grad()
         out.loss.backward()
