@@ -23,8 +23,7 @@ from pathlib import Path
 from study_spec import SIZES, Study
 
 import sklens
-from sklens import figures
-from sklens.units.sites import unit_label
+from sklens import figures, sites
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -48,7 +47,9 @@ def draw(study: Study, run_dir: Path, folder: Path) -> dict[str, str]:
     run = sklens.open_run(run_dir)
     top = run.neurons.head(1)
     first = top.iloc[0]
-    where = f"{unit_label(first.site, int(first.layer), int(first.unit))} slot {int(first.slot)}"
+    where = (
+        f"{sites.unit_label(first.site, int(first.layer), int(first.unit))} slot {int(first.slot)}"
+    )
     made = {}
 
     def save(fig: figures.NotebookFigure, name: str) -> None:
