@@ -41,7 +41,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
-        name = next(k for k, v in DTYPES.items() if v == dtype)
+        name = dtype_name(dtype)
     else:
         name = validate.choice("dtype", dtype, DTYPE_NAMES)
     kind = torch.device(device).type
