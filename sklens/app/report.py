@@ -121,7 +121,7 @@ def _attribution_section(
     index = {layer: i for i, layer in enumerate(result.layers)}
     marked = [
         (float(score[index[r.layer], r.unit]), float(effect[index[r.layer], r.unit]),
-         f"L{r.layer} N{r.unit}")
+         unit_label(result.settings.site, r.layer, r.unit))
         for r in joined.itertuples()
     ]  # fmt: skip
     s = summary["attribution"]
