@@ -108,13 +108,24 @@ def same_prompt(run_dir: Path, args) -> list[list[str]]:
     again, key = found.top_k(len(run.neurons)), ["layer", "unit"]
     shared = run.neurons.merge(again, on=key, suffixes=("_32", "_16"))
     union = len(set(map(tuple, run.neurons[key].values)) | set(map(tuple, again[key].values)))
-    saved = sklens.Scan.load(run_dir / "scan.safetensors").corr.numpy()
-    diff = abs(found.corr.numpy() - saved)
-    return [
+    saved = sklens.Scan.load(run_dir / "scan.safetensors")
+    diff = abs(found.corr.numpy() - saved.corr.numpy())
+    return _within_reach(saved, float(np.nanmean(diff)), len(run.neurons)) + [
         ["same float32 prompt, scanned in bfloat16: top-10 Jaccard", f"{len(shared) / union:.2f}",
          "≥ 0.8"],
         ["same prompt: max / mean |Δr| over every (unit, slot)",
          f"{float(np.nanmax(diff)):.4f} / {float(np.nanmean(diff)):.4f}", "≤ 0.01"],
+    ]  # fmt: skip
+
+
+def _within_reach(saved: sklens.Scan, shift: float, k: int) -> list[list[str]]:
+    """Why a top-k cannot survive a shift of the scores: how close the float32 top-k's scores
+    lie together, and how many units lie within ``shift`` (bfloat16's mean |Δr|) of the k-th."""
+    ranked = np.sort(np.abs(saved.scores(reduce="max")[0].numpy()).ravel())[::-1]
+    reach = int((ranked >= ranked[k - 1] - shift).sum())
+    return [
+        [f"float32 top-{k}: scores from {ranked[0]:.4f} to {ranked[k - 1]:.4f}; units within "
+         f"the mean |Δr| ({shift:.4f}) of the {k}-th score", f"{reach} of {ranked.size}", "—"],
     ]  # fmt: skip
 
 
