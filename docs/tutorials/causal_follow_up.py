@@ -1,0 +1,5 @@
+# %% [markdown]
+# # causal_follow_up
+
+# %%
+import sklens

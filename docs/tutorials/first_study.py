@@ -1,0 +1,5 @@
+# %% [markdown]
+# # first_study
+
+# %%
+import sklens

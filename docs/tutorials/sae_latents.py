@@ -1,0 +1,5 @@
+# %% [markdown]
+# # sae_latents
+
+# %%
+import sklens
