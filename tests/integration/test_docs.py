@@ -152,3 +152,82 @@ def _anchor(name: str) -> str:
     if name == "__version__":
         return 'id="sklens.version.__version__"'
     return f'id="{sklens._EXPORTS[name]}.{name}"'
+
+
+RUN_DIRECTORY = ROOT / "docs" / "reference" / "run-directory.md"
+_MEASURES = ("accuracy_per_token", "metric", "loss", "accuracy")
+
+
+def _sections(text: str) -> list[tuple[str, str]]:
+    """The page's ``###`` sections: heading, body."""
+    parts = re.split(r"^### (.*)$", text, flags=re.M)
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _documentation_of(name: str, sections: list[tuple[str, str]]) -> str:
+    """The text that documents one written file: every section whose heading names it (with
+    ``<edit>``-style placeholders), and that of a file whose columns it borrows ("the columns
+    of `causal.csv`")."""
+    found = []
+    for heading, body in sections:
+        for spelled in re.findall(r"`([^`]+)`", heading):
+            parts = re.split(r"(<\w+>)", spelled.rstrip("/"))
+            pattern = "".join(r"\w+" if p.startswith("<") else re.escape(p) for p in parts)
+            if re.fullmatch(pattern, name):
+                found.append(body)
+    for borrowed in re.findall(r"columns (?:of|as) `([^`]+)`", "\n".join(found)):
+        found.append(_documentation_of(borrowed, sections))
+    return "\n".join(found)
+
+
+def _column_documented(column: str, text: str) -> bool:
+    spellings = {column} | {column.replace(m, "<measure>") for m in _MEASURES if m in column}
+    if column.startswith("meta."):
+        spellings.add("meta.<field>")
+    return any(f"`{s}`" in text for s in spellings)
+
+
+@pytest.mark.slow
+def test_run_directory_page_lists_every_file_and_column(tmp_path):
+    """A study with every stage on the tiny model: each file it writes has a section of
+    docs/reference/run-directory.md, and each column of each table is named there."""
+    config = sklens.StudyConfig(
+        task="arithmetic", model=str(sklens.tiny_checkpoint("qwen2")), n_train=32, n_val=32,
+        train=sklens.TrainConfig(n_slots=3, steps=2, eval_every=1, n_plateau=8),
+        scan=sklens.ScanConfig(metric="loss", permutations=19, mi_bins=4),
+        select=sklens.SelectConfig(top_k=3),
+        confirm=sklens.ConfirmConfig(
+            n_confirm=16, seeds=(0, 1), contrast=("untrained",), bootstrap=20,
+            basis_rotations=19, behaviour_by="last_digit_decides",
+            behaviour_where="operation=multiplication",
+        ),
+        causal=sklens.CausalConfig(
+            ablate=True, ablate_modes=("mean",), n_random=3, n_causal=16, attribute=True,
+            dose_response=(1, 2), steering=(0.0, 2.0), steering_random=2,
+            counterfactual=("last_digit_decides",), score_choices=False,
+        ),
+    )  # fmt: skip
+    out = tmp_path / "run"
+    sklens.run_study(config, out, progress=False)
+    sklens.app.report.build_report(out)
+    sections = _sections(RUN_DIRECTORY.read_text(encoding="utf-8"))
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) >= 25
+    for name in written:
+        text = _documentation_of(name, sections)
+        assert text, f"{name} is written by a run but has no section in {RUN_DIRECTORY.name}"
+        if name.endswith(".csv"):
+            columns = (out / name).read_text(encoding="utf-8").splitlines()[0]
+            missing = [
+                c for c in columns.replace('"', "").split(",") if not _column_documented(c, text)
+            ]
+            assert not missing, f"{name}: columns not in {RUN_DIRECTORY.name}: {missing}"
+
+
+def test_the_run_directory_checker_finds_an_undocumented_column():
+    sections = _sections("### `a.csv`\nColumns `x`, `d_<measure>`.\n### `b_<edit>.csv`\n`y`\n")
+    assert _column_documented("d_loss_lo", "`d_<measure>_lo`")
+    assert _column_documented("x", _documentation_of("a.csv", sections))
+    assert not _column_documented("z", _documentation_of("a.csv", sections))
+    assert _column_documented("y", _documentation_of("b_last_digit.csv", sections))
+    assert not _documentation_of("c.csv", sections)
