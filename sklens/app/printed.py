@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 
 from sklens.app import rundir
-from sklens.app.report import read_summary
 from sklens.display import visible
 from sklens.explanation.explain import summary_lines
 from sklens.units import sites
@@ -20,7 +19,7 @@ from sklens.units import sites
 def format_explanations(run_dir: str | Path, top: int = 3) -> str:
     """One summary line per top neuron, then each neuron's ``top`` best-ranked hypotheses."""
     run = Path(run_dir)
-    summary, config = read_summary(run)
+    summary, config = rundir.read_summary(run)
     rundir.check_consistent(run)
     path = run / "explanations.csv"
     if not path.exists():

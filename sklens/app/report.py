@@ -27,7 +27,6 @@ from sklens.explanation.explain import summary_lines
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning.result import Scan
 from sklens.units.sites import unit_label, unit_slot_label
-from sklens.version import __version__
 from sklens.views import figures
 from sklens.views.viz import text_view
 
@@ -68,33 +67,6 @@ def _training_line(summary: dict[str, Any]) -> str:
     )
 
 
-def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
-    """``RUN/summary.json`` and its study settings; a damaged or foreign file names itself and
-    the fix."""
-    path = run / "summary.json"
-    if not path.exists():
-        raise FileNotFoundError(rundir.missing_run(run))
-    rerun = f"run `sklens run --out {run}` again with the run's settings to rewrite it"
-    summary = validate.json_file(path, rerun)
-    saved = summary.get("config") if isinstance(summary, dict) else None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path} has no 'config' object: not a sklens summary; {rerun}")
-    if any("neuron" in row for row in summary.get("top_neurons") or []):
-        raise ValueError(
-            f"{path} comes from a sklens whose tables name the unit column 'neuron' (now "
-            f"'unit'), and so do the run's CSVs; {rerun}"
-        )
-    try:
-        config = StudyConfig.from_dict(saved)
-    except KeyError as err:
-        version = (summary.get("versions") or {}).get("sklens", "another version")
-        raise ValueError(
-            f"{path} has settings this sklens ({__version__}) does not know: {err.args[0]}. "
-            f"It was written by sklens {version}; report it with that version, or {rerun}"
-        ) from None
-    return summary, config
-
-
 def build_report(run_dir: str | os.PathLike, *, n: int = 5) -> Path:
     """Write ``RUN_DIR/report.html`` from the outputs of ``sklens run`` and return its path.
 
@@ -104,7 +76,7 @@ def build_report(run_dir: str | os.PathLike, *, n: int = 5) -> Path:
     different runs, or changed since), and one that a run is writing at the moment.
     """
     run = Path(run_dir)
-    read_summary(run)  # a missing, damaged or foreign summary.json names itself and the fix
+    rundir.read_summary(run)  # a missing, damaged or foreign summary names itself and the fix
     validate.output_dir(run, "the run directory")  # before the model loads: report.html goes here
     with rundir.locked(run, "sklens report"):
         return _build(run, n)
@@ -141,7 +113,7 @@ def _build(run: Path, n: int) -> Path:
     """Write ``report.html`` from the run's files, section by section (``build_report`` holds
     the run's lock)."""
     rundir.check_consistent(run)
-    summary, config = read_summary(run)
+    summary, config = rundir.read_summary(run)
     if not (run / "evidence.json").exists():
         raise rundir.RunDirError(
             f"{run} has no evidence.json, which the report draws from (the run was written by "
