@@ -95,6 +95,7 @@ _EXPORTS = {
     "steering_curve": "sklens.causal.steering",
     "run_study": "sklens.app.study",
     "open_run": "sklens.app.study",
+    "verdict": "sklens.app.verdict",
     "tiny_checkpoint": "sklens.models.tiny",
     "tiny_model": "sklens.models.tiny",
     "plateau": "sklens.prompt.training",
@@ -118,6 +119,7 @@ if TYPE_CHECKING:
     from sklens.app.statistics import compare_with_pearson as compare_with_pearson
     from sklens.app.study import open_run as open_run
     from sklens.app.study import run_study as run_study
+    from sklens.app.verdict import verdict as verdict
     from sklens.causal import edits as edits
     from sklens.causal.ablate import NeuronIntervention as NeuronIntervention
     from sklens.causal.ablate import ablated as ablated

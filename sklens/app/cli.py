@@ -267,11 +267,12 @@ def _run(args: argparse.Namespace) -> int:
         # a pass re-faults every freed activation otherwise (sklens/allocator.py); not for a
         # GPU, where it would keep the freed host copy of the weights in the process
         hold_freed_memory()
-    from sklens.app.printed import format_next_steps, format_table
+    from sklens.app.printed import format_next_steps, format_table, format_verdict
     from sklens.app.study import run_study
 
     summary = run_study(config, args.out, resume=args.resume, progress=not args.quiet)
     print(format_table(args.out))
+    print(format_verdict(summary))
     if args.report:
         _report(Path(args.out))
     print(format_next_steps(args.out, summary, reported=args.report))

@@ -1,7 +1,7 @@
 """What the command line prints from a finished run, read back with no model (like the report):
-the top neurons with their most and least activating examples (``sklens run``), and their ranked
-explanations (``sklens explain RUN_DIR``; the study ranks them on its confirmation split, held
-out from the selection, and writes ``explanations.csv``).
+the top neurons with their most and least activating examples and the run's verdict
+(``sklens run``), and their ranked explanations (``sklens explain RUN_DIR``; the study ranks them
+on its confirmation split, held out from the selection, and writes ``explanations.csv``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from sklens.app import rundir
-from sklens.app.report import read_summary
+from sklens.app.verdict import verdict
 from sklens.display import visible
 from sklens.explanation.explain import summary_lines
 from sklens.units import sites
@@ -20,7 +20,7 @@ from sklens.units import sites
 def format_explanations(run_dir: str | Path, top: int = 3) -> str:
     """One summary line per top neuron, then each neuron's ``top`` best-ranked hypotheses."""
     run = Path(run_dir)
-    summary, config = read_summary(run)
+    summary, config = rundir.read_summary(run)
     rundir.check_consistent(run)
     path = run / "explanations.csv"
     if not path.exists():
@@ -99,6 +99,12 @@ def _held_out(out: Path, neurons: pd.DataFrame) -> list[str]:
         "-" if pd.isna(r.r_heldout) else f"{r.r_heldout:.3f} [{r.r_lo:.2f}, {r.r_hi:.2f}]"
         for r in merged.itertuples()
     ]
+
+
+def format_verdict(summary: dict) -> str:
+    """The verdict (``app.verdict``) as printed after the table: what was found and how far to
+    trust it, one sentence a line, so that a run ends on its caveats, not on its top scores."""
+    return "\n".join(["", "Verdict:", *(f"- {line}" for line in verdict(summary))])
 
 
 def format_next_steps(out: str | Path, summary: dict, *, reported: bool) -> str:

@@ -1,9 +1,11 @@
 """One self-contained ``report.html`` for a run directory, readable with no network.
 
-Settings, the training curve, the score histogram (with the permutation null if any), where
-high-|r| neurons sit, the top-neuron table, and for each top neuron its activation density by
-group, its extremal examples and a circuitsvis view of its token-level activations. Figures are
-embedded as PNG data URIs; the circuitsvis bundle is embedded once.
+Its first screen is what a reader needs first: what was run, the verdict (what was found and
+how far to trust it, ``app.verdict``) and the top-neuron table. Then the training curve, the
+score histogram (with the permutation null if any), where high-|r| neurons sit, each later
+stage's section, for each top neuron its activation density by group, its extremal examples and
+a circuitsvis view of its token-level activations, and last the settings. Figures are embedded
+as PNG data URIs; the circuitsvis bundle is embedded once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ import pandas as pd
 from sklens import validate
 from sklens.app import rundir
 from sklens.app.config import StudyConfig
+from sklens.app.verdict import (
+    attribution_sentence,
+    basis_text,
+    causal_sentence,
+    contrast_sentence,
+    selection_stability_text,
+    verdict,
+)
 from sklens.atomic import write_text
 from sklens.causal.attribution import Attribution
 from sklens.explanation.evidence import NeuronEvidence
@@ -27,7 +37,6 @@ from sklens.explanation.explain import summary_lines
 from sklens.prompt.soft_prompt import SoftPrompt
 from sklens.scanning.result import Scan
 from sklens.units.sites import unit_label, unit_slot_label
-from sklens.version import __version__
 from sklens.views import figures
 from sklens.views.viz import text_view
 
@@ -56,43 +65,16 @@ def _training_line(summary: dict[str, Any]) -> str:
     info = training.get("plateau")
     if not info:
         return f"The prompt trained for {training.get('max_steps')} steps (no plateau rule)."
-    verdict = (
+    how = (
         f"stopped on a plateau after {info['steps']} steps"
         if info["stopped"]
         else f"reached the maximum of {training.get('max_steps')} steps before a plateau"
     )
     return (
-        f"The prompt {verdict} (patience {info['patience']} evaluations); best plateau-slice "
+        f"The prompt {how} (patience {info['patience']} evaluations); best plateau-slice "
         f"loss {info['best_val_loss']:.4f} at step {info['best_step']}, last "
         f"{info['last_val_loss']:.4f}."
     )
-
-
-def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
-    """``RUN/summary.json`` and its study settings; a damaged or foreign file names itself and
-    the fix."""
-    path = run / "summary.json"
-    if not path.exists():
-        raise FileNotFoundError(rundir.missing_run(run))
-    rerun = f"run `sklens run --out {run}` again with the run's settings to rewrite it"
-    summary = validate.json_file(path, rerun)
-    saved = summary.get("config") if isinstance(summary, dict) else None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path} has no 'config' object: not a sklens summary; {rerun}")
-    if any("neuron" in row for row in summary.get("top_neurons") or []):
-        raise ValueError(
-            f"{path} comes from a sklens whose tables name the unit column 'neuron' (now "
-            f"'unit'), and so do the run's CSVs; {rerun}"
-        )
-    try:
-        config = StudyConfig.from_dict(saved)
-    except KeyError as err:
-        version = (summary.get("versions") or {}).get("sklens", "another version")
-        raise ValueError(
-            f"{path} has settings this sklens ({__version__}) does not know: {err.args[0]}. "
-            f"It was written by sklens {version}; report it with that version, or {rerun}"
-        ) from None
-    return summary, config
 
 
 def build_report(run_dir: str | os.PathLike, *, n: int = 5) -> Path:
@@ -104,7 +86,7 @@ def build_report(run_dir: str | os.PathLike, *, n: int = 5) -> Path:
     different runs, or changed since), and one that a run is writing at the moment.
     """
     run = Path(run_dir)
-    read_summary(run)  # a missing, damaged or foreign summary.json names itself and the fix
+    rundir.read_summary(run)  # a missing, damaged or foreign summary names itself and the fix
     validate.output_dir(run, "the run directory")  # before the model loads: report.html goes here
     with rundir.locked(run, "sklens report"):
         return _build(run, n)
@@ -128,10 +110,7 @@ def _attribution_section(
     return [
         f"<h3>Attribution: which units move the loss ({html.escape(s['examples'])}, "
         f"{s['method']})</h3>",
-        f"<p>{s['n_in_both_top']} of the top {config.select.top_k} by |score| are also in the top "
-        f"{config.select.top_k} by |effect|; {s['n_corr_top_with_effect_excluding_0']} of the top by "
-        f"|score| have an effect whose 95% interval excludes 0; {s['n_candidates']} units are "
-        "candidates (past the FWER null and an effect excluding 0).</p>",
+        f"<p>{html.escape(attribution_sentence(s, config.select.top_k))}</p>",
         _png(figures.predictive_vs_causal(score.numpy(), effect.numpy(), marked)),
         _table(joined),
     ]
@@ -141,7 +120,7 @@ def _build(run: Path, n: int) -> Path:
     """Write ``report.html`` from the run's files, section by section (``build_report`` holds
     the run's lock)."""
     rundir.check_consistent(run)
-    summary, config = read_summary(run)
+    summary, config = rundir.read_summary(run)
     if not (run / "evidence.json").exists():
         raise rundir.RunDirError(
             f"{run} has no evidence.json, which the report draws from (the run was written by "
@@ -154,7 +133,8 @@ def _build(run: Path, n: int) -> Path:
     extremal = pd.read_csv(run / "examples.csv", dtype={"instruction": str, "completion": str})
     splits = summary.get("splits", {})
 
-    parts = _overview(summary, config, prompt, result, neurons)
+    parts = _first_screen(summary, config, neurons)
+    parts += _figures(summary, config, prompt, result)
     parts += _summary_tables(summary, splits)
     parts += _run_tables(run, config, splits)
     if (run / "attribution.safetensors").exists():
@@ -176,6 +156,7 @@ def _build(run: Path, n: int) -> Path:
         script, section = _neuron_section(evidence, j, row, extremal, explained, n)
         bundle = bundle or script
         parts += section
+    parts += _settings(summary)
     head = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>sklens report</title>"
         f"<style>{STYLE}</style>"
@@ -187,36 +168,45 @@ def _build(run: Path, n: int) -> Path:
     return path
 
 
-def _overview(
-    summary: dict[str, Any],
-    config: StudyConfig,
-    prompt: SoftPrompt,
-    result: Scan,
-    neurons: pd.DataFrame,
-) -> list[str]:
-    """The title and settings, the training and score figures, and the top-neuron table."""
+def _first_screen(summary: dict[str, Any], config: StudyConfig, neurons: pd.DataFrame) -> list[str]:
+    """What a reader sees first: the title, what was run, the verdict (what was found and how far
+    to trust it, ``app.verdict``) and the top-unit table."""
     return [
         f"<h1>sklens report: {html.escape(config.task)}</h1>",
         f"<p>Model <code>{html.escape(str(summary['model']['name']))}</code>, metric "
         f"<code>{html.escape(summary['metric'])}</code>, {summary['data']['n_val']} validation "
         f"examples, {config.train.n_slots} soft tokens, ranking rule "
         f"<code>{config.select.reduce}</code>.</p>",
-        "<h2>Settings</h2>",
-        _table(
-            pd.DataFrame([summary["config"]]).T.reset_index().set_axis(["setting", "value"], axis=1)
-        ),
-        "<h2>Training and scores</h2><div class='grid'>",
-        _png(figures.training_curve(prompt.history)),
-        _png(figures.score_histogram(result, k=config.select.top_k, reduce=config.select.reduce)),
-        _png(figures.layer_position_heatmap(result)),
-        "</div>",
-        f"<p>{html.escape(_training_line(summary))}</p>",
+        "<h2>Verdict</h2><ul class='verdict'>",
+        *(f"<li>{html.escape(line)}</li>" for line in verdict(summary)),
+        "</ul>",
         f"<h2>Top neurons (in-sample: the selection set of {summary['data']['n_val']} examples)</h2>",
         "<p>r, score and permutation p-values come from the examples that selected these "
         "neurons, so they are inflated by the selection (winner's curse); the held-out "
         "confirmation below is the honest estimate.</p>",
         _table(neurons),
     ]
+
+
+def _figures(
+    summary: dict[str, Any], config: StudyConfig, prompt: SoftPrompt, result: Scan
+) -> list[str]:
+    """The training curve, the score histogram and where high-|r| units sit, and how the
+    training stopped."""
+    return [
+        "<h2>Training and scores</h2><div class='grid'>",
+        _png(figures.training_curve(prompt.history)),
+        _png(figures.score_histogram(result, k=config.select.top_k, reduce=config.select.reduce)),
+        _png(figures.layer_position_heatmap(result)),
+        "</div>",
+        f"<p>{html.escape(_training_line(summary))}</p>",
+    ]
+
+
+def _settings(summary: dict[str, Any]) -> list[str]:
+    """Every setting of the run, last: what a reader checks after reading the findings."""
+    frame = pd.DataFrame([summary["config"]]).T.reset_index()
+    return ["<h2>Settings</h2>", _table(frame.set_axis(["setting", "value"], axis=1))]
 
 
 def _summary_tables(summary: dict[str, Any], splits: dict[str, Any]) -> list[str]:
@@ -273,35 +263,6 @@ def _causal_section(
     return parts
 
 
-def causal_sentence(row: dict[str, Any]) -> str:
-    """One causal summary row (``app.statistics.causal_summary``) as a sentence that says no
-    more than its numbers: the change, its rank among random sets, what the test could detect,
-    the bound the data leave and the positive control."""
-    text = (
-        f"{row['mode']}: the top-K changed the loss by {row['d_loss']:+.4f} "
-        f"[{row['d_loss_lo']:+.4f}, {row['d_loss_hi']:+.4f}] against a random median of "
-        f"{row['random_d_loss_median']:+.4f} (rank p = {row['p_loss']:.3f} among "
-        f"{row['n_random']} random sets)."
-    )
-    if "mde_loss" in row:
-        mde = row["mde_loss"]
-        text += (
-            " These random sets cannot make any change significant at 0.05."
-            if mde == float("inf")
-            else f" The test calls an excess beyond ±{mde:.4f} significant at 0.05."
-        )
-        share = row.get("bound_loss_share_of_prompt")
-        text += f" The data exclude an excess larger than {row['bound_loss']:.4f} nats"
-        known = share is not None and share == share  # NaN without a prompt
-        text += f" ({share:.1%} of the prompt's own effect)." if known else "."
-    if "positive_d_loss" in row:
-        text += (
-            f" Positive control ({row['positive_n_neurons']} units): {row['positive_d_loss']:+.4f}"
-            f", rank p = {row['positive_p_loss']:.3f}."
-        )
-    return text
-
-
 def _steering_section(curve: pd.DataFrame, splits: dict[str, Any]) -> list[str]:
     """The steering curves: each measure the run has, against the scaling factor."""
     return [
@@ -336,11 +297,7 @@ def _contrast_section(
         ]
         parts += [
             f"<h4>{html.escape(str(name))}: {html.escape(s['compared'])}</h4>",
-            f"<p>{s['n_fwer_0.05']} of {s['n_units']} units change past the FWER null at 0.05 "
-            f"({s['n_permutations']} permutations), {s['n_selected_fwer_0.05']} of the "
-            f"{s['n_selected']} selected units; rank correlation of |score| "
-            f"{s['rank_correlation']:.3f}; top-{s['top_k']} overlap (Jaccard) "
-            f"{s['top_k_overlap']:.3f}.</p>",
+            f"<p>{html.escape(contrast_sentence(s))}</p>",
             _png(figures.contrast_scatter(
                 part.score_trained.to_numpy(), part.score_baseline.to_numpy(), marked, name=name
             )),
@@ -355,8 +312,8 @@ def _selection_section(run: Path, summary: dict[str, Any]) -> list[str]:
     split (``--basis-rotations``), each table under a sentence of its summary's numbers."""
     parts = []
     for file, key, text in (
-        ("selection_stability.csv", "selection_stability", _stability_text),
-        ("basis.csv", "basis_test", _basis_text),
+        ("selection_stability.csv", "selection_stability", selection_stability_text),
+        ("basis.csv", "basis_test", basis_text),
     ):
         if (run / file).exists():
             title, sentence = text(summary[key])
@@ -366,32 +323,6 @@ def _selection_section(run: Path, summary: dict[str, Any]) -> list[str]:
                 _table(pd.read_csv(run / file)),
             ]
     return parts
-
-
-def _stability_text(s: dict[str, Any]) -> tuple[str, str]:
-    """The selection stability's title and sentence, from ``summary["selection_stability"]``."""
-    k = s["k"]
-    return (
-        f"Selection stability: {s['n_boot']} bootstrap resamples of {s['examples']}",
-        f"The top {k} units stay in the top {k} in {s['mean_stay_share']:.0%} of the resamples "
-        f"on average; in {s['outside_share']:.0%} of them a unit outside the "
-        f"{s['n_candidates']} candidates ranked could have entered the top {k}, which the stay "
-        "shares assume never happens.",
-    )
-
-
-def _basis_text(s: dict[str, Any]) -> tuple[str, str]:
-    """The basis test's title and sentence, from ``summary["basis_test"]``."""
-    return (
-        f"Basis test on {s['examples']}: each top unit against {s['n_rotations']} random bases "
-        "of its layer",
-        f"{s['n_p_rotation_0.05']} of {s['n_units']} top units beat the best direction of more "
-        f"than 95% of the random bases (p_rotation ≤ 0.05); mean |r_unit| "
-        f"{s['mean_abs_r_unit']:.3f} against a mean 95th percentile of the bases' best |r| of "
-        f"{s['mean_rotation_best_q95']:.3f}. The ridge probe of the whole layer, fitted on "
-        f"{s['n_probe_fit']} examples, reaches r = {s['mean_probe_r_heldout']:.3f} on average on "
-        f"the other {s['n_probe_test']}.",
-    )
 
 
 def _explanations_section(

@@ -31,8 +31,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sklens import validate
+from sklens.app.config import StudyConfig
 from sklens.atomic import write_text
 from sklens.models.artifacts import sha256_of
+from sklens.version import __version__
 from sklens.vocabulary import EDIT_NAMES
 
 logger = logging.getLogger("sklens")
@@ -103,6 +106,33 @@ def missing_run(run: Path) -> str:
             f"--out {run} --resume` with the new run's settings to finish it"
         )
     return f"{run} has no summary.json: run `sklens run --out {run}` first"
+
+
+def read_summary(run: Path) -> tuple[dict[str, Any], StudyConfig]:
+    """``RUN/summary.json`` and its study settings; a damaged or foreign file names itself and
+    the fix."""
+    path = run / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(missing_run(run))
+    rerun = f"run `sklens run --out {run}` again with the run's settings to rewrite it"
+    summary = validate.json_file(path, rerun)
+    saved = summary.get("config") if isinstance(summary, dict) else None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} has no 'config' object: not a sklens summary; {rerun}")
+    if any("neuron" in row for row in summary.get("top_neurons") or []):
+        raise ValueError(
+            f"{path} comes from a sklens whose tables name the unit column 'neuron' (now "
+            f"'unit'), and so do the run's CSVs; {rerun}"
+        )
+    try:
+        config = StudyConfig.from_dict(saved)
+    except KeyError as err:
+        version = (summary.get("versions") or {}).get("sklens", "another version")
+        raise ValueError(
+            f"{path} has settings this sklens ({__version__}) does not know: {err.args[0]}. "
+            f"It was written by sklens {version}; report it with that version, or {rerun}"
+        ) from None
+    return summary, config
 
 
 def staging_dir(out: Path) -> Path:

@@ -51,7 +51,6 @@ from sklens.app.causal_stage import causal_stage
 from sklens.app.config import StudyConfig
 from sklens.app.contrast_stage import contrast_stage
 from sklens.app.data_checks import study_data
-from sklens.app.report import read_summary
 from sklens.app.run_state import StudyRun
 from sklens.app.selection_stage import basis_stage, selection_stability_stage
 from sklens.app.statistics import run_statistics
@@ -140,7 +139,7 @@ def open_run(run_dir: str | Path) -> FinishedRun:
     """Reload a finished ``sklens run``: the model and prompt it trained, the top-K it wrote,
     and its splits, so the examples no split used (``task.rest``) stay unused."""
     run = Path(run_dir)
-    _, config = read_summary(run)
+    _, config = rundir.read_summary(run)
     rundir.check_consistent(run)  # an edited or mixed run directory is refused, as by report
     model = load_model(
         config.model, backend=config.backend, device=config.device, dtype=config.dtype

@@ -222,7 +222,8 @@ def test_causal_controls_of_a_study(qwen_dir, tmp_path, monkeypatch):
     assert zero["bound_loss"] == max(abs(zero["excess_lo_loss"]), abs(zero["excess_hi_loss"]))
     dose = pd.read_csv(out / "dose_response.csv")
     assert set(dose.ranking) == {"correlation", "attribution"} and set(dose.k) == {1, 2}
-    from sklens.app.report import build_report, causal_sentence
+    from sklens.app.report import build_report
+    from sklens.app.verdict import causal_sentence
 
     page = build_report(out).read_text()
     assert html.escape(causal_sentence(zero)) in page

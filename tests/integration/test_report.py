@@ -149,6 +149,11 @@ def test_report_is_self_contained(qwen_dir, tmp_path, monkeypatch):
     assert "Significance (permutation null; in-sample)" in page
     assert "Top neurons (in-sample: the selection set of 16 examples)" in page
     assert "Held-out confirmation (confirm split, 8 examples)" in page
+    # the first screen: what was run, the verdict, then the top units; the settings come last
+    order = ["<h1>", "<h2>Verdict</h2>", "<li>Found: the top 3 of", "<h2>Top neurons", "<table",
+             "<h2>Training and scores</h2>", "<h2>Settings</h2>"]  # fmt: skip
+    assert [page.index(mark) for mark in order] == sorted(page.index(mark) for mark in order)
+    assert page.index("<h2>Settings</h2>") > page.rindex("<section class='neuron'>")
 
     # A table that this run did not write describes other neurons: the report refuses the
     # directory rather than show it (a run replaces the whole directory, so only a hand-made
@@ -216,7 +221,7 @@ def test_report_renders_in_headless_chromium_without_network(qwen_dir, tmp_path)
 
 
 def test_the_causal_sentence_says_what_the_test_could_detect_and_what_is_excluded():
-    from sklens.app.report import causal_sentence
+    from sklens.app.verdict import causal_sentence
 
     row = {
         "mode": "zero", "d_loss": 0.002, "d_loss_lo": -0.001, "d_loss_hi": 0.005,
@@ -229,6 +234,6 @@ def test_the_causal_sentence_says_what_the_test_could_detect_and_what_is_exclude
     assert "(rank p = 0.400 among 199 random sets)" in text
     assert "an excess beyond ±0.0300 significant" in text
     assert "exclude an excess larger than 0.0040 nats (2.0% of the prompt's own effect)" in text
-    assert "Positive control (10 units): +0.5000, rank p = 0.005." in text
+    assert "Positive control (10 units): +0.5000, rank p = 0.005: detected at 0.05." in text
     weak = causal_sentence({**row, "n_random": 5, "mde_loss": float("inf")})
     assert "These random sets cannot make any change significant at 0.05." in weak
