@@ -128,7 +128,11 @@ def _imports(package: str) -> bool:
 def test_docs_site_builds_strict_with_every_public_name(tmp_path):
     """`mkdocs build --strict` (a warning fails it; the tutorials execute, and an error in a cell
     fails it), offline; the API reference has an entry for every name in ``sklens.__all__``."""
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1",
+        "SKLENS_HOME": str(tmp_path / "empty-home"),  # the tutorials build what they need
+        "SKLENS_TUTORIAL_DIR": str(tmp_path / "tutorials"),  # where they write
+    }  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
