@@ -14,7 +14,7 @@ from scipy import stats as ss
 import sklens
 from sklens.app.cli import main
 from sklens.explanation.explain import explain, explain_activations
-from sklens.explanation.hypotheses import candidate_hypotheses, meta_hypotheses
+from sklens.explanation.hypotheses import Hypothesis, candidate_hypotheses, meta_hypotheses
 from sklens.stats.rank_tests import (
     average_ranks,
     bootstrap_effects,
@@ -212,3 +212,29 @@ def test_the_run_writes_explanations_and_the_command_prints_them(qwen_dir, tmp_p
     (out / "explanations.csv").unlink()
     assert main(["explain", str(out)]) == 2
     assert "mixes files from different runs" in capsys.readouterr().err
+
+
+def test_a_small_perfectly_separated_group_does_not_outrank_a_property_that_explains_more():
+    """Planted: 7 of 160 examples with the lowest activations (AUROC 0: perfect separation of a
+    small group, 'n_numbers = 7' on the main job) and a half split at AUROC ≈ 0.95. The half
+    explains far more of how the activation varies and must rank first; each strength equals
+    |Spearman ρ| of the activation with the property's indicator (scipy)."""
+    rng = np.random.default_rng(0)
+    half = np.arange(160) % 2 == 0
+    acts = rng.normal(size=160) + 2.3 * half  # AUROC of `half` near 0.95
+    small = np.zeros(160, dtype=bool)
+    small[np.argsort(acts)[:7]] = True  # the seven lowest: perfectly separated
+    known = np.ones(160, dtype=bool)
+    hypotheses = [
+        Hypothesis("small", "meta", "auroc", small, known),
+        Hypothesis("half", "meta", "auroc", half, known),
+    ]
+    units = pd.DataFrame({"layer": [0], "unit": [0], "slot": [0]})
+    table = explain_activations(torch.tensor(acts)[:, None], units, hypotheses, n_boot=50).table
+    by_name = table.set_index("hypothesis")
+    assert by_name.loc["small", "effect"] == 0.0  # a perfect separation by AUROC
+    assert 0.9 < by_name.loc["half", "effect"] < 0.99
+    assert by_name.loc["half", "rank"] == 1 and by_name.loc["small", "rank"] == 2
+    for name, values in (("small", small), ("half", half)):
+        rho = ss.spearmanr(acts, values).statistic
+        assert by_name.loc[name, "strength"] == pytest.approx(abs(rho), abs=1e-9)
