@@ -39,6 +39,12 @@ def parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse the stages of an earlier run")
     p.add_argument("--docs", action="store_true", help="copy the PNG figures to docs/")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if study.negative_control:
+        p.add_argument(
+            "--negative-control", action="store_true",
+            help=f"permute {study.negative_control!r} among the examples first "
+            "(sklens's --shuffle-label): the whole study when there is nothing to find",
+        )  # fmt: skip
     return p
 
 
@@ -76,6 +82,8 @@ def main(study: Study, argv: Sequence[str] | None = None) -> Path:
     args = parser(study).parse_args(given)
     try:  # a bad setting fails here, before any model work
         config = replace(study.at(args.size), model=args.model, device=args.device, data=args.data)
+        if getattr(args, "negative_control", False):
+            config = replace(config, shuffle_label=study.negative_control)
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"{study.key}: {err}") from None
     out = Path(args.out)

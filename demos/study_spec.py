@@ -38,6 +38,7 @@ class Study:
     paper_claim: str
     groupings: tuple[Grouping, ...]
     data_note: str = ""
+    negative_control: str | None = None  # the label --negative-control permutes (a label study)
 
     def at(self, size: str) -> StudyConfig:
         """The study's settings at ``size`` (``SIZES``)."""

@@ -45,6 +45,9 @@ HELP = {
     "batch_size": "Examples per batch, in training and in every pass.",
     "lr": "The soft prompt's learning rate (AdamW).",
     "seed": "The seed of the data split, the prompt's initialisation and every random control.",
+    "shuffle_label": "A negative control: permute this meta field's values among the examples "
+    "before the splits (e.g. --shuffle-label skill with --metric label:skill=spatial), so that "
+    "nothing can track it, and see what the whole pipeline says when there is nothing to find.",
     "n_train": "Training examples, the plateau slice included.",
     "n_plateau": "Training examples held out to detect the plateau.",
     "n_val": "The selection set: the examples whose scan picks the top units.",

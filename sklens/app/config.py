@@ -306,6 +306,10 @@ class StudyConfig:
     device: str | None = None
     dtype: str = "auto"  # the model's: the fastest that matches float32 here (models.precision)
     seed: int = 0  # the data split, the prompt's initialisation and every random control
+    # a negative control: this meta field's values permuted among the examples before the split,
+    # so that nothing in the model can track it; the whole pipeline then says what it says when
+    # there is nothing to find
+    shuffle_label: str | None = None
     batch_size: int = count(8, 1, "examples per forward pass")
     n_train: int = count(240, 1, "training examples")  # includes the plateau slice
     # the selection set: the scan that picks the top-K

@@ -120,6 +120,7 @@ def study_task(config: StudyConfig) -> TaskData:
         n_confirm=config.confirm.n_confirm,
         n_causal=config.causal.n_causal if config.causal.uses_causal_split else 0,
         stratify_causal=config.causal.stratify,
+        shuffle_label=config.shuffle_label,
     )
 
 

@@ -62,6 +62,7 @@ def load_task(
     n_confirm: int = 0,
     n_causal: int = 0,
     stratify_causal: bool = False,
+    shuffle_label: str | None = None,
 ) -> TaskData:
     """The examples of a named task (or a .jsonl file), shuffled with ``seed`` and cut into
     disjoint splits (``confirm`` and ``causal`` from the examples after ``train`` and ``val``).
@@ -72,7 +73,10 @@ def load_task(
     division detectors met 5 divisions in 48).
 
     ``data`` replaces the built-in data: a HANS ``.txt``, a Skill-Mix ``.jsonl``, or for
-    arithmetic a BigBench ``task.json`` or a folder of ``*/task.json`` files."""
+    arithmetic a BigBench ``task.json`` or a folder of ``*/task.json`` files.
+
+    ``shuffle_label`` names a meta field whose values are permuted among the examples before
+    the splits are cut (``shuffled_label``): the negative control."""
     validate.task(task, data)
     n = n_train + n_val + n_confirm + n_causal
     # a generated pool is prefix-stable: room to balance the causal split changes no other split
@@ -89,6 +93,9 @@ def load_task(
             f"({validate.name('n_train')} {n_train} + {validate.name('n_val')} {n_val} + "
             f"{validate.name('n_confirm')} {n_confirm} + causal {n_causal}); lower them"
         )
+    if shuffle_label is not None:
+        pool = shuffled_label(pool, shuffle_label, seed)
+        origin = {**origin, "shuffled_label": shuffle_label}
     first = n_train + n_val
     train, val = train_val_split(pool[:first], n_val, seed=seed)
     later = pool[first + n_confirm :]
@@ -107,6 +114,24 @@ def load_task(
         rest=rest,
         source=origin,
     )
+
+
+def shuffled_label(examples: list[Example], field: str, seed: int) -> list[Example]:
+    """``examples`` with meta ``field``'s values permuted among them (seeded): a label that
+    nothing in the examples' text can predict, for a negative control of the whole pipeline."""
+    missing = [i for i, e in enumerate(examples) if field not in e.meta]
+    if missing:
+        fields = sorted({k for e in examples for k in e.meta})
+        raise ValueError(
+            f"{validate.name('shuffle_label')} {field!r} is not a meta field of every example "
+            f"(example {missing[0]} has none); the task's fields: {', '.join(fields)}"
+        )
+    values = [e.meta[field] for e in examples]
+    random.Random(f"shuffle {field} {seed}").shuffle(values)
+    return [
+        Example(e.instruction, e.completion, {**e.meta, field: v})
+        for e, v in zip(examples, values, strict=True)
+    ]
 
 
 def balanced(examples: list[Example], n: int, field: str) -> tuple[list[Example], list[Example]]:

@@ -50,6 +50,19 @@ def runs(qwen_dir, tmp_path_factory):
     return out
 
 
+def test_rq1_negative_control_permutes_the_skill_and_records_it(qwen_dir, tmp_path):
+    """--negative-control runs the same study with the label permuted: the run records it, and
+    the selection split's labels are a permutation of the real run's on the same examples."""
+    module = _demo(SCRIPTS["rq1"])
+    argv = ["--size", "tiny", "--model", str(qwen_dir), "--quiet", "--negative-control"]
+    folder = module.main(module.STUDY, [*argv, "--out", str(tmp_path / "rq1-shuffled")])
+    summary = json.loads((folder / "run" / "summary.json").read_text())
+    assert summary["data"]["source"]["shuffled_label"] == "skill"
+    assert summary["config"]["shuffle_label"] == "skill"
+    study = json.loads((folder / "study.json").read_text())
+    assert "--negative-control" in study["command"]
+
+
 def _read(runs, key):
     folder = runs[key]
     return (
