@@ -50,13 +50,18 @@ class StudyRun:
     confirmed: tuple[Tensor, Tensor] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # the process's CPU seconds per phase (all threads): unlike the wall time, a pause or
+    # another job on the machine does not inflate it
+    cpu_timings: dict[str, float] = field(default_factory=dict)
     _clock: float = field(default_factory=time.perf_counter)
+    _cpu_clock: float = field(default_factory=time.process_time)
 
     def lap(self, name: str) -> None:
-        """Record the seconds since the last lap as phase ``name``."""
-        now = time.perf_counter()
+        """Record the wall and CPU seconds since the last lap as phase ``name``."""
+        now, cpu = time.perf_counter(), time.process_time()
         self.timings[name] = round(now - self._clock, 2)
-        self._clock = now
+        self.cpu_timings[name] = round(cpu - self._cpu_clock, 2)
+        self._clock, self._cpu_clock = now, cpu
 
     @property
     def batch_size(self) -> int:

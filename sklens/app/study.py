@@ -404,6 +404,7 @@ def _write_summary(run: StudyRun) -> dict[str, Any]:
             "d_mlp": model.cfg.d_mlp,
             "d_model": model.cfg.d_model,
             "dtype": str(model.cfg.dtype).removeprefix("torch."),
+            "device": str(model.cfg.device),
             "site": run.result.settings.site,
             "units_per_layer": run.result.settings.n_units,
         },
@@ -429,6 +430,7 @@ def _write_summary(run: StudyRun) -> dict[str, Any]:
         **extras,
         "fingerprints": {stage: rundir.fingerprint(s) for stage, s in run.stages.items()},
         "timings_s": run.timings,
+        "cpu_s": run.cpu_timings,
     }
     write_text(run.out / "summary.json", json.dumps(summary, indent=2, default=str))
     manifest = rundir.read_manifest(run.out)

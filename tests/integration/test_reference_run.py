@@ -41,7 +41,7 @@ TABLES = (
     "stability_rank_corr.csv",
 )
 # what differs between two runs of the same settings: where, when and the settings' own layout
-VOLATILE = {"config", "versions", "timings_s", "fingerprints"}
+VOLATILE = {"config", "versions", "timings_s", "cpu_s", "fingerprints"}
 FLAGS = [
     "--task", "skillmix", "--steps", "3", "--n-train", "16", "--n-val", "16", "--n-slots", "3",
     "--batch-size", "4", "--top-k", "3", "--n-extremal", "2", "--n-plateau", "4",
@@ -109,6 +109,10 @@ def test_a_small_run_reproduces_its_reference(qwen_dir, tmp_path, capsys, monkey
         (REFERENCE / "printed.txt").write_text(printed + "\n")
         pytest.skip("reference written")
     assert printed == (REFERENCE / "printed.txt").read_text().rstrip("\n")
+    written = json.loads((out / "summary.json").read_text())
+    # CPU seconds per phase beside the wall seconds (a pause inflates only the wall time)
+    assert written["cpu_s"].keys() == written["timings_s"].keys()
+    assert all(v >= 0 for v in written["cpu_s"].values()) and written["cpu_s"]["train"] > 0
     _close(_summary(out / "summary.json"), json.loads((REFERENCE / "summary.json").read_text()),
            "summary")  # fmt: skip
     _close(
