@@ -39,6 +39,12 @@ def parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse the stages of an earlier run")
     p.add_argument("--docs", action="store_true", help="copy the PNG figures to docs/")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if study.within:
+        p.add_argument(
+            "--within", action="store_true",
+            help=f"scan the within-{study.within} r with permutations inside each {study.within} "
+            "(sklens's --permutation-groups; no bootstrap, which resamples the marginal r)",
+        )  # fmt: skip
     if study.negative_control:
         p.add_argument(
             "--negative-control", action="store_true",
@@ -76,6 +82,12 @@ def draw(study: Study, run_dir: Path, folder: Path) -> dict[str, str]:
     return made
 
 
+def within(config: sklens.StudyConfig, field: str) -> sklens.StudyConfig:
+    """The study asking which units track its metric inside each group of ``field``."""
+    scan = replace(config.scan, permutation_groups=field)
+    return replace(config, scan=scan, confirm=replace(config.confirm, bootstrap=0))
+
+
 def main(study: Study, argv: Sequence[str] | None = None) -> Path:
     """Run ``study`` with command-line ``argv``; return the folder holding ``study.json``."""
     given = list(sys.argv[1:] if argv is None else argv)
@@ -84,6 +96,8 @@ def main(study: Study, argv: Sequence[str] | None = None) -> Path:
         config = replace(study.at(args.size), model=args.model, device=args.device, data=args.data)
         if getattr(args, "negative_control", False):
             config = replace(config, shuffle_label=study.negative_control)
+        if getattr(args, "within", False):
+            config = within(config, study.within)
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"{study.key}: {err}") from None
     out = Path(args.out)

@@ -15,6 +15,7 @@ cost seven passes each).
 
     python demos/rq3_arithmetic.py                     # full size, embedded model
     python demos/rq3_arithmetic.py --size tiny --out /tmp/rq3
+    python demos/rq3_arithmetic.py --within --out demo-out/rq3-within   # the loss within operations
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ STUDY = Study(
     ),
     data_note="BigBench arithmetic 5-digit +, −, ×, ÷, generated in BigBench's format "
     "(sklens.data.arithmetic) unless --data names BigBench's own files",
+    within="operation",
 )
 
 if __name__ == "__main__":

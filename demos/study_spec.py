@@ -39,6 +39,7 @@ class Study:
     groupings: tuple[Grouping, ...]
     data_note: str = ""
     negative_control: str | None = None  # the label --negative-control permutes (a label study)
+    within: str | None = None  # the meta field --within scans within (its groups' r, pooled)
 
     def at(self, size: str) -> StudyConfig:
         """The study's settings at ``size`` (``SIZES``)."""

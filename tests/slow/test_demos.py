@@ -14,6 +14,7 @@ import sys
 import pandas as pd
 import pytest
 
+import sklens
 from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.slow]
@@ -61,6 +62,17 @@ def test_rq1_negative_control_permutes_the_skill_and_records_it(qwen_dir, tmp_pa
     assert summary["config"]["shuffle_label"] == "skill"
     study = json.loads((folder / "study.json").read_text())
     assert "--negative-control" in study["command"]
+
+
+def test_rq3_within_operations_scans_the_within_group_r(qwen_dir, tmp_path):
+    """--within: the same RQ3 study scanning the loss within each operation."""
+    module = _demo(SCRIPTS["rq3"])
+    argv = ["--size", "tiny", "--model", str(qwen_dir), "--quiet", "--within"]
+    folder = module.main(module.STUDY, [*argv, "--out", str(tmp_path / "rq3-within")])
+    summary = json.loads((folder / "run" / "summary.json").read_text())
+    assert summary["config"]["scan"]["permutation_groups"] == "operation"
+    scan = sklens.Scan.load(folder / "run" / "scan.safetensors")
+    assert scan.settings.permutation_groups == "operation" and scan.marginal_corr is not None
 
 
 def _read(runs, key):
