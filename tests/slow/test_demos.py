@@ -1,7 +1,8 @@
 """The paper's three studies (demos/rq*_*.py) at --size tiny on the tiny model: each is the
 library's pipeline (``sklens.run_study``) with the study's settings, plus its figures and
-``study.json``; the docs/reproduction.md generator on the stored runs; and the demos that go on
-from a finished run. Offline: Skill-Mix and HANS are generated, arithmetic in BigBench's format.
+``study.json``; the docs/reproduction.md generator on those runs and on planted copies of
+them; and the demos that go on from a finished run. Offline: Skill-Mix and HANS are
+generated, arithmetic in BigBench's format.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import re
+import shutil
 import sys
 
 import pandas as pd
@@ -172,25 +175,125 @@ def test_bad_arguments_stop_before_any_model_work(tmp_path, monkeypatch, extra, 
         module.main(module.STUDY, ["--out", str(tmp_path), *extra])
 
 
-def test_reproduction_doc_regenerates_from_the_stored_runs(tmp_path):
-    """docs/reproduction.md's table comes from the stored results.json files: regenerated from
-    them, it is the committed one."""
-    stored = ROOT / "docs" / "reproduction"
-    budget = [str(stored / k) for k in ("rq1", "rq2", "rq3")]
-    full = [str(stored / f"{k}-full") for k in ("rq1", "rq2", "rq3")]
-    doc = _demo("make_reproduction_doc").main(
-        [*budget, "--full", *full, "--out", str(tmp_path / "r.md")]
+def _doc(folders, tmp_path, *flags) -> str:
+    """docs/reproduction.md generated from ``folders`` into ``tmp_path``; its text."""
+    doc = tmp_path / "doc" / "reproduction.md"
+    _demo("make_reproduction_doc").main([*map(str, folders), "--doc", str(doc), *flags])
+    return doc.read_text()
+
+
+def _planted(runs, key, tmp_path, name, edit):
+    """A copy of the tiny ``key`` run whose summary.json ``edit`` changed (the doc reads the
+    summary as it is, so a planted number reaches the doc's sentences)."""
+    folder = tmp_path / name
+    shutil.copytree(runs[key], folder)
+    path = folder / "run" / "summary.json"
+    summary = json.loads(path.read_text())
+    edit(summary)
+    path.write_text(json.dumps(summary))
+    return folder
+
+
+def _account(text: str) -> list[str]:
+    """The account's sentences: the bullets between its heading and the figures."""
+    part = text.split("## The account")[1].split("## Figures")[0]
+    return [line for line in part.splitlines() if line.startswith("- ")]
+
+
+def test_reproduction_doc_regenerates_from_the_tiny_runs(runs, tmp_path):
+    """The doc from the three tiny runs: labelled a smoke run, with each run's provenance, one
+    table per study with the paper beside the run, and an account whose every sentence names
+    its source and avoids the old account's over-claims."""
+    text = _doc([runs[k] for k in sorted(runs)], tmp_path)
+    assert "smoke-test numbers" in text
+    commit = json.loads((runs["rq1"] / "run" / "summary.json").read_text())["versions"]
+    assert f"`{commit['sklens commit']}`" in text and "float32" in text
+    for key in ("RQ1", "RQ2", "RQ3"):
+        assert f"| quantity | paper (Qwen1.5-1.8B-Chat) | {key} tiny | source |" in text
+    assert "units of 10 (" in text and "numeric chance" in text and "floor 0.250" in text
+    sentences = _account(text)
+    assert len(sentences) > 30
+    assert all(re.search(r"\(`[^`]+`\)\.$", s) or "not scored" in s for s in sentences)
+    lowered = text.lower()
+    for claim in ("no causal role", "not something the prompt learned", "cannot encode"):
+        assert claim not in lowered
+    assert (tmp_path / "doc" / "reproduction" / "rq1-tiny" / "summary.json").exists()
+
+
+def _causal_p(summary, p):
+    summary["causal"][0].update(p_loss=p, n_random=199)
+
+
+def _held_out(summary, n):
+    summary["held_out"].update(n_adjusted_ci_excludes_0=n)
+
+
+def _contrast(summary, n):
+    summary["contrast"]["untrained"].update({"n_selected_fwer_0.05": n})
+
+
+@pytest.mark.parametrize(
+    ("edit", "weak", "strong", "null", "found"),
+    [
+        (_causal_p, 0.30, 0.03, "not told apart from the random sets", "it differs from the"),
+        (_held_out, 0, 3, "no unit is told apart from r = 0", "3 of the 10 intervals"),
+        (_contrast, 0, 4, "none of the 10 selected units is told", "4 of the 10 selected units"),
+    ],
+)
+def test_a_sentence_changes_when_its_number_crosses_its_threshold(
+    runs, tmp_path, edit, weak, strong, null, found
+):
+    """A planted number on either side of its threshold: the causal rank p against 0.05, held-out
+    intervals excluding 0 or none, selected units past the contrast's null or none."""
+    texts = {}
+    for value in (weak, strong):
+        folder = _planted(runs, "rq1", tmp_path, f"v{value}", lambda s, v=value: edit(s, v))
+        texts[value] = "\n".join(_account(_doc([folder], tmp_path / f"doc{value}")))
+    assert null in texts[weak] and found not in texts[weak]
+    assert found in texts[strong] and null not in texts[strong]
+
+
+def test_mixed_commits_are_refused_unless_allowed(runs, tmp_path):
+    other = _planted(
+        runs, "rq2", tmp_path, "rq2-old",
+        lambda s: s["versions"].update({"sklens commit": "0123abc"}),
+    )  # fmt: skip
+    with pytest.raises(SystemExit, match="different sklens commits") as refused:
+        _doc([runs["rq1"], other], tmp_path)
+    assert "0123abc" in str(refused.value) and "--allow-mixed-commits" in str(refused.value)
+    assert str(other) in str(refused.value)
+    text = _doc([runs["rq1"], other], tmp_path, "--allow-mixed-commits")
+    assert "These runs were made by different sklens commits" in text.split("## Provenance")[0]
+
+
+def test_a_dirty_commit_is_called_out(runs, tmp_path):
+    dirty = _planted(
+        runs, "rq1", tmp_path, "rq1-dirty",
+        lambda s: s["versions"].update({"sklens commit": "0123abc+dirty"}),
+    )  # fmt: skip
+    text = _doc([dirty], tmp_path)
+    assert "uncommitted changes:** RQ1 tiny (`0123abc+dirty`)" in text.split("## Provenance")[0]
+
+
+def test_the_controls_are_told_apart_by_their_settings(runs, tmp_path):
+    """A run with a permuted label is RQ1's negative control and one with a grouped null RQ3's
+    within-operation run, each set beside the main run of its study."""
+    shuffled = _planted(
+        runs, "rq1", tmp_path, "a", lambda s: s["config"].update(shuffle_label="skill")
     )
-
-    def table(text: str) -> list[str]:
-        return [line for line in text.splitlines() if line.startswith("| RQ")]
-
-    committed = (ROOT / "docs" / "reproduction.md").read_text()
-    assert table(doc.read_text()) == table(committed) and len(table(committed)) > 30
+    within = _planted(
+        runs, "rq3", tmp_path, "b",
+        lambda s: s["config"]["scan"].update(permutation_groups="operation"),
+    )  # fmt: skip
+    text = _doc([within, shuffled, runs["rq1"], runs["rq3"]], tmp_path)
+    assert "| RQ1 tiny | RQ1 negative control (tiny) | source |" in text
+    assert "| RQ3 tiny | RQ3 within operation (tiny) | source |" in text
+    assert "With `skill` permuted among the examples" in text
+    assert "Within each operation" in text and "in RQ3 tiny" in text
 
 
 def test_doc_generator_names_missing_runs(tmp_path):
-    with pytest.raises(SystemExit, match="no results.json"):
+    with pytest.raises(SystemExit, match="no study.json in"):
         _demo("make_reproduction_doc").main([str(tmp_path / "nowhere")])
 
 
