@@ -17,7 +17,8 @@ import torch
 from jaxtyping import Float, Float64
 from torch import Tensor
 
-from sklens.causal.attribution import _check, metric_rows
+from sklens.causal.attribution import _check
+from sklens.causal.attribution_passes import metric_rows
 from sklens.causal.check import neuron_stats
 from sklens.data.example import Example
 from sklens.data.format import Batch
