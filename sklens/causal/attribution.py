@@ -1,13 +1,19 @@
-"""Attribution patching: the estimated effect on the model's behaviour of ablating each MLP
-neuron at each soft-prompt slot, for every unit at once, from a few forward and backward passes.
+"""Attribution patching: the estimated effect on the model's behaviour of ablating each unit of
+a site (MLP neurons by default; any site a scan takes, ``sklens.sites``) at each soft-prompt
+slot, for every unit at once, from a few forward and backward passes.
 
 A scan finds units whose activation *tracks* a metric; attribution asks which units, if changed,
-change what the model does. For unit ``u = (L, i, k)`` (neuron ``i`` of
-``blocks.L.mlp.hook_post`` at slot ``k``) and example ``e`` the exact effect is
-``M_e(a_u → ã_u) − M_e(a)``: the change of the example's metric when that one activation is
-replaced by its ablated value ``ã_u`` (0, or its mean over the examples at that slot) and
-everything downstream is recomputed. Patching it exactly takes a forward pass per unit, out of
-reach for the ~10⁶ units of a small model; two estimators cost a few passes in all
+change what the model does. For unit ``u = (L, i, k)`` (unit ``i`` of the site at layer ``L``,
+e.g. neuron ``i`` of ``blocks.L.mlp.hook_post``, at slot ``k``) and example ``e`` the exact
+effect is ``M_e(a_u → ã_u) − M_e(a)``: the change of the example's metric when that one unit is
+replaced by its ablated value ``ã_u`` and everything downstream is recomputed. The ablated value
+is 0, the unit's mean over the examples at that slot, or (``ablation=pairs``, activation
+patching) its value at the same slot on the example's edited twin (``sklens.edits.pairs``; the
+slots sit after the instruction, so they align when the twins' lengths differ). The edit is the
+site's ``write``: for an SAE latent it adds ``decode(new) − decode(old)``, so the SAE's error
+term is kept and the effect is the real model's; a head's unit is rescaled through its ``z``.
+Patching it exactly takes a forward pass per unit, out of reach for the ~10⁶ units of a small
+model; two estimators cost a few passes in all
 (``d_u = ã_u − a_u``, ``g_u(x) = ∂M_e/∂a_u`` at activations ``x``):
 
 * ``"atp"`` — attribution patching (Nanda 2023; Kramár et al. 2024): ``g_u(a) · d_u``, one
@@ -35,14 +41,15 @@ reach for the ~10⁶ units of a small model; two estimators cost a few passes in
   and ``steps · groups`` forward and backward passes (``steps · groups`` times AtP's work).
 
 Per example the effects are folded into float64 sums and sums of squares per unit, so memory is
-``O(layers × d_mlp × slots)`` whatever the number of examples, and each unit gets the standard
+``O(layers × units × slots)`` whatever the number of examples, and each unit gets the standard
 error of its mean effect. Metrics are what the model does, per example: ``"loss"`` (the mean
 cross-entropy of the completion, the scan's loss), ``"logprob"`` (the completion's total
 log-probability) and ``"margin"`` (for multiple-choice examples: the answer's total
 log-probability minus the best distractor's; an edit at a slot reaches every choice's row). The
 text before the slots cannot depend on a slot: on a HookedTransformer it runs once per batch
-without autograd, and every pass continues from its keys and values (``_Scorer``).
-``sklens.causal.attribution_exact.exact_effects`` is the exact reference.
+without autograd, and every pass continues from its keys and values (``Scorer``). The passes
+are in ``sklens.causal.attribution_passes``; ``sklens.causal.attribution_exact.exact_effects``
+is the exact reference.
 """
 
 from __future__ import annotations
@@ -69,13 +76,13 @@ from sklens.causal.attribution_passes import (
     Method,
     SlotPaths,
     Sums,
+    ablated_values,
     fold,
     metric_rows,
     row_batches,
     row_effects,
     unit_groups,
 )
-from sklens.causal.check import neuron_stats
 from sklens.data.example import Example, data_hash
 from sklens.models.layout import linear_layout_for
 from sklens.models.protocol import Model
@@ -85,7 +92,7 @@ from sklens.prompt.training import frozen
 from sklens.scanning import metrics as metrics_mod
 from sklens.scanning.choices import is_multiple_choice
 from sklens.scanning.metrics import MetricLike
-from sklens.units.sites import MLP, Site
+from sklens.units.sites import Site, SiteLike, rebuild, resolve_site
 from sklens.version import __version__
 
 METRICS = ("loss", "logprob", "margin")
@@ -103,9 +110,9 @@ class AttributionSettings:
     ablation: str
     steps: int
     groups: int
-    site: str
-    n_layers: int
-    d_mlp: int
+    site: str  # the site's name, as a Scan.top_k table's ``site`` column carries it
+    n_layers: int  # the model's
+    n_units: int  # the site's units per layer (d_mlp for MLP neurons)
     n_slots: int
     n_examples: int
     batch_size: int
@@ -113,15 +120,18 @@ class AttributionSettings:
     data_hash: str = ""
     backend: str = ""
     sklens_version: str = __version__
+    layers: tuple[int, ...] = ()  # the layers attributed, the site's (empty: every layer)
 
 
 @dataclass
 class Attribution:
-    """Estimated effects of ablating each MLP neuron at each soft-prompt slot.
+    """Estimated effects of ablating each unit of a site at each soft-prompt slot.
 
-    ``effect[L, i, k]`` is the estimated change of the *mean* metric over the examples when
-    neuron ``i`` of layer ``L`` is ablated at slot ``k`` (in the metric's units: nats for loss,
-    logprob and margin); ``stderr`` its standard error over the examples. A positive effect on
+    ``effect[j, i, k]`` is the estimated change of the *mean* metric over the examples when
+    unit ``i`` of layer ``layers[j]`` is ablated at slot ``k`` (in the metric's units: nats for
+    loss, logprob and margin); ``stderr`` its standard error over the examples. For a site at
+    every layer (MLP neurons, heads, the residual stream) ``j`` is the layer; an SAE sits at
+    some layers only (``layer_effect(L)`` indexes by model layer). A positive effect on
     ``loss`` means the ablation raises the loss (the unit helps); on ``logprob`` or ``margin``
     it means the ablation helps.
     """
@@ -132,8 +142,21 @@ class Attribution:
     selection_ids: tuple[str, ...] = ()
 
     @property
-    def site(self) -> Site:
-        return MLP
+    def site(self) -> Site | None:
+        """The site attributed (``sites.rebuild``: an SAE's or directions' only while its object
+        lives in this process)."""
+        return rebuild(self.settings.site)
+
+    @property
+    def layers(self) -> list[int]:
+        """The model layers of ``effect``'s first axis."""
+        return list(self.settings.layers or range(self.settings.n_layers))
+
+    def layer_effect(self, layer: int) -> Float64[Tensor, "unit slot"]:
+        """``effect`` at model layer ``layer`` (a layer the site has)."""
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} was not attributed; the layers are {self.layers}")
+        return self.effect[self.layers.index(layer)]
 
     def interval(self, z: float = Z95) -> tuple[Tensor, Tensor]:
         """The normal interval ``effect ± z·stderr`` (95% by default)."""
@@ -164,7 +187,7 @@ class Attribution:
         lo, hi = self.interval()
         table = pd.DataFrame(
             {
-                "layer": layer.tolist(),
+                "layer": torch.tensor(self.layers)[layer].tolist(),
                 "unit": unit.tolist(),
                 "slot": slot.tolist(),
                 "effect": self.effect[layer, unit, slot].tolist(),
@@ -197,14 +220,18 @@ class Attribution:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata()
             effect, stderr = fh.get_tensor("effect"), fh.get_tensor("stderr")
-        settings = AttributionSettings(**json.loads(meta["settings"]))
+        fields = json.loads(meta["settings"])
+        if "d_mlp" in fields:  # written before attribution took every site
+            fields["n_units"] = fields.pop("d_mlp")
+        fields["layers"] = tuple(fields.get("layers", ()))
+        settings = AttributionSettings(**fields)
         return cls(effect, stderr, settings, tuple(json.loads(meta["selection_ids"])))
 
     def __repr__(self) -> str:
         s = self.settings
         return (
-            f"<Attribution {s.method} of {s.metric}, {s.ablation} ablation: {s.n_layers} layers × "
-            f"{s.d_mlp} neurons × {s.n_slots} slots, {s.n_examples} examples>"
+            f"<Attribution {s.method} of {s.metric}, {s.ablation} ablation: {len(self.layers)} "
+            f"layers × {s.n_units} {s.site} units × {s.n_slots} slots, {s.n_examples} examples>"
         )
 
 
@@ -227,22 +254,70 @@ def _metric_name(metric: MetricLike) -> str:
     return name
 
 
-def _site_name(site: Any) -> str:
-    """Only MLP neurons for now: other sites are refused by name."""
-    if site == "mlp" or (isinstance(site, Site) and site.name == "mlp"):
-        return "mlp"
-    shown = site.name if isinstance(site, Site) else site
-    raise ValueError(
-        f"site={shown!r}: attribution covers MLP neurons (site='mlp', blocks.L.mlp.hook_post) "
-        "only for now"
-    )
+def _bound_site(site: SiteLike, model: Model) -> tuple[Site, list[int]]:
+    """The site bound to the model (``sites.resolve_site``, as a scan binds it) and the layers it
+    has; a site the model lacks is refused."""
+    bound = resolve_site(site, model)
+    layers = bound.layers_in(model)
+    bound.check_layers(layers, model)
+    return bound, layers
+
+
+def _twins(ablation: Any, examples: list[Example]) -> list[Example]:
+    """Each example's edited twin from ``ablation=pairs`` (``sklens.edits.pairs``'s list, or
+    all it returns), checked: pairs of examples, the originals ``examples`` in order."""
+    if isinstance(ablation, tuple) and len(ablation) == 2 and isinstance(ablation[1], dict):
+        ablation = ablation[0]  # (pairs, note), as sklens.edits.pairs returns them
+    if not isinstance(ablation, (list, tuple)) or not ablation:
+        shown = "an empty list" if isinstance(ablation, (list, tuple)) else repr(ablation)
+        raise ValueError(
+            f"ablation must be one of zero, mean, or the (original, edited) pairs of "
+            f"sklens.edits.pairs, got {shown}"
+        )
+    bad = next(
+        (i for i, p in enumerate(ablation)
+         if not (isinstance(p, (list, tuple)) and len(p) == 2
+                 and all(isinstance(e, Example) for e in p))),
+        None,
+    )  # fmt: skip
+    if bad is not None:
+        raise ValueError(
+            f"ablation=pairs: item {bad} is not an (original, edited) pair of Examples, got "
+            f"{type(ablation[bad]).__name__}; pass what sklens.edits.pairs returns"
+        )
+    if [original for original, _ in ablation] != examples:
+        raise ValueError(
+            f"ablation=pairs patches each example from its twin, so examples must be the pairs' "
+            f"originals in order ({len(ablation)} pairs, {len(examples)} examples): pass "
+            "examples=[original for original, _ in pairs]"
+        )
+    return [twin for _, twin in ablation]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The arguments of ``attribute`` (and ``exact_effects``) parsed, before any pass."""
+
+    examples: list[Example]
+    metric: str
+    site: Site  # bound to the model
+    layers: list[int]  # the site's
+    ablation: str  # "zero", "mean" or "pairs"
+    twins: list[Example] | None  # ablation "pairs": each example's edited twin
+
+    def ablated(self, model: Model, prompt: SoftPrompt, batch_size: int) -> Ablated:
+        """What each unit is set to (``attribution_passes.ablated_values``)."""
+        among = self.examples if self.twins is None else self.twins
+        return ablated_values(
+            model, prompt, self.site, self.layers, self.ablation, among, batch_size
+        )
 
 
 def _check(
     model: Any, prompt: SoftPrompt | None, examples: Any, metric: MetricLike, site: Any,
     method: Any, steps: Any, groups: Any, ablation: Any, batch_size: Any,
-) -> tuple[list[Example], str]:  # fmt: skip
-    """Every argument, before any pass; the examples as a list and the metric's name."""
+) -> Checked:  # fmt: skip
+    """Every argument, before any pass (binding a hook template's site runs one of 7 tokens)."""
     arguments.model(model)
     arguments.prompt(prompt, optional=False)
     examples = arguments.examples(examples)
@@ -253,11 +328,14 @@ def _check(
         )
     name = _metric_name(metric)
     validate.choice("method", method, METHODS)
-    validate.choice("ablation", ablation, ABLATIONS)
+    twins = None
+    if isinstance(ablation, str):
+        validate.choice("ablation", ablation, ABLATIONS)
+    else:
+        twins = _twins(ablation, examples)
     validate.integer("steps", steps, minimum=1, meaning="points on each integration path")
     validate.integer("groups", groups, minimum=1, meaning="unit groups, one IG path each")
     validate.integer("batch_size", batch_size, minimum=1)
-    _site_name(site)
     if prompt.config.d_model != model.cfg.d_model:
         raise ValueError(
             f"prompt has width d_model={prompt.config.d_model} but the model has "
@@ -269,20 +347,9 @@ def _check(
             "metric='margin' needs multiple-choice examples (every Example.meta with a 'choices' "
             "list and an 'answer' among them); use metric='loss' or 'logprob' otherwise"
         )
-    return examples, name
-
-
-def _ablated_values(
-    model: Model, prompt: SoftPrompt, examples: list[Example], ablation: str, batch_size: int
-) -> Ablated:
-    """What a unit is set to: 0, or its position-matched mean over ``examples`` at each slot
-    (``sklens.neuron_stats``, as the causal check's ``mean`` ablation)."""
-    if ablation == "zero":
-        return lambda layer, clean: torch.zeros_like(clean)
-    layers = list(range(model.cfg.n_layers))
-    means, _ = neuron_stats(model, prompt, examples, layers, batch_size=batch_size)
-    by_layer = {L: m.T.contiguous() for L, m in means.items()}  # (k, d_mlp)
-    return lambda layer, clean: by_layer[layer].to(clean).expand_as(clean)
+    bound, layers = _bound_site(site, model)
+    kind = "pairs" if twins is not None else ablation
+    return Checked(examples, name, bound, layers, kind, twins)
 
 
 def attribute(
@@ -291,16 +358,17 @@ def attribute(
     examples: Sequence[Example],
     metric: str | metrics_mod.Metric = "loss",
     *,
-    site: str | Site = "mlp",
+    site: SiteLike = "mlp",
     method: str = "atp",
     steps: int = 8,
     groups: int = 16,
-    ablation: str = "mean",
+    ablation: str | Sequence[tuple[Example, Example]] = "mean",
     batch_size: int = 8,
     progress: bool = True,
 ) -> Attribution:
-    """Estimate, for every MLP neuron at every soft-prompt slot, how ablating it changes the mean
-    of a behaviour metric over ``examples`` (the estimators: the module doc).
+    """Estimate, for every unit of a site (MLP neurons by default) at every soft-prompt slot, how
+    ablating it changes the mean of a behaviour metric over ``examples`` (the estimators: the
+    module doc).
 
     Args:
         model: a HookedTransformer or TransformerBridge.
@@ -310,7 +378,10 @@ def attribute(
         metric: ``"loss"`` (mean completion cross-entropy, also ``sklens.metrics.loss()``),
             ``"logprob"`` (the completion's log-probability) or ``"margin"`` (multiple choice:
             the answer's log-probability minus the best distractor's). A label is refused.
-        site: ``"mlp"`` (``blocks.L.mlp.hook_post``); other sites are not supported yet.
+        site: any site a scan takes (``sklens.sites``): ``"mlp"`` (``blocks.L.mlp.hook_post``),
+            ``"heads"``, ``"head_dims"``, ``"resid"``, a hook template, ``sites.Directions`` or
+            SAELens SAEs (``SAELatents``: the edit adds ``decode(new) − decode(old)``, so the
+            error term is kept). The units are attributed at every layer the site has.
         method: ``"atp"`` (first order: one forward and one backward pass a batch; the default,
             chosen by measurement: on the embedded SmolLM2-135M it reached Pearson r 0.987 with
             exact patching over 112 units at 2.45× a loss scan, against IG 2×8's 0.995 at
@@ -319,42 +390,48 @@ def attribute(
         steps: Gauss–Legendre points on each IG path.
         groups: IG paths per batch, each moving a random ``1/groups`` of the units; more groups
             shrink the bias from units that move together (the module doc).
-        ablation: ``"mean"`` (the unit's mean over ``examples`` at that slot) or ``"zero"``.
+        ablation: ``"mean"`` (the unit's mean over ``examples`` at that slot), ``"zero"``, or
+            the ``(original, edited)`` pairs of ``sklens.edits.pairs`` (activation patching:
+            each unit takes its value on the example's edited twin at the same slot; the
+            examples must be the pairs' originals, in order).
         batch_size: examples per pass.
         progress: show a tqdm bar.
 
     Returns:
-        An ``Attribution``: ``effect`` and ``stderr`` ``[layer, neuron, slot]``, ``top_k``.
+        An ``Attribution``: ``effect`` and ``stderr`` ``[layer, unit, slot]`` over the site's
+        layers (``Attribution.layers``), ``top_k`` (a table with the site's name).
     """
-    examples, name = _check(
+    checked = _check(
         model, prompt, examples, metric, site, method, steps, groups, ablation, batch_size
     )
-    n_layers, d_mlp, n_slots = model.cfg.n_layers, model.cfg.d_mlp, prompt.n_slots
+    examples, name, bound, layers = checked.examples, checked.metric, checked.site, checked.layers
+    n_units, n_slots = bound.size, prompt.n_slots
     if method == "atp":
         parsed = Method("atp")
     else:
-        n_groups = min(groups, n_layers * n_slots * d_mlp)
-        ids = unit_groups(n_layers, n_slots, d_mlp, n_groups).to(model.cfg.device)
+        n_groups = min(groups, len(layers) * n_slots * n_units)
+        ids = unit_groups(len(layers), n_slots, n_units, n_groups).to(model.cfg.device)
         parsed = Method("ig", steps, ids, n_groups)
     rows = metric_rows(model, examples, n_slots, name)
-    ablated = _ablated_values(model, prompt, examples, ablation, batch_size)
+    ablated = checked.ablated(model, prompt, batch_size)
     batches = row_batches(rows, len(examples), batch_size)
-    sums = Sums(n_layers, d_mlp, n_slots)
+    sums = Sums(layers, n_units, n_slots)
     passes = len(batches) * parsed.passes
     bar = tqdm(total=passes, desc=f"attribution ({method})", disable=not progress)
     with frozen(model), linear_layout_for(model, passes), prompt.attached(model) as writer:
-        paths = SlotPaths(writer, n_layers, n_slots, ablated)
+        paths = SlotPaths(writer, bound, layers, n_slots, ablated)
         with model.hooks(fwd_hooks=paths.hooks()):
             for batch in batches:
                 fold(sums, batch, row_effects(model, paths, rows, batch, name, parsed))
                 bar.update(parsed.passes)
     bar.close()
     effect, stderr = sums.result()
+    every = layers == list(range(model.cfg.n_layers))
     settings = AttributionSettings(
-        metric=name, method=method, ablation=ablation, steps=parsed.steps,
-        groups=parsed.n_groups, site="mlp", n_layers=n_layers, d_mlp=d_mlp, n_slots=n_slots,
-        n_examples=len(examples), batch_size=batch_size,
+        metric=name, method=method, ablation=checked.ablation, steps=parsed.steps,
+        groups=parsed.n_groups, site=bound.name, n_layers=model.cfg.n_layers, n_units=n_units,
+        n_slots=n_slots, n_examples=len(examples), batch_size=batch_size,
         model_name=getattr(model.cfg, "model_name", None), data_hash=data_hash(examples),
-        backend=type(model).__name__,
+        backend=type(model).__name__, layers=() if every else tuple(layers),
     )  # fmt: skip
     return Attribution(effect, stderr, settings, arguments.example_ids(examples))
