@@ -57,7 +57,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,12 +140,15 @@ class Attribution:
     stderr: Float64[Tensor, "layer unit slot"]
     settings: AttributionSettings
     selection_ids: tuple[str, ...] = ()
+    # the bound site; held so that a top_k table's SAE or directions site resolves by name
+    # (``sites.rebuild``) in causal_check while this result lives, as a Scan holds its site
+    bound_site: Site | None = field(default=None, repr=False, compare=False)
 
     @property
     def site(self) -> Site | None:
-        """The site attributed (``sites.rebuild``: an SAE's or directions' only while its object
-        lives in this process)."""
-        return rebuild(self.settings.site)
+        """The site attributed (after ``load``, an SAE's or directions' only while its object
+        lives in this process: ``sites.rebuild``)."""
+        return self.bound_site or rebuild(self.settings.site)
 
     @property
     def layers(self) -> list[int]:
@@ -362,7 +365,7 @@ def attribute(
     method: str = "atp",
     steps: int = 8,
     groups: int = 16,
-    ablation: str | Sequence[tuple[Example, Example]] = "mean",
+    ablation: str | Sequence[Any] = "mean",  # or the pairs of sklens.edits.pairs (checked)
     batch_size: int = 8,
     progress: bool = True,
 ) -> Attribution:
@@ -434,4 +437,4 @@ def attribute(
         model_name=getattr(model.cfg, "model_name", None), data_hash=data_hash(examples),
         backend=type(model).__name__, layers=() if every else tuple(layers),
     )  # fmt: skip
-    return Attribution(effect, stderr, settings, arguments.example_ids(examples))
+    return Attribution(effect, stderr, settings, arguments.example_ids(examples), bound)

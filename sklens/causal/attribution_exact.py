@@ -90,7 +90,7 @@ def exact_effects(
     metric: str = "loss",
     *,
     site: SiteLike = "mlp",
-    ablation: str | Sequence[tuple[Example, Example]] = "mean",
+    ablation: str | Sequence[Any] = "mean",  # or the pairs of sklens.edits.pairs (checked)
     batch_size: int = 8,
     progress: bool = False,
 ) -> Float64[Tensor, "unit example"]:
