@@ -355,6 +355,15 @@ def _check(
     return Checked(examples, name, bound, layers, kind, twins)
 
 
+def _method(name: str, steps: int, groups: int, shape: tuple[int, int, int], device: Any) -> Method:
+    """The estimator: AtP, or IG with its units (``shape``: layers, slots, units per layer)
+    dealt into at most one group per unit."""
+    if name == "atp":
+        return Method("atp")
+    n_groups = min(groups, shape[0] * shape[1] * shape[2])
+    return Method("ig", steps, unit_groups(*shape, n_groups).to(device), n_groups)
+
+
 def attribute(
     model: Model,
     prompt: SoftPrompt,
@@ -409,12 +418,7 @@ def attribute(
     )
     examples, name, bound, layers = checked.examples, checked.metric, checked.site, checked.layers
     n_units, n_slots = bound.size, prompt.n_slots
-    if method == "atp":
-        parsed = Method("atp")
-    else:
-        n_groups = min(groups, len(layers) * n_slots * n_units)
-        ids = unit_groups(len(layers), n_slots, n_units, n_groups).to(model.cfg.device)
-        parsed = Method("ig", steps, ids, n_groups)
+    parsed = _method(method, steps, groups, (len(layers), n_slots, n_units), model.cfg.device)
     rows = metric_rows(model, examples, n_slots, name)
     ablated = checked.ablated(model, prompt, batch_size)
     batches = row_batches(rows, len(examples), batch_size)
