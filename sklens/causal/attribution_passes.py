@@ -1,6 +1,7 @@
 """The passes behind ``sklens.attribute`` (``sklens.causal.attribution``, whose module doc
 describes the estimators): the rows a metric scores, the batches, the hooks that open a gradient
-at every layer's slot units, the AtP and IG estimators and the streaming sums of the effects.
+at every layer's slot units of a site, the AtP and IG estimators, the streaming sums of the
+effects, and the values units are ablated to (0, the slot mean, or the edited twin's).
 """
 
 from __future__ import annotations
