@@ -1,11 +1,11 @@
 """Exact patching, the reference that attribution (``sklens.causal.attribution``) is checked against.
 
-For unit ``(L, i, k)`` and every example, the model runs with neuron ``i`` of
-``blocks.L.mlp.hook_post`` replaced at the example's slot ``k`` by its ablated value (0, or its
-mean over the examples at that slot), everything downstream recomputed, and the example's metric
-is compared with the unedited run's. One forward pass per (unit, example), no gradients: each
-row of a batch is one (example, unit) pair (rows never interact), so a batch patches several
-units at once.
+For unit ``(L, i, k)`` (unit ``i`` of the site at layer ``L``, slot ``k``) and every example, the
+model runs with that unit replaced at the example's slot ``k`` by its ablated value (0, its mean
+over the examples at that slot, or its value on the example's edited twin), written back with the
+site's ``write`` and everything downstream recomputed, and the example's metric is compared with
+the unedited run's. One forward pass per (unit, example), no gradients: each row of a batch is
+one (example, unit) pair (rows never interact), so a batch patches several units at once.
 """
 
 from __future__ import annotations
@@ -17,24 +17,27 @@ import torch
 from jaxtyping import Float, Float64
 from torch import Tensor
 
-from sklens.causal.attribution import _check, metric_rows
-from sklens.causal.check import neuron_stats
+from sklens.causal.attribution import _check
+from sklens.causal.attribution_passes import Ablated, metric_rows
 from sklens.data.example import Example
 from sklens.data.format import Batch
 from sklens.models.protocol import Model
 from sklens.prompt.forward import batched_pass
 from sklens.prompt.soft_prompt import SoftPrompt
-from sklens.units.sites import MLP
+from sklens.units.sites import Site, SiteLike
 
-Unit = tuple[int, int, int]  # (layer, neuron, slot)
+Unit = tuple[int, int, int]  # (layer, unit, slot)
 
 
 class _UnitPatch:
     """Forward hooks that set each row's own unit (``unit_of[row]``, ``None``: no edit) to its
-    ablated value at the row's slot. A part of the batched pass (``sklens.prompt.forward.BatchPart``)."""
+    ablated value at the row's slot (``example_of[row]``: the row's example, for ``ablated``).
+    A part of the batched pass (``sklens.prompt.forward.BatchPart``)."""
 
-    def __init__(self, unit_of: list[Unit | None], values: dict[int, Tensor] | None):
-        self.unit_of, self.values = unit_of, values  # values: per layer [d_mlp, n_slots], or 0
+    def __init__(
+        self, site: Site, unit_of: list[Unit | None], example_of: list[int], ablated: Ablated
+    ):
+        self.site, self.unit_of, self.example_of, self.ablated = site, unit_of, example_of, ablated
         self.batch: Batch | None = None
 
     def start(self, batch: Batch) -> None:
@@ -42,27 +45,30 @@ class _UnitPatch:
 
     def hooks(self) -> list[tuple[str, Any]]:
         layers = sorted({u[0] for u in self.unit_of if u is not None})
-        return [(MLP.hook(L), self._hook(L)) for L in layers]
+        return [(self.site.hook(L), self._hook(L)) for L in layers]
 
     def _hook(self, layer: int) -> Any:
-        def patch(act: Float[Tensor, "batch pos d_mlp"], hook: Any) -> Tensor:
+        def patch(act: Float[Tensor, "batch pos *site"], hook: Any) -> Tensor:
             edits = [
-                (b, u)
+                (b, u, self.example_of[i])
                 for b, i in enumerate(self.batch.indices)
-                if (u := self.unit_of[i]) is not None
+                if (u := self.unit_of[i]) is not None and u[0] == layer
             ]
-            edits = [(b, u) for b, u in edits if u[0] == layer]
             if not edits:
                 return act
-            rows = torch.tensor([b for b, _ in edits], device=act.device)
-            neurons = torch.tensor([u[1] for _, u in edits], device=act.device)
-            slots = torch.tensor([u[2] for _, u in edits], device=act.device)
-            pos = self.batch.slot_start.to(act.device)[rows] + slots
-            if self.values is None:
-                new = torch.zeros(len(edits), dtype=act.dtype, device=act.device)
-            else:
-                new = self.values[layer].to(act.device, act.dtype)[neurons, slots]
-            return act.index_put((rows, pos, neurons), new)
+            rows = torch.tensor([b for b, _, _ in edits], device=act.device)
+            unit = torch.tensor([u[1] for _, u, _ in edits], device=act.device)
+            slot = torch.tensor([u[2] for _, u, _ in edits], device=act.device)
+            pos = self.batch.slot_positions.to(act.device)[rows]  # (n, k)
+            at_slots = act[rows[:, None], pos]  # (n, k, *site)
+            units = self.site.units(at_slots, layer)  # (n, k, units)
+            examples = torch.tensor([e for _, _, e in edits], dtype=torch.long)
+            value = self.ablated(layer, units, examples)  # (n, k, units)
+            picked = torch.arange(len(edits), device=act.device)
+            new = units.index_put((picked, slot, unit), value[picked, slot, unit])
+            every = torch.arange(units.shape[-1], device=act.device)
+            written = self.site.write(at_slots, layer, units, every, new)
+            return act.index_put((rows[:, None], pos), written)
 
         return patch
 
@@ -83,38 +89,36 @@ def exact_effects(
     units: Sequence[Unit],
     metric: str = "loss",
     *,
-    ablation: str = "mean",
+    site: SiteLike = "mlp",
+    ablation: str | Sequence[Any] = "mean",  # or the pairs of sklens.edits.pairs (checked)
     batch_size: int = 8,
     progress: bool = False,
 ) -> Float64[Tensor, "unit example"]:
     """The change of each example's metric when each unit alone is ablated at its slot.
 
-    ``units`` are ``(layer, neuron, slot)`` triples; the row mean of the result is a unit's
-    exact effect on the mean metric (``Attribution.effect[layer, neuron, slot]`` estimates it).
-    Metrics and ablations as ``sklens.attribute``; ``batch_size`` counts rows per pass.
+    ``units`` are ``(layer, unit, slot)`` triples of ``site``; the row mean of the result is a
+    unit's exact effect on the mean metric (``Attribution.layer_effect(layer)[unit, slot]``
+    estimates it). Sites, metrics and ablations (``"mean"``, ``"zero"``, the pairs of
+    ``sklens.edits.pairs``) as ``sklens.attribute``; ``batch_size`` counts rows per pass.
     """
-    examples, name = _check(
-        model, prompt, examples, metric, "mlp", "atp", 1, 1, ablation, batch_size
-    )
-    n_slots = prompt.n_slots
-    base = metric_rows(model, examples, n_slots, name)
+    checked = _check(model, prompt, examples, metric, site, "atp", 1, 1, ablation, batch_size)
+    examples, name = checked.examples, checked.metric
+    base = metric_rows(model, examples, prompt.n_slots, name)
     variants: list[Unit | None] = [None, *(tuple(int(x) for x in u) for u in units)]
-    encoded, unit_of, where = [], [], {}  # where[(variant, base row)] -> row
+    encoded, unit_of, example_of, where = [], [], [], {}  # where[(variant, base row)] -> row
     for v, unit in enumerate(variants):
         for r, enc in enumerate(base.encoded):
             where[v, r] = len(encoded)
             encoded.append(enc)
             unit_of.append(unit)
-    values = None
-    if ablation == "mean":
-        layers = sorted({u[0] for u in variants if u is not None})
-        values, _ = neuron_stats(model, prompt, examples, layers, batch_size=batch_size)
+            example_of.append(base.owner[r])
+    ablated = checked.ablated(model, prompt, batch_size)
     total = torch.empty(len(encoded), dtype=torch.float64)
     mean_loss = torch.empty(len(encoded), dtype=torch.float64)
-    parts = [prompt.writer(), _UnitPatch(unit_of, values)]
+    parts = [prompt.writer(), _UnitPatch(checked.site, unit_of, example_of, ablated)]
     passes = batched_pass(
-        model, encoded, n_slots, parts, batch_size=batch_size, logprobs=True, progress=progress,
-        desc="exact patching",
+        model, encoded, prompt.n_slots, parts, batch_size=batch_size, logprobs=True,
+        progress=progress, desc="exact patching",
     )  # fmt: skip
     for batch, scores in passes:
         total[batch.indices] = scores.total_logprob.double().cpu()

@@ -255,7 +255,14 @@ def _refuse_passes(model, monkeypatch):
         ({"metric": "margin"}, r"metric='margin' needs multiple-choice examples"),
         ({"method": "gradient"}, r"method must be one of atp, ig"),
         ({"ablation": "resample"}, r"ablation must be one of zero, mean"),
-        ({"site": "heads"}, r"site='heads': attribution covers MLP neurons"),
+        (
+            {"site": "blocks.{layer}.mlp.hook_nope"},
+            r"the model has no hook 'blocks.0.mlp.hook_nope'",
+        ),
+        (
+            {"ablation": []},
+            r"ablation must be one of zero, mean, or the \(original, edited\) pairs",
+        ),
         ({"steps": 0}, r"steps must be at least 1"),
         ({"groups": 0}, r"groups must be at least 1"),
         ({"n_examples": 1}, r"examples: attribution needs at least 2 examples"),
