@@ -214,6 +214,12 @@ def compare_with_pearson(
     under ``reduce``), and a summary: the top-``k`` overlap, the overlap of the top ``10·k`` and
     ``100·k``, Spearman's ρ between the two scores over every unit, and with a null how many
     units pass the family-wise test at ``alpha`` under each measure.
+
+    Args:
+        scan: a scan run with ``mi_bins``.
+        k: the top-k compared.
+        reduce: Pearson's ranking rule (``"max"`` or ``"absmax"``).
+        alpha: the family-wise level.
     """
     mutual_info = scan.mutual_info
     if mutual_info is None:

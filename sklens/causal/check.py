@@ -71,7 +71,18 @@ def evaluate(
     total log-probability), ``correct_per_token`` (highest mean per-token log-probability) and
     ``choice_confidence`` and ``chosen`` (the index of the model's choice) (NaN otherwise), under
     an optional intervention (``sklens.scanning.choices``).
-    ``metric`` is a sklens metric, a callable, or ``"loss"``/``"confidence"``."""
+    ``metric`` is a sklens metric, a callable, or ``"loss"``/``"confidence"``.
+
+    Args:
+        model: the model.
+        prompt: the trained soft prompt, or None for the plain model.
+        examples: the examples to evaluate.
+        metric: a sklens metric, a callable, or ``"loss"``/``"confidence"``.
+        intervention: an edit of units active during the pass (``sklens.ablated``), or None.
+        batch_size: examples per forward pass.
+
+    Returns:
+        One row per example."""
     examples = list(examples)
     metric = metrics_mod.resolve(metric, len(examples))
     metric.check(examples)
@@ -142,6 +153,18 @@ def neuron_stats(
     typical activation (a mean pooled over slots would add a slot-specific shift, a steering
     edit, on top of removing the example's information). With ``"all"`` they are ``[d_mlp]``.
     The mean |activation| (``[d_mlp]``, for scale-matched random sets) pools every position.
+
+    Args:
+        model: the model.
+        prompt: the trained soft prompt, or None for the plain model.
+        examples: the reference examples the means are taken over.
+        layers: the model layers to read.
+        positions: ``"slots"`` (position-matched), ``"all"``, or a position mask.
+        batch_size: examples per forward pass.
+        site: the units' site (default MLP neurons).
+
+    Returns:
+        ``(means, mean_abs)``: each a dict from layer to a tensor.
     """
     if positions == "slots" and prompt is None:
         raise ValueError(

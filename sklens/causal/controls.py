@@ -83,7 +83,19 @@ def random_sets(
     layer as ``neurons``, never containing a selected unit. With ``scale`` (per-unit mean
     |activation|), each selected unit is replaced by one of the ``pool`` units of its layer
     closest in scale; with ``strata`` (an integer label per unit and layer, e.g.
-    ``score_strata``), by a unit of its own stratum."""
+    ``score_strata``), by a unit of its own stratum.
+
+    Args:
+        model: the model the units belong to.
+        neurons: the selected units (a ``top_k`` table, pairs or a mask).
+        n_random: how many random sets.
+        seed: the draw's seed.
+        scale: per layer, each unit's mean |activation| (``neuron_stats``), or None.
+        pool: the number of nearest-in-scale units each selected unit is replaced from.
+        strata: per layer, an integer stratum per unit, or None.
+
+    Returns:
+        ``n_random`` dicts from layer to unit ids."""
     selected = NeuronSet.of(neurons, model)
     index = selected.by_layer()
     units = RandomUnits(selected, seed)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -209,42 +209,58 @@ def kept_extremes(
     return extremes, values
 
 
-def _notebook_shortcut(
-    render: Callable[[NeuronEvidence], OfflineHTML],
-) -> Callable[..., OfflineHTML]:
-    """The notebook shortcut that draws evidence with ``render``, under its name and docstring:
-    it collects the evidence of a ``top_k`` table's neurons (``n`` examples each way) first. The
-    views share their signature through it."""
+def neuron_text_view(
+    model: Model,
+    prompt: SoftPrompt | None,
+    examples: Sequence[Example],
+    neurons: pd.DataFrame,
+    *,
+    n: int = 5,
+    batch_size: int = 8,
+) -> OfflineHTML:
+    """Token-level activations of every unit over the union of their most and least
+    activating examples (circuitsvis ``text_neuron_activations``; a selector picks the unit).
 
-    def shortcut(
-        model: Model,
-        prompt: SoftPrompt | None,
-        examples: Sequence[Example],
-        neurons: pd.DataFrame,
-        *,
-        n: int = 5,
-        batch_size: int = 8,
-    ) -> OfflineHTML:
-        evidence, _ = collect_evidence(model, prompt, examples, neurons, n=n, batch_size=batch_size)
-        return render(evidence)
+    Args:
+        model: the model the units belong to.
+        prompt: the trained soft prompt (None: the plain model).
+        examples: the examples to draw the extremes from.
+        neurons: a ``top_k`` table (of any site).
+        n: most and least activating examples per unit.
+        batch_size: examples per forward pass.
 
-    shortcut.__name__ = shortcut.__qualname__ = render.__name__
-    shortcut.__doc__ = render.__doc__
-    return shortcut
-
-
-@_notebook_shortcut
-def neuron_text_view(evidence: NeuronEvidence) -> OfflineHTML:
-    """Token-level activations of every neuron over the union of their most and least
-    activating examples (circuitsvis ``text_neuron_activations``; a selector picks the neuron)."""
+    Returns:
+        The view, rendered offline (the circuitsvis bundle inside the package).
+    """
+    evidence, _ = collect_evidence(model, prompt, examples, neurons, n=n, batch_size=batch_size)
     acts = [np.asarray(a) for a in evidence.token_activations]
     return text_view(evidence.tokens, acts, evidence.labels)
 
 
-@_notebook_shortcut
-def neuron_topk_view(evidence: NeuronEvidence) -> OfflineHTML:
-    """For each neuron, its ``n`` most activating examples, token by token (circuitsvis
-    ``topk_samples``)."""
+def neuron_topk_view(
+    model: Model,
+    prompt: SoftPrompt | None,
+    examples: Sequence[Example],
+    neurons: pd.DataFrame,
+    *,
+    n: int = 5,
+    batch_size: int = 8,
+) -> OfflineHTML:
+    """For each unit, its ``n`` most activating examples, token by token (circuitsvis
+    ``topk_samples``).
+
+    Args:
+        model: the model the units belong to.
+        prompt: the trained soft prompt (None: the plain model).
+        examples: the examples to draw the extremes from.
+        neurons: a ``top_k`` table (of any site).
+        n: most and least activating examples per unit.
+        batch_size: examples per forward pass.
+
+    Returns:
+        The view, rendered offline (the circuitsvis bundle inside the package).
+    """
+    evidence, _ = collect_evidence(model, prompt, examples, neurons, n=n, batch_size=batch_size)
     where = {idx: row for row, idx in enumerate(evidence.viewed)}
     tokens = [[evidence.tokens[where[i]] for i in most] for most in evidence.most]
     acts = [

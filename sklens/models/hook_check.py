@@ -41,8 +41,17 @@ def check_neuron_hooks(
 ) -> float:
     """Recompute neuron activations from the weights and compare with ``hook_post``.
 
-    Returns the largest relative error over the checked layers (default: all); raises
-    ``HookMeaningError`` when it exceeds the tolerance of the model's dtype.
+    Args:
+        model: a loaded model.
+        layers: the layers to check (default: all).
+        n_tokens: the length of the random token sequence run through the model.
+        seed: the seed of that sequence.
+
+    Returns:
+        The largest relative error over the checked layers.
+
+    Raises:
+        HookMeaningError: when it exceeds the tolerance of the model's dtype.
     """
     cfg = model.cfg
     if getattr(cfg, "attn_only", False):

@@ -159,5 +159,15 @@ def tiny_model(
     n_layers: int = 2,
     device: str | None = None,
 ) -> Any:
-    """A tiny random model of architecture ``arch`` (d_model 64, d_mlp 128) with a tokenizer."""
+    """A tiny random model of architecture ``arch`` (d_model 64, d_mlp 128) with a tokenizer.
+
+    Args:
+        arch: one of qwen2, llama, mistral, gpt_neox, gptj, gpt2, gemma, gemma2.
+        seed: the seed of the random weights.
+        backend: ``"auto"``, ``"hooked"`` or ``"bridge"``, as ``load_model``.
+        n_layers: the number of layers.
+        device: where the model runs (default: as ``load_model``).
+
+    Returns:
+        The model, built once into the cache as a local checkpoint and loaded from there."""
     return load_model(tiny_checkpoint(arch, seed, n_layers), backend=backend, device=device)

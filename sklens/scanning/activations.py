@@ -162,6 +162,16 @@ def neuron_activations(
 
     ``options`` are ``slot_activations``'s (``batch_size``, ``chat_template``, ``progress``),
     passed on so the two read with the same settings and defaults.
+
+    Args:
+        model: the model the units belong to.
+        prompt: the trained soft prompt.
+        examples: the examples to read.
+        neurons: the units: a ``top_k`` table, ``(layer, unit)`` pairs or a mask.
+        **options: ``slot_activations``'s keyword arguments.
+
+    Returns:
+        One row per (example, unit, slot).
     """
     neurons = NeuronSet.of(neurons, model)
     acts = slot_activations(model, prompt, examples, neurons, **options)
