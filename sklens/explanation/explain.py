@@ -160,7 +160,12 @@ def rank_eta(acts: Float[Tensor, "n units"], groups: list[int]) -> Float[Tensor,
     """The root of the share of the activation ranks' variance that ``groups`` explain,
     √(H/(n − 1)) with the tie-corrected Kruskal–Wallis H; for two groups, the |Spearman ρ| of
     the activation with the group indicator."""
-    return (kruskal_wallis(acts, groups)[0] / (acts.shape[0] - 1)).clamp(0, 1).sqrt()
+    return _eta_of(kruskal_wallis(acts, groups)[0], acts.shape[0])
+
+
+def _eta_of(h: Float[Tensor, " units"], n: int) -> Float[Tensor, " units"]:
+    """√(H/(n − 1)): the ranks' η from a tie-corrected Kruskal–Wallis H over ``n`` examples."""
+    return (h / (n - 1)).clamp(0, 1).sqrt()
 
 
 def _ngram_rows(
@@ -217,9 +222,9 @@ def _rows(
         codes = torch.from_numpy(values.astype(np.int64))
         groups = codes.tolist()
         effect = eta_squared(a, groups)
-        p = kruskal_wallis(a, groups)[1]
+        h, p = kruskal_wallis(a, groups)  # one H: the p-value and the strength
         lo, hi = bootstrap_effects(a, codes, "eta_squared", n_boot=n_boot, seed=seed)
-        strength = rank_eta(a, groups)
+        strength = _eta_of(h, n)
     return [
         (float(effect[j]), float(lo[j]), float(hi[j]), float(p[j]), float(strength[j]), n)
         for j in range(a.shape[1])
