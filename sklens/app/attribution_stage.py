@@ -34,13 +34,20 @@ def _ranks(size: Tensor) -> Tensor:
 
 
 def joined_table(scan: Scan, found: Attribution, k: int, reduce: str = "max") -> pd.DataFrame:
-    """Every unit in the correlation top-``k`` or the attribution top-``k``: its r at the slot,
-    the unit's score and rank (by |score|), its p_fwer where the scan has a null, its effect
-    with interval and rank (by the largest |effect| over slots), and whether it is a candidate."""
+    """Every unit in the correlation top-``k`` or the attribution top-``k`` (of the scan's site,
+    which ``found`` attributed): its r at the slot, the unit's score and rank (by |score|), its
+    p_fwer where the scan has a null, its effect with interval and rank (by the largest |effect|
+    over slots), and whether it is a candidate."""
+    if (found.settings.site, found.layers) != (scan.settings.site, scan.layers):
+        raise ValueError(
+            f"the attribution's units ({found.settings.site!r} at layers {found.layers}) are not "
+            f"the scan's ({scan.settings.site!r} at layers {scan.layers}): attribute the scan's "
+            "site and layers"
+        )
     by_corr = scan.top_k(k, reduce)[["layer", "unit", "slot"]]
     by_effect = found.top_k(k)[["layer", "unit", "slot"]]
     units = pd.concat([by_corr, by_effect]).drop_duplicates(["layer", "unit"], keep="first")
-    index = {layer: i for i, layer in enumerate(scan.layers)}
+    index = {layer: i for i, layer in enumerate(scan.layers)}  # the same axis in both
     score, _ = scan.scores(reduce)
     corr_rank, effect_rank = _ranks(score.abs()), _ranks(found.effect.abs().amax(-1))
     p = scan.p_values(reduce, "fwer") if scan.null is not None else None
@@ -53,10 +60,10 @@ def joined_table(scan: Scan, found: Attribution, k: int, reduce: str = "max") ->
             "corr": float(scan.corr[i, unit, slot]), "score": float(score[i, unit]),
             "corr_rank": int(corr_rank[i, unit]),
             "p_fwer": float(p[i, unit]) if p is not None else float("nan"),
-            "effect": float(found.effect[layer, unit, slot]),
-            "effect_lo": float(lo[layer, unit, slot]),
-            "effect_hi": float(hi[layer, unit, slot]),
-            "effect_rank": int(effect_rank[layer, unit]),
+            "effect": float(found.effect[i, unit, slot]),
+            "effect_lo": float(lo[i, unit, slot]),
+            "effect_hi": float(hi[i, unit, slot]),
+            "effect_rank": int(effect_rank[i, unit]),
         })  # fmt: skip
     table = pd.DataFrame(rows)
     table["in_corr_top"] = table.corr_rank <= k
@@ -72,8 +79,8 @@ def attribution_stage(run: StudyRun) -> tuple[dict[str, Any], pd.DataFrame]:
     ``joined.csv``; return their summary and the top-K table (the causal check's positive
     control)."""
     config, out, task = run.config, run.out, run.task
-    found = attribute(run.model, run.prompt, task.causal, "loss", batch_size=config.batch_size,
-                      progress=run.progress)  # fmt: skip
+    found = attribute(run.model, run.prompt, task.causal, "loss", site=run.site,
+                      batch_size=config.batch_size, progress=run.progress)  # fmt: skip
     found.save(out / "attribution.safetensors")
     top = found.top_k(config.select.top_k)
     write_csv(top, out / "attribution.csv")

@@ -352,11 +352,6 @@ class StudyConfig:
                 f"{name('bootstrap')} resamples the marginal r, but "
                 f"{name('permutation_groups')} scans the within-group r: drop one of them"
             )
-        if self.causal.attribute and self.scan.site != "mlp":
-            raise ValueError(
-                f"{name('attribute')} attributes to MLP neurons only for now, but "
-                f"{assign('site', self.scan.site)}: drop one of them"
-            )
 
     # -- the stages' fingerprints ---------------------------------------------------------------
 

@@ -95,11 +95,11 @@ def build_report(run_dir: str | os.PathLike, *, n: int = 5) -> Path:
 def _attribution_section(
     run: Path, result: Scan, summary: dict[str, Any], config: StudyConfig
 ) -> list[str]:
-    """The attribution panel: |score| against |effect| for every neuron, the joined table."""
+    """The attribution panel: |score| against |effect| for every unit, the joined table."""
     found = Attribution.load(run / "attribution.safetensors")
     joined = pd.read_csv(run / "joined.csv")
     score = result.scores(config.select.reduce)[0].abs()
-    effect = found.effect.abs().amax(-1)[result.layers]
+    effect = found.effect.abs().amax(-1)  # over the scan's layers (joined_table checks it)
     index = {layer: i for i, layer in enumerate(result.layers)}
     marked = [
         (float(score[index[r.layer], r.unit]), float(effect[index[r.layer], r.unit]),

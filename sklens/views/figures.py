@@ -127,12 +127,14 @@ def score_histogram(
 def predictive_vs_causal(
     score: np.ndarray, effect: np.ndarray, marked: Sequence[tuple[float, float, str]] = ()
 ) -> NotebookFigure:
-    """Every neuron's |score| (the scan's in-sample ranking) against its largest |effect| over the
-    slots (attribution), the ``marked`` units — ``(x, y, label)`` — drawn and named: whether
-    the units that predict the metric are the ones that move the model."""
+    """Every unit's |score| (the scan's in-sample ranking) against its largest |effect| over the
+    slots (attribution), both ``[layer, unit]`` (or flat), the ``marked`` units — ``(x, y,
+    label)`` — drawn and named: whether the units that predict the metric are the ones that move
+    the model."""
+    score, effect = np.ravel(score), np.ravel(effect)
     fig = NotebookFigure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
-    ax.scatter(score, effect, s=2, alpha=0.3, rasterized=True, label=f"{len(score)} neurons")
+    ax.scatter(score, effect, s=2, alpha=0.3, rasterized=True, label=f"{score.size} units")
     for x, y, label in marked:
         ax.scatter([x], [y], s=14, color="C3")
         ax.annotate(plain(label), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")

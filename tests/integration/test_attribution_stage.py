@@ -7,8 +7,10 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 import sklens
+from sklens.app.attribution_stage import joined_table
 from sklens.app.cli import main
 from sklens.causal.attribution import Attribution
 from tests.helpers import study_args
@@ -49,6 +51,65 @@ def test_run_with_attribute_writes_the_joined_table(qwen_dir, tmp_path):
     assert panel.count("data:image/png;base64") >= 1  # the scatter of |score| against |effect|
 
 
-def test_attribute_with_another_site_is_refused_at_once(qwen_dir, tmp_path, capsys):
-    assert main([*study_args(qwen_dir, tmp_path / "o"), "--attribute", "--site", "heads"]) == 2
-    assert "--attribute attributes to MLP neurons only" in capsys.readouterr().err
+def _saved_sae(model_dir, folder):
+    """A random SAELens SAE on the tiny model's layer-1 residual stream, saved to ``folder``."""
+    sae_lens = pytest.importorskip("sae_lens", reason="SAELens pins TransformerLens 3")
+    d_model = json.loads((model_dir / "config.json").read_text())["hidden_size"]
+    cfg = sae_lens.StandardSAEConfig(d_in=d_model, d_sae=24)
+    cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    sae = sae_lens.StandardSAE(cfg)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        sae.W_enc.copy_(torch.randn(d_model, 24, generator=g) / d_model**0.5)
+        sae.W_dec.copy_(torch.randn(24, d_model, generator=g) / 24**0.5)
+        sae.b_enc.copy_(0.2 * torch.randn(24, generator=g))
+    sae.save_model(str(folder))
+    return f"sae:{folder}"
+
+
+@pytest.mark.parametrize("site", ["heads", "sae"])
+def test_run_with_attribute_attributes_the_scans_site(qwen_dir, tmp_path, site):
+    """With ``--site``, the attribution is of that site's units (every layer it has) and the
+    joined table, the report panel and the positive control are of those units; the saved
+    effects are those ``sklens.attribute`` gives for the site on the run's own prompt and causal
+    split."""
+    spec = _saved_sae(qwen_dir, tmp_path / "sae") if site == "sae" else site
+    out = tmp_path / "run"
+    extra = ("--attribute", "--ablate", "--n-random", "3", "--n-causal", "8", "--site", spec)
+    assert main([*study_args(qwen_dir, out), *extra, "--permutations", "19"]) == 0
+    found = Attribution.load(out / "attribution.safetensors")
+    scan = sklens.Scan.load(out / "scan.safetensors")
+    assert found.settings.site == scan.settings.site and found.layers == scan.layers
+    assert found.layers == ([1] if site == "sae" else list(range(found.settings.n_layers)))
+    finished = sklens.open_run(out)
+    if site == "sae":  # the SAE as SAELens loads it, not as the study did
+        from sae_lens import SAE
+
+        site = sklens.sites.SAELatents.of(SAE.load_from_disk(spec.removeprefix("sae:")))
+    again = sklens.attribute(finished.model, finished.prompt, finished.task.causal, "loss",
+                             site=site, batch_size=4, progress=False)  # fmt: skip
+    torch.testing.assert_close(found.effect, again.effect, rtol=1e-6, atol=1e-9)
+    joined = pd.read_csv(out / "joined.csv")
+    index = {layer: i for i, layer in enumerate(scan.layers)}
+    for row in joined.itertuples():  # the saved numbers at that unit, slot and layer
+        i = index[row.layer]
+        assert row.corr == pytest.approx(float(scan.corr[i, row.unit, row.slot]))
+        assert row.effect == pytest.approx(float(found.effect[i, row.unit, row.slot]))
+        assert row.unit < found.settings.n_units
+    top = pd.read_csv(out / "attribution.csv")
+    assert set(top.site) == {scan.settings.site}
+    causal = pd.read_csv(out / "causal.csv")
+    assert "positive" in set(causal["set"])  # the attribution's top-K of this site
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert html.split("Attribution: which units move the loss")[1].count("data:image/png") >= 1
+
+
+def test_joined_table_refuses_an_attribution_of_other_units(qwen_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main([*study_args(qwen_dir, out), "--attribute", "--n-causal", "8"]) == 0
+    finished = sklens.open_run(out)
+    heads = sklens.attribute(finished.model, finished.prompt, finished.task.causal, "loss",
+                             site="heads", batch_size=4, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="are not the scan's"):
+        joined_table(sklens.Scan.load(out / "scan.safetensors"), heads, 3)
