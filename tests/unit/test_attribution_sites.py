@@ -21,13 +21,17 @@ from tests.unit.test_sites import needs_sae, random_sae
 
 class _Hand:
     """One site's units at one layer, read and set by hand: ``read(act)`` gives ``[batch, pos,
-    unit]``, ``set(act, rows, pos, unit, values)`` gives the edited activation."""
+    unit]``, ``set(act, rows, pos, unit, values)`` gives the edited activation. ``extra``: the
+    SAE, or the directions' ``[n, d_model]`` matrix."""
 
-    def __init__(self, kind: str, model, layer: int, sae=None):
-        self.kind, self.sae = kind, sae
+    def __init__(self, kind: str, model, layer: int, extra=None):
+        self.kind, self.extra = kind, extra
         self.hook = {
             "resid": f"blocks.{layer}.hook_resid_post",
             "heads": f"blocks.{layer}.attn.hook_z",
+            "head_dims": f"blocks.{layer}.attn.hook_z",
+            "template": f"blocks.{layer}.hook_mlp_out",
+            "directions": f"blocks.{layer}.hook_resid_post",
             "sae": f"blocks.{layer}.hook_resid_post",
         }[kind]
         self.w_o = model.blocks[layer].attn.W_O.detach()  # [head, d_head, d_model]
@@ -35,20 +39,32 @@ class _Hand:
     def read(self, act):
         if self.kind == "heads":
             return torch.einsum("bphd,hdm->bphm", act, self.w_o).norm(dim=-1)
-        return self.sae.encode(act) if self.kind == "sae" else act
+        if self.kind == "directions":
+            return act @ self.extra.to(act.dtype).T
+        return self.extra.encode(act) if self.kind == "sae" else act.flatten(2)
 
     def set(self, act, rows, pos, unit, values):
         act = act.clone()
-        if self.kind == "resid":
+        if self.kind in ("resid", "template"):
             act[rows, pos, unit] = values.to(act.dtype)
+        elif self.kind == "head_dims":  # unit h·d_head + j is z[h, j]
+            d_head = act.shape[-1]
+            act[rows, pos, unit // d_head, unit % d_head] = values.to(act.dtype)
         elif self.kind == "heads":  # z_h scaled so that its write has the new norm
             old = self.read(act)[rows, pos, unit]
             act[rows, pos, unit] = act[rows, pos, unit] * (values / old).to(act.dtype)[:, None]
+        elif self.kind == "directions":  # the least change that moves projection ``unit`` only
+            d = self.extra.double()
+            e = torch.zeros(d.shape[0], dtype=torch.float64)
+            e[unit] = 1.0
+            step = d.T @ torch.linalg.solve(d @ d.T, e)  # D·step = e, of least norm
+            old = self.read(act)[rows, pos, unit].double()
+            act[rows, pos] += ((values - old)[:, None] * step).to(act.dtype)
         else:  # the latent changed, SAELens's error term kept
-            latents = self.sae.encode(act[rows, pos])
+            latents = self.extra.encode(act[rows, pos])
             edited = latents.clone()
             edited[:, unit] = values.to(edited.dtype)
-            act[rows, pos] += self.sae.decode(edited) - self.sae.decode(latents)
+            act[rows, pos] += self.extra.decode(edited) - self.extra.decode(latents)
         return act
 
 
@@ -84,12 +100,12 @@ def _metric(name, model, prompt, examples, hooks_of):
     return torch.stack(out)
 
 
-def by_hand(model, prompt, examples, kind, unit, metric, ablation, sae=None):
+def by_hand(model, prompt, examples, kind, unit, metric, ablation, extra=None):
     """Per-example change of the metric when ``unit`` (layer, unit, slot) of the site ``kind``
     alone is set to its ablated value: 0, its mean over ``examples`` at the slot, or (a list of
     pairs) its value on each example's twin at the slot."""
     layer, index, slot = unit
-    hand = _Hand(kind, model, layer, sae)
+    hand = _Hand(kind, model, layer, extra)
     if ablation == "zero":
         values = torch.zeros(len(examples), dtype=torch.float64)
     elif ablation == "mean":
@@ -114,8 +130,14 @@ def by_hand(model, prompt, examples, kind, unit, metric, ablation, sae=None):
 
 
 def _site(kind, model, layer):
-    """The site ``kind`` as ``attribute`` takes it (an SAE at ``layer``'s residual, its latent 1
-    on everywhere), and the SAE."""
+    """The site ``kind`` as ``attribute`` takes it, and what ``_Hand`` needs beside it: an SAE at
+    ``layer``'s residual (its latent 1 on everywhere), or 24 random residual directions."""
+    if kind == "template":
+        return "blocks.{layer}.hook_mlp_out", None
+    if kind == "directions":
+        vectors = torch.randn(24, model.cfg.d_model, generator=torch.Generator().manual_seed(7))
+        vectors = vectors / vectors.norm(dim=1, keepdim=True)  # projections in residual units
+        return sites.Directions.of(vectors), vectors
     if kind != "sae":
         return kind, None
     hook = f"blocks.{layer}.hook_resid_post"
@@ -132,7 +154,14 @@ def _twin(example):
     )
 
 
-KINDS = ["resid", "heads", pytest.param("sae", marks=needs_sae)]
+KINDS = [
+    "resid",
+    "heads",
+    "head_dims",
+    "template",
+    "directions",
+    pytest.param("sae", marks=needs_sae),
+]
 
 
 # -- tests ---------------------------------------------------------------------------------------
@@ -150,25 +179,26 @@ def test_a_unit_on_a_linear_path_gets_its_exact_effect_and_stderr(qwen, kind, ab
     the write. So AtP must equal exact patching per example, for the mean and for each
     example's twin."""
     qwen.ln_final = torch.nn.Identity()
-    if kind == "heads":
+    if kind in ("heads", "head_dims"):
         mlp = qwen.blocks[qwen.cfg.n_layers - 1].mlp
         with torch.no_grad():
             mlp.W_in.zero_()
             mlp.W_gate.zero_()
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=0)
     data = _choice_examples(8)
-    site, sae = _site(kind, qwen, qwen.cfg.n_layers - 1)
+    site, extra = _site(kind, qwen, qwen.cfg.n_layers - 1)
     ablate = "mean" if ablation == "mean" else sklens.edits.pairs(data, _twin)
     result = sklens.attribute(
         qwen, prompt, data, "margin", site=site, ablation=ablate, batch_size=3, progress=False
     )
     last = qwen.cfg.n_layers - 1
-    assert result.settings.site == (kind if sae is None else sites.SAELatents.of(sae).name)
+    named = {"template": site, "directions": getattr(site, "name", None)}.get(kind, kind)
+    assert result.settings.site == (sites.SAELatents.of(extra).name if kind == "sae" else named)
     assert result.settings.ablation == ablation
     effect = result.layer_effect(last)
     for index in effect[:, 2].abs().topk(2).indices.tolist():
         pairs = ablate[0] if ablation == "pairs" else "mean"
-        exact = by_hand(qwen, prompt, data, kind, (last, index, 2), "margin", pairs, sae)
+        exact = by_hand(qwen, prompt, data, kind, (last, index, 2), "margin", pairs, extra)
         assert float(exact.abs().mean()) > 1e-3  # a real effect, not 0 == 0
         assert effect[index, 2] == pytest.approx(float(exact.mean()), abs=1e-5)
         stderr = float(exact.std() / len(data) ** 0.5)
@@ -180,7 +210,7 @@ def test_a_unit_on_a_linear_path_gets_its_exact_effect_and_stderr(qwen, kind, ab
 def test_exact_patching_equals_a_plain_hook_on_every_site(qwen, examples, kind, ablation):
     data = examples[:5]
     prompt = sklens.SoftPrompt.init_for(qwen, 3, seed=1)
-    site, sae = _site(kind, qwen, 0)
+    site, extra = _site(kind, qwen, 0)
     last = qwen.cfg.n_layers - 1
     layers = [0] if kind == "sae" else [0, last]
     units = [(layers[0], 3, 0), (layers[-1], 1, 2), (layers[0], 1, 1)]
@@ -188,7 +218,7 @@ def test_exact_patching_equals_a_plain_hook_on_every_site(qwen, examples, kind, 
     helper = exact_effects(qwen, prompt, data, units, "loss", site=site, ablation=ablate)
     assert helper.shape == (len(units), len(data))
     for row, unit in zip(helper, units, strict=True):
-        want = by_hand(qwen, prompt, data, kind, unit, "loss", ablate, sae)
+        want = by_hand(qwen, prompt, data, kind, unit, "loss", ablate, extra)
         assert float(want.abs().max()) > 1e-5  # the edit does something
         torch.testing.assert_close(row, want, atol=2e-5, rtol=0)
 
