@@ -1,7 +1,10 @@
 """Peak memory of the scan vs the naive alternative as N grows; each run in a fresh process.
 
 The naive alternative keeps every example's slot activations for every neuron (the least a
-run_with_cache user must keep) and calls numpy.corrcoef; its memory grows with N. Peak RSS on
+run_with_cache user must keep) and calls numpy.corrcoef; its memory grows with N. With
+``--methods`` also attribution (``sklens.attribute``, AtP of the loss): ``attribution`` with mean
+ablation, ``attribution-pairs`` with paired ablation (each question's twin asks it with a longer
+preamble), whose twins' units are read batch by batch. Peak RSS on
 CPU (and peak CUDA memory on GPU) is read by the child process itself. Loading (and on first use
 converting) the model peaks above what a scan needs, so the child resets the kernel's peak-RSS
 mark after loading (``/proc/self/clear_refs``, Linux) and reports the peak *during* the method
@@ -42,6 +45,14 @@ def child(method: str, n: int, args) -> dict:
             batch_size=args.batch_size,
             progress=False,
         )
+    elif method.startswith("attribution"):
+        ablation = "mean"
+        if method == "attribution-pairs":
+            ablation, _ = sklens.edits.pairs(data, _twin)
+        sklens.attribute(
+            model, prompt, data, "loss", ablation=ablation, batch_size=args.batch_size,
+            progress=False,
+        )  # fmt: skip
     else:
         pairs = [(L, i) for L in range(model.cfg.n_layers) for i in range(model.cfg.d_mlp)]
         acts = sklens.slot_activations(model, prompt, data, pairs, batch_size=args.batch_size)
@@ -62,10 +73,19 @@ def child(method: str, n: int, args) -> dict:
     }
 
 
+def _twin(example: sklens.Example) -> sklens.Example:
+    """The same question behind a longer preamble: a twin whose slots sit elsewhere."""
+    return sklens.Example("Answer this question. " + example.instruction, example.completion,
+                          example.meta)  # fmt: skip
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--sizes", default="64,256,1024,2048")
     p.add_argument("--naive-max", type=int, default=256, help="largest N for the naive method")
+    p.add_argument(
+        "--methods", default="scan,naive", help="of scan, naive, attribution, attribution-pairs"
+    )
     p.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse_hidden())
     args = p.parse_args()
     if args.child:
@@ -73,7 +93,7 @@ def main() -> None:
         return
     rows, first, n_neurons = [], {}, 0
     for n in [int(x) for x in args.sizes.split(",")]:
-        for method in ("scan", "naive"):
+        for method in args.methods.split(","):
             if method == "naive" and n > args.naive_max:
                 per_example_mb = 4 * args.n_slots * n_neurons / 2**20  # fp32 slot activations
                 rows.append(

@@ -76,6 +76,7 @@ from sklens.causal.attribution_passes import (
     Method,
     SlotPaths,
     Sums,
+    TwinUnits,
     ablated_values,
     fold,
     metric_rows,
@@ -309,7 +310,8 @@ class Checked:
     twins: list[Example] | None  # ablation "pairs": each example's edited twin
 
     def ablated(self, model: Model, prompt: SoftPrompt, batch_size: int) -> Ablated:
-        """What each unit is set to (``attribution_passes.ablated_values``)."""
+        """What each unit is set to (``attribution_passes.ablated_values``; the pairs' twins
+        read whole, as exact patching needs them; ``attribute`` streams them, ``TwinUnits``)."""
         among = self.examples if self.twins is None else self.twins
         return ablated_values(
             model, prompt, self.site, self.layers, self.ablation, among, batch_size
@@ -420,7 +422,8 @@ def attribute(
     n_units, n_slots = bound.size, prompt.n_slots
     parsed = _method(method, steps, groups, (len(layers), n_slots, n_units), model.cfg.device)
     rows = metric_rows(model, examples, n_slots, name)
-    ablated = checked.ablated(model, prompt, batch_size)
+    twins = None if checked.twins is None else TwinUnits(model, checked.twins, n_slots)
+    ablated = twins if twins is not None else checked.ablated(model, prompt, batch_size)
     batches = row_batches(rows, len(examples), batch_size)
     sums = Sums(layers, n_units, n_slots)
     passes = len(batches) * parsed.passes
@@ -429,6 +432,8 @@ def attribute(
         paths = SlotPaths(writer, bound, layers, n_slots, ablated)
         with model.hooks(fwd_hooks=paths.hooks()):
             for batch in batches:
+                if twins is not None:  # the batch's twins' units, one pass without gradients
+                    twins.read(paths, batch)
                 fold(sums, batch, row_effects(model, paths, rows, batch, name, parsed))
                 bar.update(parsed.passes)
     bar.close()

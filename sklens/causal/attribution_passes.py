@@ -97,9 +97,11 @@ class SlotPaths:
     detached), so what flows through the hook from earlier layers keeps flowing: for MLP
     neurons this is ``a + delta``; for an SAE it adds ``decode(u + delta) − decode(u)`` (the
     error term stays, the model is the real one). A pass with ``alpha=None`` (AtP, or IG's
-    clean pass) records ``d = ablated − clean`` from the units it sees. The hooks leave the pass
-    over the text before the slots alone (the prompt's writer is paused there) and read where
-    the slots are from the writer; ``begin`` is told each row's example (``rows``).
+    clean pass) records ``d = ablated − clean`` from the units it sees; a pass with ``record``
+    (an edited twin's, ``TwinUnits``) only keeps the units it sees there, editing nothing. The
+    hooks leave the pass over the text before the slots alone (the prompt's writer is paused
+    there) and read where the slots are from the writer; ``begin`` is told each row's example
+    (``rows``).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class SlotPaths:
         self.rows = torch.empty(0, dtype=torch.long)  # each row's example
         self.deltas: dict[int, Tensor] = {}
         self.d: dict[int, Tensor] = {}  # layer -> ablated − clean at the slots (R, k, units)
+        self.record: dict[int, Tensor] | None = None  # layer -> units seen (R, k, units)
 
     def hooks(self) -> list[tuple[str, Callable[..., Any]]]:
         return [(self.site.hook(L), self._hook(L)) for L in self.layers]
@@ -121,10 +124,11 @@ class SlotPaths:
         alpha: float | None = None,
         moved: dict[int, Tensor] | None = None,
         rows: Tensor | None = None,
+        record: dict[int, Tensor] | None = None,
     ) -> None:
-        """Before a pass: the clean point (``None``; ``rows``: each row's example), or
-        ``alpha`` along the path of the units ``moved``."""
-        self.alpha, self.moved, self.deltas = alpha, moved or {}, {}
+        """Before a pass: the clean point (``None``; ``rows``: each row's example), ``alpha``
+        along the path of the units ``moved``, or a pass whose units go into ``record``."""
+        self.alpha, self.moved, self.deltas, self.record = alpha, moved or {}, {}, record
         if rows is not None:
             self.rows = rows
 
@@ -137,6 +141,9 @@ class SlotPaths:
             pos = start[:, None] + torch.arange(self.n_slots, device=act.device)  # (R, k)
             at_slots = act[rows, pos]  # (R, k, *site)
             units = self.site.units(at_slots, layer)  # (R, k, units)
+            if self.record is not None:
+                self.record[layer] = units.detach()
+                return act
             delta = torch.zeros_like(units.detach()).requires_grad_(torch.is_grad_enabled())
             self.deltas[layer] = delta
             if self.alpha is None:
@@ -231,6 +238,30 @@ class Scorer:
             return train_logprobs(self.model, self.writer, self.rows.encoded, self.order)
         self.writer.start(self.rest)
         return completion_logprobs(self.model, self.rest, past_kv_cache=self.cache)
+
+
+class TwinUnits:
+    """``ablation=pairs`` for ``attribute``, streamed: before each batch a pass without
+    gradients over the batch's edited twins, through the same hooks (``SlotPaths`` recording),
+    keeps the twins' units at the slots for that batch only, so memory does not grow with the
+    number of pairs. Called as an ``Ablated``: each row's twin's units."""
+
+    def __init__(self, model: Model, twins: list[Example], n_slots: int):
+        self.model = model
+        self.rows = metric_rows(model, twins, n_slots, "loss")  # one row per twin
+        self.values: dict[int, Tensor] = {}  # layer -> the batch's twins' units (B, k, units)
+        self.first = 0  # the batch's first example
+
+    def read(self, paths: SlotPaths, batch: RowBatch) -> None:
+        """The twins of ``batch``'s examples (consecutive, from ``batch.examples[0]``)."""
+        self.values, self.first = {}, batch.examples[0]
+        paths.begin(rows=torch.tensor(batch.examples), record=self.values)
+        with torch.no_grad():
+            Scorer(self.model, paths.writer, self.rows, batch.examples)()
+        paths.begin()  # recording ends with the pass
+
+    def __call__(self, layer: int, clean: Tensor, rows: Tensor) -> Tensor:
+        return self.values[layer][(rows - self.first).cpu()].to(clean)
 
 
 def gradients(paths: SlotPaths, score: Scorer, batch: RowBatch, metric: str) -> dict[int, Tensor]:
