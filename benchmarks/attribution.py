@@ -1,12 +1,14 @@
 """Attribution estimators (``sklens.attribute``) against exact patching, and what they cost.
 
 On a model (default: the embedded SmolLM2; ``--model tiny`` for the tiny test model), a soft
-prompt trained for a few steps on arithmetic questions, and N other BigBench arithmetic
-questions: every estimator's effects for all units (layer, neuron, slot), then exact patching
-(``sklens.causal.attribution_exact.exact_effects``: one unit ablated at a time) of a stratified sample
-of units, pooled over the estimators — each estimator's top ``--n-top``, ``--n-random`` units
-drawn uniformly, ``--per-layer`` from every layer, and ``--n-low`` from the bottom 90% of its
-ranking. It reports
+prompt trained for a few steps on the task's questions, and N others (``--task arithmetic``:
+BigBench arithmetic, 7 choices each; ``--task hans``: HANS-style pairs, entailment or not, for
+the multiple-choice ``--metric margin``): every estimator's effects for all units (layer,
+neuron, slot), then exact patching (``sklens.causal.attribution_exact.exact_effects``: one unit
+ablated at a time) of a stratified sample of units, pooled over the estimators — each
+estimator's top ``--n-top``, ``--n-random`` units drawn uniformly, ``--per-layer`` from every
+layer, and ``--n-low`` from the bottom 90% of its ranking. It reports
+
 
 * Pearson and Spearman r of each estimator's effects with the exact ones over the pooled sample
   (the sample over-weights the top: r says how well the large effects are estimated);
@@ -68,7 +70,8 @@ def load(args) -> tuple:
     """The model, a prompt trained for ``--train-steps`` on questions disjoint from the N."""
     name = str(sklens.tiny_checkpoint("qwen2")) if args.model == "tiny" else args.model
     model = sklens.load_model(name, device=args.device)
-    pool = examples(args.n + args.n_train)
+    n = args.n + args.n_train
+    pool = examples(n) if args.task == "arithmetic" else sklens.data.generate_hans(n, seed=0)
     train, data = pool[: args.n_train], pool[args.n_train :]
     if args.train_steps:
         prompt = sklens.train_soft_prompt(
@@ -133,6 +136,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=64, help="questions attributed and patched")
     p.add_argument("--n-train", type=int, default=64, help="questions the prompt trains on")
     p.add_argument("--train-steps", type=int, default=40, help="0: an untrained prompt")
+    p.add_argument("--task", default="arithmetic", choices=("arithmetic", "hans"))
     p.add_argument("--metric", default="loss", choices=("loss", "logprob", "margin"))
     p.add_argument("--ablation", default="mean", choices=("mean", "zero"))
     p.add_argument("--estimators", default="atp,ig:8x16,ig:2x64", help="atp, ig:STEPSxGROUPS")
@@ -180,7 +184,7 @@ def report(args, model, results, samples, exact, wall) -> None:
         f"machine: {cpu_model()}, {torch.get_num_threads()} threads{gpu}",
         "versions: " + ", ".join(f"{k} {v[k]}" for k in ("sklens", "torch", "transformer-lens")),
         f"model {args.model} ({model.cfg.n_layers} layers × {model.cfg.d_mlp} neurons × "
-        f"{args.n_slots} slots), N = {args.n} questions, metric {args.metric}, "
+        f"{args.n_slots} slots), N = {args.n} {args.task} questions, metric {args.metric}, "
         f"{args.ablation} ablation, prompt trained {args.train_steps} steps",
         "",
     ]

@@ -314,6 +314,19 @@ def distributed_scan(model, prompt, metric: str) -> sklens.Scan:
     )
 
 
+def distributed_attribution(model, prompt, ablation: str) -> sklens.Attribution:
+    """The attribution ``tests/dist_scan.py`` runs on every rank (AtP of the loss on 37
+    arithmetic examples, ``"mean"`` ablation or paired with a reworded twin), which the
+    single-process comparison runs again."""
+    data = arithmetic_examples(37, seed=0)
+    if ablation == "pairs":
+        ablation, _ = sklens.edits.pairs(
+            data, lambda e: sklens.Example("Now: " + e.instruction, e.completion, e.meta)
+        )
+    return sklens.attribute(model, prompt, data, "loss", ablation=ablation, batch_size=4,
+                            progress=False)  # fmt: skip
+
+
 def assert_permuted_hook_is_caught(model, layer: int) -> None:
     """``check_neuron_hooks`` names the hook of ``layer`` once a hook there permutes the
     recorded activation across neurons (a deliberately wrong hook)."""

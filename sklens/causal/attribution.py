@@ -41,15 +41,20 @@ model; two estimators cost a few passes in all
   and ``steps · groups`` forward and backward passes (``steps · groups`` times AtP's work).
 
 Per example the effects are folded into float64 sums and sums of squares per unit, so memory is
-``O(layers × units × slots)`` whatever the number of examples, and each unit gets the standard
-error of its mean effect. Metrics are what the model does, per example: ``"loss"`` (the mean
-cross-entropy of the completion, the scan's loss), ``"logprob"`` (the completion's total
-log-probability) and ``"margin"`` (for multiple-choice examples: the answer's total
-log-probability minus the best distractor's; an edit at a slot reaches every choice's row). The
-text before the slots cannot depend on a slot: on a HookedTransformer it runs once per batch
-without autograd, and every pass continues from its keys and values (``Scorer``). The passes
-are in ``sklens.causal.attribution_passes``; ``sklens.causal.attribution_exact.exact_effects``
-is the exact reference.
+``O(layers × units × slots)`` whatever the number of examples (paired ablation reads each
+batch's twins just before the batch), and each unit gets the standard error of its mean effect.
+Under torchrun (``torch.distributed`` initialised, as for a data-parallel scan) each rank
+attributes its share of the examples and the sums, and the mean ablation's means, are summed
+over the ranks: the effects are means, so they merge like the scan's moments, and every rank
+returns the single-process result up to summation order. Metrics are what the model does, per
+example: ``"loss"`` (the mean cross-entropy of the completion, the scan's loss), ``"logprob"``
+(the completion's total log-probability) and ``"margin"`` (for multiple-choice examples: the
+answer's total log-probability minus the best distractor's; an edit at a slot reaches every
+choice's row). The text before the slots cannot depend on a slot: on a HookedTransformer it runs
+once per batch without autograd, and every pass continues from its keys and values (``Scorer``).
+The passes are in ``sklens.causal.attribution_passes``;
+``sklens.causal.attribution_exact.exact_effects`` is the exact reference.
+
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ from sklens.prompt.training import frozen
 from sklens.scanning import metrics as metrics_mod
 from sklens.scanning.choices import is_multiple_choice
 from sklens.scanning.metrics import MetricLike
+from sklens.stats import distributed
 from sklens.units.sites import Site, SiteLike, rebuild, resolve_site
 from sklens.version import __version__
 
@@ -331,6 +337,12 @@ def _check(
             f"examples: attribution needs at least 2 examples for a standard error, got "
             f"{len(examples)}"
         )
+    world = distributed.world_size()
+    if len(examples) < world:
+        raise ValueError(
+            f"examples: a data-parallel attribution gives each of the {world} ranks a share, but "
+            f"there are {len(examples)} examples: pass at least {world}, or run fewer ranks"
+        )
     name = _metric_name(metric)
     validate.choice("method", method, METHODS)
     twins = None
@@ -421,10 +433,14 @@ def attribute(
     examples, name, bound, layers = checked.examples, checked.metric, checked.site, checked.layers
     n_units, n_slots = bound.size, prompt.n_slots
     parsed = _method(method, steps, groups, (len(layers), n_slots, n_units), model.cfg.device)
-    rows = metric_rows(model, examples, n_slots, name)
-    twins = None if checked.twins is None else TwinUnits(model, checked.twins, n_slots)
-    ablated = twins if twins is not None else checked.ablated(model, prompt, batch_size)
-    batches = row_batches(rows, len(examples), batch_size)
+    mine = distributed.shard(len(examples))  # all of them outside a data-parallel run
+    rows = metric_rows(model, [examples[i] for i in mine], n_slots, name)
+    twins = None if checked.twins is None else [checked.twins[i] for i in mine]
+    twins = None if twins is None else TwinUnits(model, twins, n_slots)
+    ablated = twins if twins is not None else ablated_values(
+        model, prompt, bound, layers, checked.ablation, [examples[i] for i in mine], batch_size
+    )  # fmt: skip
+    batches = row_batches(rows, len(mine), batch_size)
     sums = Sums(layers, n_units, n_slots)
     passes = len(batches) * parsed.passes
     bar = tqdm(total=passes, desc=f"attribution ({method})", disable=not progress)
@@ -437,6 +453,7 @@ def attribute(
                 fold(sums, batch, row_effects(model, paths, rows, batch, name, parsed))
                 bar.update(parsed.passes)
     bar.close()
+    sums.merge_ranks()  # a data-parallel run's ranks each folded their share
     effect, stderr = sums.result()
     every = layers == list(range(model.cfg.n_layers))
     settings = AttributionSettings(

@@ -30,6 +30,7 @@ from sklens.prompt.forward import (
 from sklens.prompt.soft_prompt import SlotWriter, SoftPrompt
 from sklens.prompt.training import train_logprobs
 from sklens.scanning.choices import expand_choices
+from sklens.stats import distributed
 from sklens.units.sites import Site
 
 # -- the metric ----------------------------------------------------------------------------------
@@ -334,6 +335,13 @@ class Sums:
         self.sum[self.index[layer]] += x.sum(0).T
         self.sq[self.index[layer]] += x.square().sum(0).T
 
+    def merge_ranks(self) -> None:
+        """Sum the sums over the ranks of a data-parallel run (each example on one rank): the
+        effects are means, so they merge like the scan's moments (``sklens.stats.distributed``)."""
+        n = torch.tensor([float(self.n)], dtype=torch.float64)
+        merged = distributed.sum_over_ranks({0: self.sum, 1: self.sq, 2: n})
+        self.sum, self.sq, self.n = merged[0], merged[1], int(merged[2].item())
+
     def result(self) -> tuple[Tensor, Tensor]:
         """The mean effect and its standard error ``sqrt(s² / n)``, ``s²`` the sample variance."""
         mean = self.sum / self.n
@@ -389,12 +397,15 @@ def ablated_values(
     batch_size: int,
 ) -> Ablated:
     """What a unit is set to: 0; its position-matched mean over ``among`` at each slot
-    (``sklens.neuron_stats``, as the causal check's ``mean`` ablation); or (``"pairs"``: ``among``
-    are the edited twins, one per example) its value on the example's twin at that slot."""
+    (``sklens.neuron_stats``, as the causal check's ``mean`` ablation; in a data-parallel run
+    ``among`` is this rank's share, and the means are merged over the ranks); or (``"pairs"``:
+    ``among`` are the edited twins, one per example) its value on the example's twin at that
+    slot."""
     if ablation == "zero":
         return lambda layer, clean, rows: torch.zeros_like(clean)
     if ablation == "mean":
         means, _ = neuron_stats(model, prompt, among, layers, batch_size=batch_size, site=site)
+        means = distributed.mean_over_ranks(means, len(among))
         by_layer = {L: m.T.contiguous() for L, m in means.items()}  # (k, units)
         return lambda layer, clean, rows: by_layer[layer].to(clean).expand_as(clean)
     reader = _SlotUnits(site, layers, len(among), prompt.n_slots)

@@ -59,6 +59,11 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def world_size() -> int:
+    """The number of ranks (1 outside a process group)."""
+    return dist.get_world_size() if active() else 1
+
+
 def shard(n: int) -> list[int]:
     """This rank's example indices: ``rank, rank + world, ...``."""
     if not active():
@@ -117,6 +122,30 @@ def sum_values(values: Tensor, mask: Tensor) -> Tensor:
     if not bool((count == 1).all()):
         raise RuntimeError("distributed scan: every example must be scanned by exactly one rank")
     return total.cpu()
+
+
+def sum_over_ranks(tensors: dict[int, Tensor]) -> dict[int, Tensor]:
+    """Each tensor summed over the ranks (a copy on the tensor's device; the inputs as they are
+    outside a process group). NCCL reduces on this rank's GPU, gloo on the CPU."""
+    if not active():
+        return tensors
+    device = local_device("cuda") if dist.get_backend() == "nccl" else "cpu"
+    out = {}
+    for key, tensor in tensors.items():
+        total = tensor.to(device, copy=True)
+        dist.all_reduce(total)
+        out[key] = total.to(tensor.device)
+    return out
+
+
+def mean_over_ranks(means: dict[int, Tensor], n: int) -> dict[int, Tensor]:
+    """Means over each rank's ``n`` examples merged into the means over all of them (weighted
+    by ``n``); the inputs as they are outside a process group."""
+    if not active():
+        return means
+    weighted = sum_over_ranks({k: m.double() * n for k, m in means.items()})
+    total = sum_over_ranks({0: torch.tensor([float(n)], dtype=torch.float64)})[0]
+    return {k: (weighted[k] / total).to(means[k].dtype) for k in means}
 
 
 def sum_tensor(tensor: Tensor) -> Tensor:

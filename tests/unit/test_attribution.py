@@ -267,12 +267,15 @@ def _refuse_passes(model, monkeypatch):
         ({"groups": 0}, r"groups must be at least 1"),
         ({"n_examples": 1}, r"examples: attribution needs at least 2 examples"),
         ({"width": 32}, r"prompt has width d_model=32 but the model has d_model=64"),
+        ({"world": 8}, r"gives each of the 8 ranks a share, but there are 4 examples"),
     ],
 )
 def test_bad_input_is_refused_before_any_pass(qwen, examples, monkeypatch, kwargs, match):
     kwargs = dict(kwargs)
     data = examples[: kwargs.pop("n_examples", 4)]
     width = kwargs.pop("width", qwen.cfg.d_model)
+    world = kwargs.pop("world", 1)  # as if under torchrun with this many ranks
+    monkeypatch.setattr(sklens.stats.distributed, "world_size", lambda: world)
     prompt = sklens.SoftPrompt(sklens.SoftPromptConfig(n_slots=2, d_model=width))
     _refuse_passes(qwen, monkeypatch)
     with pytest.raises(ValueError, match=match) as err:
