@@ -6,8 +6,9 @@ BigBench arithmetic, 7 choices each; ``--task hans``: HANS-style pairs, entailme
 the multiple-choice ``--metric margin``): every estimator's effects for all units (layer,
 neuron, slot), then exact patching (``sklens.causal.attribution_exact.exact_effects``: one unit
 ablated at a time) of a stratified sample of units, pooled over the estimators — each
-estimator's top ``--n-top``, ``--n-random`` units drawn uniformly, ``--per-layer`` from every
-layer, and ``--n-low`` from the bottom 90% of its ranking. It reports
+estimator's top ``--n-top`` and ``--n-low`` from the bottom 90% of its ranking, and
+``--n-random`` units drawn uniformly and ``--per-layer`` from every layer, these two drawn once
+for all estimators. It reports
 
 
 * Pearson and Spearman r of each estimator's effects with the exact ones over the pooled sample
@@ -83,27 +84,38 @@ def load(args) -> tuple:
     return model, prompt, data
 
 
-def sample_units(effect: torch.Tensor, args, gen: np.random.Generator) -> dict[str, list]:
-    """One estimator's stratified sample: ``{"top": ..., "random": ..., "layers": ...,
-    "low": ...}``, each a list of (layer, neuron, slot)."""
+def sample_units(
+    effect: torch.Tensor, args, gen: np.random.Generator, shared: dict[str, list]
+) -> dict[str, list]:
+    """One estimator's stratified sample: its own ``"top"`` and ``"low"`` (from its bottom 90%),
+    and the ``shared`` ``"random"`` and ``"layers"`` units every estimator is measured on; each a
+    list of (layer, neuron, slot)."""
     flat = effect.abs().flatten()
     order = flat.argsort(descending=True).numpy()
-    shape = effect.shape
 
     def units(ids) -> list:
-        return [tuple(int(x) for x in np.unravel_index(i, shape)) for i in ids]
+        return [tuple(int(x) for x in np.unravel_index(i, effect.shape)) for i in ids]
 
     low = order[int(0.1 * len(order)) :]
-    per_layer = [
-        (L, int(gen.integers(shape[1])), int(gen.integers(shape[2])))
-        for L in range(shape[0])
-        for _ in range(args.per_layer)
-    ]
     return {
         "top": units(order[: args.n_top]),
-        "random": units(gen.choice(len(order), args.n_random, replace=False)),
-        "layers": per_layer,
         "low": units(gen.choice(low, min(args.n_low, len(low)), replace=False)),
+        **shared,
+    }
+
+
+def shared_units(shape: tuple[int, ...], args, gen: np.random.Generator) -> dict[str, list]:
+    """``--n-random`` units drawn uniformly and ``--per-layer`` from every layer, drawn once for
+    all estimators (each is measured on the pooled sample anyway)."""
+    n = int(np.prod(shape))
+    drawn = gen.choice(n, args.n_random, replace=False)
+    return {
+        "random": [tuple(int(x) for x in np.unravel_index(i, shape)) for i in drawn],
+        "layers": [
+            (L, int(gen.integers(shape[1])), int(gen.integers(shape[2])))
+            for L in range(shape[0])
+            for _ in range(args.per_layer)
+        ],
     }
 
 
@@ -155,7 +167,8 @@ def main() -> None:
 
     results = {name: run(kwargs)() for name, kwargs in methods.items()}
     gen = np.random.default_rng(args.seed)
-    samples = {name: sample_units(r.effect, args, gen) for name, r in results.items()}
+    drawn = shared_units(tuple(next(iter(results.values())).effect.shape), args, gen)
+    samples = {name: sample_units(r.effect, args, gen, drawn) for name, r in results.items()}
     pooled = list(dict.fromkeys(u for s in samples.values() for part in s.values() for u in part))
     changes = exact_effects(
         model, prompt, data, pooled, args.metric, ablation=args.ablation,
@@ -169,6 +182,14 @@ def main() -> None:
     timed = {"scan, loss metric": scan, **{name: run(kw) for name, kw in methods.items()}}
     wall = interleaved(timed, args.repeats, args.device).wall
     report(args, model, results, samples, exact, wall)
+
+
+def _target(kwargs: dict) -> str:
+    """The cost target (issue: AtP ≤ 3× a loss scan; IG with s steps ≤ (s + 2)×, here with
+    s·groups gradient passes in place of s)."""
+    if kwargs["method"] == "atp":
+        return "≤ 3"
+    return f"≤ {kwargs['steps'] * kwargs['groups'] + 2}"
 
 
 def report(args, model, results, samples, exact, wall) -> None:
@@ -203,11 +224,12 @@ def report(args, model, results, samples, exact, wall) -> None:
     ]
     write_results(name, header, accuracy_rows(results, samples, exact), args.device, args.results)
     base = wall["scan, loss metric"]
+    targets = {name: _target(kw) for name, kw in estimators(args.estimators).items()}
     rows = [
-        [method, args.n, f"{statistics.median(t):.2f}", ratios(t, base)]
+        [method, args.n, f"{statistics.median(t):.2f}", ratios(t, base), targets.get(method, "")]
         for method, t in wall.items()
     ]
-    header = ["method", "N", "median s", "× loss scan, median (range) of rounds"]
+    header = ["method", "N", "median s", "× loss scan, median (range) of rounds", "target"]
     write_results(name, header, rows, args.device, args.results)
 
 
