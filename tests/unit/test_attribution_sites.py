@@ -326,3 +326,37 @@ def test_bad_pairs_are_refused_before_any_pass(qwen, examples, monkeypatch, abla
     with pytest.raises(ValueError, match=match) as err:
         sklens.attribute(qwen, prompt, data, ablation=ablation, progress=False)
     assert "\n" not in str(err.value)
+
+
+def test_an_attribution_table_goes_wherever_a_top_k_table_does(qwen, examples):
+    """``Attribution.top_k`` is a unit table like ``Scan.top_k``: the activations of its units are
+    the ones a plain hook reads, steering scales them (factor 1 changes nothing), ``explain``
+    and the circuitsvis view take them, and its examples count as the selection's."""
+    prompt = sklens.SoftPrompt.init_for(qwen, 2, seed=0)
+    table = sklens.attribute(qwen, prompt, examples[:6], progress=False).top_k(2)
+    held_out = examples[6:18]
+    acts = sklens.neuron_activations(qwen, prompt, held_out, table)
+    for layer, unit in zip(table.layer, table.unit, strict=True):
+        for slot in range(2):
+            mine = acts[(acts.layer == layer) & (acts.unit == unit) & (acts.slot == slot)]
+            by_hand = _mlp_slot(qwen, prompt, held_out, layer, unit, slot)
+            torch.testing.assert_close(
+                torch.tensor(mine.sort_values("example").activation.values, dtype=torch.float64),
+                by_hand, atol=1e-5, rtol=0,
+            )  # fmt: skip
+    curve = sklens.steering_curve(
+        qwen, prompt, held_out, table, factors=(0.0, 1.0), n_random=1, progress=False
+    )
+    selected = curve[curve.set == "selected"].set_index("factor")
+    assert selected.loc[1.0, "d_loss"] == 0 and selected.loc[0.0, "d_loss"] != 0
+    found = sklens.explain(
+        qwen, prompt, held_out, table, fields=["op"], min_count=2, n_boot=20, progress=False
+    )
+    assert set(zip(found.table.layer, found.table.unit, strict=True)) <= set(
+        zip(table.layer, table.unit, strict=True)
+    )
+    view = sklens.neuron_topk_view(qwen, prompt, held_out, table, n=2)
+    for layer, unit in zip(table.layer, table.unit, strict=True):
+        assert f"L{layer} N{unit}" in view._repr_html_()
+    with pytest.raises(ValueError, match="are the examples that selected the units"):
+        sklens.explain(qwen, prompt, examples[:12], table, progress=False)
