@@ -74,7 +74,8 @@ def _held_out(summary: Summary, k: int) -> list[str]:
     text = (
         f"Held out: on {held['n_heldout']} confirmation examples their r averages "
         f"{held['mean_r_heldout']:.3f} (in-sample {held['mean_r_select']:.3f}); {_count(n, k)} "
-        f"intervals (95%, Bonferroni-adjusted over the {k}) exclude 0"
+        f"intervals (95%, Bonferroni-adjusted over the {k}) "
+        f"{'excludes' if n == 1 and k > 1 else 'exclude'} 0"
     )
     return [text + ("." if n else ", so held out no unit is told apart from r = 0.")]
 
@@ -103,12 +104,21 @@ def _null(summary: Summary, k: int) -> list[str]:
 def attribution_sentence(s: Summary, k: int) -> str:
     """The attribution summary (``summary["attribution"]``) for a top-``k``: the overlap of the
     two rankings, the top units whose effect excludes 0, and the candidates."""
+    both, excluding = s["n_in_both_top"], s["n_corr_top_with_effect_excluding_0"]
     return (
-        f"{s['n_in_both_top']} of the top {k} by |score| are also in the top {k} by |effect|; "
-        f"{s['n_corr_top_with_effect_excluding_0']} of the top by |score| have an effect whose "
-        f"95% interval excludes 0; {s['n_candidates']} units are candidates (past the FWER null "
-        "and an effect excluding 0)."
+        f"{both} of the top {k} by |score| {_is(both)} also in the top {k} by |effect|; "
+        f"{excluding} of the top {k} by |score| {_has(excluding)} an effect whose 95% interval "
+        "(per unit, unadjusted) excludes 0; candidates (past the FWER null and an effect "
+        f"excluding 0): {s['n_candidates']}."
     )
+
+
+def _is(n: int) -> str:
+    return "is" if n == 1 else "are"
+
+
+def _has(n: int) -> str:
+    return "has" if n == 1 else "have"
 
 
 def _attribution(summary: Summary, k: int) -> list[str]:

@@ -46,8 +46,10 @@ def test_run_with_attribute_writes_the_joined_table(qwen_dir, tmp_path):
     assert main(["report", str(out)]) == 0  # the manifest lists the new files
     html = (out / "report.html").read_text()
     panel = html.split("Attribution: which units move the loss")[1]
-    assert f"{summary['n_in_both_top']} of the top 3 by |score| are also in the top 3" in panel
-    assert f"{summary['n_candidates']} units are candidates" in panel
+    both, candidates = summary["n_in_both_top"], summary["n_candidates"]
+    verb = "is" if both == 1 else "are"
+    assert f"{both} of the top 3 by |score| {verb} also in the top 3" in panel
+    assert f"excluding 0): {candidates}." in panel
     assert panel.count("data:image/png;base64") >= 1  # the scatter of |score| against |effect|
 
 

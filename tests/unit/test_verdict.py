@@ -59,13 +59,17 @@ def test_the_directory_reader_gives_the_same_verdict(tmp_path):
 
 @pytest.mark.parametrize(
     ("n", "words"),
-    [(3, "all 3 intervals"), (1, "1 of the 3 intervals"), (0, "none of the 3 intervals")],
+    [
+        (3, "all 3 intervals (95%, Bonferroni-adjusted over the 3) exclude 0"),
+        (1, "1 of the 3 intervals (95%, Bonferroni-adjusted over the 3) excludes 0"),
+        (0, "none of the 3 intervals (95%, Bonferroni-adjusted over the 3) exclude 0"),
+    ],
 )
 def test_held_out_counts_the_adjusted_intervals_that_exclude_0(n, words):
     held = {**REFERENCE["held_out"], "n_adjusted_ci_excludes_0": n}
     line = _line(verdict(_planted(held_out=held)), "Held out")
     assert "on 8 confirmation examples their r averages 0.685 (in-sample 0.901)" in line
-    assert f"{words} (95%, Bonferroni-adjusted over the 3) exclude 0" in line
+    assert words in line
     assert ("no unit is told apart from r = 0" in line) == (n == 0)
 
 
@@ -104,7 +108,13 @@ def test_without_permutations_the_null_names_its_flag():
 def test_attribution_counts_the_top_units_also_in_the_attribution_top_k():
     line = _line(verdict(REFERENCE), "Attribution")
     assert "0 of the top 3 by |score| are also in the top 3 by |effect|" in line
-    assert "0 units are candidates" in line
+    assert "candidates (past the FWER null and an effect excluding 0): 0." in line
+    assert (
+        "1 of the top 3 by |score| has an effect whose 95% interval (per unit, unadjusted)" in line
+    )
+    one = dict(REFERENCE["attribution"], n_in_both_top=1, n_candidates=1)
+    line = _line(verdict(_planted(attribution=one)), "Attribution")
+    assert "1 of the top 3 by |score| is also in the top 3" in line
     off = verdict(_planted(attribution=None))  # the study writes null when not run
     assert "`--attribute`" in _line(off, "Not run: attribution")
 
