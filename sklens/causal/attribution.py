@@ -54,7 +54,6 @@ choice's row). The text before the slots cannot depend on a slot: on a HookedTra
 once per batch without autograd, and every pass continues from its keys and values (``Scorer``).
 The passes are in ``sklens.causal.attribution_passes``;
 ``sklens.causal.attribution_exact.exact_effects`` is the exact reference.
-
 """
 
 from __future__ import annotations
@@ -435,13 +434,15 @@ def attribute(
     n_units, n_slots = bound.size, prompt.n_slots
     parsed = _method(method, steps, groups, (len(layers), n_slots, n_units), model.cfg.device)
     mine = distributed.shard(len(examples))  # all of them outside a data-parallel run
-    rows = metric_rows(model, [examples[i] for i in mine], n_slots, name)
-    twins = None if checked.twins is None else [checked.twins[i] for i in mine]
-    twins = None if twins is None else TwinUnits(model, twins, n_slots)
+    own = [examples[i] for i in mine]
+    rows = metric_rows(model, own, n_slots, name)
+    twins = None
+    if checked.twins is not None:
+        twins = TwinUnits(model, [checked.twins[i] for i in mine], n_slots)
     ablated = twins if twins is not None else ablated_values(
-        model, prompt, bound, layers, checked.ablation, [examples[i] for i in mine], batch_size
+        model, prompt, bound, layers, checked.ablation, own, batch_size
     )  # fmt: skip
-    batches = row_batches(rows, len(mine), batch_size)
+    batches = row_batches(rows, len(own), batch_size)
     sums = Sums(layers, n_units, n_slots)
     passes = len(batches) * parsed.passes
     bar = tqdm(total=passes, desc=f"attribution ({method})", disable=not progress)
