@@ -377,6 +377,40 @@ def _method(name: str, steps: int, groups: int, shape: tuple[int, int, int], dev
     return Method("ig", steps, unit_groups(*shape, n_groups).to(device), n_groups)
 
 
+def _folded(
+    model: Model, prompt: SoftPrompt, checked: Checked, parsed: Method, batch_size: int,
+    progress: bool,
+) -> Sums:  # fmt: skip
+    """Every batch's per-example effects folded into the streaming sums: this rank's share of
+    the examples (all of them outside a data-parallel run), then the sums over the ranks."""
+    n_slots, layers, site = prompt.n_slots, checked.layers, checked.site
+    mine = distributed.shard(len(checked.examples))
+    own = [checked.examples[i] for i in mine]
+    rows = metric_rows(model, own, n_slots, checked.metric)
+    twins = None
+    if checked.twins is not None:
+        twins = TwinUnits(model, [checked.twins[i] for i in mine], n_slots)
+    ablated = twins if twins is not None else ablated_values(
+        model, prompt, site, layers, checked.ablation, own, batch_size
+    )  # fmt: skip
+    batches = row_batches(rows, len(own), batch_size)
+    sums = Sums(layers, site.size, n_slots)
+    passes = len(batches) * parsed.passes
+    bar = tqdm(total=passes, desc=f"attribution ({parsed.name})", disable=not progress)
+    with frozen(model), linear_layout_for(model, passes), prompt.attached(model) as writer:
+        paths = SlotPaths(writer, site, layers, n_slots, ablated)
+        with model.hooks(fwd_hooks=paths.hooks()):
+            for batch in batches:
+                if twins is not None:  # the batch's twins' units, one pass without gradients
+                    twins.read(paths, batch)
+                effects = row_effects(model, paths, rows, batch, checked.metric, parsed)
+                fold(sums, batch, effects)
+                bar.update(parsed.passes)
+    bar.close()
+    sums.merge_ranks()  # a data-parallel run's ranks each folded their share
+    return sums
+
+
 def attribute(
     model: Model,
     prompt: SoftPrompt,
@@ -433,29 +467,7 @@ def attribute(
     examples, name, bound, layers = checked.examples, checked.metric, checked.site, checked.layers
     n_units, n_slots = bound.size, prompt.n_slots
     parsed = _method(method, steps, groups, (len(layers), n_slots, n_units), model.cfg.device)
-    mine = distributed.shard(len(examples))  # all of them outside a data-parallel run
-    own = [examples[i] for i in mine]
-    rows = metric_rows(model, own, n_slots, name)
-    twins = None
-    if checked.twins is not None:
-        twins = TwinUnits(model, [checked.twins[i] for i in mine], n_slots)
-    ablated = twins if twins is not None else ablated_values(
-        model, prompt, bound, layers, checked.ablation, own, batch_size
-    )  # fmt: skip
-    batches = row_batches(rows, len(own), batch_size)
-    sums = Sums(layers, n_units, n_slots)
-    passes = len(batches) * parsed.passes
-    bar = tqdm(total=passes, desc=f"attribution ({method})", disable=not progress)
-    with frozen(model), linear_layout_for(model, passes), prompt.attached(model) as writer:
-        paths = SlotPaths(writer, bound, layers, n_slots, ablated)
-        with model.hooks(fwd_hooks=paths.hooks()):
-            for batch in batches:
-                if twins is not None:  # the batch's twins' units, one pass without gradients
-                    twins.read(paths, batch)
-                fold(sums, batch, row_effects(model, paths, rows, batch, name, parsed))
-                bar.update(parsed.passes)
-    bar.close()
-    sums.merge_ranks()  # a data-parallel run's ranks each folded their share
+    sums = _folded(model, prompt, checked, parsed, batch_size, progress)
     effect, stderr = sums.result()
     every = layers == list(range(model.cfg.n_layers))
     settings = AttributionSettings(
