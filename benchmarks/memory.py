@@ -88,6 +88,11 @@ def main() -> None:
     )
     p.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse_hidden())
     args = p.parse_args()
+    unknown = set(args.methods.split(",")) - {"scan", "naive", "attribution", "attribution-pairs"}
+    if unknown:
+        p.error(
+            f"--methods: unknown {sorted(unknown)}; of scan, naive, attribution, attribution-pairs"
+        )
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args)))
         return
