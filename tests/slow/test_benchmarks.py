@@ -12,6 +12,11 @@ from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.slow]
 
+# a prompt trained 1 step on 4 questions, and 2 units of each stratum patched exactly
+ATTRIBUTION_SAMPLE = (
+    "--n-train 4 --train-steps 1 --n-top 2 --n-random 2 --per-layer 1 --n-low 2".split()
+)
+
 
 @pytest.mark.parametrize(
     "script, extra",
@@ -20,27 +25,7 @@ pytestmark = [pytest.mark.slow]
         ("scan.py", ["--n", "6", "--nulls", "7", "--batch-size", "3"]),
         ("memory.py", ["--sizes", "4,8", "--naive-max", "4", "--batch-size", "2"]),
         ("memory.py", ["--sizes", "4", "--methods", "attribution,attribution-pairs"]),
-        (
-            "attribution.py",
-            [
-                "--n",
-                "6",
-                "--n-train",
-                "4",
-                "--train-steps",
-                "1",
-                "--estimators",
-                "atp,ig:1x1",
-                "--n-top",
-                "2",
-                "--n-random",
-                "2",
-                "--per-layer",
-                "1",
-                "--n-low",
-                "2",
-            ],
-        ),
+        ("attribution.py", ["--n", "6", "--estimators", "atp,ig:1x1", *ATTRIBUTION_SAMPLE]),
         (
             "attribution.py",
             [
@@ -50,20 +35,9 @@ pytestmark = [pytest.mark.slow]
                 "margin",
                 "--n",
                 "4",
-                "--n-train",
-                "4",
-                "--train-steps",
-                "1",
                 "--estimators",
                 "atp",
-                "--n-top",
-                "2",
-                "--n-random",
-                "2",
-                "--per-layer",
-                "1",
-                "--n-low",
-                "2",
+                *ATTRIBUTION_SAMPLE,
             ],
         ),
         ("choices.py", ["--n", "4", "--batch-size", "2"]),
