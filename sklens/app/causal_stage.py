@@ -42,7 +42,8 @@ def causal_stage(run: StudyRun) -> None:
             positive = attributed if attributed is not None else "layers"
         table = causal_check(
             run.model, run.prompt, examples, run.neurons, modes=causal.ablate_modes,
-            group_by=run.task.group_by, positive=positive, n_random=causal.n_random, **controls,
+            group_by=run.task.group_by, positive=positive, n_random=causal.n_random,
+            parts=run.parts("causal"), **controls,
         )  # fmt: skip
         write_csv(table, run.out / "causal.csv")
         run.summary["causal"] = causal_summary(table)
@@ -54,7 +55,7 @@ def causal_stage(run: StudyRun) -> None:
             rankings["attribution"] = attributed.head(k)
         table = dose_response(
             run.model, run.prompt, examples, rankings, ks=causal.dose_response,
-            n_random=causal.n_random, **controls,
+            n_random=causal.n_random, parts=run.parts("dose_response"), **controls,
         )  # fmt: skip
         write_csv(table, run.out / "dose_response.csv")
         run.lap("dose_response")

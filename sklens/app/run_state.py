@@ -12,6 +12,7 @@ import pandas as pd
 from torch import Tensor
 
 from sklens.app.config import StudyConfig
+from sklens.app.rundir import PARTS
 from sklens.app.tasks import TaskData
 from sklens.data.example import Example
 from sklens.models.protocol import Model
@@ -62,6 +63,17 @@ class StudyRun:
         self.timings[name] = round(now - self._clock, 2)
         self.cpu_timings[name] = round(cpu - self._cpu_clock, 2)
         self._clock, self._cpu_clock = now, cpu
+
+    def parts(self, piece: str) -> Path:
+        """The folder where the results stage keeps ``piece``'s finished parts until the run
+        finishes (``rundir.PARTS``: a killed run resumed with the same settings goes on from
+        them). What an earlier attempt left there is counted in ``summary["resumed"]``, since
+        the phase's CPU seconds then leave out that attempt's share."""
+        folder = self.out / PARTS / piece
+        left = sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
+        if left:
+            self.summary.setdefault("resumed", {})[piece] = left
+        return folder
 
     @property
     def batch_size(self) -> int:

@@ -41,6 +41,10 @@ from sklens.vocabulary import EDIT_NAMES
 logger = logging.getLogger("sklens")
 
 MANIFEST = "manifest.json"
+# The results stage's finished pieces (``sklens.parts``: each causal set's pass, each seed's
+# training checkpoint) while a run is unfinished; a resumed run with the same results settings
+# goes on from them. Removed when the run finishes (``finish_parts``).
+PARTS = "parts"
 # What a study writes (besides the manifest). A directory holding anything else is not replaced:
 # it may be the user's own files.
 RESULT_NAMES = {
@@ -74,6 +78,7 @@ RESULT_NAMES = {
     "stability_rank_corr.csv",
     "consensus.csv",
     "report.html",
+    PARTS,
     MANIFEST,
 }
 
@@ -398,6 +403,15 @@ def prepare(
     stages[stage] = {"fingerprint": fp, "settings": settings}
     write_manifest(staging, manifest)
     return False
+
+
+def finish_parts(staging: Path) -> None:
+    """Drop the results stage's pieces and their manifest entry: the finished run holds its
+    tables, and a later ``--resume`` of a finished run recomputes its results anyway."""
+    _remove(staging / PARTS)
+    manifest = read_manifest(staging)
+    manifest.get("stages", {}).pop(PARTS, None)
+    write_manifest(staging, manifest)
 
 
 def check_consistent(run: Path) -> None:

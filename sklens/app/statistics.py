@@ -151,6 +151,9 @@ def _stability(run: StudyRun) -> dict[str, Any]:
         site=run.result.site,
         n_slots=config.train.n_slots,
         lr=config.train.lr,
+        # the run's own prompt is its seed's training, done already with these settings
+        trained={config.seed: run.prompt} if config.seed in config.confirm.seeds else None,
+        checkpoints=run.parts("seeds"),
         **run.plateau_kwargs,
     )
     write_csv(stability.jaccard.reset_index(names="run"), run.out / "stability_jaccard.csv")

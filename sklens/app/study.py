@@ -105,7 +105,8 @@ def group_field(config: StudyConfig, task: TaskData) -> str | None:
 # Written after the scan, every run anew: what an earlier attempt left is removed first, so a
 # table that this run's settings did not ask for can never end up in its directory.
 _RESULT_FILES = sorted(
-    rundir.RESULT_NAMES - {"checkpoint", "prompt", "scan.safetensors", rundir.MANIFEST}
+    rundir.RESULT_NAMES
+    - {"checkpoint", "prompt", "scan.safetensors", rundir.PARTS, rundir.MANIFEST}
 )
 
 
@@ -300,6 +301,9 @@ def _select(run: StudyRun) -> None:
     select = run.config.select
     rundir.prepare(run.out, run.final, "results", run.stages["results"], _RESULT_FILES,
                    resume=False)  # fmt: skip
+    # the pieces of a killed attempt with the same results settings are kept (``run.parts``)
+    rundir.prepare(run.out, run.final, rundir.PARTS, run.stages["results"], [rundir.PARTS],
+                   resume=run.resume)  # fmt: skip
     run.neurons = run.result.top_k(select.top_k, reduce=select.reduce)
     write_csv(run.neurons, run.out / "neurons.csv")
     # the other ranking rule beside it: the signed max depends on which class is coded 1
@@ -433,6 +437,7 @@ def _write_summary(run: StudyRun) -> dict[str, Any]:
         "cpu_s": run.cpu_timings,
     }
     write_text(run.out / "summary.json", json.dumps(summary, indent=2, default=str))
+    rundir.finish_parts(run.out)
     manifest = rundir.read_manifest(run.out)
     rundir.write_manifest(run.out, {**manifest, "files": rundir.file_hashes(run.out)})
     return summary

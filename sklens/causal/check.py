@@ -30,7 +30,9 @@ effect where there is one) also carries, per change:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,9 +46,10 @@ from sklens import validate
 from sklens.causal.ablate import NeuronIntervention
 from sklens.causal.changes import Changes
 from sklens.causal.controls import positive_set, random_sets
-from sklens.data.example import Example
+from sklens.data.example import Example, content_hash
 from sklens.data.format import Batch, encode
 from sklens.models.protocol import Model
+from sklens.parts import Parts
 from sklens.prompt import arguments
 from sklens.prompt.forward import batched_pass, gather_slots, slot_count, with_prompt
 from sklens.prompt.soft_prompt import SoftPrompt
@@ -210,6 +213,7 @@ def causal_check(
     batch_size: int = 8,
     progress: bool = True,
     site: SiteLike | None = None,
+    parts: str | os.PathLike | None = None,
     **mode_options: Any,
 ) -> pd.DataFrame:
     """Edit ``neurons`` and matched random sets; report the changes against the unedited model.
@@ -231,6 +235,9 @@ def causal_check(
             attribution's ``top_k`` table).
         reference: examples for ``mean`` ablation (per-slot means) and scale matching (default:
             ``examples``; a split disjoint from the neurons' selection set is cleaner).
+        parts: a folder where each set's pass is saved as it finishes (``sklens.parts``): a
+            check run again with it reuses the sets whose units, examples, prompt and settings
+            match, so a killed check goes on from its last set; the table is the same.
         mode_options: passed to the interventions (``noise_std``, ``factor``, ``shift``).
 
     Returns one row per (mode, set, group) with ``n``, mean changes ``d_metric``, ``d_loss``,
@@ -256,19 +263,72 @@ def causal_check(
         sets["positive"] = control
     base, unprompted = _unedited(model, prompt, examples, metric, batch_size)
     changes = Changes(base, _groups(examples, group_by), match_scale, n_boot, seed, unprompted)
+    passes = _SetPasses.of(parts, model, prompt, examples, reference, metric=metric,
+                           positions=positions, means=means, seed=seed, batch_size=batch_size,
+                           options=mode_options)  # fmt: skip
     bar = tqdm(total=len(modes) * len(sets), desc="causal check", disable=not progress)
     for mode in modes:
         for name, chosen in sets.items():
-            edit = NeuronIntervention(
-                model, chosen, mode, positions=positions, means=means, seed=seed, **mode_options
-            )
-            edited = evaluate(
-                model, prompt, examples, metric=metric, intervention=edit, batch_size=batch_size
-            )
-            changes.add(mode, name, len(chosen), edited)
+            changes.add(mode, name, len(chosen), passes(mode, name, chosen))
             bar.update(1)
     bar.close()
     return changes.table()
+
+
+@dataclass
+class _SetPasses:
+    """A check's edited passes, one over the examples per (mode, set); with ``parts`` each is
+    saved as it finishes and read back in a later check instead of computed again."""
+
+    model: Model
+    prompt: SoftPrompt | None
+    examples: list[Example]
+    metric: MetricLike
+    positions: Any
+    means: dict[int, Tensor] | None
+    seed: int
+    batch_size: int
+    options: Mapping[str, Any]
+    store: Parts | None
+
+    @classmethod
+    def of(
+        cls,
+        parts: str | os.PathLike | None,
+        model: Model,
+        prompt: SoftPrompt | None,
+        examples: list[Example],
+        reference: Sequence[Example] | None,
+        **settings: Any,
+    ) -> _SetPasses:
+        """The passes, with the store of ``parts`` keyed by everything besides the set that
+        determines an edited pass: the model, the prompt's vectors, the examples, the metric,
+        where it edits, the reference of the means, the seed, the batching and the options."""
+        context = {
+            "model": model.cfg.model_name,
+            "prompt": None if prompt is None else prompt.forward(),
+            "examples": content_hash(examples),
+            "reference": content_hash(reference or examples),
+            **{k: v for k, v in settings.items() if k != "means"},
+            "metric": getattr(settings["metric"], "name", str(settings["metric"])),
+        }
+        return cls(model, prompt, examples, **settings, store=Parts.of(parts, context))
+
+    def __call__(self, mode: str, name: str, chosen: NeuronSet) -> pd.DataFrame:
+        piece = (f"{mode}-{name}", [mode, chosen.site.name, chosen.pairs])
+        edited = self.store.load(*piece) if self.store is not None else None
+        if edited is None:
+            edit = NeuronIntervention(
+                self.model, chosen, mode, positions=self.positions, means=self.means,
+                seed=self.seed, **self.options,
+            )  # fmt: skip
+            edited = evaluate(
+                self.model, self.prompt, self.examples, metric=self.metric, intervention=edit,
+                batch_size=self.batch_size,
+            )  # fmt: skip
+            if self.store is not None:
+                self.store.save(*piece, edited)
+        return edited
 
 
 def _unedited(

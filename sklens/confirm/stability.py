@@ -8,8 +8,10 @@ untrained random prompt, and the activation at the instruction's last token with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -68,6 +70,8 @@ def seed_stability(
     batch_size: int = 8,
     progress: bool = True,
     site: SiteLike | None = None,
+    trained: Mapping[int, SoftPrompt] | None = None,
+    checkpoints: str | os.PathLike | None = None,
     **train_kwargs: Any,
 ) -> Stability:
     """Train a prompt per seed (``train_kwargs`` go to ``train_soft_prompt``) and compare.
@@ -84,6 +88,10 @@ def seed_stability(
         batch_size: examples per forward pass.
         progress: show tqdm bars.
         site: what a unit is (``sklens.sites``; default MLP neurons), the same in every scan.
+        trained: prompts already trained with these ``train_kwargs``, by seed (a study's own
+            prompt): used instead of training that seed again.
+        checkpoints: a folder for each seed's training checkpoint (``seed<N>/``), so a killed
+            study resumes each training where it stopped (``train_soft_prompt``).
         **train_kwargs: passed to ``train_soft_prompt`` (``steps``, ``lr``, ``n_slots``, ...).
 
     Returns:
@@ -95,10 +103,21 @@ def seed_stability(
     scans: dict[str, Scan] = {}
     n_slots = train_kwargs.get("n_slots", 20)
     options = {"batch_size": batch_size, "progress": progress}
-    for seed in seeds:
-        prompt = train_soft_prompt(
-            model, train, seed=seed, batch_size=batch_size, progress=progress, **train_kwargs
+    trained = dict(trained or {})
+    if set(trained) - set(seeds):
+        raise ValueError(
+            f"trained holds prompts of seeds {sorted(set(trained) - set(seeds))} that are not "
+            f"among seeds={list(seeds)}: add them to seeds or leave them out of trained"
         )
+    for seed in seeds:
+        if seed in trained:
+            prompt = trained[seed]
+        else:
+            folder = None if checkpoints is None else Path(checkpoints) / f"seed{seed}"
+            prompt = train_soft_prompt(
+                model, train, seed=seed, batch_size=batch_size, progress=progress,
+                checkpoint_dir=folder, **train_kwargs,
+            )  # fmt: skip
         scans[f"seed{seed}"] = scan(model, prompt, val, metric, site=site, **options)
     if baselines:
         untrained = SoftPrompt.init_for(model, n_slots, seed=seeds[0])

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sklens.parts import digest
+
 
 @dataclass(frozen=True)
 class Example:
@@ -37,7 +39,13 @@ class Example:
 
 def data_hash(examples: Sequence[Example]) -> str:
     """A short sha256 of the examples' text, to record which data made a result."""
-    digest = hashlib.sha256()
+    sha = hashlib.sha256()
     for e in examples:
-        digest.update(json.dumps([e.instruction, e.completion], ensure_ascii=False).encode())
-    return digest.hexdigest()[:16]
+        sha.update(json.dumps([e.instruction, e.completion], ensure_ascii=False).encode())
+    return sha.hexdigest()[:16]
+
+
+def content_hash(examples: Sequence[Example]) -> str:
+    """A short sha256 of the examples' text and meta: where choices and answers change a
+    result (a causal check's scores), ``data_hash``, the text only, would not tell them apart."""
+    return digest([[e.instruction, e.completion, e.meta] for e in examples])

@@ -20,7 +20,7 @@ import sklens
 from sklens.app import rundir
 from sklens.app.cli import main
 from sklens.app.report import build_report
-from tests.helpers import ROOT, study_args
+from tests.helpers import ROOT, count_optimizer_steps, study_args
 
 
 def _hashes(out: Path) -> dict[str, str]:
@@ -311,3 +311,51 @@ def test_case_92a_a_full_disk_at_the_lock_names_the_path_and_leaves_no_lock(
     lock = rundir._sibling(out, "lock")
     assert f"cannot write the lock file {lock} (No space left on device)" in err
     assert "free space" in err and not lock.exists()
+
+
+def test_a_run_killed_in_its_causal_check_goes_on_from_its_finished_sets(
+    qwen_dir, tmp_path, monkeypatch
+):
+    """A kill during the causal check (hundreds of passes on a CPU) cost the whole check; the
+    resumed run evaluates only the sets the kill left undone, writes the table of a run never
+    killed, says what it reused, and leaves no pieces behind."""
+    import sklens.causal.check as check_mod
+
+    extra = ("--ablate", "--ablate-modes", "zero", "--n-random", "4", "--n-causal", "8",
+             "--seeds", "0,1")  # fmt: skip
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    steps = count_optimizer_steps(monkeypatch)
+    assert main(study_args(qwen_dir, whole, *extra)) == 0
+    trainings = steps["n"]  # the run's own and seed 1's: seed 0 is the run's prompt
+    real, calls = check_mod.evaluate, {"n": 0}
+
+    def killed_after_three(*args, **kwargs):
+        if kwargs.get("intervention") is not None:
+            if calls["n"] == 3:
+                raise RuntimeError("killed")
+            calls["n"] += 1
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m, pytest.raises(RuntimeError, match="killed"):
+        m.setattr(check_mod, "evaluate", killed_after_three)
+        main(study_args(qwen_dir, out, *extra))
+    assert len(list((rundir.staging_dir(out) / rundir.PARTS / "causal").glob("*.csv"))) == 3
+
+    calls["n"], steps["n"] = -100, 0  # counts the resumed run's edited passes from -100
+    monkeypatch.setattr(check_mod, "evaluate", killed_after_three)
+    assert main(study_args(qwen_dir, out, *extra, "--resume")) == 0
+    assert calls["n"] == -100 + (4 + 2) - 3  # selected, positive, 4 random; 3 were done
+    assert steps["n"] == trainings / 2  # seed 1 only: the prompt was kept, seed 0 is it
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "causal.csv"), pd.read_csv(whole / "causal.csv")
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "consensus.csv"), pd.read_csv(whole / "consensus.csv")
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] == {"causal": 3}
+    assert (
+        not (out / rundir.PARTS).exists()
+        and rundir.PARTS not in rundir.read_manifest(out)["stages"]
+    )
+    assert rundir.mismatched_files(out) == []
