@@ -55,7 +55,7 @@ def causal_stage(run: StudyRun) -> None:
             rankings["attribution"] = attributed.head(k)
         table = dose_response(
             run.model, run.prompt, examples, rankings, ks=causal.dose_response,
-            n_random=causal.n_random, parts=run.parts("dose_response"), **controls,
+            n_random=causal.dose_random, parts=run.parts("dose_response"), **controls,
         )  # fmt: skip
         write_csv(table, run.out / "dose_response.csv")
         run.lap("dose_response")

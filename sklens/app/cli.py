@@ -80,6 +80,8 @@ HELP = {
     "dose_response": "Comma-separated set sizes k: the causal check of the top-k units for "
     "each k, by correlation and by attribution (with --attribute), against random sets (e.g. "
     "1,2,5,10). Default: none.",
+    "dose_random": "How many random unit sets each k of --dose-response compares against (49 "
+    "let its p reach 0.02; each costs a pass over the causal split).",
     "n_causal": "Examples of a third disjoint split, used by the causal check.",
     "match_scale": "Match random control units in mean |activation| (--no-match-scale: off).",
     "counterfactual": "Comma-separated named edits (last_digit_decides, answer_only_negative, "

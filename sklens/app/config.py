@@ -250,13 +250,16 @@ class CausalConfig:
     """The causal follow-ups on a third disjoint split (``n_causal`` examples): the causal check
     of the top-K against ``n_random`` random sets (``ablate``), with a positive control and
     random units matched in layer, |activation| and |score| decile; its dose-response over k
-    (``dose_response``); a steering curve (``steering`` factors, against ``steering_random``
-    random sets); attribution of the loss to every unit (``attribute``); and counterfactual
-    pairs (``counterfactual``: named edits of held-out examples, at most ``n_causal`` pairs).
+    (``dose_response``, against ``dose_random`` random sets per k); a steering curve
+    (``steering`` factors, against ``steering_random`` random sets); attribution of the loss to
+    every unit (``attribute``); and counterfactual pairs (``counterfactual``: named edits of
+    held-out examples, at most ``n_causal`` pairs).
 
     199 random sets let the causal check's rank p reach 0.005 (5 could not reach 0.05); each is
     one pass over the causal split per mode, so the check costs ``2 · (n_random + 2)`` passes
-    with the two default modes."""
+    with the two default modes. The dose-response costs ``rankings · len(dose_response) ·
+    (dose_random + 1)`` passes: 400 for two rankings, four k and 49 random sets (each k's rank p
+    reaches 0.02), where 199 would make it 1,600, most of a study's time on a CPU."""
 
     ablate: bool = False
     ablate_modes: tuple[str, ...] = items("('zero', 'mean')", ("zero", "mean"))
@@ -267,6 +270,7 @@ class CausalConfig:
     match_score: bool = True  # ... and drawn from their selected unit's decile of |score|
     positive_control: bool = True  # the attribution's top-K, else every unit of the layers
     dose_response: tuple[int, ...] = items("(1, 2, 5, 10)")  # the top-k ablated for each k
+    dose_random: int = count(49, 1, "random sets per k of the dose-response")
     steering: tuple[float, ...] = items("(0, 0.5, 2, 4)")  # factors that scale the top-K
     steering_random: int = count(20, 1, "random sets the steering curve compares with")
     attribute: bool = False

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import sklens
@@ -207,12 +208,15 @@ def test_run_directory_page_lists_every_file_and_column(tmp_path):
         ),
         causal=sklens.CausalConfig(
             ablate=True, ablate_modes=("mean",), n_random=3, n_causal=16, attribute=True,
-            dose_response=(1, 2), steering=(0.0, 2.0), steering_random=2,
+            dose_response=(1, 2), dose_random=2, steering=(0.0, 2.0), steering_random=2,
             counterfactual=("last_digit_decides",), score_choices=False,
         ),
     )  # fmt: skip
     out = tmp_path / "run"
     sklens.run_study(config, out, progress=False)
+    dose = pd.read_csv(out / "dose_response.csv").query("group == 'all'")
+    randoms = dose[dose.set.str.startswith("random_")].groupby(["ranking", "k"]).size()
+    assert set(randoms) == {2} and len(randoms) == 2 * 2  # dose_random, not n_random, per k
     build_report(out)
     sections = _sections(RUN_DIRECTORY.read_text(encoding="utf-8"))
     written = sorted(p.name for p in out.iterdir())
