@@ -620,8 +620,11 @@ def reproduces(run: Run) -> list[str]:
     return out
 
 
-def run_sentences(run: Run, main: Run | None) -> list[str]:
-    """The study-level sentences of one run (a control's comparison with ``main``), then
+def run_sentences(
+    run: Run, main: Run | None, extra: Callable[[Run], list[str]] | None = None
+) -> list[str]:
+    """The study-level sentences of one run (a control's comparison with ``main``), a main
+    run's ``extra`` sentences (``reproduction_evidence``: read off its saved files), then
     ``sklens.verdict``'s."""
     if run.role == MAIN:
         found = [
@@ -633,15 +636,16 @@ def run_sentences(run: Run, main: Run | None) -> list[str]:
             behaviour_sentence(run),
             *counterfactual_sentences(run),
             explain_sentence(run),
+            *(extra(run) if extra else []),
         ]
     else:
         found = [control_sentence(run, main), *counterfactual_sentences(run)]
     return [s for s in found if s] + verdict_lines(run)
 
 
-def account(runs: list[Run]) -> list[str]:
+def account(runs: list[Run], extra: Callable[[Run], list[str]] | None = None) -> list[str]:
     """One study's account: the paper's claim, what reproduces (read from the largest main run),
-    and every run's sentences."""
+    and every run's sentences (``extra``: see ``run_sentences``)."""
     mains = [run for run in runs if run.role == MAIN]
     primary = mains[-1] if mains else runs[-1]
     lines = [
@@ -657,6 +661,6 @@ def account(runs: list[Run]) -> list[str]:
     for run in runs:
         main = next((m for m in mains if m.size == run.size), primary if mains else None)
         lines += [f"**{run.label}** (`{run.study['command']}`):", ""]
-        lines += [f"- {s}" for s in run_sentences(run, main)]
+        lines += [f"- {s}" for s in run_sentences(run, main, extra)]
         lines.append("")
     return lines

@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -251,6 +252,49 @@ def test_a_sentence_changes_when_its_number_crosses_its_threshold(
         texts[value] = "\n".join(_account(_doc([folder], tmp_path / f"doc{value}")))
     assert null in texts[weak] and found not in texts[weak]
     assert found in texts[strong] and null not in texts[strong]
+
+
+def test_enrichment_finds_a_planted_link_of_score_and_effect_and_none_without():
+    """The doc's enrichment test on planted units: effects that follow |score| are enriched at
+    the permutation floor with ρ = 1; effects drawn apart from the scores are not."""
+    evidence = _demo("reproduction_evidence")
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4, 500))
+    linked = evidence.enrichment(scores, np.abs(scores) * 1e-3)
+    assert linked["rho"] == pytest.approx(1.0) and linked["ratio"] > 2
+    assert linked["p"] == pytest.approx(1 / (evidence.N_SETS + 1))
+    apart = evidence.enrichment(scores, rng.exponential(size=(4, 500)))
+    assert abs(apart["rho"]) < 0.1 and apart["p"] > 0.05
+    ranks = np.argsort(np.argsort(-np.abs(scores.ravel())))  # by hand: the top 100's median
+    effects = rng.exponential(size=2000)
+    assert evidence.enrichment(scores, effects)["ratio"] == pytest.approx(
+        np.median(effects[ranks < 100]) / np.median(effects)
+    )
+
+
+def test_the_majority_answer_is_read_only_off_a_label_set():
+    evidence = _demo("reproduction_evidence")
+    assert evidence.majority(["entailment"] * 23 + ["non-entailment"] * 17) == (
+        "entailment", pytest.approx(23 / 40),
+    )  # fmt: skip
+    assert evidence.majority([str(n) for n in range(40)]) is None  # arithmetic: no majority
+
+
+def test_the_evidence_sentences_read_the_runs_files(runs, tmp_path):
+    """Enrichment from the saved scan and attribution, the dose-response by k, and the
+    accuracy against the majority answer, which changes side with a planted accuracy."""
+    text = "\n".join(_account(_doc([runs["rq2"]], tmp_path / "d")))
+    assert "have Spearman ρ = " in text and "random sets of 100" in text
+    assert "Ablating the top k by correlation changes the loss by k = 1:" in text
+    assert "against 3 random sets" in text  # the tiny size's dose_random
+    assert "causal-split questions" in text
+    sides = {}
+    for acc in (1.0, 0.0):
+        folder = _planted(runs, "rq2", tmp_path, f"acc{acc}",
+                          lambda s, a=acc: s["causal"][0].update(accuracy_base=a))  # fmt: skip
+        sides[acc] = "\n".join(_account(_doc([folder], tmp_path / f"acc-doc{acc}")))
+    assert "1.000 of the" in sides[1.0] and "questions, above the" in sides[1.0]
+    assert "questions, below the" in sides[0.0]
 
 
 def test_mixed_commits_are_refused_unless_allowed(runs, tmp_path):
