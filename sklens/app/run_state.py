@@ -12,6 +12,7 @@ import pandas as pd
 from torch import Tensor
 
 from sklens.app.config import StudyConfig
+from sklens.app.cpu_ledger import CpuLedger
 from sklens.app.rundir import PARTS
 from sklens.app.tasks import TaskData
 from sklens.data.example import Example
@@ -54,6 +55,8 @@ class StudyRun:
     # the process's CPU seconds per phase (all threads): unlike the wall time, a pause or
     # another job on the machine does not inflate it
     cpu_timings: dict[str, float] = field(default_factory=dict)
+    # every attempt's CPU seconds, where a killed run was resumed (``cpu_ledger``)
+    ledger: CpuLedger | None = None
     _clock: float = field(default_factory=time.perf_counter)
     _cpu_clock: float = field(default_factory=time.process_time)
 
@@ -63,6 +66,8 @@ class StudyRun:
         self.timings[name] = round(now - self._clock, 2)
         self.cpu_timings[name] = round(cpu - self._cpu_clock, 2)
         self._clock, self._cpu_clock = now, cpu
+        if self.ledger is not None:
+            self.ledger.lap(name, self.cpu_timings[name])
 
     def parts(self, piece: str) -> Path:
         """The folder where the results stage keeps ``piece``'s finished parts until the run

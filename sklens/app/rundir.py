@@ -33,6 +33,7 @@ from typing import Any
 
 from sklens import validate
 from sklens.app.config import StudyConfig
+from sklens.app.cpu_ledger import LEDGER
 from sklens.atomic import write_text
 from sklens.models.artifacts import sha256_of
 from sklens.version import __version__
@@ -79,6 +80,7 @@ RESULT_NAMES = {
     "consensus.csv",
     "report.html",
     PARTS,
+    LEDGER,
     MANIFEST,
 }
 

@@ -50,6 +50,7 @@ from sklens.app import rundir
 from sklens.app.causal_stage import causal_stage
 from sklens.app.config import StudyConfig
 from sklens.app.contrast_stage import contrast_stage
+from sklens.app.cpu_ledger import CpuLedger
 from sklens.app.data_checks import study_data
 from sklens.app.run_state import StudyRun
 from sklens.app.selection_stage import basis_stage, selection_stability_stage
@@ -106,7 +107,7 @@ def group_field(config: StudyConfig, task: TaskData) -> str | None:
 # table that this run's settings did not ask for can never end up in its directory.
 _RESULT_FILES = sorted(
     rundir.RESULT_NAMES
-    - {"checkpoint", "prompt", "scan.safetensors", rundir.PARTS, rundir.MANIFEST}
+    - {"checkpoint", "prompt", "scan.safetensors", rundir.PARTS, rundir.LEDGER, rundir.MANIFEST}
 )
 
 
@@ -181,10 +182,13 @@ def run_study(
     final = validate.output_dir(out, create=False).resolve()
     with rundir.staged(final, resume=resume) as staging:
         run = _prepare(config, staging, final, resume=resume, progress=progress)
-        with linear_layout(run.model):  # every stage's passes read the weights without copies
-            for stage in PIPELINE:
-                stage(run)
-        return _write_summary(run)
+        try:
+            with linear_layout(run.model):  # every stage's passes read the weights without copies
+                for stage in PIPELINE:
+                    stage(run)
+            return _write_summary(run)
+        finally:
+            run.ledger.stop()
 
 
 def _prepare(
@@ -228,6 +232,7 @@ def _prepare(
     if "no_prompt" in config.confirm.contrast:  # before training, not when the stage starts
         _check_no_prompt_room(run.model, task.val, config.train.n_slots)
     run.lap("load_model")
+    run.ledger = CpuLedger(out, rundir.fingerprint(run.stages), run.cpu_timings)
     return run
 
 
@@ -435,8 +440,10 @@ def _write_summary(run: StudyRun) -> dict[str, Any]:
         "fingerprints": {stage: rundir.fingerprint(s) for stage, s in run.stages.items()},
         "timings_s": run.timings,
         "cpu_s": run.cpu_timings,
+        **run.ledger.summary(),
     }
     write_text(run.out / "summary.json", json.dumps(summary, indent=2, default=str))
+    run.ledger.close()
     rundir.finish_parts(run.out)
     manifest = rundir.read_manifest(run.out)
     rundir.write_manifest(run.out, {**manifest, "files": rundir.file_hashes(run.out)})

@@ -41,7 +41,10 @@ TABLES = (
     "stability_rank_corr.csv",
 )
 # what differs between two runs of the same settings: where, when and the settings' own layout
-VOLATILE = {"config", "versions", "timings_s", "cpu_s", "fingerprints"}
+VOLATILE = {
+    "config", "versions", "timings_s", "cpu_s", "cpu_s_all_attempts", "attempts",
+    "interrupted_cpu_s", "fingerprints",
+}  # fmt: skip
 FLAGS = [
     "--task", "skillmix", "--steps", "3", "--n-train", "16", "--n-val", "16", "--n-slots", "3",
     "--batch-size", "4", "--top-k", "3", "--n-extremal", "2", "--n-plateau", "4",
@@ -113,6 +116,9 @@ def test_a_small_run_reproduces_its_reference(qwen_dir, tmp_path, capsys, monkey
     # CPU seconds per phase beside the wall seconds (a pause inflates only the wall time)
     assert written["cpu_s"].keys() == written["timings_s"].keys()
     assert all(v >= 0 for v in written["cpu_s"].values()) and written["cpu_s"]["train"] > 0
+    # one attempt: every attempt's seconds are this one's
+    assert written["attempts"] == 1 and written["interrupted_cpu_s"] == 0
+    assert written["cpu_s_all_attempts"] == written["cpu_s"]
     _close(_summary(out / "summary.json"), json.loads((REFERENCE / "summary.json").read_text()),
            "summary")  # fmt: skip
     _close(

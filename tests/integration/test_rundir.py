@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 import sklens
-from sklens.app import rundir
+from sklens.app import cpu_ledger, rundir
 from sklens.app.cli import main
 from sklens.app.report import build_report
 from tests.helpers import ROOT, count_optimizer_steps, study_args
@@ -321,6 +322,7 @@ def test_a_run_killed_in_its_causal_check_goes_on_from_its_finished_sets(
     killed, says what it reused, and leaves no pieces behind."""
     import sklens.causal.check as check_mod
 
+    monkeypatch.setattr(cpu_ledger, "TICK_S", 0.01)  # the phase in progress recorded often
     extra = ("--ablate", "--ablate-modes", "zero", "--n-random", "4", "--n-causal", "8",
              "--seeds", "0,1")  # fmt: skip
     whole, out = tmp_path / "whole", tmp_path / "run"
@@ -336,9 +338,13 @@ def test_a_run_killed_in_its_causal_check_goes_on_from_its_finished_sets(
             calls["n"] += 1
         return real(*args, **kwargs)
 
+    cpu_before = time.process_time()
     with monkeypatch.context() as m, pytest.raises(RuntimeError, match="killed"):
         m.setattr(check_mod, "evaluate", killed_after_three)
         main(study_args(qwen_dir, out, *extra))
+    killed = json.loads((rundir.staging_dir(out) / cpu_ledger.LEDGER).read_text())
+    assert len(killed) == 1 and killed[0]["open"]["after"] == "examples"  # in the causal check
+    assert killed[0]["open"]["cpu_s"] > 0
     assert len(list((rundir.staging_dir(out) / rundir.PARTS / "causal").glob("*.csv"))) == 3
 
     calls["n"], steps["n"] = -100, 0  # counts the resumed run's edited passes from -100
@@ -352,8 +358,18 @@ def test_a_run_killed_in_its_causal_check_goes_on_from_its_finished_sets(
     pd.testing.assert_frame_equal(
         pd.read_csv(out / "consensus.csv"), pd.read_csv(whole / "consensus.csv")
     )
+    cpu_both = time.process_time() - cpu_before
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed"] == {"causal": 3}
+    # CPU seconds over both attempts: the killed one's causal passes count with the causal
+    # phase; together they are this process's CPU over the two attempts, less the set-up before
+    # each attempt's first phase
+    every, last = summary["cpu_s_all_attempts"], summary["cpu_s"]
+    assert summary["attempts"] == 2 and summary["interrupted_cpu_s"] > 0
+    assert every["causal"] == pytest.approx(last["causal"] + summary["interrupted_cpu_s"], abs=0.02)
+    assert every["train"] > last["train"] and set(every) == set(last)
+    assert 0.5 * cpu_both < sum(every.values()) <= cpu_both
+    assert not (out / cpu_ledger.LEDGER).exists()
     assert (
         not (out / rundir.PARTS).exists()
         and rundir.PARTS not in rundir.read_manifest(out)["stages"]
