@@ -192,3 +192,26 @@ def keep(run: Run, dest: Path) -> dict[str, Path]:
         figures[name] = dest / Path(rel).name
         shutil.copyfile(run.folder / rel, figures[name])
     return figures
+
+
+def cost(runs: list[Run]) -> list[str]:
+    """One table row per run: CPU seconds per phase over every attempt (a killed run resumed is
+    several), the attempts, and the wall seconds with the CPU/wall ratio, which a pause or
+    another job on the machine lowers (a run of two attempts has no one wall time)."""
+    lines = [
+        "| run | CPU seconds per phase, all attempts (`cpu_s_all_attempts`, else `cpu_s`) | "
+        "CPU total | attempts | wall (`timings_s`), CPU/wall |",
+        "|---|---|---|---|---|",
+    ]
+    for run in runs:
+        cpu = run.summary.get("cpu_s_all_attempts") or run.summary.get("cpu_s") or {}
+        attempts = run.summary.get("attempts", 1)
+        phases = ", ".join(f"{name} {seconds:,.0f}" for name, seconds in cpu.items())
+        total = sum(cpu.values())
+        wall = sum((run.summary.get("timings_s") or {}).values())
+        walled = (
+            f"{wall:,.0f} s, {total / wall:.2f}" if attempts == 1 and wall else
+            f"not one process ({attempts} attempts)"
+        )  # fmt: skip
+        lines.append(f"| {run.label} | {phases} | {total:,.0f} s | {attempts} | {walled} |")
+    return lines

@@ -219,6 +219,24 @@ def test_reproduction_doc_regenerates_from_the_tiny_runs(runs, tmp_path):
     for claim in ("no causal role", "not something the prompt learned", "cannot encode"):
         assert claim not in lowered
     assert (tmp_path / "doc" / "reproduction" / "rq1-tiny" / "summary.json").exists()
+    summary = json.loads((runs["rq1"] / "run" / "summary.json").read_text())
+    total = sum(summary["cpu_s_all_attempts"].values())
+    cost = text.split("## What each run cost")[1].split("##")[0]
+    assert f"| RQ1 tiny | data {summary['cpu_s']['data']:,.0f}, " in cost
+    assert f"| {total:,.0f} s | 1 | " in cost
+
+
+def test_a_resumed_runs_cost_counts_every_attempt_and_no_wall_time(runs, tmp_path):
+    every = {"train": 3000.0, "scan": 200.0, "causal": 5000.0}
+    resumed = _planted(
+        runs, "rq1", tmp_path, "two",
+        lambda s: s.update(cpu_s_all_attempts=every, attempts=2, interrupted_cpu_s=1200.0),
+    )  # fmt: skip
+    cost = _doc([resumed], tmp_path).split("## What each run cost")[1].split("##")[0]
+    assert (
+        "| train 3,000, scan 200, causal 5,000 | 8,200 s | 2 | not one process (2 attempts) |"
+        in cost
+    )
 
 
 def _causal_p(summary, p):
