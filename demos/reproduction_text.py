@@ -476,13 +476,23 @@ def floor_sentences(run: Run) -> list[str]:
     for j, row in enumerate(run.summary.get("causal") or []):
         n, p = row["n_random"], row["p_loss"]
         floor = 1 / (n + 1)
-        at = "; it is at that floor" if p <= floor + 1e-9 else ""
+        at = (
+            "; it is at that floor, so more random sets could give a smaller p"
+            if (p <= floor + 1e-9)
+            else ""
+        )
+        reading = (
+            f"The top-K's change of the loss differs from the random sets' at 0.05; the data "
+            f"exclude an excess over their median larger than {fmt(row.get('bound_loss'), 4)} "
+            "nats"
+            if p < ALPHA
+            else f"Not telling the top-K apart from random sets bounds their excess (at most "
+            f"{fmt(row.get('bound_loss'), 4)} nats); it does not show they have no role"
+        )
         out.append(
             sourced(
                 f"The {row['mode']} ablation's rank p = {fmt(p)} is among {n} random sets, whose "
-                f"smallest possible p is 1/{n + 1} = {fmt(floor)}{at}. Not telling the top-K "
-                f"apart from random sets bounds their excess (at most "
-                f"{fmt(row.get('bound_loss'), 4)} nats); it does not show they have no role",
+                f"smallest possible p is 1/{n + 1} = {fmt(floor)}{at}. {reading}",
                 f"causal[{j}].p_loss, .n_random, .bound_loss",
             )
         )

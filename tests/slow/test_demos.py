@@ -255,6 +255,7 @@ def _contrast(summary, n):
     ("edit", "weak", "strong", "null", "found"),
     [
         (_causal_p, 0.30, 0.03, "not told apart from the random sets", "it differs from the"),
+        (_causal_p, 0.30, 0.005, "Not telling the top-K apart", "differs from the random sets' at"),
         (_held_out, 0, 3, "no unit is told apart from r = 0", "3 of the 10 intervals"),
         (_contrast, 0, 4, "none of the 10 selected units is told", "4 of the 10 selected units"),
     ],
