@@ -154,7 +154,9 @@ def causal_sentence(row: Summary) -> str:
         share = row.get("bound_loss_share_of_prompt")
         text += f" The data exclude an excess larger than {row['bound_loss']:.4f} nats"
         known = share is not None and share == share  # NaN without a prompt
-        text += f" ({share:.1%} of the prompt's own effect)" if known else ""
+        if known:  # a share under 0.1% keeps one significant digit, not "0.0%"
+            shown = f"{share:.1%}" if abs(share) >= 0.001 else f"{100 * share:.1g}%"
+            text += f" ({shown} of the prompt's own effect)"
         text += ", an upper bound on the top-K's excess over random sets."
     if "positive_d_loss" in row:
         detected = row["positive_p_loss"] <= ALPHA

@@ -134,6 +134,8 @@ def test_the_causal_wording_turns_on_the_rank_p_and_the_bound_is_an_upper_bound(
             "upper bound on the top-K's excess over random sets." in text
         )
     assert "Positive control (3 units): +0.0049, rank p = 0.010: detected at 0.05." in significant
+    small = causal_sentence({**_causal_row(0.3, 0.3), "bound_loss_share_of_prompt": 0.00049})
+    assert "(0.05% of the prompt's own effect)" in small  # the RQ2 re-run's said "0.0%"
     assert "rank p = 0.300: not detected at 0.05" in plain
     lines = verdict(_planted(causal=[_causal_row(0.03, 0.01), REFERENCE["causal"][1]]))
     assert _line(lines, "Causal check, mean ablation") == f"Causal check, {significant}"
