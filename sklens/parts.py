@@ -53,7 +53,6 @@ class Parts:
     def __init__(self, folder: str | os.PathLike, context: Mapping[str, Any]):
         self.folder = Path(folder)
         self.context = digest(context)
-        self.reused = 0  # pieces read back in this process: a resumed stage says how many
 
     @classmethod
     def of(cls, folder: str | os.PathLike | None, context: Mapping[str, Any]) -> Parts | None:
@@ -67,10 +66,7 @@ class Parts:
     def load(self, name: str, identity: Any) -> pd.DataFrame | None:
         """The saved table of this piece, or None if it was not finished."""
         path = self.path(name, identity)
-        if not path.exists():
-            return None
-        self.reused += 1
-        return pd.read_csv(path)
+        return pd.read_csv(path) if path.exists() else None
 
     def save(self, name: str, identity: Any, table: pd.DataFrame) -> None:
         """Save a finished piece (atomically: a kill leaves it whole or absent)."""

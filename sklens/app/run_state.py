@@ -72,8 +72,7 @@ class StudyRun:
     def parts(self, piece: str) -> Path:
         """The folder where the results stage keeps ``piece``'s finished parts until the run
         finishes (``rundir.PARTS``: a killed run resumed with the same settings goes on from
-        them). What an earlier attempt left there is counted in ``summary["resumed"]``, since
-        the phase's CPU seconds then leave out that attempt's share."""
+        them). What an earlier attempt left there is counted in ``summary["resumed"]``."""
         folder = self.out / PARTS / piece
         left = sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
         if left:
